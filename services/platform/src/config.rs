@@ -1,0 +1,274 @@
+//! Layered configuration: built-in defaults < an optional TOML file < environment variables
+//! `WHISTLE_<SERVICE>__<SECTION>__<KEY>` (e.g. `WHISTLE_INTAKE__GRPC__LISTEN=0.0.0.0:50051`).
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use std::net::SocketAddr;
+use std::path::Path;
+
+/// Exit code for a configuration that cannot be used (EX_CONFIG-style, sysexits' EX_USAGE).
+pub const EXIT_BAD_CONFIG: i32 = 64;
+
+/// Why a configuration was refused. The message names the setting.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// Loads a service configuration. `service` is the service name as in `intake` or
+/// `department-gateway`; its environment prefix is `WHISTLE_INTAKE`, `WHISTLE_DEPARTMENT_GATEWAY`.
+pub fn load<T>(service: &str, defaults: &T, file: Option<&Path>) -> Result<T, ConfigError>
+where
+    T: Serialize + DeserializeOwned,
+{
+    let mut builder = config::Config::builder().add_source(config::Config::try_from(defaults)?);
+    if let Some(file) = file {
+        builder = builder.add_source(config::File::from(file).required(true));
+    }
+    let prefix = env_prefix(service);
+    builder = builder.add_source(
+        config::Environment::with_prefix(&prefix)
+            .prefix_separator("__")
+            .separator("__")
+            .try_parsing(true),
+    );
+    Ok(builder.build()?.try_deserialize()?)
+}
+
+/// `WHISTLE_DEPARTMENT_GATEWAY` for `department-gateway`.
+pub fn env_prefix(service: &str) -> String {
+    format!("WHISTLE_{}", service.to_uppercase().replace('-', "_"))
+}
+
+/// Where a service serves gRPC.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcConfig {
+    pub listen: SocketAddr,
+}
+
+/// The service's own database.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `sqlite://data/intake.sqlite` or `postgres://user@host/whistle_intake`.
+    pub url: String,
+    /// Pool size; SQLite always uses one connection (a single writer, see docs/operations.md).
+    pub max_connections: u32,
+}
+
+impl DatabaseConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let supported = ["sqlite:", "postgres://", "postgresql://"];
+        if !supported.iter().any(|scheme| self.url.starts_with(scheme)) {
+            return Err(ConfigError::Invalid(format!(
+                "database.url must start with sqlite:, postgres:// or postgresql://, got {:?}",
+                redact_url(&self.url)
+            )));
+        }
+        if self.max_connections == 0 {
+            return Err(ConfigError::Invalid(
+                "database.max_connections must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The NATS server and the JetStream streams.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsConfig {
+    pub url: String,
+    /// How long to keep trying to reach NATS at start before giving up.
+    pub connect_timeout_secs: u64,
+    /// JetStream replicas for the streams this service creates (3 in a production cluster).
+    pub stream_replicas: usize,
+    /// How long a stream keeps events.
+    pub stream_max_age_days: u64,
+    /// JetStream de-duplication window; must exceed the outbox relay's longest retry.
+    pub duplicate_window_secs: u64,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        Self {
+            url: "nats://127.0.0.1:4222".into(),
+            connect_timeout_secs: 30,
+            stream_replicas: 1,
+            stream_max_age_days: 400,
+            duplicate_window_secs: 2 * 3600,
+        }
+    }
+}
+
+impl NatsConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(self.url.starts_with("nats://") || self.url.starts_with("tls://")) {
+            return Err(ConfigError::Invalid(format!(
+                "nats.url must start with nats:// or tls://, got {:?}",
+                self.url
+            )));
+        }
+        if !(1..=5).contains(&self.stream_replicas) {
+            return Err(ConfigError::Invalid(
+                "nats.stream_replicas must be between 1 and 5".into(),
+            ));
+        }
+        if self.duplicate_window_secs < 60 {
+            return Err(ConfigError::Invalid(
+                "nats.duplicate_window_secs must be at least 60".into(),
+            ));
+        }
+        if self.stream_max_age_days == 0 {
+            return Err(ConfigError::Invalid(
+                "nats.stream_max_age_days must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The relay that publishes committed events.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxConfig {
+    /// Events published per round trip (and acks in flight).
+    pub batch_size: u64,
+    /// Safety-net poll when no commit woke the relay (other replicas, crash recovery).
+    pub poll_interval_ms: u64,
+    /// How long sent events stay in the table before they are purged.
+    pub retain_sent_secs: u64,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 256,
+            poll_interval_ms: 1000,
+            retain_sent_secs: 3600,
+        }
+    }
+}
+
+impl OutboxConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=10_000).contains(&self.batch_size) {
+            return Err(ConfigError::Invalid(
+                "outbox.batch_size must be between 1 and 10000".into(),
+            ));
+        }
+        if self.poll_interval_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "outbox.poll_interval_ms must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Logs and traces.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// `tracing` filter, overridden by `RUST_LOG`.
+    pub log_filter: String,
+    /// `text` or `json`.
+    pub log_format: String,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            log_filter: "info".into(),
+            log_format: "text".into(),
+        }
+    }
+}
+
+impl TelemetryConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            return Err(ConfigError::Invalid(format!(
+                "telemetry.log_format must be \"text\" or \"json\", got {:?}",
+                self.log_format
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// A database URL without its password, for messages.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    match rest.split_once('@') {
+        Some((credentials, host)) => {
+            let user = credentials.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{host}")
+        }
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Serialize, Deserialize)]
+    struct Sample {
+        grpc: GrpcConfig,
+        nats: NatsConfig,
+    }
+
+    #[test]
+    fn file_and_environment_override_defaults() {
+        let defaults = Sample {
+            grpc: GrpcConfig {
+                listen: "127.0.0.1:1".parse().expect("address"),
+            },
+            nats: NatsConfig::default(),
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("sample.toml");
+        std::fs::write(&file, "[grpc]\nlisten = \"127.0.0.1:2\"\n[nats]\nstream_replicas = 3\n")
+            .expect("write");
+        let loaded: Sample = load("config-test-file", &defaults, Some(&file)).expect("load");
+        assert_eq!(loaded.grpc.listen.port(), 2);
+        assert_eq!(loaded.nats.stream_replicas, 3);
+        assert_eq!(loaded.nats.url, "nats://127.0.0.1:4222");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let defaults = Sample {
+            grpc: GrpcConfig {
+                listen: "127.0.0.1:1".parse().expect("address"),
+            },
+            nats: NatsConfig::default(),
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("sample.toml");
+        std::fs::write(&file, "[grpc]\nlisen = \"127.0.0.1:2\"\n").expect("write");
+        let error = load::<Sample>("config-test-unknown", &defaults, Some(&file))
+            .expect_err("typo must fail");
+        assert!(error.to_string().contains("lisen"), "{error}");
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://whistle:secret@db:5432/intake"),
+            "postgres://whistle:***@db:5432/intake"
+        );
+        assert_eq!(redact_url("sqlite://data/x.sqlite"), "sqlite://data/x.sqlite");
+    }
+
+    #[test]
+    fn env_prefix_uses_underscores() {
+        assert_eq!(env_prefix("department-gateway"), "WHISTLE_DEPARTMENT_GATEWAY");
+    }
+}

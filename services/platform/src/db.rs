@@ -1,0 +1,155 @@
+//! The service's own database through sea-orm: SQLite (embedded, the default) or PostgreSQL.
+
+use crate::config::{DatabaseConfig, redact_url};
+use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr};
+use sea_orm_migration::MigratorTrait;
+use std::time::Duration;
+
+/// Opens the pool. For SQLite the file and its folder are created when missing, the journal is WAL
+/// with `synchronous=NORMAL`, and the pool holds one connection: SQLite has a single writer, and one
+/// connection turns lock contention into queueing instead of `SQLITE_BUSY` errors.
+pub async fn connect(config: &DatabaseConfig) -> Result<DatabaseConnection, DbErr> {
+    let mut options = ConnectOptions::new(config.url.clone());
+    options
+        .sqlx_logging(false)
+        .connect_timeout(Duration::from_secs(10))
+        .acquire_timeout(Duration::from_secs(30));
+    if config.url.starts_with("sqlite:") {
+        if let Some(folder) = sqlite_path(&config.url).and_then(|path| {
+            std::path::Path::new(&path)
+                .parent()
+                .map(std::path::Path::to_path_buf)
+        }) && !folder.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(&folder).map_err(|error| {
+                DbErr::Custom(format!(
+                    "cannot create database folder {}: {error}",
+                    folder.display()
+                ))
+            })?;
+        }
+        options
+            .max_connections(1)
+            .min_connections(1)
+            .map_sqlx_sqlite_opts(|sqlite| {
+                sqlite
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Normal)
+                    .busy_timeout(Duration::from_secs(5))
+                    .foreign_keys(true)
+            });
+    } else {
+        options.max_connections(config.max_connections);
+    }
+    Database::connect(options).await.map_err(|error| {
+        DbErr::Custom(format!(
+            "cannot open database {}: {error}",
+            redact_url(&config.url)
+        ))
+    })
+}
+
+/// Brings the schema up to date with the service's migrations.
+pub async fn migrate<M: MigratorTrait>(db: &DatabaseConnection) -> Result<(), DbErr> {
+    M::up(db, None).await
+}
+
+/// Whether the pool is PostgreSQL, where row claims use `FOR UPDATE SKIP LOCKED`.
+pub fn is_postgres(db: &impl ConnectionTrait) -> bool {
+    db.get_database_backend() == DbBackend::Postgres
+}
+
+fn sqlite_path(url: &str) -> Option<String> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or_default();
+    if path.is_empty() || path == ":memory:" {
+        return None;
+    }
+    Some(path.to_string())
+}
+
+/// Migrations of the tables the platform owns inside every service database (outbox, inbox).
+pub mod migrations {
+    use sea_orm_migration::prelude::*;
+    use sea_orm_migration::schema::{big_integer, big_integer_null, big_pk_auto, blob, string, text};
+
+    /// Creates `whistle_outbox` and `whistle_inbox`. Add it first to a service's migrator.
+    #[derive(Debug)]
+    pub struct CreateOutboxAndInbox;
+
+    impl MigrationName for CreateOutboxAndInbox {
+        fn name(&self) -> &str {
+            "m20261128_000000_platform_outbox_inbox"
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl MigrationTrait for CreateOutboxAndInbox {
+        async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+            use crate::inbox::entity as inbox;
+            use crate::outbox::entity as outbox;
+            manager
+                .create_table(
+                    Table::create()
+                        .table(outbox::Entity)
+                        .if_not_exists()
+                        .col(big_pk_auto(outbox::Column::Id))
+                        .col(string(outbox::Column::EventId).unique_key())
+                        .col(string(outbox::Column::Subject))
+                        .col(blob(outbox::Column::Payload))
+                        .col(text(outbox::Column::Headers))
+                        .col(big_integer(outbox::Column::CreatedAtMs))
+                        .col(big_integer_null(outbox::Column::SentAtMs))
+                        .to_owned(),
+                )
+                .await?;
+            manager
+                .create_index(
+                    Index::create()
+                        .name("whistle_outbox_unsent")
+                        .table(outbox::Entity)
+                        .col(outbox::Column::SentAtMs)
+                        .col(outbox::Column::Id)
+                        .if_not_exists()
+                        .to_owned(),
+                )
+                .await?;
+            manager
+                .create_table(
+                    Table::create()
+                        .table(inbox::Entity)
+                        .if_not_exists()
+                        .col(string(inbox::Column::Consumer))
+                        .col(string(inbox::Column::EventId))
+                        .col(string(inbox::Column::Outcome))
+                        .col(big_integer(inbox::Column::ProcessedAtMs))
+                        .primary_key(
+                            Index::create()
+                                .col(inbox::Column::Consumer)
+                                .col(inbox::Column::EventId),
+                        )
+                        .to_owned(),
+                )
+                .await
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sqlite_path;
+
+    #[test]
+    fn sqlite_paths_are_found_in_urls() {
+        assert_eq!(
+            sqlite_path("sqlite://data/intake.sqlite?mode=rwc").as_deref(),
+            Some("data/intake.sqlite")
+        );
+        assert_eq!(sqlite_path("sqlite:x.db").as_deref(), Some("x.db"));
+        assert_eq!(sqlite_path("sqlite::memory:"), None);
+    }
+}

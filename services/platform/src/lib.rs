@@ -1,0 +1,17 @@
+//! Runtime plumbing shared by every Whistle service: configuration, telemetry, shutdown, gRPC serving,
+//! database connection and migrations, the transactional outbox, the idempotent inbox, event envelopes
+//! and the clock. Domain types, entities of a service and business rules never live here (see README.md).
+
+pub mod clock;
+pub mod config;
+pub mod db;
+pub mod envelope;
+pub mod grpc;
+pub mod inbox;
+pub mod local_nats;
+pub mod nats;
+pub mod outbox;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use clock::{Clock, ManualClock, SharedClock, SystemClock};

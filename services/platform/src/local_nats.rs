@@ -1,0 +1,160 @@
+//! A private `nats-server` with JetStream, for `whistle up` and for tests: started on a free port
+//! with its store in a folder of ours, stopped with SIGTERM (or killed on purpose).
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Why a local server could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalNatsError {
+    #[error(
+        "nats-server not found on PATH or in /usr/sbin; install it (Debian/Ubuntu: `apt-get install nats-server`, \
+         or download a release from https://github.com/nats-io/nats-server/releases), \
+         set NATS_SERVER_BIN to its path, or pass --nats-url to use a running server"
+    )]
+    NotFound,
+    #[error("cannot start nats-server: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("nats-server did not accept connections on port {port} within {seconds}s; its log is {log}")]
+    NotReady { port: u16, seconds: u64, log: String },
+}
+
+/// A running `nats-server` child process.
+#[derive(Debug)]
+pub struct LocalNatsServer {
+    child: Option<Child>,
+    binary: PathBuf,
+    store_dir: PathBuf,
+    port: u16,
+}
+
+impl LocalNatsServer {
+    /// Finds `nats-server`: `NATS_SERVER_BIN`, then `PATH`, then `/usr/sbin` and `/usr/local/bin`.
+    pub fn find_binary() -> Result<PathBuf, LocalNatsError> {
+        if let Some(path) = std::env::var_os("NATS_SERVER_BIN") {
+            let path = PathBuf::from(path);
+            if path.is_file() {
+                return Ok(path);
+            }
+        }
+        let path_dirs = std::env::var_os("PATH")
+            .map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+            .unwrap_or_default();
+        path_dirs
+            .into_iter()
+            .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/bin")])
+            .map(|dir| dir.join("nats-server"))
+            .find(|candidate| candidate.is_file())
+            .ok_or(LocalNatsError::NotFound)
+    }
+
+    /// Starts a server with JetStream stored under `store_dir`, on a free loopback port.
+    pub fn start(store_dir: &Path) -> Result<Self, LocalNatsError> {
+        Self::start_on_port(store_dir, free_port()?)
+    }
+
+    /// Starts a server on a given port (used to restart one on the port its clients know).
+    pub fn start_on_port(store_dir: &Path, port: u16) -> Result<Self, LocalNatsError> {
+        let binary = Self::find_binary()?;
+        std::fs::create_dir_all(store_dir)?;
+        let mut server = Self {
+            child: None,
+            binary,
+            store_dir: store_dir.to_path_buf(),
+            port,
+        };
+        server.spawn()?;
+        Ok(server)
+    }
+
+    fn spawn(&mut self) -> Result<(), LocalNatsError> {
+        let log = self.log_path();
+        let child = Command::new(&self.binary)
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
+            .arg(&self.store_dir)
+            .arg("-l")
+            .arg(&log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return Ok(());
+            }
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(_exited)) = child.try_wait()
+            {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill();
+        Err(LocalNatsError::NotReady {
+            port: self.port,
+            seconds: 15,
+            log: log.display().to_string(),
+        })
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.store_dir.join("nats-server.log")
+    }
+
+    /// `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Stops with SIGTERM and waits (up to 10 s) so JetStream flushes; then kills.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        if nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).is_ok() {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Kills the server at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port and store after `stop` or `kill`.
+    pub fn restart(&mut self) -> Result<(), LocalNatsError> {
+        self.stop();
+        self.spawn()
+    }
+}
+
+impl Drop for LocalNatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}

@@ -1,0 +1,131 @@
+//! Logs and traces through `tracing`, exported with OpenTelemetry (OTLP over gRPC when
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` is set), and W3C trace context carried in NATS headers.
+
+use crate::config::TelemetryConfig;
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::metrics::SdkMeterProvider;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::Resource;
+use std::collections::HashMap;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+/// Keeps the exporters alive; flushes them when dropped.
+pub struct Telemetry {
+    tracer_provider: SdkTracerProvider,
+    meter_provider: Option<SdkMeterProvider>,
+}
+
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Telemetry")
+            .field("metrics", &self.meter_provider.is_some())
+            .finish()
+    }
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        if let Err(error) = self.tracer_provider.shutdown() {
+            eprintln!("telemetry: flushing traces failed: {error}");
+        }
+        if let Some(meter_provider) = &self.meter_provider
+            && let Err(error) = meter_provider.shutdown()
+        {
+            eprintln!("telemetry: flushing metrics failed: {error}");
+        }
+    }
+}
+
+/// Installs the global subscriber, tracer and meter for a process. Call once, from `main`,
+/// inside the tokio runtime. Traces always get ids (so `traceparent` flows between services);
+/// they leave the process only when an OTLP endpoint is configured.
+pub fn init(service_name: &str, config: &TelemetryConfig) -> anyhow::Result<Telemetry> {
+    let otlp_enabled = std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some()
+        || std::env::var_os("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_some();
+    let resource = Resource::builder()
+        .with_service_name(service_name.to_string())
+        .build();
+
+    let mut tracer_builder = SdkTracerProvider::builder().with_resource(resource.clone());
+    let mut meter_provider = None;
+    if otlp_enabled {
+        let span_exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .build()?;
+        tracer_builder = tracer_builder.with_batch_exporter(span_exporter);
+        let metric_exporter = opentelemetry_otlp::MetricExporter::builder()
+            .with_tonic()
+            .build()?;
+        let provider = SdkMeterProvider::builder()
+            .with_periodic_exporter(metric_exporter)
+            .with_resource(resource)
+            .build();
+        opentelemetry::global::set_meter_provider(provider.clone());
+        meter_provider = Some(provider);
+    }
+    let tracer_provider = tracer_builder.build();
+    let tracer = tracer_provider.tracer(service_name.to_string());
+    opentelemetry::global::set_tracer_provider(tracer_provider.clone());
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&config.log_filter))
+        .map_err(|error| anyhow::anyhow!("telemetry.log_filter is invalid: {error}"))?;
+    let fmt_layer = if config.log_format == "json" {
+        tracing_subscriber::fmt::layer().json().boxed()
+    } else {
+        tracing_subscriber::fmt::layer().compact().boxed()
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt_layer)
+        .with(tracing_opentelemetry::layer().with_tracer(tracer))
+        .try_init()?;
+    Ok(Telemetry {
+        tracer_provider,
+        meter_provider,
+    })
+}
+
+/// The `traceparent` of the current span, if it has a valid trace context.
+pub fn current_traceparent() -> Option<String> {
+    let context = tracing::Span::current().context();
+    let mut carrier = HashMap::new();
+    TraceContextPropagator::new().inject_context(&context, &mut MapCarrier(&mut carrier));
+    carrier.remove("traceparent")
+}
+
+/// Makes `span` a child of the trace named by a `traceparent` header, when there is a valid one.
+pub fn set_parent_from_traceparent(span: &tracing::Span, traceparent: Option<&str>) {
+    let Some(traceparent) = traceparent else {
+        return;
+    };
+    let mut carrier = HashMap::new();
+    carrier.insert("traceparent".to_string(), traceparent.to_string());
+    let context = TraceContextPropagator::new().extract(&MapCarrier(&mut carrier));
+    let _ = span.set_parent(context);
+}
+
+struct MapCarrier<'a>(&'a mut HashMap<String, String>);
+
+impl Injector for MapCarrier<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        self.0.insert(key.to_string(), value);
+    }
+}
+
+impl Extractor for MapCarrier<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(String::as_str)
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(String::as_str).collect()
+    }
+}
