@@ -234,8 +234,11 @@ mod tests {
         };
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("sample.toml");
-        std::fs::write(&file, "[grpc]\nlisten = \"127.0.0.1:2\"\n[nats]\nstream_replicas = 3\n")
-            .expect("write");
+        std::fs::write(
+            &file,
+            "[grpc]\nlisten = \"127.0.0.1:2\"\n[nats]\nstream_replicas = 3\n",
+        )
+        .expect("write");
         let loaded: Sample = load("config-test-file", &defaults, Some(&file)).expect("load");
         assert_eq!(loaded.grpc.listen.port(), 2);
         assert_eq!(loaded.nats.stream_replicas, 3);
@@ -264,11 +267,17 @@ mod tests {
             redact_url("postgres://whistle:secret@db:5432/intake"),
             "postgres://whistle:***@db:5432/intake"
         );
-        assert_eq!(redact_url("sqlite://data/x.sqlite"), "sqlite://data/x.sqlite");
+        assert_eq!(
+            redact_url("sqlite://data/x.sqlite"),
+            "sqlite://data/x.sqlite"
+        );
     }
 
     #[test]
     fn env_prefix_uses_underscores() {
-        assert_eq!(env_prefix("department-gateway"), "WHISTLE_DEPARTMENT_GATEWAY");
+        assert_eq!(
+            env_prefix("department-gateway"),
+            "WHISTLE_DEPARTMENT_GATEWAY"
+        );
     }
 }

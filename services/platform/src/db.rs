@@ -75,7 +75,9 @@ fn sqlite_path(url: &str) -> Option<String> {
 /// Migrations of the tables the platform owns inside every service database (outbox, inbox).
 pub mod migrations {
     use sea_orm_migration::prelude::*;
-    use sea_orm_migration::schema::{big_integer, big_integer_null, big_pk_auto, blob, string, text};
+    use sea_orm_migration::schema::{
+        big_integer, big_integer_null, big_pk_auto, blob, string, text,
+    };
 
     /// Creates `whistle_outbox` and `whistle_inbox`. Add it first to a service's migrator.
     #[derive(Debug)]

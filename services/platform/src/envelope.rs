@@ -115,7 +115,10 @@ pub fn subject(event: &Event) -> Result<String, EnvelopeError> {
                 kind.name
             ))
         }
-        _ => Ok(format!("{}.v1.{city}.{district}.{street}.{}", kind.family, kind.name)),
+        _ => Ok(format!(
+            "{}.v1.{city}.{district}.{street}.{}",
+            kind.family, kind.name
+        )),
     }
 }
 
@@ -154,7 +157,10 @@ pub fn to_outbox(event: &Event) -> Result<OutboxEvent, EnvelopeError> {
         ("ce-specversion".to_string(), "1.0".to_string()),
         ("ce-id".to_string(), event.event_id.clone()),
         ("ce-type".to_string(), kind.cloudevents_type()),
-        ("ce-source".to_string(), format!("/whistle/{}", event.source)),
+        (
+            "ce-source".to_string(),
+            format!("/whistle/{}", event.source),
+        ),
         ("ce-time".to_string(), time),
         ("ce-subject".to_string(), event.case_id.clone()),
         (
@@ -209,7 +215,14 @@ mod tests {
             }),
             ..Default::default()
         });
-        let event = new_event(&SystemClock, "whistle-dispatch", "c1", 2, Some(region()), payload);
+        let event = new_event(
+            &SystemClock,
+            "whistle-dispatch",
+            "c1",
+            2,
+            Some(region()),
+            payload,
+        );
         assert_eq!(
             subject(&event).expect("subject"),
             "whistle.v1.420300.420303.chechenglu.zw-sanitation.issued"
@@ -227,7 +240,14 @@ mod tests {
     #[test]
     fn case_subjects_and_bad_tokens() {
         let payload = Payload::CaseReported(CaseReported::default());
-        let mut event = new_event(&SystemClock, "whistle-intake", "c1", 0, Some(region()), payload);
+        let mut event = new_event(
+            &SystemClock,
+            "whistle-intake",
+            "c1",
+            0,
+            Some(region()),
+            payload,
+        );
         assert_eq!(
             subject(&event).expect("subject"),
             "case.v1.420300.420303.chechenglu.reported"
@@ -238,7 +258,10 @@ mod tests {
         });
         assert!(matches!(
             subject(&event),
-            Err(EnvelopeError::BadToken { name: "street_slug", .. })
+            Err(EnvelopeError::BadToken {
+                name: "street_slug",
+                ..
+            })
         ));
     }
 }

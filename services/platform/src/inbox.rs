@@ -1,14 +1,14 @@
 //! The idempotent consumer: a durable JetStream pull consumer whose handler applies each event and
 //! records `(consumer, event_id)` in the same transaction, so a redelivered event is acked and skipped.
 
-use crate::envelope::{self, Event};
 use crate::clock::{SharedClock, to_millis};
+use crate::envelope::{self, Event};
 use async_nats::jetstream::{self, AckKind, consumer::pull};
 use futures::StreamExt;
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, QueryFilter, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait,
-    TransactionTrait,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr,
+    EntityTrait, QueryFilter, TransactionTrait,
 };
 use std::future::Future;
 use std::sync::Arc;
@@ -200,7 +200,14 @@ async fn apply_batch<H: EventHandler>(
                     .and_then(|headers| headers.get(async_nats::header::NATS_MESSAGE_ID))
                     .map(|value| value.as_str().to_string())
                     .unwrap_or_else(|| format!("undecodable:{subject}"));
-                record_once(&transaction, consumer, &id, "rejected: undecodable", to_millis(clock.now())).await?;
+                record_once(
+                    &transaction,
+                    consumer,
+                    &id,
+                    "rejected: undecodable",
+                    to_millis(clock.now()),
+                )
+                .await?;
                 continue;
             }
         };
@@ -219,7 +226,10 @@ async fn apply_batch<H: EventHandler>(
                 savepoint.rollback().await?;
                 tracing::error!(consumer, event_id = %event.event_id, %reason, "event rejected");
                 entity::Entity::update_many()
-                    .col_expr(entity::Column::Outcome, format!("rejected: {reason}").into())
+                    .col_expr(
+                        entity::Column::Outcome,
+                        format!("rejected: {reason}").into(),
+                    )
                     .filter(entity::Column::Consumer.eq(consumer))
                     .filter(entity::Column::EventId.eq(event.event_id.as_str()))
                     .exec(&transaction)
@@ -228,7 +238,9 @@ async fn apply_batch<H: EventHandler>(
             Err(HandleError::Transient(error)) => {
                 drop(savepoint);
                 for message in messages {
-                    let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                    let _ = message
+                        .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                        .await;
                 }
                 return Err(error.into());
             }

@@ -11,6 +11,7 @@ pub mod inbox;
 pub mod local_nats;
 pub mod nats;
 pub mod outbox;
+pub mod service;
 pub mod shutdown;
 pub mod telemetry;
 

@@ -17,8 +17,14 @@ pub enum LocalNatsError {
     NotFound,
     #[error("cannot start nats-server: {0}")]
     Io(#[from] std::io::Error),
-    #[error("nats-server did not accept connections on port {port} within {seconds}s; its log is {log}")]
-    NotReady { port: u16, seconds: u64, log: String },
+    #[error(
+        "nats-server did not accept connections on port {port} within {seconds}s; its log is {log}"
+    )]
+    NotReady {
+        port: u16,
+        seconds: u64,
+        log: String,
+    },
 }
 
 /// A running `nats-server` child process.
@@ -72,7 +78,14 @@ impl LocalNatsServer {
     fn spawn(&mut self) -> Result<(), LocalNatsError> {
         let log = self.log_path();
         let child = Command::new(&self.binary)
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
             .arg(&self.store_dir)
             .arg("-l")
             .arg(&log)

@@ -41,7 +41,10 @@ pub async fn connect(config: &NatsConfig, client_name: &str) -> anyhow::Result<a
 
 /// Creates the Whistle streams when they are missing (file storage, explicit acks by consumers,
 /// de-duplication on `Nats-Msg-Id`). Existing streams are left as they are.
-pub async fn ensure_streams(jetstream: &jetstream::Context, config: &NatsConfig) -> anyhow::Result<()> {
+pub async fn ensure_streams(
+    jetstream: &jetstream::Context,
+    config: &NatsConfig,
+) -> anyhow::Result<()> {
     for (name, subjects) in [
         (CASES_STREAM, "case.v1.>"),
         (WHISTLES_STREAM, "whistle.v1.>"),

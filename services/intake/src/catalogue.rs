@@ -1,0 +1,178 @@
+//! Loading intake's part of a catalogue file: streets, grids and categories.
+
+use crate::domain::{CategoryCode, GridCode};
+use crate::storage::{category, grid, street};
+use sea_orm::sea_query::OnConflict;
+use sea_orm::{ActiveValue::Set, DatabaseConnection, EntityTrait, TransactionTrait};
+use serde::Deserialize;
+use std::path::Path;
+
+#[derive(Debug, Deserialize)]
+struct CatalogueFile {
+    #[serde(default)]
+    districts: Vec<District>,
+    #[serde(default)]
+    streets: Vec<Street>,
+    #[serde(default)]
+    grids: Vec<Grid>,
+    #[serde(default)]
+    categories: Vec<Category>,
+}
+
+#[derive(Debug, Deserialize)]
+struct District {
+    code: String,
+    city_code: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct Street {
+    code: String,
+    slug: String,
+    district_code: String,
+    name: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct Grid {
+    code: String,
+    community_code: String,
+    name: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct Category {
+    code: String,
+    kind: String,
+    major_name: String,
+    name: String,
+}
+
+/// Reads `file` and upserts its streets, grids and categories; refuses the whole file when one
+/// entry is malformed, naming it.
+pub async fn load(db: &DatabaseConnection, file: &Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|error| anyhow::anyhow!("cannot read catalogue {}: {error}", file.display()))?;
+    let catalogue: CatalogueFile = serde_json::from_str(&text)
+        .map_err(|error| anyhow::anyhow!("catalogue {} is malformed: {error}", file.display()))?;
+
+    let mut streets = Vec::new();
+    for entry in &catalogue.streets {
+        let district = catalogue
+            .districts
+            .iter()
+            .find(|district| district.code == entry.district_code)
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "street {}: unknown district {}",
+                    entry.code,
+                    entry.district_code
+                )
+            })?;
+        if entry.code.len() != 9 || !entry.code.starts_with(&district.code) {
+            anyhow::bail!(
+                "street {}: code must be its district code + 3 digits",
+                entry.code
+            );
+        }
+        if !whistle_platform::envelope::is_subject_token(&entry.slug) {
+            anyhow::bail!(
+                "street {}: slug {:?} must be letters, digits, - or _",
+                entry.code,
+                entry.slug
+            );
+        }
+        streets.push(street::ActiveModel {
+            code: Set(entry.code.clone()),
+            slug: Set(entry.slug.clone()),
+            name: Set(entry.name.clone()),
+            district_code: Set(district.code.clone()),
+            city_code: Set(district.city_code.clone()),
+        });
+    }
+    let mut grids = Vec::new();
+    for entry in &catalogue.grids {
+        let code = GridCode::parse(&entry.code)
+            .map_err(|reason| anyhow::anyhow!("grid {}: {reason}", entry.code))?;
+        if code.community_code() != entry.community_code {
+            anyhow::bail!(
+                "grid {}: does not belong to community {}",
+                entry.code,
+                entry.community_code
+            );
+        }
+        grids.push(grid::ActiveModel {
+            code: Set(entry.code.clone()),
+            community_code: Set(entry.community_code.clone()),
+            street_code: Set(code.street_code().to_string()),
+            name: Set(entry.name.clone()),
+        });
+    }
+    let mut categories = Vec::new();
+    for entry in &catalogue.categories {
+        CategoryCode::parse(&entry.code)
+            .map_err(|reason| anyhow::anyhow!("category {}: {reason}", entry.code))?;
+        if !matches!(entry.kind.as_str(), "component" | "event") {
+            anyhow::bail!("category {}: kind must be component or event", entry.code);
+        }
+        categories.push(category::ActiveModel {
+            code: Set(entry.code.clone()),
+            kind: Set(entry.kind.clone()),
+            major_name: Set(entry.major_name.clone()),
+            name: Set(entry.name.clone()),
+        });
+    }
+
+    let transaction = db.begin().await?;
+    for model in streets {
+        street::Entity::insert(model)
+            .on_conflict(
+                OnConflict::column(street::Column::Code)
+                    .update_columns([
+                        street::Column::Slug,
+                        street::Column::Name,
+                        street::Column::DistrictCode,
+                        street::Column::CityCode,
+                    ])
+                    .to_owned(),
+            )
+            .exec_without_returning(&transaction)
+            .await?;
+    }
+    for model in grids {
+        grid::Entity::insert(model)
+            .on_conflict(
+                OnConflict::column(grid::Column::Code)
+                    .update_columns([
+                        grid::Column::CommunityCode,
+                        grid::Column::StreetCode,
+                        grid::Column::Name,
+                    ])
+                    .to_owned(),
+            )
+            .exec_without_returning(&transaction)
+            .await?;
+    }
+    for model in categories {
+        category::Entity::insert(model)
+            .on_conflict(
+                OnConflict::column(category::Column::Code)
+                    .update_columns([
+                        category::Column::Kind,
+                        category::Column::MajorName,
+                        category::Column::Name,
+                    ])
+                    .to_owned(),
+            )
+            .exec_without_returning(&transaction)
+            .await?;
+    }
+    transaction.commit().await?;
+    tracing::info!(
+        streets = catalogue.streets.len(),
+        grids = catalogue.grids.len(),
+        categories = catalogue.categories.len(),
+        "catalogue loaded"
+    );
+    Ok(())
+}

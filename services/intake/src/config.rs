@@ -1,0 +1,73 @@
+//! Intake's configuration.
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use whistle_platform::config::{
+    ConfigError, DatabaseConfig, GrpcConfig, NatsConfig, OutboxConfig, TelemetryConfig,
+};
+use whistle_platform::service::ServiceConfig;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntakeConfig {
+    pub grpc: GrpcConfig,
+    pub database: DatabaseConfig,
+    pub nats: NatsConfig,
+    pub outbox: OutboxConfig,
+    pub telemetry: TelemetryConfig,
+    pub catalogue: CatalogueConfig,
+}
+
+/// Where the region/grid registry and the category catalogue come from.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogueConfig {
+    /// A catalogue JSON file (see deploy/demo/catalogue.json) loaded at start; entries are upserted.
+    pub file: Option<PathBuf>,
+}
+
+impl Default for IntakeConfig {
+    fn default() -> Self {
+        Self {
+            grpc: GrpcConfig {
+                listen: ([127, 0, 0, 1], 50051).into(),
+            },
+            database: DatabaseConfig {
+                url: "sqlite://data/intake.sqlite".into(),
+                max_connections: 10,
+            },
+            nats: NatsConfig::default(),
+            outbox: OutboxConfig::default(),
+            telemetry: TelemetryConfig::default(),
+            catalogue: CatalogueConfig::default(),
+        }
+    }
+}
+
+impl ServiceConfig for IntakeConfig {
+    const SERVICE: &'static str = "intake";
+
+    fn grpc(&self) -> &GrpcConfig {
+        &self.grpc
+    }
+
+    fn telemetry(&self) -> &TelemetryConfig {
+        &self.telemetry
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.database.validate()?;
+        self.nats.validate()?;
+        self.outbox.validate()?;
+        self.telemetry.validate()?;
+        if let Some(file) = &self.catalogue.file
+            && !file.is_file()
+        {
+            return Err(ConfigError::Invalid(format!(
+                "catalogue.file {} does not exist",
+                file.display()
+            )));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,249 @@
+//! Intake in-process on port 0, against a real nats-server started for the test and a fresh SQLite file.
+
+use async_nats::jetstream;
+use futures::StreamExt;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tonic::Code;
+use whistle_intake::IntakeConfig;
+use whistle_platform::SystemClock;
+use whistle_platform::envelope::{self, Payload};
+use whistle_platform::local_nats::LocalNatsServer;
+use whistle_proto::intake::intake_service_client::IntakeServiceClient;
+use whistle_proto::intake::{GetReportRequest, ListCategoriesRequest, SubmitReportRequest};
+use whistle_proto::types::{Channel, Place, Severity};
+
+struct Harness {
+    _dir: tempfile::TempDir,
+    nats: LocalNatsServer,
+    client: IntakeServiceClient<tonic::transport::Channel>,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+async fn start() -> Harness {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = LocalNatsServer::start(&dir.path().join("nats")).expect("nats-server");
+    let mut config = IntakeConfig::default();
+    config.database.url = format!("sqlite://{}", dir.path().join("intake.sqlite").display());
+    config.nats.url = nats.url();
+    config.catalogue.file = Some(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../deploy/demo/catalogue.json"
+        )
+        .into(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address");
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(whistle_intake::run(
+        config,
+        listener,
+        Arc::new(SystemClock),
+        shutdown.clone(),
+    ));
+    let client = IntakeServiceClient::connect(format!("http://{address}"))
+        .await
+        .expect("connect");
+    Harness {
+        _dir: dir,
+        nats,
+        client,
+        shutdown,
+        task,
+    }
+}
+
+fn garbage_report(request_id: &str) -> SubmitReportRequest {
+    SubmitReportRequest {
+        request_id: request_id.into(),
+        channel: Channel::GridPatrol as i32,
+        reporter_id: "grid-worker-17".into(),
+        category_code: "E-01-03".into(),
+        severity: Severity::Urgent as i32,
+        description: "中岳路2号垃圾桶满溢，垃圾堆到路面".into(),
+        place: Some(Place {
+            grid_code: "420303003001001".into(),
+            lat: 32.6369,
+            lng: 110.7986,
+            address: "中岳路2号".into(),
+        }),
+        attachments: vec![],
+        observed_at: None,
+    }
+}
+
+#[tokio::test]
+async fn a_report_becomes_a_case_reported_event_once() {
+    let mut harness = start().await;
+    let js = jetstream::new(
+        async_nats::connect(harness.nats.url())
+            .await
+            .expect("nats client"),
+    );
+
+    let first = harness
+        .client
+        .submit_report(garbage_report("r-1"))
+        .await
+        .expect("submit")
+        .into_inner();
+    let again = harness
+        .client
+        .submit_report(garbage_report("r-1"))
+        .await
+        .expect("retry")
+        .into_inner();
+    assert_eq!(first, again, "a retry returns the first answer");
+    assert!(!first.merged);
+    let region = first.region.clone().expect("region");
+    assert_eq!(region.street_slug, "chechenglu");
+    assert_eq!(region.community_code, "420303003001");
+
+    let mut changed = garbage_report("r-1");
+    changed.description = "something else".into();
+    let error = harness
+        .client
+        .submit_report(changed)
+        .await
+        .expect_err("key reuse");
+    assert_eq!(error.code(), Code::AlreadyExists);
+    assert!(
+        error.message().contains("request_id"),
+        "{}",
+        error.message()
+    );
+
+    let report = harness
+        .client
+        .get_report(GetReportRequest {
+            report_id: first.report_id.clone(),
+        })
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(report.case_id, first.case_id);
+    assert_eq!(report.place.expect("place").address, "中岳路2号");
+
+    // exactly one case.reported on the stream
+    let stream = js
+        .get_stream(whistle_platform::nats::CASES_STREAM)
+        .await
+        .expect("stream");
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::Config {
+            filter_subject: "case.v1.420300.420303.chechenglu.reported".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("consumer");
+    let mut messages = consumer.messages().await.expect("messages");
+    let message = tokio::time::timeout(Duration::from_secs(10), messages.next())
+        .await
+        .expect("event in time")
+        .expect("some")
+        .expect("ok");
+    let headers = message.headers.clone().expect("headers");
+    assert_eq!(
+        headers.get("ce-type").map(|v| v.as_str()),
+        Some("whistle.case.reported.v1")
+    );
+    assert_eq!(
+        headers.get("ce-subject").map(|v| v.as_str()),
+        Some(first.case_id.as_str())
+    );
+    let event = envelope::decode(&message.payload).expect("decode");
+    assert_eq!(event.case_id, first.case_id);
+    assert!(
+        matches!(event.payload, Some(Payload::CaseReported(ref reported)) if reported.report_id == first.report_id)
+    );
+    message.ack().await.expect("ack");
+    let info = consumer.clone().info().await.expect("info").clone();
+    assert_eq!(info.num_pending, 0, "the retry published nothing");
+
+    harness.shutdown.cancel();
+    harness.task.await.expect("join").expect("clean stop");
+}
+
+#[tokio::test]
+async fn bad_reports_name_the_field() {
+    let mut harness = start().await;
+    let cases: Vec<(&str, Box<dyn Fn(&mut SubmitReportRequest)>)> = vec![
+        ("request_id", Box::new(|r| r.request_id.clear())),
+        ("channel", Box::new(|r| r.channel = 0)),
+        ("reporter_id", Box::new(|r| r.reporter_id.clear())),
+        (
+            "category_code",
+            Box::new(|r| r.category_code = "garbage".into()),
+        ),
+        (
+            "category_code",
+            Box::new(|r| r.category_code = "E-99-99".into()),
+        ),
+        ("severity", Box::new(|r| r.severity = 42)),
+        ("description", Box::new(|r| r.description = "   ".into())),
+        ("place", Box::new(|r| r.place = None)),
+        (
+            "place.grid_code",
+            Box::new(|r| r.place.as_mut().expect("place").grid_code = "12".into()),
+        ),
+        (
+            "place.grid_code",
+            Box::new(|r| r.place.as_mut().expect("place").grid_code = "110101001001001".into()),
+        ),
+        (
+            "place.lat",
+            Box::new(|r| r.place.as_mut().expect("place").lat = 123.0),
+        ),
+        (
+            "place.lat",
+            Box::new(|r| {
+                let p = r.place.as_mut().expect("place");
+                p.lat = 0.0;
+                p.lng = 0.0;
+            }),
+        ),
+    ];
+    for (index, (field, mutate)) in cases.iter().enumerate() {
+        let mut request = garbage_report(&format!("bad-{index}"));
+        mutate(&mut request);
+        let error = harness
+            .client
+            .submit_report(request)
+            .await
+            .expect_err("must be refused");
+        assert_eq!(error.code(), Code::InvalidArgument, "case {index}");
+        assert!(
+            error.message().starts_with(&format!("{field}:")),
+            "case {index}: {}",
+            error.message()
+        );
+    }
+    let missing = harness
+        .client
+        .get_report(GetReportRequest {
+            report_id: "nope".into(),
+        })
+        .await
+        .expect_err("unknown");
+    assert_eq!(missing.code(), Code::NotFound);
+
+    let categories = harness
+        .client
+        .list_categories(ListCategoriesRequest { kind: 0 })
+        .await
+        .expect("list")
+        .into_inner();
+    assert!(
+        categories
+            .categories
+            .iter()
+            .any(|category| category.code == "E-01-03")
+    );
+    harness.shutdown.cancel();
+    harness.task.await.expect("join").expect("clean stop");
+}
