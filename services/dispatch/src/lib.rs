@@ -1,1 +1,19 @@
-//! placeholder
+//! Dispatch (吹哨): the case state machine, the responsibility catalogue, assignments and their
+//! deadlines. It consumes `case.reported`, whistles departments, records their actions and publishes
+//! every change as `case.*` and `whistle.*` events through its outbox.
+
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod catalogue;
+pub mod config;
+pub mod consumer;
+pub mod convert;
+pub mod domain;
+pub mod error;
+pub mod grpc;
+pub mod service;
+pub mod storage;
+
+pub use app::run;
+pub use config::DispatchConfig;

@@ -58,7 +58,15 @@ impl LocalNatsServer {
 
     /// Starts a server with JetStream stored under `store_dir`, on a free loopback port.
     pub fn start(store_dir: &Path) -> Result<Self, LocalNatsError> {
-        Self::start_on_port(store_dir, free_port()?)
+        // another process may take the port between our probe and the server's bind: try a few
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match Self::start_on_port(store_dir, free_port()?) {
+                Err(LocalNatsError::NotReady { .. }) if attempts < 5 => continue,
+                result => return result,
+            }
+        }
     }
 
     /// Starts a server on a given port (used to restart one on the port its clients know).
@@ -96,7 +104,7 @@ impl LocalNatsServer {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            if speaks_nats(self.port) {
                 return Ok(());
             }
             if let Some(child) = self.child.as_mut()
@@ -165,6 +173,17 @@ impl Drop for LocalNatsServer {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Whether the server on `port` greets like NATS (`INFO {...}`), not some other listener.
+fn speaks_nats(port: u16) -> bool {
+    use std::io::Read;
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    let mut greeting = [0u8; 4];
+    stream.read_exact(&mut greeting).is_ok() && &greeting == b"INFO"
 }
 
 /// A loopback port that was free a moment ago.

@@ -1,0 +1,79 @@
+//! Wiring: database, NATS, the case consumer, the outbox relay and the gRPC server.
+
+use crate::config::DispatchConfig;
+use crate::consumer::ReportedCases;
+use crate::grpc::DispatchGrpc;
+use crate::storage::Migrator;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use whistle_platform::clock::SharedClock;
+use whistle_platform::grpc::HealthProbe;
+use whistle_platform::inbox::{ConsumerSpec, run_consumer};
+use whistle_platform::outbox::{OutboxRelay, OutboxSignal};
+use whistle_platform::{db, grpc, nats};
+use whistle_proto::dispatch::dispatch_service_server::DispatchServiceServer;
+
+/// Runs dispatch on `listener` until `shutdown`; returns once the server, the consumer and the
+/// relay have stopped.
+pub async fn run(
+    config: DispatchConfig,
+    listener: TcpListener,
+    clock: SharedClock,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let db = db::connect(&config.database).await?;
+    db::migrate::<Migrator>(&db).await?;
+    if let Some(file) = &config.catalogue.file {
+        crate::catalogue::load(&db, file).await?;
+    }
+    let nats_client = nats::connect(&config.nats, crate::service::SOURCE).await?;
+    let jetstream = async_nats::jetstream::new(nats_client.clone());
+    nats::ensure_streams(&jetstream, &config.nats).await?;
+
+    let shutdown = shutdown.child_token();
+    let outbox_signal = OutboxSignal::default();
+    let relay = OutboxRelay::new(
+        db.clone(),
+        jetstream.clone(),
+        outbox_signal.clone(),
+        config.outbox.clone(),
+        clock.clone(),
+    );
+    let relay_task = tokio::spawn(relay.run(shutdown.clone()));
+    let consumer_task = tokio::spawn(run_consumer(
+        jetstream,
+        db.clone(),
+        clock.clone(),
+        ConsumerSpec {
+            stream: nats::CASES_STREAM.to_string(),
+            durable: "dispatch".to_string(),
+            filter_subject: "case.v1.*.*.*.reported".to_string(),
+            max_batch: config.dispatch.consumer_batch,
+        },
+        Arc::new(ReportedCases {
+            clock: clock.clone(),
+            outbox_signal: outbox_signal.clone(),
+        }),
+        shutdown.clone(),
+    ));
+
+    let service = DispatchGrpc {
+        db: db.clone(),
+        clock,
+        outbox_signal,
+        settings: config.dispatch.clone(),
+    };
+    let routes = tonic::service::Routes::new(DispatchServiceServer::new(service));
+    let probe = HealthProbe {
+        db: db.clone(),
+        nats: nats_client,
+        services: vec!["whistle.dispatch.v1.DispatchService"],
+    };
+    let served = grpc::serve(listener, routes, probe, shutdown.clone()).await;
+    shutdown.cancel();
+    let _ = consumer_task.await;
+    let _ = relay_task.await;
+    db.close().await?;
+    served
+}

@@ -1,0 +1,163 @@
+//! The responsibility catalogue: checking routes, storing them, loading them from a file.
+
+use crate::domain::{LimitOverrides, Route, check_department_code};
+use crate::error::DispatchError;
+use crate::storage::route;
+use sea_orm::{
+    ActiveValue::Set, ConnectionTrait, DatabaseConnection, EntityTrait, TransactionTrait,
+};
+use serde::Deserialize;
+use std::path::Path;
+
+/// Checks a route, naming the bad field (`route.area_code`, ...).
+pub fn check_route(route: &Route) -> Result<(), DispatchError> {
+    let valid_id = !route.route_id.is_empty()
+        && route.route_id.len() <= 128
+        && route
+            .route_id
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_');
+    if !valid_id {
+        return Err(DispatchError::invalid(
+            "route.route_id",
+            "required: letters, digits, - or _, at most 128",
+        ));
+    }
+    let category = route.category_code.as_bytes();
+    let valid_category = category.len() == 7
+        && matches!(category[0], b'C' | b'E')
+        && category[1] == b'-'
+        && category[4] == b'-'
+        && [2, 3, 5, 6]
+            .iter()
+            .all(|&index| category[index].is_ascii_digit());
+    if !valid_category {
+        return Err(DispatchError::invalid(
+            "route.category_code",
+            "must look like E-01-03",
+        ));
+    }
+    let valid_area = matches!(route.area_code.len(), 6 | 9 | 12 | 15)
+        && route.area_code.bytes().all(|byte| byte.is_ascii_digit());
+    if !valid_area {
+        return Err(DispatchError::invalid(
+            "route.area_code",
+            "must be a city/district (6 digits), street (9), community (12) or grid (15) code",
+        ));
+    }
+    check_department_code(&route.lead_department_code)
+        .map_err(|reason| DispatchError::invalid("route.lead_department_code", reason))?;
+    for (index, code) in route.co_department_codes.iter().enumerate() {
+        check_department_code(code).map_err(|reason| {
+            DispatchError::invalid(format!("route.co_department_codes[{index}]"), reason)
+        })?;
+        if *code == route.lead_department_code || route.co_department_codes[..index].contains(code)
+        {
+            return Err(DispatchError::invalid(
+                format!("route.co_department_codes[{index}]"),
+                "names a department twice",
+            ));
+        }
+    }
+    route
+        .limits
+        .check()
+        .map_err(|(name, reason)| DispatchError::invalid(format!("route.limits.{name}"), reason))?;
+    Ok(())
+}
+
+/// Inserts or replaces a route; returns its new version.
+pub async fn put_route<C: ConnectionTrait>(
+    connection: &C,
+    route: &Route,
+) -> Result<i64, DispatchError> {
+    check_route(route)?;
+    let version = route::Entity::find_by_id(route.route_id.as_str())
+        .one(connection)
+        .await?
+        .map_or(1, |existing| existing.version + 1);
+    let model = route::ActiveModel {
+        route_id: Set(route.route_id.clone()),
+        category_code: Set(route.category_code.clone()),
+        area_code: Set(route.area_code.clone()),
+        definition: Set(serde_json::to_string(route).map_err(DispatchError::unexpected)?),
+        version: Set(version),
+    };
+    if version == 1 {
+        route::Entity::insert(model)
+            .exec_without_returning(connection)
+            .await?;
+    } else {
+        route::Entity::update(model).exec(connection).await?;
+    }
+    Ok(version)
+}
+
+#[derive(Debug, Deserialize)]
+struct CatalogueFile {
+    #[serde(default)]
+    routes: Vec<RouteEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RouteEntry {
+    route_id: String,
+    category_code: String,
+    area_code: String,
+    lead_department_code: String,
+    #[serde(default)]
+    co_department_codes: Vec<String>,
+    #[serde(default)]
+    auto_whistle: bool,
+    #[serde(default)]
+    requires_on_site: bool,
+    #[serde(default)]
+    acknowledge_within_minutes: Option<i64>,
+    #[serde(default)]
+    on_site_within_minutes: Option<i64>,
+    #[serde(default)]
+    resolve_within_minutes: Option<i64>,
+}
+
+/// Upserts the `routes` of a catalogue file (unchanged routes keep their version).
+pub async fn load(db: &DatabaseConnection, file: &Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|error| anyhow::anyhow!("cannot read catalogue {}: {error}", file.display()))?;
+    let catalogue: CatalogueFile = serde_json::from_str(&text)
+        .map_err(|error| anyhow::anyhow!("catalogue {} is malformed: {error}", file.display()))?;
+    let transaction = db.begin().await?;
+    for entry in catalogue.routes {
+        let minutes = |value: Option<i64>| value.map(chrono::Duration::minutes);
+        let route = Route {
+            route_id: entry.route_id,
+            category_code: entry.category_code,
+            area_code: entry.area_code,
+            lead_department_code: entry.lead_department_code,
+            co_department_codes: entry.co_department_codes,
+            auto_whistle: entry.auto_whistle,
+            requires_on_site: entry.requires_on_site,
+            limits: LimitOverrides {
+                acknowledge_within: minutes(entry.acknowledge_within_minutes),
+                on_site_within: minutes(entry.on_site_within_minutes),
+                resolve_within: minutes(entry.resolve_within_minutes),
+            },
+        };
+        let unchanged = route::Entity::find_by_id(route.route_id.as_str())
+            .one(&transaction)
+            .await?
+            .is_some_and(|existing| {
+                serde_json::from_str::<Route>(&existing.definition)
+                    .ok()
+                    .as_ref()
+                    == Some(&route)
+            });
+        if unchanged {
+            continue;
+        }
+        put_route(&transaction, &route)
+            .await
+            .map_err(|error| anyhow::anyhow!("catalogue route {}: {error}", route.route_id))?;
+    }
+    transaction.commit().await?;
+    Ok(())
+}

@@ -1,0 +1,106 @@
+//! Dispatch's configuration.
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use whistle_platform::config::{
+    ConfigError, DatabaseConfig, GrpcConfig, NatsConfig, OutboxConfig, TelemetryConfig,
+};
+use whistle_platform::service::ServiceConfig;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DispatchConfig {
+    pub grpc: GrpcConfig,
+    pub database: DatabaseConfig,
+    pub nats: NatsConfig,
+    pub outbox: OutboxConfig,
+    pub telemetry: TelemetryConfig,
+    pub catalogue: CatalogueConfig,
+    pub dispatch: DispatchSettings,
+}
+
+/// Where the responsibility catalogue (routes) comes from.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogueConfig {
+    /// A catalogue JSON file (see deploy/demo/catalogue.json) whose `routes` are upserted at start.
+    pub file: Option<PathBuf>,
+}
+
+/// Rules of the dispatch centre.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DispatchSettings {
+    /// How far from the case's place an on-site check-in may be.
+    pub check_in_radius_meters: f64,
+    /// Events applied per transaction by the case consumer.
+    pub consumer_batch: usize,
+}
+
+impl Default for DispatchSettings {
+    fn default() -> Self {
+        Self {
+            check_in_radius_meters: 500.0,
+            consumer_batch: 128,
+        }
+    }
+}
+
+impl Default for DispatchConfig {
+    fn default() -> Self {
+        Self {
+            grpc: GrpcConfig {
+                listen: ([127, 0, 0, 1], 50052).into(),
+            },
+            database: DatabaseConfig {
+                url: "sqlite://data/dispatch.sqlite".into(),
+                max_connections: 10,
+            },
+            nats: NatsConfig::default(),
+            outbox: OutboxConfig::default(),
+            telemetry: TelemetryConfig::default(),
+            catalogue: CatalogueConfig::default(),
+            dispatch: DispatchSettings::default(),
+        }
+    }
+}
+
+impl ServiceConfig for DispatchConfig {
+    const SERVICE: &'static str = "dispatch";
+
+    fn grpc(&self) -> &GrpcConfig {
+        &self.grpc
+    }
+
+    fn telemetry(&self) -> &TelemetryConfig {
+        &self.telemetry
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.database.validate()?;
+        self.nats.validate()?;
+        self.outbox.validate()?;
+        self.telemetry.validate()?;
+        if !(self.dispatch.check_in_radius_meters.is_finite()
+            && self.dispatch.check_in_radius_meters > 0.0)
+        {
+            return Err(ConfigError::Invalid(
+                "dispatch.check_in_radius_meters must be a positive number".into(),
+            ));
+        }
+        if !(1..=1000).contains(&self.dispatch.consumer_batch) {
+            return Err(ConfigError::Invalid(
+                "dispatch.consumer_batch must be between 1 and 1000".into(),
+            ));
+        }
+        if let Some(file) = &self.catalogue.file
+            && !file.is_file()
+        {
+            return Err(ConfigError::Invalid(format!(
+                "catalogue.file {} does not exist",
+                file.display()
+            )));
+        }
+        Ok(())
+    }
+}
