@@ -1,0 +1,85 @@
+//! Wiring: database, department registry and credentials, the whistle consumer, the dispatch
+//! client and the gRPC server, run until shutdown.
+
+use crate::config::GatewayConfig;
+use crate::forwarding::DispatchForwarder;
+use crate::grpc::GatewayGrpc;
+use crate::notices::{self, NoticeRecorder, NoticeSignal};
+use crate::storage::Migrator;
+use crate::subscription::Subscriptions;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use whistle_platform::clock::{SharedClock, to_millis};
+use whistle_platform::grpc::HealthProbe;
+use whistle_platform::inbox::{self, ConsumerSpec};
+use whistle_platform::{db, grpc, nats};
+use whistle_proto::gateway::department_gateway_server::DepartmentGatewayServer;
+
+/// Events applied per consumer transaction, at most.
+const CONSUMER_BATCH: usize = 128;
+
+/// Runs the gateway on `listener` until `shutdown` is cancelled; returns after open subscriptions
+/// ended, the server drained and the consumer acknowledged what it applied.
+pub async fn run(
+    config: GatewayConfig,
+    listener: TcpListener,
+    clock: SharedClock,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let db = db::connect(&config.database).await?;
+    db::migrate::<Migrator>(&db).await?;
+    if let Some(file) = &config.catalogue.file {
+        crate::catalogue::load(&db, file, to_millis(clock.now())).await?;
+    }
+    if let Some(file) = &config.catalogue.credentials_file {
+        crate::credentials::issue_missing_credentials(&db, file).await?;
+    }
+    let dispatch = DispatchForwarder::new(&config.dispatch).map_err(|error| {
+        anyhow::anyhow!(
+            "dispatch.url {:?} is unusable: {error}",
+            config.dispatch.url
+        )
+    })?;
+    let nats_client = nats::connect(&config.nats, crate::grpc::SOURCE).await?;
+    let jetstream = async_nats::jetstream::new(nats_client.clone());
+    nats::ensure_streams(&jetstream, &config.nats).await?;
+
+    let shutdown = shutdown.child_token();
+    let signal = NoticeSignal::default();
+    let consumer_task = tokio::spawn(inbox::run_consumer(
+        jetstream,
+        db.clone(),
+        clock.clone(),
+        ConsumerSpec {
+            stream: nats::WHISTLES_STREAM.to_string(),
+            durable: notices::CONSUMER.to_string(),
+            filter_subject: notices::FILTER_SUBJECT.to_string(),
+            max_batch: CONSUMER_BATCH,
+        },
+        Arc::new(NoticeRecorder::new(clock.clone(), signal.clone())),
+        shutdown.clone(),
+    ));
+
+    let service = GatewayGrpc {
+        db: db.clone(),
+        dispatch,
+        subscriptions: Subscriptions {
+            db: db.clone(),
+            clock,
+            signal,
+            shutdown: shutdown.clone(),
+        },
+    };
+    let routes = tonic::service::Routes::new(DepartmentGatewayServer::new(service));
+    let probe = HealthProbe {
+        db: db.clone(),
+        nats: nats_client,
+        services: vec!["whistle.gateway.v1.DepartmentGateway"],
+    };
+    let served = grpc::serve(listener, routes, probe, shutdown.clone()).await;
+    shutdown.cancel();
+    let _ = consumer_task.await;
+    db.close().await?;
+    served
+}

@@ -1,0 +1,164 @@
+//! The department gateway's configuration.
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use whistle_platform::config::{
+    ConfigError, DatabaseConfig, GrpcConfig, NatsConfig, OutboxConfig, TelemetryConfig,
+};
+use whistle_platform::service::ServiceConfig;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    pub grpc: GrpcConfig,
+    pub database: DatabaseConfig,
+    pub nats: NatsConfig,
+    /// Every service takes the same sections; the gateway publishes nothing itself today, so the
+    /// relay settings are validated but unused.
+    pub outbox: OutboxConfig,
+    pub telemetry: TelemetryConfig,
+    pub dispatch: DispatchConfig,
+    pub catalogue: CatalogueConfig,
+}
+
+/// Where dispatch serves `DispatchService`, to which department actions are forwarded.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DispatchConfig {
+    /// `http://host:port`; `https://` is refused until the workspace builds tonic with TLS.
+    pub url: String,
+    /// How long one forwarded action may take before the caller gets UNAVAILABLE.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for DispatchConfig {
+    fn default() -> Self {
+        Self {
+            url: "http://127.0.0.1:50052".into(),
+            request_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// The department registry and, for local runs, the credentials handed to department systems.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogueConfig {
+    /// A catalogue JSON file (see deploy/demo/catalogue.json) loaded at start; its departments are upserted.
+    pub file: Option<PathBuf>,
+    /// A JSON file `{"<department code>": "<token>"}`: at start every department without a
+    /// credential gets a fresh token written here (mode 0600); tokens already in it keep working.
+    pub credentials_file: Option<PathBuf>,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            grpc: GrpcConfig {
+                listen: ([127, 0, 0, 1], 50053).into(),
+            },
+            database: DatabaseConfig {
+                url: "sqlite://data/department-gateway.sqlite".into(),
+                max_connections: 10,
+            },
+            nats: NatsConfig::default(),
+            outbox: OutboxConfig::default(),
+            telemetry: TelemetryConfig::default(),
+            dispatch: DispatchConfig::default(),
+            catalogue: CatalogueConfig::default(),
+        }
+    }
+}
+
+impl ServiceConfig for GatewayConfig {
+    const SERVICE: &'static str = "department-gateway";
+
+    fn grpc(&self) -> &GrpcConfig {
+        &self.grpc
+    }
+
+    fn telemetry(&self) -> &TelemetryConfig {
+        &self.telemetry
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.database.validate()?;
+        self.nats.validate()?;
+        self.outbox.validate()?;
+        self.telemetry.validate()?;
+        let url = self.dispatch.url.as_str();
+        let authority = url
+            .strip_prefix("http://")
+            .or_else(|| url.strip_prefix("https://"));
+        if authority.is_none_or(|authority| authority.is_empty())
+            || url.parse::<tonic::transport::Uri>().is_err()
+        {
+            return Err(ConfigError::Invalid(format!(
+                "dispatch.url must look like http://host:port, got {url:?}"
+            )));
+        }
+        if url.starts_with("https://") {
+            // tonic is built without its TLS features in this workspace: every call would fail
+            return Err(ConfigError::Invalid(format!(
+                "dispatch.url {url:?}: https:// is not supported by this build (no TLS in the gRPC client); \
+                 use http:// inside the cluster or a TLS-terminating sidecar"
+            )));
+        }
+        if self.dispatch.request_timeout_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "dispatch.request_timeout_ms must be at least 1".into(),
+            ));
+        }
+        if let Some(file) = &self.catalogue.file
+            && !file.is_file()
+        {
+            return Err(ConfigError::Invalid(format!(
+                "catalogue.file {} does not exist",
+                file.display()
+            )));
+        }
+        if let Some(file) = &self.catalogue.credentials_file
+            && file.is_dir()
+        {
+            return Err(ConfigError::Invalid(format!(
+                "catalogue.credentials_file {} is a folder, expected a JSON file",
+                file.display()
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let config = GatewayConfig::default();
+        assert!(config.validate().is_ok());
+        assert_eq!(config.grpc.listen.port(), 50053);
+    }
+
+    #[test]
+    fn dispatch_url_must_be_http() {
+        for bad in [
+            "",
+            "127.0.0.1:50052",
+            "nats://127.0.0.1:4222",
+            "http://",
+            "http://a b",
+        ] {
+            let mut config = GatewayConfig::default();
+            config.dispatch.url = bad.into();
+            let error = config.validate().expect_err(bad);
+            assert!(error.to_string().contains("dispatch.url"), "{error}");
+        }
+        let mut config = GatewayConfig::default();
+        config.dispatch.url = "http://dispatch.whistle.svc:50052".into();
+        assert!(config.validate().is_ok());
+        config.dispatch.url = "https://dispatch.whistle.svc:443".into();
+        let error = config.validate().expect_err("no TLS in this build");
+        assert!(error.to_string().contains("https://"), "{error}");
+    }
+}

@@ -1,0 +1,228 @@
+//! Department credentials: bearer tokens, stored only as SHA-256 digests, checked on every call;
+//! and, for local runs, a credentials file through which tokens are handed out.
+
+use crate::domain::{self, BearerError};
+use crate::error::GatewayError;
+use crate::storage::{self, credential, department};
+use sea_orm::sea_query::OnConflict;
+use sea_orm::{ActiveValue::Set, DatabaseConnection, EntityTrait, TransactionTrait};
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use whistle_platform::clock::{Clock, SystemClock, to_millis};
+
+/// The department that sent a call, taken from its `authorization: Bearer <token>` metadata.
+pub async fn authenticate(
+    db: &DatabaseConnection,
+    metadata: &tonic::metadata::MetadataMap,
+) -> Result<String, GatewayError> {
+    let authorization = match metadata.get("authorization") {
+        None => None,
+        Some(value) => Some(
+            value
+                .to_str()
+                .map_err(|_| GatewayError::Unauthenticated(BearerError::Malformed.to_string()))?,
+        ),
+    };
+    let token = domain::bearer_token(authorization)
+        .map_err(|error| GatewayError::Unauthenticated(error.to_string()))?;
+    storage::department_of_token(db, &domain::token_digest(token))
+        .await?
+        .ok_or_else(|| {
+            GatewayError::Unauthenticated(
+                "unknown token: ask the operator of the gateway for your department's credentials"
+                    .into(),
+            )
+        })
+}
+
+/// A fresh token: 32 random bytes (from the OS generator, via two UUIDv4), hex-encoded.
+pub fn new_token() -> String {
+    let mut bytes = [0u8; 32];
+    bytes[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+    bytes[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+    hex::encode(bytes)
+}
+
+/// What [`issue_missing_credentials`] did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct IssuedCredentials {
+    /// Departments that got a new token, written to the file.
+    pub issued: Vec<String>,
+    /// Departments whose token was in the file but not in the database (a file kept across a
+    /// fresh database, or a crash between writing the file and the database); now registered.
+    pub registered_from_file: Vec<String>,
+}
+
+/// Makes every department in the registry able to log in through the credentials file at `path`
+/// (`{"<department code>": "<token>"}`): tokens already in the file are registered when the
+/// database lacks them, and each department still without any credential gets a new token,
+/// merged into the file (created when missing, other entries kept, written atomically, mode 0600).
+/// Running it again with the same database and file changes nothing.
+pub async fn issue_missing_credentials(
+    db: &DatabaseConnection,
+    path: &Path,
+) -> anyhow::Result<IssuedCredentials> {
+    let now_ms = to_millis(SystemClock.now());
+    let mut file_tokens = read_credentials_file(path).await?;
+    let departments: Vec<String> = department::Entity::find()
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|department| department.code)
+        .collect();
+    let stored = credential::Entity::find().all(db).await?;
+    let stored_digests: HashSet<&str> = stored
+        .iter()
+        .map(|credential| credential.token_sha256.as_str())
+        .collect();
+    let mut departments_with_credentials: HashSet<&str> = stored
+        .iter()
+        .map(|credential| credential.department_code.as_str())
+        .collect();
+
+    let mut to_register = Vec::new();
+    let mut outcome = IssuedCredentials::default();
+    for code in &departments {
+        let Some(token) = file_tokens.get(code) else {
+            continue;
+        };
+        let digest = domain::token_digest(token);
+        if !stored_digests.contains(digest.as_str()) {
+            to_register.push((code.clone(), digest));
+            outcome.registered_from_file.push(code.clone());
+        }
+        departments_with_credentials.insert(code.as_str());
+    }
+    for code in &departments {
+        if departments_with_credentials.contains(code.as_str()) {
+            continue;
+        }
+        let token = new_token();
+        to_register.push((code.clone(), domain::token_digest(&token)));
+        file_tokens.insert(code.clone(), token);
+        outcome.issued.push(code.clone());
+    }
+    for code in file_tokens.keys() {
+        if !departments.contains(code) {
+            tracing::warn!(department = %code, file = %path.display(), "credentials file names a department the registry does not know; its token is ignored");
+        }
+    }
+
+    // the file first: if the process dies before the database commit, the next start registers
+    // the tokens from the file instead of losing them
+    if !outcome.issued.is_empty() {
+        write_credentials_file(path, &file_tokens).await?;
+    }
+    if !to_register.is_empty() {
+        let transaction = db.begin().await?;
+        for (department_code, token_sha256) in to_register {
+            credential::Entity::insert(credential::ActiveModel {
+                token_sha256: Set(token_sha256),
+                department_code: Set(department_code),
+                created_at_ms: Set(now_ms),
+            })
+            .on_conflict(
+                OnConflict::column(credential::Column::TokenSha256)
+                    .do_nothing()
+                    .to_owned(),
+            )
+            .exec_without_returning(&transaction)
+            .await?;
+        }
+        transaction.commit().await?;
+    }
+    tracing::info!(
+        file = %path.display(),
+        issued = outcome.issued.len(),
+        registered_from_file = outcome.registered_from_file.len(),
+        "department credentials ready"
+    );
+    Ok(outcome)
+}
+
+async fn read_credentials_file(path: &Path) -> anyhow::Result<BTreeMap<String, String>> {
+    let text = match tokio::fs::read_to_string(path).await {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(BTreeMap::new());
+        }
+        Err(error) => anyhow::bail!("cannot read credentials file {}: {error}", path.display()),
+    };
+    if text.trim().is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let tokens: BTreeMap<String, String> = serde_json::from_str(&text).map_err(|error| {
+        anyhow::anyhow!(
+            "credentials file {} must be a JSON object of department code to token: {error}",
+            path.display()
+        )
+    })?;
+    for (code, token) in &tokens {
+        if !domain::is_token(token) {
+            anyhow::bail!(
+                "credentials file {}: the token of {code} must be 1 to {} visible ASCII characters",
+                path.display(),
+                domain::MAX_TOKEN_LENGTH
+            );
+        }
+    }
+    Ok(tokens)
+}
+
+async fn write_credentials_file(
+    path: &Path,
+    tokens: &BTreeMap<String, String>,
+) -> anyhow::Result<()> {
+    let folder = match path.parent() {
+        Some(folder) if !folder.as_os_str().is_empty() => folder.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    tokio::fs::create_dir_all(&folder)
+        .await
+        .map_err(|error| anyhow::anyhow!("cannot create folder {}: {error}", folder.display()))?;
+    let mut text = serde_json::to_string_pretty(tokens)?;
+    text.push('\n');
+    let file_name = path
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "credentials.json".into());
+    let temporary = folder.join(format!(".{file_name}.{}.tmp", uuid::Uuid::now_v7()));
+    let written = write_private_file(&temporary, text.as_bytes()).await;
+    let renamed = match written {
+        Ok(()) => tokio::fs::rename(&temporary, path).await,
+        Err(error) => Err(error),
+    };
+    if let Err(error) = renamed {
+        let _ = tokio::fs::remove_file(&temporary).await;
+        anyhow::bail!("cannot write credentials file {}: {error}", path.display());
+    }
+    Ok(())
+}
+
+/// Creates `path` readable by its owner only and writes `bytes` to disk.
+async fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let mut options = tokio::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    options.mode(0o600);
+    let mut file = options.open(path).await?;
+    file.write_all(bytes).await?;
+    file.sync_all().await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_64_hex_characters_and_distinct() {
+        let first = new_token();
+        let second = new_token();
+        assert_eq!(first.len(), 64);
+        assert!(first.bytes().all(|byte| byte.is_ascii_hexdigit()));
+        assert_ne!(first, second);
+        assert!(domain::is_token(&first));
+    }
+}

@@ -1,0 +1,417 @@
+//! The gateway's tables: the department registry, credentials, each department's notice log with
+//! its sequence counter, the assignments projection and the delivery cursors.
+
+use sea_orm::sea_query::{Expr, OnConflict};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect,
+};
+use sea_orm_migration::prelude::*;
+
+pub mod department {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "gateway_departments")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub code: String,
+        pub name: String,
+        /// `district`, `city`, `property`, ... as in the catalogue.
+        pub level: String,
+        pub region_code: String,
+        pub updated_at_ms: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod credential {
+    use sea_orm::entity::prelude::*;
+
+    /// A department's bearer token, kept only as its SHA-256.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "gateway_credentials")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub token_sha256: String,
+        pub department_code: String,
+        pub created_at_ms: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod notice_counter {
+    use sea_orm::entity::prelude::*;
+
+    /// The last sequence handed out in a department's notice log.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "gateway_notice_counters")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub department_code: String,
+        pub last_sequence: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod notice {
+    use sea_orm::entity::prelude::*;
+
+    /// One event addressed to a department, at its place in the department's own log.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "gateway_notices")]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i64,
+        pub department_code: String,
+        /// 1, 2, 3, ... per department, without gaps.
+        pub sequence: i64,
+        pub event_id: String,
+        pub subject: String,
+        /// `whistle.issued`, `whistle.acknowledged`, ...
+        pub kind: String,
+        pub case_id: String,
+        pub assignment_id: String,
+        /// The `whistle.events.v1.Event`, protobuf-encoded.
+        pub event: Vec<u8>,
+        pub created_at_ms: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod assignment {
+    use sea_orm::entity::prelude::*;
+
+    /// The latest version of an assignment seen in the events, to list a department's work locally.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "gateway_assignments")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub assignment_id: String,
+        pub department_code: String,
+        pub case_id: String,
+        /// `whistle.types.v1.AssignmentStatus` number.
+        pub status: i32,
+        pub version: i64,
+        /// The `whistle.types.v1.Assignment`, protobuf-encoded.
+        pub assignment: Vec<u8>,
+        pub updated_at_ms: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod delivery_cursor {
+    use sea_orm::entity::prelude::*;
+
+    /// The highest notice sequence sent to a department's subscribers, for operators.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "gateway_delivery_cursors")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub department_code: String,
+        pub delivered_sequence: i64,
+        pub delivered_at_ms: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// The department a token digest belongs to.
+pub async fn department_of_token<C: ConnectionTrait>(
+    connection: &C,
+    token_sha256: &str,
+) -> Result<Option<String>, DbErr> {
+    Ok(credential::Entity::find_by_id(token_sha256)
+        .one(connection)
+        .await?
+        .map(|credential| credential.department_code))
+}
+
+/// Hands out the next sequence of a department's notice log. Call inside the transaction that
+/// inserts the notice: on PostgreSQL the counter row stays locked until commit, so concurrent
+/// writers queue and readers never see a gap.
+pub async fn next_notice_sequence<C: ConnectionTrait>(
+    connection: &C,
+    department_code: &str,
+) -> Result<i64, DbErr> {
+    notice_counter::Entity::insert(notice_counter::ActiveModel {
+        department_code: Set(department_code.to_string()),
+        last_sequence: Set(1),
+    })
+    .on_conflict(
+        OnConflict::column(notice_counter::Column::DepartmentCode)
+            .value(
+                notice_counter::Column::LastSequence,
+                Expr::col((notice_counter::Entity, notice_counter::Column::LastSequence)).add(1),
+            )
+            .to_owned(),
+    )
+    .exec_without_returning(connection)
+    .await?;
+    notice_counter::Entity::find_by_id(department_code)
+        .one(connection)
+        .await?
+        .map(|counter| counter.last_sequence)
+        .ok_or_else(|| DbErr::Custom(format!("notice counter of {department_code} vanished")))
+}
+
+/// Up to `limit` notices of a department after `after_sequence`, oldest first.
+pub async fn notices_after<C: ConnectionTrait>(
+    connection: &C,
+    department_code: &str,
+    after_sequence: i64,
+    limit: u64,
+) -> Result<Vec<notice::Model>, DbErr> {
+    notice::Entity::find()
+        .filter(notice::Column::DepartmentCode.eq(department_code))
+        .filter(notice::Column::Sequence.gt(after_sequence))
+        .order_by_asc(notice::Column::Sequence)
+        .limit(limit)
+        .all(connection)
+        .await
+}
+
+/// Stores an assignment unless a newer version of it is already stored.
+pub async fn upsert_assignment<C: ConnectionTrait>(
+    connection: &C,
+    model: assignment::Model,
+) -> Result<(), DbErr> {
+    if let Some(stored) = assignment::Entity::find_by_id(model.assignment_id.as_str())
+        .one(connection)
+        .await?
+        && stored.version > model.version
+    {
+        tracing::debug!(
+            assignment_id = %model.assignment_id,
+            stored_version = stored.version,
+            event_version = model.version,
+            "older assignment version ignored"
+        );
+        return Ok(());
+    }
+    assignment::Entity::insert(assignment::ActiveModel::from(model))
+        .on_conflict(
+            OnConflict::column(assignment::Column::AssignmentId)
+                .update_columns([
+                    assignment::Column::DepartmentCode,
+                    assignment::Column::CaseId,
+                    assignment::Column::Status,
+                    assignment::Column::Version,
+                    assignment::Column::Assignment,
+                    assignment::Column::UpdatedAtMs,
+                ])
+                .to_owned(),
+        )
+        .exec_without_returning(connection)
+        .await?;
+    Ok(())
+}
+
+/// Raises a department's delivery cursor to `sequence` (never lowers it).
+pub async fn advance_delivery_cursor<C: ConnectionTrait>(
+    connection: &C,
+    department_code: &str,
+    sequence: i64,
+    now_ms: i64,
+) -> Result<(), DbErr> {
+    let raised = delivery_cursor::Entity::update_many()
+        .col_expr(delivery_cursor::Column::DeliveredSequence, sequence.into())
+        .col_expr(delivery_cursor::Column::DeliveredAtMs, now_ms.into())
+        .filter(delivery_cursor::Column::DepartmentCode.eq(department_code))
+        .filter(delivery_cursor::Column::DeliveredSequence.lt(sequence))
+        .exec(connection)
+        .await?;
+    if raised.rows_affected > 0 {
+        return Ok(());
+    }
+    delivery_cursor::Entity::insert(delivery_cursor::ActiveModel {
+        department_code: Set(department_code.to_string()),
+        delivered_sequence: Set(sequence),
+        delivered_at_ms: Set(now_ms),
+    })
+    .on_conflict(
+        OnConflict::column(delivery_cursor::Column::DepartmentCode)
+            .do_nothing()
+            .to_owned(),
+    )
+    .exec_without_returning(connection)
+    .await?;
+    Ok(())
+}
+
+/// The gateway's migrations, oldest first.
+#[derive(Debug)]
+pub struct Migrator;
+
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![
+            Box::new(whistle_platform::db::migrations::CreateOutboxAndInbox),
+            Box::new(CreateGatewayTables),
+        ]
+    }
+}
+
+#[derive(Debug)]
+struct CreateGatewayTables;
+
+impl MigrationName for CreateGatewayTables {
+    fn name(&self) -> &str {
+        "m20261128_000003_department_gateway_tables"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for CreateGatewayTables {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        use sea_orm_migration::schema::*;
+        manager
+            .create_table(
+                Table::create()
+                    .table(department::Entity)
+                    .if_not_exists()
+                    .col(string(department::Column::Code).primary_key())
+                    .col(string(department::Column::Name))
+                    .col(string(department::Column::Level))
+                    .col(string(department::Column::RegionCode))
+                    .col(big_integer(department::Column::UpdatedAtMs))
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table(credential::Entity)
+                    .if_not_exists()
+                    .col(string(credential::Column::TokenSha256).primary_key())
+                    .col(string(credential::Column::DepartmentCode))
+                    .col(big_integer(credential::Column::CreatedAtMs))
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("gateway_credentials_department")
+                    .table(credential::Entity)
+                    .col(credential::Column::DepartmentCode)
+                    .if_not_exists()
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table(notice_counter::Entity)
+                    .if_not_exists()
+                    .col(string(notice_counter::Column::DepartmentCode).primary_key())
+                    .col(big_integer(notice_counter::Column::LastSequence))
+                    .to_owned(),
+            )
+            .await?;
+        use notice::Column as N;
+        manager
+            .create_table(
+                Table::create()
+                    .table(notice::Entity)
+                    .if_not_exists()
+                    .col(big_pk_auto(N::Id))
+                    .col(string(N::DepartmentCode))
+                    .col(big_integer(N::Sequence))
+                    .col(string(N::EventId))
+                    .col(string(N::Subject))
+                    .col(string(N::Kind))
+                    .col(string(N::CaseId))
+                    .col(string(N::AssignmentId))
+                    .col(blob(N::Event))
+                    .col(big_integer(N::CreatedAtMs))
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("gateway_notices_department_sequence")
+                    .table(notice::Entity)
+                    .col(N::DepartmentCode)
+                    .col(N::Sequence)
+                    .unique()
+                    .if_not_exists()
+                    .to_owned(),
+            )
+            .await?;
+        use assignment::Column as A;
+        manager
+            .create_table(
+                Table::create()
+                    .table(assignment::Entity)
+                    .if_not_exists()
+                    .col(string(A::AssignmentId).primary_key())
+                    .col(string(A::DepartmentCode))
+                    .col(string(A::CaseId))
+                    .col(integer(A::Status))
+                    .col(big_integer(A::Version))
+                    .col(blob(A::Assignment))
+                    .col(big_integer(A::UpdatedAtMs))
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("gateway_assignments_department")
+                    .table(assignment::Entity)
+                    .col(A::DepartmentCode)
+                    .col(A::AssignmentId)
+                    .if_not_exists()
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("gateway_assignments_department_status")
+                    .table(assignment::Entity)
+                    .col(A::DepartmentCode)
+                    .col(A::Status)
+                    .col(A::AssignmentId)
+                    .if_not_exists()
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table(delivery_cursor::Entity)
+                    .if_not_exists()
+                    .col(string(delivery_cursor::Column::DepartmentCode).primary_key())
+                    .col(big_integer(delivery_cursor::Column::DeliveredSequence))
+                    .col(big_integer(delivery_cursor::Column::DeliveredAtMs))
+                    .to_owned(),
+            )
+            .await
+    }
+}
