@@ -6,9 +6,8 @@ use prost::Message;
 use sea_orm::{ActiveValue::Set, DatabaseTransaction, EntityTrait};
 use tokio::sync::watch;
 use whistle_platform::clock::{SharedClock, to_millis};
-use whistle_platform::envelope::{self, Event, Payload};
+use whistle_platform::envelope::{self, Event, assignment_of};
 use whistle_platform::inbox::{EventHandler, HandleError};
-use whistle_proto::types::Assignment;
 
 /// Durable consumer name, shared by every gateway replica.
 pub const CONSUMER: &str = "department-gateway";
@@ -38,21 +37,6 @@ impl NoticeSignal {
     /// A receiver that sees every commit after this call.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.sender.subscribe()
-    }
-}
-
-/// The assignment an event is about, when it is about one.
-pub fn assignment_of(payload: &Payload) -> Option<&Assignment> {
-    match payload {
-        Payload::WhistleIssued(event) => event.assignment.as_ref(),
-        Payload::AssignmentAcknowledged(event) => event.assignment.as_ref(),
-        Payload::AssignmentCheckedIn(event) => event.assignment.as_ref(),
-        Payload::AssignmentProgressed(event) => event.assignment.as_ref(),
-        Payload::AssignmentResolved(event) => event.assignment.as_ref(),
-        Payload::AssignmentReturned(event) => event.assignment.as_ref(),
-        Payload::AssignmentOverdue(event) => event.assignment.as_ref(),
-        Payload::AssignmentExtended(event) => event.assignment.as_ref(),
-        _ => None,
     }
 }
 

@@ -5,7 +5,7 @@ use crate::clock::{Clock, to_proto_timestamp};
 use crate::outbox::OutboxEvent;
 use prost::Message;
 pub use whistle_proto::events::{Event, event::Payload};
-use whistle_proto::types::Region;
+use whistle_proto::types::{Assignment, Region};
 
 /// A malformed envelope: a subject token that NATS cannot carry, a missing part.
 #[derive(Debug, thiserror::Error)]
@@ -59,9 +59,9 @@ pub fn kind(payload: &Payload) -> Kind {
     Kind { family, name }
 }
 
-/// The department a whistle event is addressed to.
-pub fn department_of(payload: &Payload) -> Option<&str> {
-    let assignment = match payload {
+/// The assignment a whistle event carries (every `whistle.*` event carries the full assignment).
+pub fn assignment_of(payload: &Payload) -> Option<&Assignment> {
+    match payload {
         Payload::WhistleIssued(issued) => issued.assignment.as_ref(),
         Payload::AssignmentAcknowledged(event) => event.assignment.as_ref(),
         Payload::AssignmentCheckedIn(event) => event.assignment.as_ref(),
@@ -71,8 +71,12 @@ pub fn department_of(payload: &Payload) -> Option<&str> {
         Payload::AssignmentOverdue(event) => event.assignment.as_ref(),
         Payload::AssignmentExtended(event) => event.assignment.as_ref(),
         _ => None,
-    };
-    assignment.map(|assignment| assignment.department_code.as_str())
+    }
+}
+
+/// The department a whistle event is addressed to.
+pub fn department_of(payload: &Payload) -> Option<&str> {
+    assignment_of(payload).map(|assignment| assignment.department_code.as_str())
 }
 
 /// A new event with a fresh UUIDv7 id, stamped with the clock's time.
@@ -193,7 +197,6 @@ mod tests {
     use super::*;
     use crate::clock::SystemClock;
     use whistle_proto::events::{CaseReported, WhistleIssued};
-    use whistle_proto::types::Assignment;
 
     fn region() -> Region {
         Region {
