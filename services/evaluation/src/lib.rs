@@ -1,1 +1,16 @@
-//! placeholder
+//! Evaluation (考核): keeps per-assignment facts from the case and whistle events, takes
+//! cooperation ratings and resident call-backs, and serves scorecards, rankings and explanations.
+
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod catalogue;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod events;
+pub mod grpc;
+pub mod storage;
+
+pub use app::run;
+pub use config::EvaluationConfig;

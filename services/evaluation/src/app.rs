@@ -1,0 +1,95 @@
+//! Wiring: database, NATS, the two event consumers, the outbox relay and the gRPC server, run until
+//! shutdown.
+
+use crate::config::EvaluationConfig;
+use crate::events::{CASES_CONSUMER, EvaluationEvents, WHISTLES_CONSUMER};
+use crate::grpc::{EvaluationGrpc, SOURCE};
+use crate::storage::Migrator;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use whistle_platform::clock::SharedClock;
+use whistle_platform::grpc::HealthProbe;
+use whistle_platform::inbox::{ConsumerSpec, run_consumer};
+use whistle_platform::outbox::{OutboxRelay, OutboxSignal};
+use whistle_platform::{db, grpc, nats};
+use whistle_proto::evaluation::evaluation_service_server::EvaluationServiceServer;
+
+/// Runs evaluation on `listener` until `shutdown` is cancelled; returns after the server drained
+/// and the consumers acknowledged what they applied.
+pub async fn run(
+    config: EvaluationConfig,
+    listener: TcpListener,
+    clock: SharedClock,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let utc_offset = config.evaluation.utc_offset()?;
+    let weights = config.evaluation.weights.to_weights();
+    weights
+        .validate()
+        .map_err(|reason| anyhow::anyhow!("evaluation.weights.{reason}"))?;
+
+    let db = db::connect(&config.database).await?;
+    db::migrate::<Migrator>(&db).await?;
+    if let Some(file) = &config.catalogue.file {
+        crate::catalogue::load(&db, file).await?;
+    }
+    let nats_client = nats::connect(&config.nats, SOURCE).await?;
+    let jetstream = async_nats::jetstream::new(nats_client.clone());
+    nats::ensure_streams(&jetstream, &config.nats).await?;
+
+    let shutdown = shutdown.child_token();
+    // Evaluation publishes nothing yet; the relay is here for `evaluation.period_closed`.
+    let relay = OutboxRelay::new(
+        db.clone(),
+        jetstream.clone(),
+        OutboxSignal::default(),
+        config.outbox.clone(),
+        clock.clone(),
+    );
+    let relay_task = tokio::spawn(relay.run(shutdown.clone()));
+
+    let handler = Arc::new(EvaluationEvents {
+        clock: clock.clone(),
+    });
+    let consumers = [
+        (nats::CASES_STREAM, CASES_CONSUMER, "case.v1.>"),
+        (nats::WHISTLES_STREAM, WHISTLES_CONSUMER, "whistle.v1.>"),
+    ]
+    .map(|(stream, durable, filter_subject)| {
+        tokio::spawn(run_consumer(
+            jetstream.clone(),
+            db.clone(),
+            clock.clone(),
+            ConsumerSpec {
+                stream: stream.to_string(),
+                durable: durable.to_string(),
+                filter_subject: filter_subject.to_string(),
+                max_batch: config.evaluation.consumer_max_batch,
+            },
+            handler.clone(),
+            shutdown.clone(),
+        ))
+    });
+
+    let service = EvaluationGrpc {
+        db: db.clone(),
+        clock,
+        utc_offset,
+        weights,
+    };
+    let routes = tonic::service::Routes::new(EvaluationServiceServer::new(service));
+    let probe = HealthProbe {
+        db: db.clone(),
+        nats: nats_client,
+        services: vec!["whistle.evaluation.v1.EvaluationService"],
+    };
+    let served = grpc::serve(listener, routes, probe, shutdown.clone()).await;
+    shutdown.cancel();
+    for consumer in consumers {
+        let _ = consumer.await;
+    }
+    let _ = relay_task.await;
+    db.close().await?;
+    served
+}

@@ -1,0 +1,230 @@
+//! Evaluation's configuration.
+
+use crate::domain::{UtcOffset, Weights};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use whistle_platform::config::{
+    ConfigError, DatabaseConfig, GrpcConfig, NatsConfig, OutboxConfig, TelemetryConfig,
+};
+use whistle_platform::service::ServiceConfig;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvaluationConfig {
+    pub grpc: GrpcConfig,
+    pub database: DatabaseConfig,
+    pub nats: NatsConfig,
+    pub outbox: OutboxConfig,
+    pub telemetry: TelemetryConfig,
+    pub catalogue: CatalogueConfig,
+    pub evaluation: EvaluationSettings,
+}
+
+/// Where the department registry (code, name, level, region) comes from.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogueConfig {
+    /// A catalogue JSON file (see deploy/demo/catalogue.json); its `departments` are upserted at start.
+    pub file: Option<PathBuf>,
+}
+
+/// How scores are computed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvaluationSettings {
+    /// Periods start at local midnight in this time zone (China: 8).
+    pub utc_offset_hours: i32,
+    /// Events applied per database transaction by each consumer, at most.
+    pub consumer_max_batch: usize,
+    pub weights: WeightsConfig,
+}
+
+/// The weights of the composite; only their ratios matter (see DOMAIN.md, "Evaluation").
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WeightsConfig {
+    pub report_rate: f64,
+    pub on_site_rate: f64,
+    pub resolution_rate: f64,
+    pub on_time_rate: f64,
+    pub cooperation: f64,
+    pub satisfaction: f64,
+    pub rework: f64,
+}
+
+impl Default for WeightsConfig {
+    fn default() -> Self {
+        let weights = Weights::default();
+        Self {
+            report_rate: weights.report_rate,
+            on_site_rate: weights.on_site_rate,
+            resolution_rate: weights.resolution_rate,
+            on_time_rate: weights.on_time_rate,
+            cooperation: weights.cooperation,
+            satisfaction: weights.satisfaction,
+            rework: weights.rework,
+        }
+    }
+}
+
+impl WeightsConfig {
+    pub fn to_weights(&self) -> Weights {
+        Weights {
+            report_rate: self.report_rate,
+            on_site_rate: self.on_site_rate,
+            resolution_rate: self.resolution_rate,
+            on_time_rate: self.on_time_rate,
+            cooperation: self.cooperation,
+            satisfaction: self.satisfaction,
+            rework: self.rework,
+        }
+    }
+}
+
+impl Default for EvaluationSettings {
+    fn default() -> Self {
+        Self {
+            utc_offset_hours: 8,
+            consumer_max_batch: 256,
+            weights: WeightsConfig::default(),
+        }
+    }
+}
+
+impl EvaluationSettings {
+    pub fn utc_offset(&self) -> Result<UtcOffset, ConfigError> {
+        UtcOffset::from_hours(self.utc_offset_hours)
+            .map_err(|reason| ConfigError::Invalid(format!("evaluation.utc_offset_hours {reason}")))
+    }
+}
+
+impl Default for EvaluationConfig {
+    fn default() -> Self {
+        Self {
+            grpc: GrpcConfig {
+                listen: ([127, 0, 0, 1], 50054).into(),
+            },
+            database: DatabaseConfig {
+                url: "sqlite://data/evaluation.sqlite".into(),
+                max_connections: 10,
+            },
+            nats: NatsConfig::default(),
+            outbox: OutboxConfig::default(),
+            telemetry: TelemetryConfig::default(),
+            catalogue: CatalogueConfig::default(),
+            evaluation: EvaluationSettings::default(),
+        }
+    }
+}
+
+impl ServiceConfig for EvaluationConfig {
+    const SERVICE: &'static str = "evaluation";
+
+    fn grpc(&self) -> &GrpcConfig {
+        &self.grpc
+    }
+
+    fn telemetry(&self) -> &TelemetryConfig {
+        &self.telemetry
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.database.validate()?;
+        self.nats.validate()?;
+        self.outbox.validate()?;
+        self.telemetry.validate()?;
+        if let Some(file) = &self.catalogue.file
+            && !file.is_file()
+        {
+            return Err(ConfigError::Invalid(format!(
+                "catalogue.file {} does not exist",
+                file.display()
+            )));
+        }
+        self.evaluation.utc_offset()?;
+        if !(1..=10_000).contains(&self.evaluation.consumer_max_batch) {
+            return Err(ConfigError::Invalid(
+                "evaluation.consumer_max_batch must be between 1 and 10000".into(),
+            ));
+        }
+        self.evaluation
+            .weights
+            .to_weights()
+            .validate()
+            .map_err(|reason| ConfigError::Invalid(format!("evaluation.weights.{reason}")))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_match_domain_md() {
+        let config = EvaluationConfig::default();
+        config.validate().expect("defaults are valid");
+        assert_eq!(config.grpc.listen.port(), 50054);
+        assert_eq!(config.database.url, "sqlite://data/evaluation.sqlite");
+        assert_eq!(config.evaluation.utc_offset_hours, 8);
+        let weights = config.evaluation.weights;
+        assert_eq!(
+            (
+                weights.report_rate,
+                weights.resolution_rate,
+                weights.cooperation,
+                weights.satisfaction,
+                weights.rework
+            ),
+            (25.0, 30.0, 15.0, 20.0, 10.0)
+        );
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        let mut config = EvaluationConfig::default();
+        config.evaluation.weights.satisfaction = -1.0;
+        let error = config.validate().expect_err("negative weight");
+        assert!(
+            error
+                .to_string()
+                .contains("evaluation.weights.satisfaction"),
+            "{error}"
+        );
+
+        let mut config = EvaluationConfig::default();
+        config.evaluation.utc_offset_hours = 20;
+        let error = config.validate().expect_err("bad offset");
+        assert!(
+            error.to_string().contains("evaluation.utc_offset_hours"),
+            "{error}"
+        );
+
+        let mut config = EvaluationConfig::default();
+        config.evaluation.weights = WeightsConfig {
+            report_rate: 0.0,
+            on_site_rate: 0.0,
+            resolution_rate: 0.0,
+            on_time_rate: 0.0,
+            cooperation: 0.0,
+            satisfaction: 0.0,
+            rework: 0.0,
+        };
+        assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn a_file_overrides_weights() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("evaluation.toml");
+        std::fs::write(
+            &file,
+            "[evaluation]\nutc_offset_hours = 0\n[evaluation.weights]\nrework = 0\n",
+        )
+        .expect("write");
+        let config = EvaluationConfig::load(Some(&file)).expect("load");
+        assert_eq!(config.evaluation.utc_offset_hours, 0);
+        assert_eq!(config.evaluation.weights.rework, 0.0);
+        assert_eq!(config.evaluation.weights.report_rate, 25.0);
+    }
+}

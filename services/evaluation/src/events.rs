@@ -1,0 +1,339 @@
+//! Consuming the case and whistle events into per-assignment facts. Each event is applied inside
+//! the inbox transaction, so a redelivered event changes nothing; handlers accept the two streams'
+//! events in either order (see `domain::merge_snapshot` and `domain::derive_outcome`).
+
+use crate::domain::{
+    self, AssignmentRole, AssignmentSnapshot, AssignmentState, Milestone, Reopening,
+};
+use crate::storage;
+use sea_orm::DatabaseTransaction;
+use whistle_platform::clock::{SharedClock, from_proto_timestamp, to_millis};
+use whistle_platform::envelope::{Event, Payload};
+use whistle_platform::inbox::{EventHandler, HandleError};
+use whistle_proto::types::{Assignment, AssignmentFlag, AssignmentStatus};
+
+/// Durable consumer of `case.v1.>` on the cases stream.
+pub const CASES_CONSUMER: &str = "evaluation-cases";
+/// Durable consumer of `whistle.v1.>` on the whistles stream.
+pub const WHISTLES_CONSUMER: &str = "evaluation-whistles";
+
+/// Applies case and whistle events to evaluation's tables.
+#[derive(Debug, Clone)]
+pub struct EvaluationEvents {
+    pub clock: SharedClock,
+}
+
+/// What one whistle event adds to its assignment's snapshot.
+#[derive(Debug, Default)]
+struct WhistleExtras {
+    verdict: Option<(Milestone, bool)>,
+    raised_flag: Option<i32>,
+    new_resolve_by_ms: Option<i64>,
+}
+
+impl EventHandler for EvaluationEvents {
+    async fn handle(
+        &self,
+        transaction: &DatabaseTransaction,
+        _subject: &str,
+        event: &Event,
+    ) -> Result<(), HandleError> {
+        let now_ms = to_millis(self.clock.now());
+        let Some(payload) = &event.payload else {
+            return Err(HandleError::Rejected("event has no payload".into()));
+        };
+        let (assignment, extras) = match payload {
+            Payload::WhistleIssued(issued) => (&issued.assignment, WhistleExtras::default()),
+            Payload::AssignmentAcknowledged(acknowledged) => (
+                &acknowledged.assignment,
+                WhistleExtras {
+                    verdict: Some((Milestone::Acknowledged, acknowledged.within_limit)),
+                    ..WhistleExtras::default()
+                },
+            ),
+            Payload::AssignmentCheckedIn(checked_in) => (
+                &checked_in.assignment,
+                WhistleExtras {
+                    verdict: Some((Milestone::OnSite, checked_in.within_limit)),
+                    ..WhistleExtras::default()
+                },
+            ),
+            Payload::AssignmentProgressed(progressed) => {
+                (&progressed.assignment, WhistleExtras::default())
+            }
+            Payload::AssignmentResolved(resolved) => (
+                &resolved.assignment,
+                WhistleExtras {
+                    verdict: Some((Milestone::Resolved, resolved.within_limit)),
+                    ..WhistleExtras::default()
+                },
+            ),
+            Payload::AssignmentReturned(returned) => {
+                (&returned.assignment, WhistleExtras::default())
+            }
+            Payload::AssignmentOverdue(overdue) => (
+                &overdue.assignment,
+                WhistleExtras {
+                    raised_flag: Some(overdue.flag),
+                    ..WhistleExtras::default()
+                },
+            ),
+            Payload::AssignmentExtended(extended) => (
+                &extended.assignment,
+                WhistleExtras {
+                    raised_flag: Some(AssignmentFlag::Extended as i32),
+                    new_resolve_by_ms: millis(extended.new_resolve_by.as_ref()),
+                    ..WhistleExtras::default()
+                },
+            ),
+            Payload::CaseVerified(verified) => {
+                if !verified.passed {
+                    return remember(transaction, event, now_ms).await;
+                }
+                let verified_at_ms = occurred_at(event)?;
+                return apply_passed_verification(transaction, event, verified_at_ms, now_ms).await;
+            }
+            Payload::CaseClosed(_) => {
+                let closed_at_ms = occurred_at(event)?;
+                return apply_passed_verification(transaction, event, closed_at_ms, now_ms).await;
+            }
+            Payload::CaseReopened(reopened) => {
+                let case_id = case_id_of(event)?;
+                let reopening = Reopening {
+                    reopened_at_ms: occurred_at(event)?,
+                    assignment_ids: reopened.assignment_ids.clone(),
+                };
+                storage::record_reopening(
+                    transaction,
+                    &event.event_id,
+                    case_id,
+                    &reopening,
+                    now_ms,
+                )
+                .await?;
+                storage::refresh_case_outcomes(transaction, case_id).await?;
+                tracing::debug!(case_id, assignments = ?reopening.assignment_ids, "case reopened");
+                return Ok(());
+            }
+            Payload::CaseReported(_)
+            | Payload::CaseMerged(_)
+            | Payload::CaseAccepted(_)
+            | Payload::CaseRejected(_)
+            | Payload::CaseEscalated(_) => return remember(transaction, event, now_ms).await,
+            Payload::EvaluationPeriodClosed(_) => return Ok(()),
+        };
+        let Some(assignment) = assignment else {
+            return Err(HandleError::Rejected(
+                "whistle event carries no assignment".into(),
+            ));
+        };
+        apply_assignment(transaction, event, assignment, extras, now_ms).await
+    }
+}
+
+fn millis(timestamp: Option<&prost_types::Timestamp>) -> Option<i64> {
+    timestamp.and_then(from_proto_timestamp).map(to_millis)
+}
+
+fn occurred_at(event: &Event) -> Result<i64, HandleError> {
+    millis(event.occurred_at.as_ref())
+        .ok_or_else(|| HandleError::Rejected("event has no valid occurred_at".into()))
+}
+
+fn case_id_of(event: &Event) -> Result<&str, HandleError> {
+    if event.case_id.is_empty() {
+        return Err(HandleError::Rejected("event has no case_id".into()));
+    }
+    Ok(&event.case_id)
+}
+
+async fn remember(
+    transaction: &DatabaseTransaction,
+    event: &Event,
+    now_ms: i64,
+) -> Result<(), HandleError> {
+    storage::remember_case(transaction, case_id_of(event)?, now_ms).await?;
+    Ok(())
+}
+
+async fn apply_passed_verification(
+    transaction: &DatabaseTransaction,
+    event: &Event,
+    passed_at_ms: i64,
+    now_ms: i64,
+) -> Result<(), HandleError> {
+    let case_id = case_id_of(event)?;
+    storage::record_passed_verification(transaction, case_id, passed_at_ms, now_ms).await?;
+    storage::refresh_case_outcomes(transaction, case_id).await?;
+    tracing::debug!(case_id, "case verification passed");
+    Ok(())
+}
+
+async fn apply_assignment(
+    transaction: &DatabaseTransaction,
+    event: &Event,
+    assignment: &Assignment,
+    extras: WhistleExtras,
+    now_ms: i64,
+) -> Result<(), HandleError> {
+    let mut snapshot = snapshot_of(assignment, &event.case_id).map_err(HandleError::Rejected)?;
+    if let Some(flag) = extras.raised_flag {
+        raise_flag(&mut snapshot, flag);
+    }
+    if let Some(new_resolve_by_ms) = extras.new_resolve_by_ms {
+        snapshot.resolve_by_ms = Some(
+            snapshot
+                .resolve_by_ms
+                .map_or(new_resolve_by_ms, |known| known.max(new_resolve_by_ms)),
+        );
+    }
+    let existing = storage::find_assignment(transaction, &snapshot.assignment_id).await?;
+    if existing
+        .as_ref()
+        .is_some_and(|existing| existing.version > snapshot.version)
+    {
+        tracing::debug!(
+            assignment_id = %snapshot.assignment_id,
+            version = snapshot.version,
+            "older assignment version, keeping the newer snapshot"
+        );
+    }
+    let merged = domain::merge_snapshot(existing.as_ref(), &snapshot, extras.verdict);
+    storage::remember_case(transaction, &merged.case_id, now_ms).await?;
+    storage::save_assignment(transaction, &merged, now_ms).await?;
+    storage::refresh_case_outcomes(transaction, &merged.case_id).await?;
+    tracing::debug!(
+        assignment_id = %merged.assignment_id,
+        department_code = %merged.department_code,
+        state = merged.state.as_str(),
+        "assignment facts updated"
+    );
+    Ok(())
+}
+
+/// The evaluation view of an assignment as carried by a whistle event.
+pub fn snapshot_of(
+    assignment: &Assignment,
+    event_case_id: &str,
+) -> Result<AssignmentSnapshot, String> {
+    if assignment.assignment_id.is_empty() {
+        return Err("assignment has no assignment_id".into());
+    }
+    if assignment.department_code.is_empty() {
+        return Err(format!(
+            "assignment {} has no department_code",
+            assignment.assignment_id
+        ));
+    }
+    let case_id = if assignment.case_id.is_empty() {
+        event_case_id
+    } else {
+        assignment.case_id.as_str()
+    };
+    if case_id.is_empty() {
+        return Err(format!(
+            "assignment {} has no case_id",
+            assignment.assignment_id
+        ));
+    }
+    let whistled_at_ms = millis(assignment.whistled_at.as_ref()).ok_or_else(|| {
+        format!(
+            "assignment {} has no valid whistled_at",
+            assignment.assignment_id
+        )
+    })?;
+    let state = match AssignmentStatus::try_from(assignment.status) {
+        Ok(AssignmentStatus::Acknowledged) => AssignmentState::Acknowledged,
+        Ok(AssignmentStatus::OnSite) => AssignmentState::OnSite,
+        Ok(AssignmentStatus::Resolved) => AssignmentState::Resolved,
+        Ok(AssignmentStatus::Returned) => AssignmentState::Returned,
+        Ok(AssignmentStatus::Whistled | AssignmentStatus::Unspecified) | Err(_) => {
+            AssignmentState::Whistled
+        }
+    };
+    let role = match whistle_proto::types::AssignmentRole::try_from(assignment.role) {
+        Ok(whistle_proto::types::AssignmentRole::Lead) => AssignmentRole::Lead,
+        Ok(whistle_proto::types::AssignmentRole::Co) => AssignmentRole::Co,
+        _ => AssignmentRole::Unspecified,
+    };
+    let deadlines = assignment.deadlines.unwrap_or_default();
+    let mut snapshot = AssignmentSnapshot {
+        assignment_id: assignment.assignment_id.clone(),
+        case_id: case_id.to_string(),
+        department_code: assignment.department_code.clone(),
+        role,
+        state,
+        version: assignment.version,
+        whistled_at_ms,
+        acknowledge_by_ms: millis(deadlines.acknowledge_by.as_ref()),
+        on_site_by_ms: millis(deadlines.on_site_by.as_ref()),
+        resolve_by_ms: millis(deadlines.resolve_by.as_ref()),
+        requires_on_site: assignment.requires_on_site,
+        acknowledged_at_ms: millis(assignment.acknowledged_at.as_ref()),
+        on_site_at_ms: millis(assignment.on_site_at.as_ref()),
+        resolved_at_ms: millis(assignment.resolved_at.as_ref()),
+        returned_at_ms: millis(assignment.returned_at.as_ref()),
+        deferred: false,
+        extended: false,
+        escalated: false,
+    };
+    for flag in &assignment.flags {
+        raise_flag(&mut snapshot, *flag);
+    }
+    Ok(snapshot)
+}
+
+fn raise_flag(snapshot: &mut AssignmentSnapshot, flag: i32) {
+    match AssignmentFlag::try_from(flag) {
+        Ok(AssignmentFlag::Deferred) => snapshot.deferred = true,
+        Ok(AssignmentFlag::Extended) => snapshot.extended = true,
+        Ok(AssignmentFlag::Escalated) => snapshot.escalated = true,
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use whistle_platform::clock::{from_millis, to_proto_timestamp};
+    use whistle_proto::types::Deadlines;
+
+    #[test]
+    fn assignments_become_snapshots() {
+        let at = |ms: i64| Some(to_proto_timestamp(from_millis(ms)));
+        let assignment = Assignment {
+            assignment_id: "a1".into(),
+            case_id: String::new(),
+            department_code: "zw-sanitation".into(),
+            role: whistle_proto::types::AssignmentRole::Co as i32,
+            status: AssignmentStatus::Resolved as i32,
+            flags: vec![AssignmentFlag::Deferred as i32, 99],
+            whistled_at: at(1_000),
+            deadlines: Some(Deadlines {
+                acknowledge_by: at(2_000),
+                on_site_by: None,
+                resolve_by: at(9_000),
+            }),
+            requires_on_site: true,
+            resolved_at: at(5_000),
+            version: 4,
+            ..Assignment::default()
+        };
+        let snapshot = snapshot_of(&assignment, "c1").expect("valid");
+        assert_eq!(snapshot.case_id, "c1");
+        assert_eq!(snapshot.role, AssignmentRole::Co);
+        assert_eq!(snapshot.state, AssignmentState::Resolved);
+        assert_eq!(snapshot.whistled_at_ms, 1_000);
+        assert_eq!(snapshot.acknowledge_by_ms, Some(2_000));
+        assert_eq!(snapshot.on_site_by_ms, None);
+        assert_eq!(snapshot.resolved_at_ms, Some(5_000));
+        assert!(snapshot.deferred && !snapshot.extended);
+
+        let mut no_time = assignment.clone();
+        no_time.whistled_at = None;
+        assert!(snapshot_of(&no_time, "c1").is_err());
+        let mut no_department = assignment;
+        no_department.department_code.clear();
+        assert!(snapshot_of(&no_department, "c1").is_err());
+    }
+}

@@ -1,0 +1,839 @@
+//! Evaluation's tables: the department registry, per-assignment facts, what the case events said
+//! (verifications, reopenings), cooperation ratings and satisfaction call-backs; and the queries
+//! over them.
+
+use crate::domain::{
+    self, AssignmentFacts, AssignmentRole, AssignmentState, CallbackResult, CooperationRating,
+    DepartmentLevel, DerivedOutcome, PeriodBounds, Reopening, ReportedVerdict,
+    SatisfactionCallback,
+};
+use sea_orm::sea_query::OnConflict;
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder,
+};
+
+pub use migration::Migrator;
+
+/// How many values one `IN (...)` list carries at most.
+const IN_LIST_CHUNK: usize = 500;
+
+pub mod department {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "evaluation_departments")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub code: String,
+        pub name: String,
+        /// `city`, `district` or `property`.
+        pub level: String,
+        /// Division code of the area the department serves, e.g. `420303`.
+        pub region_code: String,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod assignment {
+    use sea_orm::entity::prelude::*;
+
+    /// One assignment's facts (see `domain::AssignmentFacts`).
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "evaluation_assignments")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub assignment_id: String,
+        pub case_id: String,
+        pub department_code: String,
+        /// `lead`, `co` or `unspecified`.
+        pub role: String,
+        /// `whistled`, `acknowledged`, `on_site`, `resolved` or `returned`.
+        pub state: String,
+        pub version: i64,
+        pub whistled_at_ms: i64,
+        pub acknowledge_by_ms: Option<i64>,
+        pub on_site_by_ms: Option<i64>,
+        pub resolve_by_ms: Option<i64>,
+        pub requires_on_site: bool,
+        pub acknowledged_at_ms: Option<i64>,
+        /// Dispatch's verdict from `AssignmentAcknowledged.within_limit`, and the version it came with.
+        pub acknowledged_within_limit: Option<bool>,
+        pub acknowledged_verdict_version: Option<i64>,
+        pub on_site_at_ms: Option<i64>,
+        pub on_site_within_limit: Option<bool>,
+        pub on_site_verdict_version: Option<i64>,
+        pub resolved_at_ms: Option<i64>,
+        pub first_resolved_at_ms: Option<i64>,
+        pub resolved_within_limit: Option<bool>,
+        pub resolved_verdict_version: Option<i64>,
+        pub returned_at_ms: Option<i64>,
+        pub deferred: bool,
+        pub extended: bool,
+        pub escalated: bool,
+        /// Derived from the case's events by `domain::derive_outcome`.
+        pub verified: bool,
+        pub reopen_count: i32,
+        pub return_accepted: bool,
+        pub updated_at_ms: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod case {
+    use sea_orm::entity::prelude::*;
+
+    /// A case seen in any event, and the latest time its verification passed (or it was closed).
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "evaluation_cases")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub case_id: String,
+        pub first_seen_at_ms: i64,
+        pub passed_verification_at_ms: Option<i64>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod reopening {
+    use sea_orm::entity::prelude::*;
+
+    /// One `CaseReopened` event.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "evaluation_reopenings")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub event_id: String,
+        pub case_id: String,
+        pub reopened_at_ms: i64,
+        /// JSON array of assignment ids; empty means every resolved assignment of the case.
+        pub assignment_ids: String,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod rating {
+    use sea_orm::entity::prelude::*;
+
+    /// One cooperation rating (配合度); a rater's new rating of the same assignment replaces it.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "evaluation_cooperation_ratings")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub assignment_id: String,
+        /// `street` or `community`.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub rater: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub rater_id: String,
+        pub score: i32,
+        pub comment: String,
+        pub rated_at_ms: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod callback {
+    use sea_orm::entity::prelude::*;
+
+    /// One resident call-back (回访) on a case.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "evaluation_satisfaction_callbacks")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub callback_id: String,
+        pub case_id: String,
+        /// `satisfied`, `basically_satisfied` or `dissatisfied`.
+        pub result: String,
+        pub note: String,
+        pub recorded_at_ms: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// A department of the registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Department {
+    pub code: String,
+    pub level: Option<DepartmentLevel>,
+    pub region_code: String,
+}
+
+fn version_to_db(version: u64) -> i64 {
+    i64::try_from(version).unwrap_or(i64::MAX)
+}
+
+fn version_from_db(version: i64) -> u64 {
+    u64::try_from(version).unwrap_or_default()
+}
+
+fn verdict_from_db(within_limit: Option<bool>, version: Option<i64>) -> Option<ReportedVerdict> {
+    Some(ReportedVerdict {
+        within_limit: within_limit?,
+        version: version_from_db(version.unwrap_or_default()),
+    })
+}
+
+fn facts_from_row(row: assignment::Model) -> Result<AssignmentFacts, DbErr> {
+    let state = AssignmentState::parse(&row.state).ok_or_else(|| {
+        DbErr::Custom(format!(
+            "assignment {} has unknown state {:?}",
+            row.assignment_id, row.state
+        ))
+    })?;
+    Ok(AssignmentFacts {
+        role: AssignmentRole::parse(&row.role),
+        state,
+        version: version_from_db(row.version),
+        whistled_at_ms: row.whistled_at_ms,
+        acknowledge_by_ms: row.acknowledge_by_ms,
+        on_site_by_ms: row.on_site_by_ms,
+        resolve_by_ms: row.resolve_by_ms,
+        requires_on_site: row.requires_on_site,
+        acknowledged_at_ms: row.acknowledged_at_ms,
+        acknowledged_verdict: verdict_from_db(
+            row.acknowledged_within_limit,
+            row.acknowledged_verdict_version,
+        ),
+        on_site_at_ms: row.on_site_at_ms,
+        on_site_verdict: verdict_from_db(row.on_site_within_limit, row.on_site_verdict_version),
+        resolved_at_ms: row.resolved_at_ms,
+        first_resolved_at_ms: row.first_resolved_at_ms,
+        resolved_verdict: verdict_from_db(row.resolved_within_limit, row.resolved_verdict_version),
+        returned_at_ms: row.returned_at_ms,
+        deferred: row.deferred,
+        extended: row.extended,
+        escalated: row.escalated,
+        outcome: DerivedOutcome {
+            verified: row.verified,
+            reopen_count: u32::try_from(row.reopen_count).unwrap_or_default(),
+            return_accepted: row.return_accepted,
+        },
+        assignment_id: row.assignment_id,
+        case_id: row.case_id,
+        department_code: row.department_code,
+    })
+}
+
+fn row_from_facts(facts: &AssignmentFacts, now_ms: i64) -> assignment::ActiveModel {
+    let verdict_parts = |verdict: Option<ReportedVerdict>| {
+        (
+            verdict.map(|verdict| verdict.within_limit),
+            verdict.map(|verdict| version_to_db(verdict.version)),
+        )
+    };
+    let (acknowledged_within_limit, acknowledged_verdict_version) =
+        verdict_parts(facts.acknowledged_verdict);
+    let (on_site_within_limit, on_site_verdict_version) = verdict_parts(facts.on_site_verdict);
+    let (resolved_within_limit, resolved_verdict_version) = verdict_parts(facts.resolved_verdict);
+    assignment::ActiveModel {
+        assignment_id: Set(facts.assignment_id.clone()),
+        case_id: Set(facts.case_id.clone()),
+        department_code: Set(facts.department_code.clone()),
+        role: Set(facts.role.as_str().to_string()),
+        state: Set(facts.state.as_str().to_string()),
+        version: Set(version_to_db(facts.version)),
+        whistled_at_ms: Set(facts.whistled_at_ms),
+        acknowledge_by_ms: Set(facts.acknowledge_by_ms),
+        on_site_by_ms: Set(facts.on_site_by_ms),
+        resolve_by_ms: Set(facts.resolve_by_ms),
+        requires_on_site: Set(facts.requires_on_site),
+        acknowledged_at_ms: Set(facts.acknowledged_at_ms),
+        acknowledged_within_limit: Set(acknowledged_within_limit),
+        acknowledged_verdict_version: Set(acknowledged_verdict_version),
+        on_site_at_ms: Set(facts.on_site_at_ms),
+        on_site_within_limit: Set(on_site_within_limit),
+        on_site_verdict_version: Set(on_site_verdict_version),
+        resolved_at_ms: Set(facts.resolved_at_ms),
+        first_resolved_at_ms: Set(facts.first_resolved_at_ms),
+        resolved_within_limit: Set(resolved_within_limit),
+        resolved_verdict_version: Set(resolved_verdict_version),
+        returned_at_ms: Set(facts.returned_at_ms),
+        deferred: Set(facts.deferred),
+        extended: Set(facts.extended),
+        escalated: Set(facts.escalated),
+        verified: Set(facts.outcome.verified),
+        reopen_count: Set(i32::try_from(facts.outcome.reopen_count).unwrap_or(i32::MAX)),
+        return_accepted: Set(facts.outcome.return_accepted),
+        updated_at_ms: Set(now_ms),
+    }
+}
+
+/// The facts of one assignment, when any event about it arrived.
+pub async fn find_assignment<C: ConnectionTrait>(
+    connection: &C,
+    assignment_id: &str,
+) -> Result<Option<AssignmentFacts>, DbErr> {
+    assignment::Entity::find_by_id(assignment_id)
+        .one(connection)
+        .await?
+        .map(facts_from_row)
+        .transpose()
+}
+
+/// Inserts or replaces the facts of one assignment.
+pub async fn save_assignment<C: ConnectionTrait>(
+    connection: &C,
+    facts: &AssignmentFacts,
+    now_ms: i64,
+) -> Result<(), DbErr> {
+    use assignment::Column as A;
+    assignment::Entity::insert(row_from_facts(facts, now_ms))
+        .on_conflict(
+            OnConflict::column(A::AssignmentId)
+                .update_columns([
+                    A::CaseId,
+                    A::DepartmentCode,
+                    A::Role,
+                    A::State,
+                    A::Version,
+                    A::WhistledAtMs,
+                    A::AcknowledgeByMs,
+                    A::OnSiteByMs,
+                    A::ResolveByMs,
+                    A::RequiresOnSite,
+                    A::AcknowledgedAtMs,
+                    A::AcknowledgedWithinLimit,
+                    A::AcknowledgedVerdictVersion,
+                    A::OnSiteAtMs,
+                    A::OnSiteWithinLimit,
+                    A::OnSiteVerdictVersion,
+                    A::ResolvedAtMs,
+                    A::FirstResolvedAtMs,
+                    A::ResolvedWithinLimit,
+                    A::ResolvedVerdictVersion,
+                    A::ReturnedAtMs,
+                    A::Deferred,
+                    A::Extended,
+                    A::Escalated,
+                    A::Verified,
+                    A::ReopenCount,
+                    A::ReturnAccepted,
+                    A::UpdatedAtMs,
+                ])
+                .to_owned(),
+        )
+        .exec_without_returning(connection)
+        .await?;
+    Ok(())
+}
+
+/// Notes that a case exists (any event named it); keeps what is already known about it.
+pub async fn remember_case<C: ConnectionTrait>(
+    connection: &C,
+    case_id: &str,
+    now_ms: i64,
+) -> Result<(), DbErr> {
+    case::Entity::insert(case::ActiveModel {
+        case_id: Set(case_id.to_string()),
+        first_seen_at_ms: Set(now_ms),
+        passed_verification_at_ms: Set(None),
+    })
+    .on_conflict(
+        OnConflict::column(case::Column::CaseId)
+            .do_nothing()
+            .to_owned(),
+    )
+    .exec_without_returning(connection)
+    .await?;
+    Ok(())
+}
+
+/// Whether any event named the case.
+pub async fn case_known<C: ConnectionTrait>(connection: &C, case_id: &str) -> Result<bool, DbErr> {
+    Ok(case::Entity::find_by_id(case_id)
+        .one(connection)
+        .await?
+        .is_some())
+}
+
+/// Records that the case's verification passed (or it was closed) at `passed_at_ms`; the latest
+/// such time is kept.
+pub async fn record_passed_verification<C: ConnectionTrait>(
+    connection: &C,
+    case_id: &str,
+    passed_at_ms: i64,
+    now_ms: i64,
+) -> Result<(), DbErr> {
+    remember_case(connection, case_id, now_ms).await?;
+    let known = case::Entity::find_by_id(case_id).one(connection).await?;
+    if known
+        .and_then(|case| case.passed_verification_at_ms)
+        .is_some_and(|latest| latest >= passed_at_ms)
+    {
+        return Ok(());
+    }
+    case::Entity::update_many()
+        .col_expr(case::Column::PassedVerificationAtMs, passed_at_ms.into())
+        .filter(case::Column::CaseId.eq(case_id))
+        .exec(connection)
+        .await?;
+    Ok(())
+}
+
+/// Records one `CaseReopened` event.
+pub async fn record_reopening<C: ConnectionTrait>(
+    connection: &C,
+    event_id: &str,
+    case_id: &str,
+    reopening: &Reopening,
+    now_ms: i64,
+) -> Result<(), DbErr> {
+    remember_case(connection, case_id, now_ms).await?;
+    let assignment_ids = serde_json::to_string(&reopening.assignment_ids)
+        .map_err(|error| DbErr::Custom(format!("cannot encode assignment ids: {error}")))?;
+    reopening::Entity::insert(reopening::ActiveModel {
+        event_id: Set(event_id.to_string()),
+        case_id: Set(case_id.to_string()),
+        reopened_at_ms: Set(reopening.reopened_at_ms),
+        assignment_ids: Set(assignment_ids),
+    })
+    .on_conflict(
+        OnConflict::column(reopening::Column::EventId)
+            .do_nothing()
+            .to_owned(),
+    )
+    .exec_without_returning(connection)
+    .await?;
+    Ok(())
+}
+
+/// Recomputes the derived outcomes (verified, reopen count, return accepted) of every assignment of
+/// a case from what its events said, and stores those that changed.
+pub async fn refresh_case_outcomes<C: ConnectionTrait>(
+    connection: &C,
+    case_id: &str,
+) -> Result<(), DbErr> {
+    let passed_verification_at_ms = case::Entity::find_by_id(case_id)
+        .one(connection)
+        .await?
+        .and_then(|case| case.passed_verification_at_ms);
+    let mut reopenings = Vec::new();
+    for row in reopening::Entity::find()
+        .filter(reopening::Column::CaseId.eq(case_id))
+        .all(connection)
+        .await?
+    {
+        let assignment_ids: Vec<String> =
+            serde_json::from_str(&row.assignment_ids).map_err(|error| {
+                DbErr::Custom(format!(
+                    "reopening {} has malformed assignment ids: {error}",
+                    row.event_id
+                ))
+            })?;
+        reopenings.push(Reopening {
+            reopened_at_ms: row.reopened_at_ms,
+            assignment_ids,
+        });
+    }
+    let case_assignments = assignment::Entity::find()
+        .filter(assignment::Column::CaseId.eq(case_id))
+        .all(connection)
+        .await?
+        .into_iter()
+        .map(facts_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    for facts in &case_assignments {
+        let outcome = domain::derive_outcome(
+            facts,
+            &case_assignments,
+            passed_verification_at_ms,
+            &reopenings,
+        );
+        if outcome == facts.outcome {
+            continue;
+        }
+        assignment::Entity::update_many()
+            .col_expr(assignment::Column::Verified, outcome.verified.into())
+            .col_expr(
+                assignment::Column::ReopenCount,
+                i32::try_from(outcome.reopen_count)
+                    .unwrap_or(i32::MAX)
+                    .into(),
+            )
+            .col_expr(
+                assignment::Column::ReturnAccepted,
+                outcome.return_accepted.into(),
+            )
+            .filter(assignment::Column::AssignmentId.eq(facts.assignment_id.as_str()))
+            .exec(connection)
+            .await?;
+    }
+    Ok(())
+}
+
+/// The assignments whistled in `bounds`, to one department or to all.
+pub async fn assignments_whistled_in<C: ConnectionTrait>(
+    connection: &C,
+    department_code: Option<&str>,
+    bounds: PeriodBounds,
+) -> Result<Vec<AssignmentFacts>, DbErr> {
+    let mut query = assignment::Entity::find()
+        .filter(assignment::Column::WhistledAtMs.gte(bounds.start_ms))
+        .filter(assignment::Column::WhistledAtMs.lt(bounds.end_ms))
+        .order_by_asc(assignment::Column::AssignmentId);
+    if let Some(department_code) = department_code {
+        query = query.filter(assignment::Column::DepartmentCode.eq(department_code));
+    }
+    query
+        .all(connection)
+        .await?
+        .into_iter()
+        .map(facts_from_row)
+        .collect()
+}
+
+/// The cooperation ratings of the given assignments.
+pub async fn ratings_of<C: ConnectionTrait>(
+    connection: &C,
+    assignment_ids: &[String],
+) -> Result<Vec<CooperationRating>, DbErr> {
+    let mut ratings = Vec::new();
+    for chunk in assignment_ids.chunks(IN_LIST_CHUNK) {
+        let rows = rating::Entity::find()
+            .filter(rating::Column::AssignmentId.is_in(chunk.iter().map(String::as_str)))
+            .all(connection)
+            .await?;
+        ratings.extend(rows.into_iter().map(|row| CooperationRating {
+            assignment_id: row.assignment_id,
+            score: u8::try_from(row.score).unwrap_or_default(),
+        }));
+    }
+    Ok(ratings)
+}
+
+/// The satisfaction call-backs on the given cases.
+pub async fn callbacks_on<C: ConnectionTrait>(
+    connection: &C,
+    case_ids: &[String],
+) -> Result<Vec<SatisfactionCallback>, DbErr> {
+    let mut callbacks = Vec::new();
+    for chunk in case_ids.chunks(IN_LIST_CHUNK) {
+        let rows = callback::Entity::find()
+            .filter(callback::Column::CaseId.is_in(chunk.iter().map(String::as_str)))
+            .all(connection)
+            .await?;
+        for row in rows {
+            let result = CallbackResult::parse(&row.result).ok_or_else(|| {
+                DbErr::Custom(format!(
+                    "call-back {} has unknown result {:?}",
+                    row.callback_id, row.result
+                ))
+            })?;
+            callbacks.push(SatisfactionCallback {
+                callback_id: row.callback_id,
+                case_id: row.case_id,
+                result,
+            });
+        }
+    }
+    Ok(callbacks)
+}
+
+/// Stores a rating, replacing the same rater's earlier rating of the assignment.
+pub async fn save_rating<C: ConnectionTrait>(
+    connection: &C,
+    model: rating::Model,
+) -> Result<(), DbErr> {
+    use rating::Column as R;
+    rating::Entity::insert(rating::ActiveModel::from(model))
+        .on_conflict(
+            OnConflict::columns([R::AssignmentId, R::Rater, R::RaterId])
+                .update_columns([R::Score, R::Comment, R::RatedAtMs])
+                .to_owned(),
+        )
+        .exec_without_returning(connection)
+        .await?;
+    Ok(())
+}
+
+pub async fn find_callback<C: ConnectionTrait>(
+    connection: &C,
+    callback_id: &str,
+) -> Result<Option<callback::Model>, DbErr> {
+    callback::Entity::find_by_id(callback_id)
+        .one(connection)
+        .await
+}
+
+/// Stores a call-back; false when its id was already taken.
+pub async fn insert_callback<C: ConnectionTrait>(
+    connection: &C,
+    model: callback::Model,
+) -> Result<bool, DbErr> {
+    let inserted = callback::Entity::insert(callback::ActiveModel::from(model))
+        .on_conflict(
+            OnConflict::column(callback::Column::CallbackId)
+                .do_nothing()
+                .to_owned(),
+        )
+        .exec_without_returning(connection)
+        .await?;
+    Ok(inserted == 1)
+}
+
+/// Every department of the registry.
+pub async fn departments<C: ConnectionTrait>(connection: &C) -> Result<Vec<Department>, DbErr> {
+    Ok(department::Entity::find()
+        .order_by_asc(department::Column::Code)
+        .all(connection)
+        .await?
+        .into_iter()
+        .map(|row| Department {
+            level: DepartmentLevel::parse(&row.level).ok(),
+            code: row.code,
+            region_code: row.region_code,
+        })
+        .collect())
+}
+
+/// Whether the department is in the registry or was ever whistled.
+pub async fn department_known<C: ConnectionTrait>(
+    connection: &C,
+    department_code: &str,
+) -> Result<bool, DbErr> {
+    if department::Entity::find_by_id(department_code)
+        .one(connection)
+        .await?
+        .is_some()
+    {
+        return Ok(true);
+    }
+    Ok(assignment::Entity::find()
+        .filter(assignment::Column::DepartmentCode.eq(department_code))
+        .one(connection)
+        .await?
+        .is_some())
+}
+
+/// Inserts or updates one department of the registry.
+pub async fn save_department<C: ConnectionTrait>(
+    connection: &C,
+    model: department::Model,
+) -> Result<(), DbErr> {
+    use department::Column as D;
+    department::Entity::insert(department::ActiveModel::from(model))
+        .on_conflict(
+            OnConflict::column(D::Code)
+                .update_columns([D::Name, D::Level, D::RegionCode])
+                .to_owned(),
+        )
+        .exec_without_returning(connection)
+        .await?;
+    Ok(())
+}
+
+/// Evaluation's schema.
+mod migration {
+    use super::{assignment, callback, case, department, rating, reopening};
+    use sea_orm_migration::prelude::*;
+
+    /// Evaluation's migrations, oldest first.
+    #[derive(Debug)]
+    pub struct Migrator;
+
+    impl MigratorTrait for Migrator {
+        fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+            vec![
+                Box::new(whistle_platform::db::migrations::CreateOutboxAndInbox),
+                Box::new(CreateEvaluationTables),
+            ]
+        }
+    }
+
+    #[derive(Debug)]
+    struct CreateEvaluationTables;
+
+    impl MigrationName for CreateEvaluationTables {
+        fn name(&self) -> &str {
+            "m20261128_000001_evaluation_tables"
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl MigrationTrait for CreateEvaluationTables {
+        async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+            use assignment::Column as A;
+            use sea_orm_migration::schema::*;
+            manager
+                .create_table(
+                    Table::create()
+                        .table(department::Entity)
+                        .if_not_exists()
+                        .col(string(department::Column::Code).primary_key())
+                        .col(string(department::Column::Name))
+                        .col(string(department::Column::Level))
+                        .col(string(department::Column::RegionCode))
+                        .to_owned(),
+                )
+                .await?;
+            manager
+                .create_table(
+                    Table::create()
+                        .table(assignment::Entity)
+                        .if_not_exists()
+                        .col(string(A::AssignmentId).primary_key())
+                        .col(string(A::CaseId))
+                        .col(string(A::DepartmentCode))
+                        .col(string(A::Role))
+                        .col(string(A::State))
+                        .col(big_integer(A::Version))
+                        .col(big_integer(A::WhistledAtMs))
+                        .col(big_integer_null(A::AcknowledgeByMs))
+                        .col(big_integer_null(A::OnSiteByMs))
+                        .col(big_integer_null(A::ResolveByMs))
+                        .col(boolean(A::RequiresOnSite))
+                        .col(big_integer_null(A::AcknowledgedAtMs))
+                        .col(boolean_null(A::AcknowledgedWithinLimit))
+                        .col(big_integer_null(A::AcknowledgedVerdictVersion))
+                        .col(big_integer_null(A::OnSiteAtMs))
+                        .col(boolean_null(A::OnSiteWithinLimit))
+                        .col(big_integer_null(A::OnSiteVerdictVersion))
+                        .col(big_integer_null(A::ResolvedAtMs))
+                        .col(big_integer_null(A::FirstResolvedAtMs))
+                        .col(boolean_null(A::ResolvedWithinLimit))
+                        .col(big_integer_null(A::ResolvedVerdictVersion))
+                        .col(big_integer_null(A::ReturnedAtMs))
+                        .col(boolean(A::Deferred))
+                        .col(boolean(A::Extended))
+                        .col(boolean(A::Escalated))
+                        .col(boolean(A::Verified))
+                        .col(integer(A::ReopenCount))
+                        .col(boolean(A::ReturnAccepted))
+                        .col(big_integer(A::UpdatedAtMs))
+                        .to_owned(),
+                )
+                .await?;
+            manager
+                .create_index(
+                    Index::create()
+                        .name("evaluation_assignments_department_period")
+                        .table(assignment::Entity)
+                        .col(A::DepartmentCode)
+                        .col(A::WhistledAtMs)
+                        .if_not_exists()
+                        .to_owned(),
+                )
+                .await?;
+            manager
+                .create_index(
+                    Index::create()
+                        .name("evaluation_assignments_period")
+                        .table(assignment::Entity)
+                        .col(A::WhistledAtMs)
+                        .if_not_exists()
+                        .to_owned(),
+                )
+                .await?;
+            manager
+                .create_index(
+                    Index::create()
+                        .name("evaluation_assignments_case")
+                        .table(assignment::Entity)
+                        .col(A::CaseId)
+                        .if_not_exists()
+                        .to_owned(),
+                )
+                .await?;
+            manager
+                .create_table(
+                    Table::create()
+                        .table(case::Entity)
+                        .if_not_exists()
+                        .col(string(case::Column::CaseId).primary_key())
+                        .col(big_integer(case::Column::FirstSeenAtMs))
+                        .col(big_integer_null(case::Column::PassedVerificationAtMs))
+                        .to_owned(),
+                )
+                .await?;
+            manager
+                .create_table(
+                    Table::create()
+                        .table(reopening::Entity)
+                        .if_not_exists()
+                        .col(string(reopening::Column::EventId).primary_key())
+                        .col(string(reopening::Column::CaseId))
+                        .col(big_integer(reopening::Column::ReopenedAtMs))
+                        .col(text(reopening::Column::AssignmentIds))
+                        .to_owned(),
+                )
+                .await?;
+            manager
+                .create_index(
+                    Index::create()
+                        .name("evaluation_reopenings_case")
+                        .table(reopening::Entity)
+                        .col(reopening::Column::CaseId)
+                        .if_not_exists()
+                        .to_owned(),
+                )
+                .await?;
+            manager
+                .create_table(
+                    Table::create()
+                        .table(rating::Entity)
+                        .if_not_exists()
+                        .col(string(rating::Column::AssignmentId))
+                        .col(string(rating::Column::Rater))
+                        .col(string(rating::Column::RaterId))
+                        .col(integer(rating::Column::Score))
+                        .col(text(rating::Column::Comment))
+                        .col(big_integer(rating::Column::RatedAtMs))
+                        .primary_key(
+                            Index::create()
+                                .col(rating::Column::AssignmentId)
+                                .col(rating::Column::Rater)
+                                .col(rating::Column::RaterId),
+                        )
+                        .to_owned(),
+                )
+                .await?;
+            manager
+                .create_table(
+                    Table::create()
+                        .table(callback::Entity)
+                        .if_not_exists()
+                        .col(string(callback::Column::CallbackId).primary_key())
+                        .col(string(callback::Column::CaseId))
+                        .col(string(callback::Column::Result))
+                        .col(text(callback::Column::Note))
+                        .col(big_integer(callback::Column::RecordedAtMs))
+                        .to_owned(),
+                )
+                .await?;
+            manager
+                .create_index(
+                    Index::create()
+                        .name("evaluation_satisfaction_callbacks_case")
+                        .table(callback::Entity)
+                        .col(callback::Column::CaseId)
+                        .if_not_exists()
+                        .to_owned(),
+                )
+                .await
+        }
+    }
+}
