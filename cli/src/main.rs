@@ -1,1 +1,450 @@
-fn main() {}
+use clap::{Args, Parser, Subcommand};
+use futures::StreamExt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use whistle::bench::{self, BenchOptions};
+use whistle::client::{Endpoints, department_token, status_error, with_token};
+use whistle::local::{LocalOptions, LocalPlatform};
+use whistle_proto::dispatch::{GetCaseRequest, VerifyCaseRequest};
+use whistle_proto::evaluation::GetScorecardRequest;
+use whistle_proto::gateway::{
+    AcknowledgeRequest, CheckInRequest, ResolveRequest, SubscribeRequest,
+};
+use whistle_proto::intake::SubmitReportRequest;
+use whistle_proto::types::{Channel, Place, Severity};
+
+/// Whistle: the street whistles, departments report (街道吹哨、部门报到).
+#[derive(Debug, Parser)]
+#[command(name = "whistle", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    #[command(flatten)]
+    endpoints: EndpointArgs,
+}
+
+#[derive(Debug, Args)]
+struct EndpointArgs {
+    #[arg(
+        long,
+        global = true,
+        env = "WHISTLE_INTAKE_URL",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    intake_url: String,
+    #[arg(
+        long,
+        global = true,
+        env = "WHISTLE_DISPATCH_URL",
+        default_value = "http://127.0.0.1:50052"
+    )]
+    dispatch_url: String,
+    #[arg(
+        long,
+        global = true,
+        env = "WHISTLE_GATEWAY_URL",
+        default_value = "http://127.0.0.1:50053"
+    )]
+    gateway_url: String,
+    #[arg(
+        long,
+        global = true,
+        env = "WHISTLE_EVALUATION_URL",
+        default_value = "http://127.0.0.1:50054"
+    )]
+    evaluation_url: String,
+}
+
+#[derive(Debug, Args)]
+struct DepartmentArgs {
+    /// The department acting, e.g. zw-sanitation.
+    #[arg(long)]
+    department: String,
+    /// Its bearer token; read from --credentials when absent.
+    #[arg(long, env = "WHISTLE_TOKEN")]
+    token: Option<String>,
+    #[arg(long, default_value = "data/demo-credentials.json")]
+    credentials: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run intake, dispatch, department-gateway and evaluation locally with SQLite and NATS.
+    Up {
+        /// Folder for the databases, the NATS store and the demo credentials.
+        #[arg(long, default_value = "data")]
+        data_dir: PathBuf,
+        /// Use this NATS server instead of starting a private one.
+        #[arg(long, env = "WHISTLE_NATS_URL")]
+        nats_url: Option<String>,
+        #[arg(long, default_value = "127.0.0.1")]
+        bind: IpAddr,
+        #[arg(long, default_value_t = 50051)]
+        intake_port: u16,
+        #[arg(long, default_value_t = 50052)]
+        dispatch_port: u16,
+        #[arg(long, default_value_t = 50053)]
+        gateway_port: u16,
+        #[arg(long, default_value_t = 50054)]
+        evaluation_port: u16,
+    },
+    /// Submit a report as a grid worker.
+    Report {
+        #[arg(long, default_value = "E-01-03")]
+        category: String,
+        #[arg(long, default_value = "420303003001001")]
+        grid: String,
+        #[arg(long, default_value_t = 32.6369)]
+        lat: f64,
+        #[arg(long, default_value_t = 110.7986)]
+        lng: f64,
+        #[arg(long, default_value = "中岳路2号")]
+        address: String,
+        #[arg(long, default_value = "垃圾满溢，堆到路面")]
+        description: String,
+        /// routine, urgent, emergency or complex.
+        #[arg(long, default_value = "urgent")]
+        severity: String,
+        #[arg(long, default_value = "grid-worker")]
+        reporter: String,
+        /// Idempotency key; a fresh one when absent.
+        #[arg(long)]
+        request_id: Option<String>,
+    },
+    /// Show a case with its assignments and timeline.
+    Case { case_id: String },
+    /// Stream a department's notices (whistles and assignment events).
+    Watch {
+        #[command(flatten)]
+        department: DepartmentArgs,
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+    },
+    /// Acknowledge an assignment (报到).
+    Ack {
+        assignment_id: String,
+        #[command(flatten)]
+        department: DepartmentArgs,
+        #[arg(long)]
+        person: String,
+    },
+    /// Check in on site (到场).
+    CheckIn {
+        assignment_id: String,
+        #[command(flatten)]
+        department: DepartmentArgs,
+        #[arg(long)]
+        lat: f64,
+        #[arg(long)]
+        lng: f64,
+    },
+    /// Resolve an assignment (办结).
+    Resolve {
+        assignment_id: String,
+        #[command(flatten)]
+        department: DepartmentArgs,
+        #[arg(long)]
+        resolution: String,
+    },
+    /// Verify a case as the community (核查).
+    Verify {
+        case_id: String,
+        #[arg(long)]
+        failed: bool,
+        #[arg(long, default_value = "")]
+        note: String,
+        #[arg(long, default_value = "community")]
+        verifier: String,
+    },
+    /// A department's scorecard for a period ("2026-11", "2026-Q4", "2026").
+    Scorecard {
+        department: String,
+        #[arg(long)]
+        period: Option<String>,
+    },
+    /// Measure latency and throughput on this machine (see docs/benchmarks.md).
+    Bench {
+        #[arg(long, default_value_t = 100)]
+        reports: usize,
+        #[arg(long, default_value_t = 1000)]
+        throughput_reports: usize,
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+    },
+}
+
+fn severity(value: &str) -> anyhow::Result<Severity> {
+    Ok(match value {
+        "routine" => Severity::Routine,
+        "urgent" => Severity::Urgent,
+        "emergency" => Severity::Emergency,
+        "complex" => Severity::Complex,
+        other => {
+            anyhow::bail!("--severity must be routine, urgent, emergency or complex, got {other:?}")
+        }
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("whistle: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("whistle: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let endpoints = Endpoints {
+        intake: cli.endpoints.intake_url,
+        dispatch: cli.endpoints.dispatch_url,
+        gateway: cli.endpoints.gateway_url,
+        evaluation: cli.endpoints.evaluation_url,
+    };
+    match cli.command {
+        Command::Up {
+            data_dir,
+            nats_url,
+            bind,
+            intake_port,
+            dispatch_port,
+            gateway_port,
+            evaluation_port,
+        } => {
+            let telemetry_config = whistle_platform::config::TelemetryConfig::default();
+            let _telemetry = whistle_platform::telemetry::init("whistle", &telemetry_config)?;
+            let options = LocalOptions {
+                data_dir,
+                nats_url,
+                bind,
+                intake_port,
+                dispatch_port,
+                gateway_port,
+                evaluation_port,
+            };
+            let platform = LocalPlatform::start(&options).await?;
+            let _ = platform.credentials().await?;
+            println!("whistle is up (Ctrl-C stops it)");
+            println!("  intake              {}", platform.intake);
+            println!("  dispatch            {}", platform.dispatch);
+            println!("  department-gateway  {}", platform.gateway);
+            println!("  evaluation          {}", platform.evaluation);
+            println!("  nats                {}", platform.nats_url);
+            println!(
+                "  department tokens   {}",
+                platform.credentials_file.display()
+            );
+            let stop = whistle_platform::shutdown::cancel_on_signals();
+            platform.run_until(stop).await?;
+            println!("whistle stopped");
+        }
+        Command::Report {
+            category,
+            grid,
+            lat,
+            lng,
+            address,
+            description,
+            severity: level,
+            reporter,
+            request_id,
+        } => {
+            let mut intake = endpoints.intake().await?;
+            let response = intake
+                .submit_report(SubmitReportRequest {
+                    request_id: request_id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
+                    channel: Channel::GridPatrol as i32,
+                    reporter_id: reporter,
+                    category_code: category,
+                    severity: severity(&level)? as i32,
+                    description,
+                    place: Some(Place {
+                        grid_code: grid,
+                        lat,
+                        lng,
+                        address,
+                    }),
+                    attachments: vec![],
+                    observed_at: None,
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            println!("report {} -> case {}", response.report_id, response.case_id);
+        }
+        Command::Case { case_id } => {
+            let mut dispatch = endpoints.dispatch().await?;
+            let case = dispatch
+                .get_case(GetCaseRequest { case_id })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            println!("{case:#?}");
+        }
+        Command::Watch { department, after } => {
+            let token = department_token(
+                &department.department,
+                department.token.as_deref(),
+                &department.credentials,
+            )?;
+            let mut gateway = endpoints.gateway().await?;
+            let mut notices = gateway
+                .subscribe(with_token(
+                    SubscribeRequest {
+                        after_sequence: after,
+                    },
+                    &token,
+                )?)
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            while let Some(notice) = notices.next().await {
+                let notice = notice.map_err(status_error)?;
+                println!(
+                    "#{} {} case {} assignment {} ({})",
+                    notice.sequence,
+                    notice.kind,
+                    notice.case_id,
+                    notice.assignment_id,
+                    notice.subject
+                );
+            }
+        }
+        Command::Ack {
+            assignment_id,
+            department,
+            person,
+        } => {
+            let token = department_token(
+                &department.department,
+                department.token.as_deref(),
+                &department.credentials,
+            )?;
+            let request = AcknowledgeRequest {
+                assignment_id,
+                responsible_person: person,
+                ..Default::default()
+            };
+            let assignment = endpoints
+                .gateway()
+                .await?
+                .acknowledge(with_token(request, &token)?)
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            println!("{assignment:#?}");
+        }
+        Command::CheckIn {
+            assignment_id,
+            department,
+            lat,
+            lng,
+        } => {
+            let token = department_token(
+                &department.department,
+                department.token.as_deref(),
+                &department.credentials,
+            )?;
+            let request = CheckInRequest {
+                assignment_id,
+                lat,
+                lng,
+                ..Default::default()
+            };
+            let assignment = endpoints
+                .gateway()
+                .await?
+                .check_in(with_token(request, &token)?)
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            println!("{assignment:#?}");
+        }
+        Command::Resolve {
+            assignment_id,
+            department,
+            resolution,
+        } => {
+            let token = department_token(
+                &department.department,
+                department.token.as_deref(),
+                &department.credentials,
+            )?;
+            let request = ResolveRequest {
+                assignment_id,
+                resolution,
+                ..Default::default()
+            };
+            let assignment = endpoints
+                .gateway()
+                .await?
+                .resolve(with_token(request, &token)?)
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            println!("{assignment:#?}");
+        }
+        Command::Verify {
+            case_id,
+            failed,
+            note,
+            verifier,
+        } => {
+            let mut dispatch = endpoints.dispatch().await?;
+            let case = dispatch
+                .verify_case(VerifyCaseRequest {
+                    case_id,
+                    verifier_id: verifier,
+                    passed: !failed,
+                    note,
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            println!("{case:#?}");
+        }
+        Command::Scorecard { department, period } => {
+            let period = period.unwrap_or_else(|| {
+                (chrono::Utc::now() + chrono::Duration::hours(8))
+                    .format("%Y-%m")
+                    .to_string()
+            });
+            let mut evaluation = endpoints.evaluation().await?;
+            let scorecard = evaluation
+                .get_scorecard(GetScorecardRequest {
+                    department_code: department,
+                    period,
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            println!("{scorecard:#?}");
+        }
+        Command::Bench {
+            reports,
+            throughput_reports,
+            concurrency,
+        } => {
+            bench::run(BenchOptions {
+                latency_reports: reports,
+                throughput_reports,
+                concurrency,
+            })
+            .await?;
+        }
+    }
+    Ok(())
+}

@@ -1,1 +1,349 @@
-//! End-to-end tests live in tests/tests/.
+//! Harness for the end-to-end tests: the real service binaries as child processes, configured
+//! through their environment the way a deployment configures them, a private nats-server, and
+//! SQLite files or fresh PostgreSQL databases.
+
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub use whistle_platform::local_nats::{LocalNatsServer, free_port};
+
+/// The four services, by binary.
+pub const SERVICES: [&str; 4] = ["intake", "dispatch", "department-gateway", "evaluation"];
+
+/// Where cargo put the service binaries: next to the folder of the running test executable.
+pub fn binary(service: &str) -> PathBuf {
+    let name = format!("whistle-{service}");
+    let test_executable = std::env::current_exe().expect("test executable path");
+    let profile_dir = test_executable
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps");
+    let path = profile_dir.join(&name);
+    assert!(
+        path.is_file(),
+        "{} is missing: build the binaries first (`cargo test --workspace` does; or `cargo build --workspace --bins`)",
+        path.display()
+    );
+    path
+}
+
+/// Which database the services use.
+#[derive(Debug, Clone)]
+pub enum Storage {
+    Sqlite,
+    /// Admin URL of a PostgreSQL server; each service gets a fresh database created there.
+    Postgres {
+        admin_url: String,
+    },
+}
+
+/// The PostgreSQL admin URL for tests: `WHISTLE_TEST_POSTGRES_URL`, else the local server.
+pub fn postgres_admin_url() -> String {
+    std::env::var("WHISTLE_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
+}
+
+/// One running service binary.
+#[derive(Debug)]
+pub struct ServiceProcess {
+    pub service: &'static str,
+    pub address: SocketAddr,
+    env: BTreeMap<String, String>,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl ServiceProcess {
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let child = Command::new(binary(self.service))
+            .envs(&self.env)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn service");
+        self.child = Some(child);
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    /// SIGTERM, then wait for the process to exit (it drains first).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while std::time::Instant::now() < deadline {
+                if let Ok(Some(status)) = child.try_wait() {
+                    assert!(
+                        status.success(),
+                        "{} exited with {status} after SIGTERM; log:\n{}",
+                        self.service,
+                        self.log_tail()
+                    );
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            panic!("{} did not stop within 30s of SIGTERM", self.service);
+        }
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the binary again with the same configuration.
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "{} is already running", self.service);
+        self.spawn();
+    }
+
+    /// The last lines the service logged, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// NATS, four service processes and their databases, torn down on drop.
+#[derive(Debug)]
+pub struct Platform {
+    pub dir: tempfile::TempDir,
+    pub nats: LocalNatsServer,
+    pub intake: ServiceProcess,
+    pub dispatch: ServiceProcess,
+    pub gateway: ServiceProcess,
+    pub evaluation: ServiceProcess,
+    pub credentials_file: PathBuf,
+    postgres: Option<(String, Vec<String>)>,
+}
+
+fn env_prefix(service: &str) -> String {
+    format!("WHISTLE_{}", service.to_uppercase().replace('-', "_"))
+}
+
+impl Platform {
+    /// Prepares everything; services are started with [`Platform::start`] (all) or one by one.
+    pub async fn prepare(storage: Storage) -> Platform {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let nats = LocalNatsServer::start(&dir.path().join("nats")).expect("nats-server");
+        let catalogue = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/demo/catalogue.json");
+        let credentials_file = dir.path().join("demo-credentials.json");
+        let mut postgres = None;
+        let mut database_urls = BTreeMap::new();
+        match &storage {
+            Storage::Sqlite => {
+                for service in SERVICES {
+                    database_urls.insert(
+                        service,
+                        format!(
+                            "sqlite://{}",
+                            dir.path().join(format!("{service}.sqlite")).display()
+                        ),
+                    );
+                }
+            }
+            Storage::Postgres { admin_url } => {
+                let admin = sea_orm::Database::connect(admin_url.as_str())
+                    .await
+                    .unwrap_or_else(|error| {
+                        panic!("PostgreSQL at {admin_url} is required for this test: {error}")
+                    });
+                let run = uuid::Uuid::now_v7().simple().to_string();
+                let base = admin_url
+                    .rsplit_once('/')
+                    .map(|(base, _)| base.to_string())
+                    .expect("admin url has a database");
+                let mut names = Vec::new();
+                for service in SERVICES {
+                    let name = format!(
+                        "whistle_e2e_{}_{}",
+                        &run[run.len() - 12..],
+                        service.replace('-', "_")
+                    );
+                    sea_orm::ConnectionTrait::execute_unprepared(
+                        &admin,
+                        &format!("CREATE DATABASE {name}"),
+                    )
+                    .await
+                    .expect("create database");
+                    database_urls.insert(service, format!("{base}/{name}"));
+                    names.push(name);
+                }
+                postgres = Some((admin_url.clone(), names));
+            }
+        }
+        let mut processes = Vec::new();
+        for service in SERVICES {
+            let port = free_port().expect("port");
+            let prefix = env_prefix(service);
+            let mut env = BTreeMap::new();
+            env.insert(
+                format!("{prefix}__GRPC__LISTEN"),
+                format!("127.0.0.1:{port}"),
+            );
+            env.insert(
+                format!("{prefix}__DATABASE__URL"),
+                database_urls[service].clone(),
+            );
+            env.insert(format!("{prefix}__NATS__URL"), nats.url());
+            env.insert(
+                format!("{prefix}__CATALOGUE__FILE"),
+                catalogue.display().to_string(),
+            );
+            env.insert(format!("{prefix}__OUTBOX__POLL_INTERVAL_MS"), "200".into());
+            processes.push(ServiceProcess {
+                service,
+                address: SocketAddr::from(([127, 0, 0, 1], port)),
+                env,
+                log: dir.path().join(format!("{service}.log")),
+                child: None,
+            });
+        }
+        let [intake, dispatch, mut gateway, evaluation]: [ServiceProcess; 4] =
+            processes.try_into().expect("four");
+        gateway.env.insert(
+            "WHISTLE_DEPARTMENT_GATEWAY__DISPATCH__URL".into(),
+            dispatch.url(),
+        );
+        gateway.env.insert(
+            "WHISTLE_DEPARTMENT_GATEWAY__CATALOGUE__CREDENTIALS_FILE".into(),
+            credentials_file.display().to_string(),
+        );
+        Platform {
+            dir,
+            nats,
+            intake,
+            dispatch,
+            gateway,
+            evaluation,
+            credentials_file,
+            postgres,
+        }
+    }
+
+    /// Starts every service and waits until each answers health checks with SERVING.
+    pub async fn start(storage: Storage) -> Platform {
+        let mut platform = Self::prepare(storage).await;
+        for process in platform.processes_mut() {
+            process.start();
+        }
+        for process in [
+            &platform.intake,
+            &platform.dispatch,
+            &platform.gateway,
+            &platform.evaluation,
+        ] {
+            wait_serving(process).await;
+        }
+        platform
+    }
+
+    fn processes_mut(&mut self) -> [&mut ServiceProcess; 4] {
+        [
+            &mut self.intake,
+            &mut self.dispatch,
+            &mut self.gateway,
+            &mut self.evaluation,
+        ]
+    }
+
+    /// The department tokens the gateway wrote.
+    pub async fn credentials(&self) -> BTreeMap<String, String> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&self.credentials_file)
+                && let Ok(tokens) = serde_json::from_str::<BTreeMap<String, String>>(&text)
+                && !tokens.is_empty()
+            {
+                return tokens;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "credentials file never written; gateway log:\n{}",
+                self.gateway.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops every service with SIGTERM (asserting a clean exit) and drops the databases.
+    pub async fn shutdown(mut self) {
+        for process in self.processes_mut() {
+            process.stop();
+        }
+        if let Some((admin_url, names)) = self.postgres.take() {
+            let admin = sea_orm::Database::connect(admin_url.as_str())
+                .await
+                .expect("admin");
+            for name in names {
+                sea_orm::ConnectionTrait::execute_unprepared(
+                    &admin,
+                    &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+                )
+                .await
+                .expect("drop database");
+            }
+        }
+    }
+}
+
+/// Waits until the service's `grpc.health.v1.Health/Check` answers SERVING.
+pub async fn wait_serving(process: &ServiceProcess) {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(channel) = tonic::transport::Endpoint::from_shared(process.url())
+            .expect("url")
+            .connect()
+            .await
+        {
+            let mut health = HealthClient::new(channel);
+            if let Ok(response) = health
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                && response.get_ref().status == ServingStatus::Serving as i32
+            {
+                return;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} not SERVING within 60s; log:\n{}",
+            process.service,
+            process.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

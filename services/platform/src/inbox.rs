@@ -14,6 +14,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// The `whistle_inbox` table: events a consumer has applied (or refused for good).
 pub mod entity {
@@ -213,39 +214,57 @@ async fn apply_batch<H: EventHandler>(
         };
         let span = tracing::info_span!("consume", consumer, subject, event_id = %event.event_id, case_id = %event.case_id);
         crate::telemetry::set_parent_from_traceparent(&span, traceparent.as_deref());
-        let _entered = span.enter();
-        let now_ms = to_millis(clock.now());
-        if !record_once(&transaction, consumer, &event.event_id, "applied", now_ms).await? {
-            tracing::debug!(consumer, event_id = %event.event_id, "duplicate event skipped");
-            continue;
-        }
-        let savepoint = transaction.begin().await?;
-        match handler.handle(&savepoint, subject, &event).await {
-            Ok(()) => savepoint.commit().await?,
-            Err(HandleError::Rejected(reason)) => {
-                savepoint.rollback().await?;
-                tracing::error!(consumer, event_id = %event.event_id, %reason, "event rejected");
-                entity::Entity::update_many()
-                    .col_expr(
-                        entity::Column::Outcome,
-                        format!("rejected: {reason}").into(),
-                    )
-                    .filter(entity::Column::Consumer.eq(consumer))
-                    .filter(entity::Column::EventId.eq(event.event_id.as_str()))
-                    .exec(&transaction)
-                    .await?;
+        let outcome = apply_event(&transaction, clock, consumer, handler, subject, &event)
+            .instrument(span)
+            .await?;
+        if let Some(error) = outcome {
+            for message in messages {
+                let _ = message
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                    .await;
             }
-            Err(HandleError::Transient(error)) => {
-                drop(savepoint);
-                for message in messages {
-                    let _ = message
-                        .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                        .await;
-                }
-                return Err(error.into());
-            }
+            return Err(error.into());
         }
     }
     transaction.commit().await?;
     Ok(())
+}
+
+/// Applies one event inside the batch transaction (a savepoint around the handler). Returns the
+/// transient error that must abort the batch, if any.
+async fn apply_event<H: EventHandler>(
+    transaction: &DatabaseTransaction,
+    clock: &SharedClock,
+    consumer: &str,
+    handler: &Arc<H>,
+    subject: &str,
+    event: &Event,
+) -> Result<Option<DbErr>, DbErr> {
+    let now_ms = to_millis(clock.now());
+    if !record_once(transaction, consumer, &event.event_id, "applied", now_ms).await? {
+        tracing::debug!(consumer, event_id = %event.event_id, "duplicate event skipped");
+        return Ok(None);
+    }
+    let savepoint = transaction.begin().await?;
+    match handler.handle(&savepoint, subject, event).await {
+        Ok(()) => savepoint.commit().await?,
+        Err(HandleError::Rejected(reason)) => {
+            savepoint.rollback().await?;
+            tracing::error!(consumer, event_id = %event.event_id, %reason, "event rejected");
+            entity::Entity::update_many()
+                .col_expr(
+                    entity::Column::Outcome,
+                    format!("rejected: {reason}").into(),
+                )
+                .filter(entity::Column::Consumer.eq(consumer))
+                .filter(entity::Column::EventId.eq(event.event_id.as_str()))
+                .exec(transaction)
+                .await?;
+        }
+        Err(HandleError::Transient(error)) => {
+            drop(savepoint);
+            return Ok(Some(error));
+        }
+    }
+    Ok(None)
 }

@@ -1,0 +1,95 @@
+//! Client commands: report as a grid worker, act as a department, look at cases and scores.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use tonic::Request;
+use tonic::metadata::MetadataValue;
+use tonic::transport::Channel;
+use whistle_proto::dispatch::dispatch_service_client::DispatchServiceClient;
+use whistle_proto::evaluation::evaluation_service_client::EvaluationServiceClient;
+use whistle_proto::gateway::department_gateway_client::DepartmentGatewayClient;
+use whistle_proto::intake::intake_service_client::IntakeServiceClient;
+
+/// Endpoints of the four services.
+#[derive(Debug, Clone)]
+pub struct Endpoints {
+    pub intake: String,
+    pub dispatch: String,
+    pub gateway: String,
+    pub evaluation: String,
+}
+
+async fn channel(url: &str, service: &str) -> anyhow::Result<Channel> {
+    tonic::transport::Endpoint::from_shared(url.to_string())
+        .map_err(|error| anyhow::anyhow!("{service} url {url:?} is invalid: {error}"))?
+        .connect()
+        .await
+        .map_err(|error| {
+            anyhow::anyhow!("cannot reach {service} at {url}: {error} (is `whistle up` running?)")
+        })
+}
+
+impl Endpoints {
+    pub async fn intake(&self) -> anyhow::Result<IntakeServiceClient<Channel>> {
+        Ok(IntakeServiceClient::new(
+            channel(&self.intake, "intake").await?,
+        ))
+    }
+
+    pub async fn dispatch(&self) -> anyhow::Result<DispatchServiceClient<Channel>> {
+        Ok(DispatchServiceClient::new(
+            channel(&self.dispatch, "dispatch").await?,
+        ))
+    }
+
+    pub async fn gateway(&self) -> anyhow::Result<DepartmentGatewayClient<Channel>> {
+        Ok(DepartmentGatewayClient::new(
+            channel(&self.gateway, "department-gateway").await?,
+        ))
+    }
+
+    pub async fn evaluation(&self) -> anyhow::Result<EvaluationServiceClient<Channel>> {
+        Ok(EvaluationServiceClient::new(
+            channel(&self.evaluation, "evaluation").await?,
+        ))
+    }
+}
+
+/// A request carrying a department's bearer token.
+pub fn with_token<T>(message: T, token: &str) -> anyhow::Result<Request<T>> {
+    let mut request = Request::new(message);
+    let value: MetadataValue<_> = format!("Bearer {token}")
+        .parse()
+        .map_err(|_| anyhow::anyhow!("the token contains characters that cannot be sent"))?;
+    request.metadata_mut().insert("authorization", value);
+    Ok(request)
+}
+
+/// A department's token: given directly, or read from a credentials file.
+pub fn department_token(
+    department: &str,
+    token: Option<&str>,
+    credentials_file: &Path,
+) -> anyhow::Result<String> {
+    if let Some(token) = token {
+        return Ok(token.to_string());
+    }
+    let text = std::fs::read_to_string(credentials_file).map_err(|error| {
+        anyhow::anyhow!(
+            "no --token given and cannot read {}: {error}",
+            credentials_file.display()
+        )
+    })?;
+    let tokens: BTreeMap<String, String> = serde_json::from_str(&text)?;
+    tokens.get(department).cloned().ok_or_else(|| {
+        anyhow::anyhow!(
+            "{} has no token for department {department}",
+            credentials_file.display()
+        )
+    })
+}
+
+/// A gRPC status as a one-line error.
+pub fn status_error(status: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{:?}: {}", status.code(), status.message())
+}

@@ -1,0 +1,8 @@
+//! The `whistle` command line: runs the whole platform locally (`whistle up`), plays the demo, and
+//! acts as a reporter, a street operator or a department against running services.
+
+#![forbid(unsafe_code)]
+
+pub mod bench;
+pub mod client;
+pub mod local;

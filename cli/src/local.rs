@@ -1,0 +1,252 @@
+//! `whistle up`: the four services in one process, each with its own SQLite database in the data
+//! folder, and a private `nats-server` whose JetStream store lives in the same folder.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use whistle_platform::SystemClock;
+use whistle_platform::local_nats::LocalNatsServer;
+use whistle_platform::service::ServiceConfig;
+
+/// The demo catalogue of docs/domain.md, written to the data folder at start.
+pub const DEMO_CATALOGUE: &str = include_str!("../../deploy/demo/catalogue.json");
+
+/// How to run the platform locally.
+#[derive(Debug, Clone)]
+pub struct LocalOptions {
+    pub data_dir: PathBuf,
+    /// Use this NATS server instead of starting one.
+    pub nats_url: Option<String>,
+    pub bind: IpAddr,
+    pub intake_port: u16,
+    pub dispatch_port: u16,
+    pub gateway_port: u16,
+    pub evaluation_port: u16,
+}
+
+impl Default for LocalOptions {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("data"),
+            nats_url: None,
+            bind: IpAddr::from([127, 0, 0, 1]),
+            intake_port: 50051,
+            dispatch_port: 50052,
+            gateway_port: 50053,
+            evaluation_port: 50054,
+        }
+    }
+}
+
+/// A running local platform.
+#[derive(Debug)]
+pub struct LocalPlatform {
+    pub intake: SocketAddr,
+    pub dispatch: SocketAddr,
+    pub gateway: SocketAddr,
+    pub evaluation: SocketAddr,
+    pub nats_url: String,
+    pub credentials_file: PathBuf,
+    shutdown: CancellationToken,
+    services: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)>,
+    nats: Option<LocalNatsServer>,
+}
+
+fn sqlite_url(data_dir: &Path, service: &str) -> String {
+    format!(
+        "sqlite://{}",
+        data_dir.join(format!("{service}.sqlite")).display()
+    )
+}
+
+async fn bind(bind: IpAddr, port: u16, service: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    let address = SocketAddr::new(bind, port);
+    tokio::net::TcpListener::bind(address).await.map_err(|error| {
+        anyhow::anyhow!("{service}: cannot listen on {address}: {error} (is another `whistle up` running? choose another port with --{service}-port)")
+    })
+}
+
+impl LocalPlatform {
+    /// Starts NATS (unless given) and the four services; returns once every listener is bound.
+    pub async fn start(options: &LocalOptions) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&options.data_dir).map_err(|error| {
+            anyhow::anyhow!(
+                "cannot create data folder {}: {error}",
+                options.data_dir.display()
+            )
+        })?;
+        let data_dir = std::fs::canonicalize(&options.data_dir)?;
+        let (nats, nats_url) = match &options.nats_url {
+            Some(url) => (None, url.clone()),
+            None => {
+                let server = LocalNatsServer::start(&data_dir.join("nats"))?;
+                let url = server.url();
+                (Some(server), url)
+            }
+        };
+        let catalogue = data_dir.join("demo-catalogue.json");
+        std::fs::write(&catalogue, DEMO_CATALOGUE)?;
+        let credentials_file = data_dir.join("demo-credentials.json");
+
+        let intake_listener = bind(options.bind, options.intake_port, "intake").await?;
+        let dispatch_listener = bind(options.bind, options.dispatch_port, "dispatch").await?;
+        let gateway_listener = bind(options.bind, options.gateway_port, "gateway").await?;
+        let evaluation_listener = bind(options.bind, options.evaluation_port, "evaluation").await?;
+        let intake = intake_listener.local_addr()?;
+        let dispatch = dispatch_listener.local_addr()?;
+        let gateway = gateway_listener.local_addr()?;
+        let evaluation = evaluation_listener.local_addr()?;
+
+        // defaults < WHISTLE_<SERVICE>__* environment, then what `up` decides
+        let mut intake_config = whistle_intake::IntakeConfig::load(None)?;
+        intake_config.grpc.listen = intake;
+        intake_config.database.url = sqlite_url(&data_dir, "intake");
+        intake_config.nats.url = nats_url.clone();
+        intake_config.catalogue.file = Some(catalogue.clone());
+
+        let mut dispatch_config = whistle_dispatch::DispatchConfig::load(None)?;
+        dispatch_config.grpc.listen = dispatch;
+        dispatch_config.database.url = sqlite_url(&data_dir, "dispatch");
+        dispatch_config.nats.url = nats_url.clone();
+        dispatch_config.catalogue.file = Some(catalogue.clone());
+
+        let mut gateway_config = whistle_department_gateway::GatewayConfig::load(None)?;
+        gateway_config.grpc.listen = gateway;
+        gateway_config.database.url = sqlite_url(&data_dir, "department-gateway");
+        gateway_config.nats.url = nats_url.clone();
+        gateway_config.dispatch.url = format!("http://{}", connectable(dispatch));
+        gateway_config.catalogue.file = Some(catalogue.clone());
+        gateway_config.catalogue.credentials_file = Some(credentials_file.clone());
+
+        let mut evaluation_config = whistle_evaluation::EvaluationConfig::load(None)?;
+        evaluation_config.grpc.listen = evaluation;
+        evaluation_config.database.url = sqlite_url(&data_dir, "evaluation");
+        evaluation_config.nats.url = nats_url.clone();
+        evaluation_config.catalogue.file = Some(catalogue.clone());
+
+        let shutdown = CancellationToken::new();
+        let clock = Arc::new(SystemClock);
+        let services = vec![
+            (
+                "intake",
+                tokio::spawn(whistle_intake::run(
+                    intake_config,
+                    intake_listener,
+                    clock.clone(),
+                    shutdown.clone(),
+                )),
+            ),
+            (
+                "dispatch",
+                tokio::spawn(whistle_dispatch::run(
+                    dispatch_config,
+                    dispatch_listener,
+                    clock.clone(),
+                    shutdown.clone(),
+                )),
+            ),
+            (
+                "department-gateway",
+                tokio::spawn(whistle_department_gateway::run(
+                    gateway_config,
+                    gateway_listener,
+                    clock.clone(),
+                    shutdown.clone(),
+                )),
+            ),
+            (
+                "evaluation",
+                tokio::spawn(whistle_evaluation::run(
+                    evaluation_config,
+                    evaluation_listener,
+                    clock,
+                    shutdown.clone(),
+                )),
+            ),
+        ];
+        Ok(Self {
+            intake: connectable(intake),
+            dispatch: connectable(dispatch),
+            gateway: connectable(gateway),
+            evaluation: connectable(evaluation),
+            nats_url,
+            credentials_file,
+            shutdown,
+            services,
+            nats,
+        })
+    }
+
+    /// Waits until the gateway wrote the department tokens (it does so right after migrating).
+    pub async fn credentials(&self) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&self.credentials_file)
+                && let Ok(tokens) = serde_json::from_str(&text)
+            {
+                return Ok(tokens);
+            }
+            if tokio::time::Instant::now() > deadline {
+                anyhow::bail!(
+                    "{} was not written within 30s",
+                    self.credentials_file.display()
+                );
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Runs until `stop` is cancelled or a service fails; then stops everything in order.
+    pub async fn run_until(mut self, stop: CancellationToken) -> anyhow::Result<()> {
+        let mut failure = None;
+        {
+            let waits = self.services.iter_mut().map(|(name, handle)| {
+                let name = *name;
+                Box::pin(async move { (name, handle.await) })
+            });
+            let any_finished = futures::future::select_all(waits);
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                ((name, result), _, _) = any_finished => {
+                    failure = Some(match result {
+                        Ok(Ok(())) => anyhow::anyhow!("{name} stopped unexpectedly"),
+                        Ok(Err(error)) => anyhow::anyhow!("{name} failed: {error:#}"),
+                        Err(error) => anyhow::anyhow!("{name} crashed: {error}"),
+                    });
+                }
+            }
+        }
+        self.stop().await;
+        match failure {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+
+    /// Stops the services (they drain and publish what is committed), then NATS.
+    pub async fn stop(&mut self) {
+        self.shutdown.cancel();
+        for (name, handle) in self.services.drain(..) {
+            match tokio::time::timeout(std::time::Duration::from_secs(30), handle).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(error))) => eprintln!("{name}: {error:#}"),
+                Ok(Err(error)) => eprintln!("{name}: {error}"),
+                Err(_) => eprintln!("{name}: did not stop within 30s"),
+            }
+        }
+        if let Some(mut nats) = self.nats.take() {
+            nats.stop();
+        }
+    }
+}
+
+/// 0.0.0.0 is where we listen, not where clients connect.
+fn connectable(address: SocketAddr) -> SocketAddr {
+    if address.ip().is_unspecified() {
+        SocketAddr::new(IpAddr::from([127, 0, 0, 1]), address.port())
+    } else {
+        address
+    }
+}
