@@ -347,3 +347,36 @@ pub async fn wait_serving(process: &ServiceProcess) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The gRPC services a process lists through server reflection (what `grpcurl list` shows).
+pub async fn reflected_services(process: &ServiceProcess) -> Vec<String> {
+    use futures::StreamExt;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    let channel = tonic::transport::Endpoint::from_shared(process.url())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect for reflection");
+    let mut client = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = client
+        .server_reflection_info(futures::stream::iter(vec![request]))
+        .await
+        .expect("reflection")
+        .into_inner();
+    let response = responses.next().await.expect("a response").expect("ok");
+    match response.message_response {
+        Some(MessageResponse::ListServicesResponse(list)) => list
+            .service
+            .into_iter()
+            .map(|service| service.name)
+            .collect(),
+        other => panic!("unexpected reflection answer: {other:?}"),
+    }
+}

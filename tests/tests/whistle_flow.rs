@@ -6,7 +6,7 @@
 use futures::StreamExt;
 use std::time::Duration;
 use tonic::Code;
-use whistle_e2e::{Platform, Storage, postgres_admin_url};
+use whistle_e2e::{Platform, Storage, postgres_admin_url, reflected_services};
 use whistle_proto::dispatch::GetCaseRequest;
 use whistle_proto::dispatch::dispatch_service_client::DispatchServiceClient;
 use whistle_proto::evaluation::GetScorecardRequest;
@@ -62,6 +62,29 @@ fn garbage_report(request_id: &str) -> SubmitReportRequest {
 
 async fn walk_the_whistle(storage: Storage) {
     let platform = Platform::start(storage).await;
+    // every service answers health checks (Platform::start waited for SERVING) and lists its API
+    // through reflection, as `grpcurl -plaintext <address> list` does
+    for (process, api) in [
+        (&platform.intake, "whistle.intake.v1.IntakeService"),
+        (&platform.dispatch, "whistle.dispatch.v1.DispatchService"),
+        (&platform.gateway, "whistle.gateway.v1.DepartmentGateway"),
+        (
+            &platform.evaluation,
+            "whistle.evaluation.v1.EvaluationService",
+        ),
+    ] {
+        let services = reflected_services(process).await;
+        assert!(
+            services.iter().any(|name| name == api),
+            "{} lists {services:?}",
+            process.service
+        );
+        assert!(
+            services.iter().any(|name| name == "grpc.health.v1.Health"),
+            "{} lists {services:?}",
+            process.service
+        );
+    }
     let tokens = platform.credentials().await;
     let sanitation = tokens
         .get("zw-sanitation")
