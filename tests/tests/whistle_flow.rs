@@ -281,7 +281,7 @@ async fn walk_the_whistle(storage: Storage) {
             .await
             .expect("scorecard")
             .into_inner();
-        let counts = scorecard.counts.clone().unwrap_or_default();
+        let counts = scorecard.counts.unwrap_or_default();
         if counts.whistled == 1 && counts.acknowledged == 1 && counts.resolved == 1 {
             assert_eq!(counts.acknowledged_within_limit, 1);
             let indicators = scorecard.indicators.expect("indicators");

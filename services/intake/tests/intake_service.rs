@@ -169,10 +169,13 @@ async fn a_report_becomes_a_case_reported_event_once() {
     harness.task.await.expect("join").expect("clean stop");
 }
 
+/// A change that makes a valid report invalid.
+type Mutation = Box<dyn Fn(&mut SubmitReportRequest)>;
+
 #[tokio::test]
 async fn bad_reports_name_the_field() {
     let mut harness = start().await;
-    let cases: Vec<(&str, Box<dyn Fn(&mut SubmitReportRequest)>)> = vec![
+    let cases: Vec<(&str, Mutation)> = vec![
         ("request_id", Box::new(|r| r.request_id.clear())),
         ("channel", Box::new(|r| r.channel = 0)),
         ("reporter_id", Box::new(|r| r.reporter_id.clear())),
