@@ -11,6 +11,7 @@ use whistle_proto::dispatch::GetCaseRequest;
 use whistle_proto::dispatch::dispatch_service_client::DispatchServiceClient;
 use whistle_proto::evaluation::GetScorecardRequest;
 use whistle_proto::evaluation::evaluation_service_client::EvaluationServiceClient;
+use whistle_proto::gateway::RequestExtensionRequest;
 use whistle_proto::gateway::department_gateway_client::DepartmentGatewayClient;
 use whistle_proto::gateway::{
     AcknowledgeRequest, CheckInRequest, Notice, ResolveRequest, SubscribeRequest,
@@ -232,6 +233,24 @@ async fn walk_the_whistle(storage: Storage) {
         .expect("resolve")
         .into_inner();
     assert_eq!(resolved.status, AssignmentStatus::Resolved as i32);
+
+    // extensions are not built yet, and say so
+    let extension = gateway
+        .request_extension(with_token(
+            RequestExtensionRequest {
+                assignment_id: assignment_id.clone(),
+                extra: Some(prost_types::Duration {
+                    seconds: 3600,
+                    nanos: 0,
+                }),
+                reason: "需要协调".into(),
+                ..Default::default()
+            },
+            &sanitation,
+        ))
+        .await
+        .expect_err("not built");
+    assert_eq!(extension.code(), Code::Unimplemented, "{extension:?}");
 
     // the department's stream carries its own actions back, in order
     let acknowledged_notice = next_notice(&mut notices, "whistle.acknowledged").await;

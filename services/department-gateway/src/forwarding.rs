@@ -68,7 +68,8 @@ fn classify(status: tonic::Status) -> GatewayError {
         | Code::AlreadyExists
         | Code::OutOfRange
         | Code::ResourceExhausted
-        | Code::Aborted => GatewayError::Refused(status),
+        | Code::Aborted
+        | Code::Unimplemented => GatewayError::Refused(status),
         Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => {
             GatewayError::DispatchUnreachable(format!("{:?}: {}", status.code(), status.message()))
         }
