@@ -98,6 +98,10 @@ impl Subscriptions {
                         if sent.is_err() {
                             return after;
                         }
+                        whistle_platform::metrics::metrics().notices_delivered.add(
+                            1,
+                            &[whistle_platform::metrics::attribute("department", department_code.to_string())],
+                        );
                     }
                     _ = self.shutdown.cancelled() => {
                         let _ = sender.try_send(Err(shutting_down()));

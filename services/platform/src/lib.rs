@@ -9,6 +9,7 @@ pub mod envelope;
 pub mod grpc;
 pub mod inbox;
 pub mod local_nats;
+pub mod metrics;
 pub mod nats;
 pub mod outbox;
 pub mod service;

@@ -209,7 +209,7 @@ impl OutboxRelay {
                 .publish_with_headers(row.subject.clone(), headers, row.payload.clone().into())
                 .await
             {
-                Ok(ack) => pending.push((row.id, ack)),
+                Ok(ack) => pending.push((row.id, row.subject.as_str(), ack)),
                 Err(error) => {
                     publish_error = Some(error.to_string());
                     break;
@@ -217,9 +217,14 @@ impl OutboxRelay {
             }
         }
         let mut sent_ids = Vec::with_capacity(pending.len());
-        for (id, ack) in pending {
+        for (id, subject, ack) in pending {
             match ack.await {
-                Ok(_) => sent_ids.push(id),
+                Ok(_) => {
+                    sent_ids.push(id);
+                    crate::metrics::metrics()
+                        .outbox_published
+                        .add(1, &crate::metrics::subject_attributes(subject));
+                }
                 Err(error) => {
                     publish_error.get_or_insert_with(|| error.to_string());
                 }
@@ -239,6 +244,9 @@ impl OutboxRelay {
             transaction.commit().await?;
         }
         tracing::debug!(published = sent_ids.len(), "outbox batch relayed");
+        if publish_error.is_some() {
+            crate::metrics::metrics().outbox_publish_failures.add(1, &[]);
+        }
         match publish_error {
             Some(error) => Err(RelayError::Publish(error)),
             None => Ok(claimed),

@@ -1,0 +1,98 @@
+//! Business and plumbing counters, recorded through the global OpenTelemetry meter (exported over
+//! OTLP when telemetry is configured, free no-ops otherwise). Names are listed in docs/operations.md.
+
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::{Counter, Histogram};
+use std::sync::OnceLock;
+
+/// Every instrument Whistle records.
+#[derive(Debug)]
+pub struct Metrics {
+    pub notices_delivered: Counter<u64>,
+    pub outbox_published: Counter<u64>,
+    pub outbox_publish_failures: Counter<u64>,
+    pub events_applied: Counter<u64>,
+    pub events_duplicate: Counter<u64>,
+    pub events_rejected: Counter<u64>,
+    pub event_delivery_lag: Histogram<f64>,
+}
+
+/// The instruments, created on first use (after `telemetry::init` installed the meter provider).
+pub fn metrics() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(|| {
+        let meter = opentelemetry::global::meter("whistle");
+        Metrics {
+            notices_delivered: meter
+                .u64_counter("whistle.notices.delivered")
+                .with_description("notices sent to department subscribers")
+                .build(),
+            outbox_published: meter
+                .u64_counter("whistle.events.published")
+                .with_description("events published from the outbox, by kind (whistle.issued, ...) and department")
+                .build(),
+            outbox_publish_failures: meter
+                .u64_counter("whistle.outbox.publish_failures")
+                .with_description("outbox relay rounds that failed to publish")
+                .build(),
+            events_applied: meter
+                .u64_counter("whistle.inbox.applied")
+                .with_description("events applied by consumers")
+                .build(),
+            events_duplicate: meter
+                .u64_counter("whistle.inbox.duplicates")
+                .with_description("redelivered events skipped by consumers")
+                .build(),
+            events_rejected: meter
+                .u64_counter("whistle.inbox.rejected")
+                .with_description("events that can never apply, dropped and recorded")
+                .build(),
+            event_delivery_lag: meter
+                .f64_histogram("whistle.event.delivery_lag")
+                .with_unit("s")
+                .with_description("time from an event's occurrence to a consumer applying it")
+                .build(),
+        }
+    })
+}
+
+/// A `KeyValue` attribute, shorter to write.
+pub fn attribute(key: &'static str, value: impl Into<opentelemetry::Value>) -> KeyValue {
+    KeyValue::new(key, value)
+}
+
+/// Attributes of a published event from its subject: `kind` (`case.reported`, `whistle.issued`),
+/// `street`, and `department` for whistle events.
+pub fn subject_attributes(subject: &str) -> Vec<KeyValue> {
+    let tokens: Vec<&str> = subject.split('.').collect();
+    let (Some(family), Some(name)) = (tokens.first(), tokens.last()) else {
+        return Vec::new();
+    };
+    let mut attributes = vec![KeyValue::new("kind", format!("{family}.{name}"))];
+    if tokens.len() >= 6 {
+        attributes.push(KeyValue::new("street", tokens[4].to_string()));
+    }
+    if *family == "whistle" && tokens.len() == 7 {
+        attributes.push(KeyValue::new("department", tokens[5].to_string()));
+    }
+    attributes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_become_attributes() {
+        let attributes = subject_attributes("whistle.v1.420300.420303.chechenglu.zw-sanitation.issued");
+        assert_eq!(
+            attributes,
+            vec![
+                KeyValue::new("kind", "whistle.issued"),
+                KeyValue::new("street", "chechenglu"),
+                KeyValue::new("department", "zw-sanitation"),
+            ]
+        );
+        assert_eq!(subject_attributes("case.v1.420300.420303.chechenglu.reported").len(), 2);
+    }
+}
