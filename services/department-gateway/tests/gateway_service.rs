@@ -15,6 +15,7 @@ use whistle_department_gateway::storage::{delivery_cursor, notice};
 use whistle_platform::SystemClock;
 use whistle_platform::envelope::{self, Event, Payload};
 use whistle_platform::local_nats::{LocalNatsServer, free_port};
+use whistle_platform::testing::{TestBed, publish_like_relay, serve};
 use whistle_proto::events::{AssignmentAcknowledged, AssignmentProgressed, WhistleIssued};
 use whistle_proto::gateway::department_gateway_client::DepartmentGatewayClient;
 use whistle_proto::gateway::{
@@ -55,13 +56,7 @@ fn config(dir: &Path, nats: &LocalNatsServer, dispatch_url: String) -> GatewayCo
     config.nats.url = nats.url();
     config.dispatch.url = dispatch_url;
     config.dispatch.request_timeout_ms = 3_000;
-    config.catalogue.file = Some(
-        concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../deploy/demo/catalogue.json"
-        )
-        .into(),
-    );
+    config.catalogue.file = Some(TestBed::demo_catalogue());
     config.catalogue.credentials_file = Some(credentials_path(dir));
     config
 }
@@ -72,17 +67,11 @@ fn closed_dispatch_url() -> String {
 }
 
 async fn start(config: GatewayConfig) -> Gateway {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let address = listener.local_addr().expect("address");
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(whistle_department_gateway::run(
-        config,
-        listener,
-        Arc::new(SystemClock),
-        shutdown.clone(),
-    ));
+    let served = serve(|listener, shutdown| {
+        whistle_department_gateway::run(config, listener, Arc::new(SystemClock), shutdown)
+    })
+    .await;
+    let (address, shutdown, task) = (served.address, served.shutdown, served.task);
     let mut client = DepartmentGatewayClient::connect(format!("http://{address}"))
         .await
         .expect("connect");
@@ -201,17 +190,7 @@ fn progressed(assignment: Assignment, note: &str) -> Event {
 
 /// Publishes as dispatch's outbox relay does, with `Nats-Msg-Id` = `message_id`.
 async fn publish(js: &jetstream::Context, event: &Event, message_id: &str) {
-    let outbox = envelope::to_outbox(event).expect("outbox event");
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert(async_nats::header::NATS_MESSAGE_ID, message_id);
-    for (name, value) in &outbox.headers {
-        headers.insert(name.as_str(), value.as_str());
-    }
-    js.publish_with_headers(outbox.subject, headers, outbox.payload.into())
-        .await
-        .expect("publish")
-        .await
-        .expect("publish ack");
+    publish_like_relay(js, event, message_id).await;
 }
 
 async fn jetstream_of(nats: &LocalNatsServer) -> jetstream::Context {

@@ -5,12 +5,11 @@ use async_nats::jetstream;
 use futures::StreamExt;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use whistle_dispatch::DispatchConfig;
 use whistle_platform::SystemClock;
 use whistle_platform::envelope::{self, Payload};
-use whistle_platform::local_nats::LocalNatsServer;
+use whistle_platform::testing::{Served, TestBed, serve};
 use whistle_proto::dispatch::dispatch_service_client::DispatchServiceClient;
 use whistle_proto::dispatch::record_department_action_request::Action;
 use whistle_proto::dispatch::{
@@ -26,55 +25,28 @@ use whistle_proto::types::{
 type Client = DispatchServiceClient<tonic::transport::Channel>;
 
 struct Harness {
-    _dir: tempfile::TempDir,
-    nats: LocalNatsServer,
-    jetstream: jetstream::Context,
+    bed: TestBed,
     client: Client,
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    served: Served,
 }
 
 async fn start() -> Harness {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let nats = LocalNatsServer::start(&dir.path().join("nats")).expect("nats-server");
+    let bed = TestBed::new().await;
     let mut config = DispatchConfig::default();
-    config.database.url = format!("sqlite://{}", dir.path().join("dispatch.sqlite").display());
-    config.nats.url = nats.url();
-    config.catalogue.file = Some(
-        concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../deploy/demo/catalogue.json"
-        )
-        .into(),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let address = listener.local_addr().expect("address");
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(whistle_dispatch::run(
-        config,
-        listener,
-        Arc::new(SystemClock),
-        shutdown.clone(),
-    ));
-    let client = DispatchServiceClient::connect(format!("http://{address}"))
+    config.database.url = bed.sqlite_url("dispatch");
+    config.nats.url = bed.nats.url();
+    config.catalogue.file = Some(TestBed::demo_catalogue());
+    let served = serve(|listener, shutdown| {
+        whistle_dispatch::run(config, listener, Arc::new(SystemClock), shutdown)
+    })
+    .await;
+    let client = DispatchServiceClient::connect(served.url())
         .await
         .expect("connect");
-    let jetstream = jetstream::new(async_nats::connect(nats.url()).await.expect("nats client"));
-    whistle_platform::nats::ensure_streams(
-        &jetstream,
-        &whistle_platform::config::NatsConfig::default(),
-    )
-    .await
-    .expect("streams");
     Harness {
-        _dir: dir,
-        nats,
-        jetstream,
+        bed,
         client,
-        shutdown,
-        task,
+        served,
     }
 }
 
@@ -90,7 +62,7 @@ fn region(grid: &str) -> Region {
 }
 
 /// Publishes a `case.reported` as intake would; returns the case id.
-async fn report(jetstream: &jetstream::Context, category: &str, grid: &str) -> String {
+async fn report(bed: &TestBed, category: &str, grid: &str) -> String {
     let case_id = uuid::Uuid::now_v7().to_string();
     let event = envelope::new_event(
         &SystemClock,
@@ -115,15 +87,7 @@ async fn report(jetstream: &jetstream::Context, category: &str, grid: &str) -> S
             observed_at: None,
         }),
     );
-    let outbox = envelope::to_outbox(&event).expect("outbox");
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert("Nats-Msg-Id", outbox.event_id.as_str());
-    jetstream
-        .publish_with_headers(outbox.subject, headers, outbox.payload.into())
-        .await
-        .expect("publish")
-        .await
-        .expect("ack");
+    bed.publish(&event).await;
     case_id
 }
 
@@ -166,7 +130,7 @@ fn action(
 #[tokio::test]
 async fn a_routed_report_is_whistled_and_worked_to_closure() {
     let mut h = start().await;
-    let case_id = report(&h.jetstream, "E-01-03", "420303003001001").await;
+    let case_id = report(&h.bed, "E-01-03", "420303003001001").await;
     let case = wait_for_status(&mut h.client, &case_id, CaseStatus::Whistled).await;
     assert_eq!(case.route_id, "garbage-overflow-zhongyue");
     let departments: Vec<(&str, i32)> = case
@@ -200,6 +164,7 @@ async fn a_routed_report_is_whistled_and_worked_to_closure() {
 
     // exactly one whistle per department on the stream, on the department's subject
     let stream = h
+        .bed
         .jetstream
         .get_stream(whistle_platform::nats::WHISTLES_STREAM)
         .await
@@ -416,15 +381,14 @@ async fn a_routed_report_is_whistled_and_worked_to_closure() {
         .into_inner();
     assert_eq!(listed.cases.len(), 1);
     assert_eq!(listed.cases[0].case_id, case_id);
-    h.shutdown.cancel();
-    h.task.await.expect("join").expect("clean stop");
+    h.served.stop().await;
 }
 
 #[tokio::test]
 async fn the_street_accepts_rejects_and_whistles_by_hand() {
     let mut h = start().await;
     // the property route of 金鼎凤凰城 does not whistle automatically
-    let case_id = report(&h.jetstream, "E-06-01", "420303003002001").await;
+    let case_id = report(&h.bed, "E-06-01", "420303003002001").await;
     let case = wait_for_status(&mut h.client, &case_id, CaseStatus::Reported).await;
     assert_eq!(case.route_id, "property-jinding");
     let whistle = |lead: &str| WhistleCaseRequest {
@@ -527,7 +491,7 @@ async fn the_street_accepts_rejects_and_whistles_by_hand() {
     assert_eq!(missing.code(), Code::NotFound);
 
     // a report nobody is responsible for waits for the street
-    let orphan = report(&h.jetstream, "C-03-02", "420303003001001").await;
+    let orphan = report(&h.bed, "C-03-02", "420303003001001").await;
     let waiting = wait_for_status(&mut h.client, &orphan, CaseStatus::Reported).await;
     assert_eq!(waiting.route_id, "");
     let rejected = h
@@ -541,7 +505,8 @@ async fn the_street_accepts_rejects_and_whistles_by_hand() {
         .expect("reject")
         .into_inner();
     assert_eq!(rejected.status, CaseStatus::Rejected as i32);
-    drop(h.nats);
-    h.shutdown.cancel();
-    let _ = h.task.await;
+    // stopping must not hang when NATS is already gone
+    h.bed.nats.kill();
+    h.served.shutdown.cancel();
+    let _ = h.served.task.await;
 }

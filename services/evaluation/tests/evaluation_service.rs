@@ -4,13 +4,12 @@
 use async_nats::jetstream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use whistle_evaluation::EvaluationConfig;
 use whistle_platform::ManualClock;
 use whistle_platform::clock::{from_millis, to_proto_timestamp};
 use whistle_platform::envelope::{self, Event, Payload};
-use whistle_platform::local_nats::LocalNatsServer;
+use whistle_platform::testing::{Served, TestBed, publish_like_relay, serve};
 use whistle_proto::evaluation::evaluation_service_client::EvaluationServiceClient;
 use whistle_proto::evaluation::{
     ExplainScoreRequest, GetRankingRequest, GetScorecardRequest, RateCooperationRequest, Rater,
@@ -35,62 +34,38 @@ const PERIOD: &str = "2026-11";
 type Client = EvaluationServiceClient<tonic::transport::Channel>;
 
 struct Harness {
-    _dir: tempfile::TempDir,
-    _nats: LocalNatsServer,
+    bed: TestBed,
     jetstream: jetstream::Context,
     client: Client,
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    served: Served,
 }
 
 impl Harness {
     async fn stop(self) {
-        self.shutdown.cancel();
-        self.task.await.expect("join").expect("clean stop");
+        self.served.stop().await;
+        drop(self.bed);
     }
 }
 
 async fn start() -> Harness {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let nats = LocalNatsServer::start(&dir.path().join("nats")).expect("nats-server");
+    let bed = TestBed::new().await;
     let mut config = EvaluationConfig::default();
-    config.database.url = format!(
-        "sqlite://{}",
-        dir.path().join("evaluation.sqlite").display()
-    );
-    config.nats.url = nats.url();
-    config.catalogue.file = Some(
-        concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../deploy/demo/catalogue.json"
-        )
-        .into(),
-    );
-    let jetstream = jetstream::new(async_nats::connect(nats.url()).await.expect("nats client"));
-    whistle_platform::nats::ensure_streams(&jetstream, &config.nats)
-        .await
-        .expect("streams");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let address = listener.local_addr().expect("address");
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(whistle_evaluation::run(
-        config,
-        listener,
-        Arc::new(ManualClock::new(from_millis(NOW))),
-        shutdown.clone(),
-    ));
-    let client = EvaluationServiceClient::connect(format!("http://{address}"))
+    config.database.url = bed.sqlite_url("evaluation");
+    config.nats.url = bed.nats.url();
+    config.catalogue.file = Some(TestBed::demo_catalogue());
+    let clock = Arc::new(ManualClock::new(from_millis(NOW)));
+    let served =
+        serve(|listener, shutdown| whistle_evaluation::run(config, listener, clock, shutdown))
+            .await;
+    let client = EvaluationServiceClient::connect(served.url())
         .await
         .expect("connect");
+    let jetstream = bed.jetstream.clone();
     Harness {
-        _dir: dir,
-        _nats: nats,
+        bed,
         jetstream,
         client,
-        shutdown,
-        task,
+        served,
     }
 }
 
@@ -174,18 +149,7 @@ fn issued(assignment: &Assignment) -> Event {
 
 /// Publishes like the outbox relay: CloudEvents headers and `Nats-Msg-Id`, waiting for the ack.
 async fn publish_with_message_id(jetstream: &jetstream::Context, event: &Event, message_id: &str) {
-    let outbox = envelope::to_outbox(event).expect("envelope");
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert(async_nats::header::NATS_MESSAGE_ID, message_id);
-    for (name, value) in &outbox.headers {
-        headers.insert(name.as_str(), value.as_str());
-    }
-    jetstream
-        .publish_with_headers(outbox.subject, headers, outbox.payload.into())
-        .await
-        .expect("publish")
-        .await
-        .expect("jetstream ack");
+    publish_like_relay(jetstream, event, message_id).await;
 }
 
 async fn publish(jetstream: &jetstream::Context, events: &[&Event]) {

@@ -4,57 +4,38 @@ use async_nats::jetstream;
 use futures::StreamExt;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use whistle_intake::IntakeConfig;
 use whistle_platform::SystemClock;
 use whistle_platform::envelope::{self, Payload};
-use whistle_platform::local_nats::LocalNatsServer;
+use whistle_platform::testing::{Served, TestBed, serve};
 use whistle_proto::intake::intake_service_client::IntakeServiceClient;
 use whistle_proto::intake::{GetReportRequest, ListCategoriesRequest, SubmitReportRequest};
 use whistle_proto::types::{Channel, Place, Severity};
 
 struct Harness {
-    _dir: tempfile::TempDir,
-    nats: LocalNatsServer,
+    bed: TestBed,
     client: IntakeServiceClient<tonic::transport::Channel>,
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    served: Served,
 }
 
 async fn start() -> Harness {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let nats = LocalNatsServer::start(&dir.path().join("nats")).expect("nats-server");
+    let bed = TestBed::new().await;
     let mut config = IntakeConfig::default();
-    config.database.url = format!("sqlite://{}", dir.path().join("intake.sqlite").display());
-    config.nats.url = nats.url();
-    config.catalogue.file = Some(
-        concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../deploy/demo/catalogue.json"
-        )
-        .into(),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let address = listener.local_addr().expect("address");
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(whistle_intake::run(
-        config,
-        listener,
-        Arc::new(SystemClock),
-        shutdown.clone(),
-    ));
-    let client = IntakeServiceClient::connect(format!("http://{address}"))
+    config.database.url = bed.sqlite_url("intake");
+    config.nats.url = bed.nats.url();
+    config.catalogue.file = Some(TestBed::demo_catalogue());
+    let served = serve(|listener, shutdown| {
+        whistle_intake::run(config, listener, Arc::new(SystemClock), shutdown)
+    })
+    .await;
+    let client = IntakeServiceClient::connect(served.url())
         .await
         .expect("connect");
     Harness {
-        _dir: dir,
-        nats,
+        bed,
         client,
-        shutdown,
-        task,
+        served,
     }
 }
 
@@ -80,11 +61,6 @@ fn garbage_report(request_id: &str) -> SubmitReportRequest {
 #[tokio::test]
 async fn a_report_becomes_a_case_reported_event_once() {
     let mut harness = start().await;
-    let js = jetstream::new(
-        async_nats::connect(harness.nats.url())
-            .await
-            .expect("nats client"),
-    );
 
     let first = harness
         .client
@@ -130,7 +106,9 @@ async fn a_report_becomes_a_case_reported_event_once() {
     assert_eq!(report.place.expect("place").address, "中岳路2号");
 
     // exactly one case.reported on the stream
-    let stream = js
+    let stream = harness
+        .bed
+        .jetstream
         .get_stream(whistle_platform::nats::CASES_STREAM)
         .await
         .expect("stream");
@@ -165,8 +143,7 @@ async fn a_report_becomes_a_case_reported_event_once() {
     let info = consumer.clone().info().await.expect("info").clone();
     assert_eq!(info.num_pending, 0, "the retry published nothing");
 
-    harness.shutdown.cancel();
-    harness.task.await.expect("join").expect("clean stop");
+    harness.served.stop().await;
 }
 
 /// A change that makes a valid report invalid.
@@ -247,6 +224,5 @@ async fn bad_reports_name_the_field() {
             .iter()
             .any(|category| category.code == "E-01-03")
     );
-    harness.shutdown.cancel();
-    harness.task.await.expect("join").expect("clean stop");
+    harness.served.stop().await;
 }

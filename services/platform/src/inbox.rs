@@ -243,7 +243,10 @@ async fn apply_event<H: EventHandler>(
     let now_ms = to_millis(clock.now());
     if !record_once(transaction, consumer, &event.event_id, "applied", now_ms).await? {
         tracing::debug!(consumer, event_id = %event.event_id, "duplicate event skipped");
-        crate::metrics::metrics().events_duplicate.add(1, &[crate::metrics::attribute("consumer", consumer.to_string())]);
+        crate::metrics::metrics().events_duplicate.add(
+            1,
+            &[crate::metrics::attribute("consumer", consumer.to_string())],
+        );
         return Ok(None);
     }
     let savepoint = transaction.begin().await?;
@@ -253,14 +256,21 @@ async fn apply_event<H: EventHandler>(
             let metrics = crate::metrics::metrics();
             let consumer_attribute = [crate::metrics::attribute("consumer", consumer.to_string())];
             metrics.events_applied.add(1, &consumer_attribute);
-            if let Some(occurred_at) = event.occurred_at.as_ref().and_then(crate::clock::from_proto_timestamp) {
+            if let Some(occurred_at) = event
+                .occurred_at
+                .as_ref()
+                .and_then(crate::clock::from_proto_timestamp)
+            {
                 let lag = (clock.now() - occurred_at).num_milliseconds().max(0) as f64 / 1000.0;
                 metrics.event_delivery_lag.record(lag, &consumer_attribute);
             }
         }
         Err(HandleError::Rejected(reason)) => {
             savepoint.rollback().await?;
-            crate::metrics::metrics().events_rejected.add(1, &[crate::metrics::attribute("consumer", consumer.to_string())]);
+            crate::metrics::metrics().events_rejected.add(
+                1,
+                &[crate::metrics::attribute("consumer", consumer.to_string())],
+            );
             tracing::error!(consumer, event_id = %event.event_id, %reason, "event rejected");
             entity::Entity::update_many()
                 .col_expr(

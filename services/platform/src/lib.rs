@@ -15,5 +15,7 @@ pub mod outbox;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};

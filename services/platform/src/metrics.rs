@@ -84,7 +84,8 @@ mod tests {
 
     #[test]
     fn subjects_become_attributes() {
-        let attributes = subject_attributes("whistle.v1.420300.420303.chechenglu.zw-sanitation.issued");
+        let attributes =
+            subject_attributes("whistle.v1.420300.420303.chechenglu.zw-sanitation.issued");
         assert_eq!(
             attributes,
             vec![
@@ -93,6 +94,9 @@ mod tests {
                 KeyValue::new("department", "zw-sanitation"),
             ]
         );
-        assert_eq!(subject_attributes("case.v1.420300.420303.chechenglu.reported").len(), 2);
+        assert_eq!(
+            subject_attributes("case.v1.420300.420303.chechenglu.reported").len(),
+            2
+        );
     }
 }

@@ -245,7 +245,9 @@ impl OutboxRelay {
         }
         tracing::debug!(published = sent_ids.len(), "outbox batch relayed");
         if publish_error.is_some() {
-            crate::metrics::metrics().outbox_publish_failures.add(1, &[]);
+            crate::metrics::metrics()
+                .outbox_publish_failures
+                .add(1, &[]);
         }
         match publish_error {
             Some(error) => Err(RelayError::Publish(error)),
@@ -273,14 +275,26 @@ pub async fn backlog(db: &DatabaseConnection) -> Result<u64, DbErr> {
 }
 
 fn nats_headers(row: &entity::Model) -> async_nats::HeaderMap {
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert(async_nats::header::NATS_MESSAGE_ID, row.event_id.as_str());
-    if let Ok(serde_json::Value::Object(stored)) = serde_json::from_str(&row.headers) {
-        for (name, value) in stored {
-            if let serde_json::Value::String(value) = value {
-                headers.insert(name.as_str(), value.as_str());
-            }
-        }
+    let stored: Vec<(String, String)> = match serde_json::from_str(&row.headers) {
+        Ok(serde_json::Value::Object(stored)) => stored
+            .into_iter()
+            .filter_map(|(name, value)| match value {
+                serde_json::Value::String(value) => Some((name, value)),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    headers_for(&row.event_id, &stored)
+}
+
+/// The NATS headers of an event as the relay publishes it: `Nats-Msg-Id` = `message_id` (the event
+/// id, so JetStream drops re-publications) and the event's own headers.
+pub fn headers_for(message_id: &str, headers: &[(String, String)]) -> async_nats::HeaderMap {
+    let mut map = async_nats::HeaderMap::new();
+    map.insert(async_nats::header::NATS_MESSAGE_ID, message_id);
+    for (name, value) in headers {
+        map.insert(name.as_str(), value.as_str());
     }
-    headers
+    map
 }
