@@ -34,6 +34,7 @@ pub struct LocalNatsServer {
     binary: PathBuf,
     store_dir: PathBuf,
     port: u16,
+    extra_args: Vec<String>,
 }
 
 impl LocalNatsServer {
@@ -58,11 +59,16 @@ impl LocalNatsServer {
 
     /// Starts a server with JetStream stored under `store_dir`, on a free loopback port.
     pub fn start(store_dir: &Path) -> Result<Self, LocalNatsError> {
+        Self::start_with_args(store_dir, &[])
+    }
+
+    /// Like [`LocalNatsServer::start`], with more `nats-server` arguments (e.g. `--user`, `--pass`).
+    pub fn start_with_args(store_dir: &Path, extra_args: &[&str]) -> Result<Self, LocalNatsError> {
         // another process may take the port between our probe and the server's bind: try a few
         let mut attempts = 0;
         loop {
             attempts += 1;
-            match Self::start_on_port(store_dir, free_port()?) {
+            match Self::spawn_new(store_dir, free_port()?, extra_args) {
                 Err(LocalNatsError::NotReady { .. }) if attempts < 5 => continue,
                 result => return result,
             }
@@ -71,6 +77,10 @@ impl LocalNatsServer {
 
     /// Starts a server on a given port (used to restart one on the port its clients know).
     pub fn start_on_port(store_dir: &Path, port: u16) -> Result<Self, LocalNatsError> {
+        Self::spawn_new(store_dir, port, &[])
+    }
+
+    fn spawn_new(store_dir: &Path, port: u16, extra_args: &[&str]) -> Result<Self, LocalNatsError> {
         let binary = Self::find_binary()?;
         std::fs::create_dir_all(store_dir)?;
         let mut server = Self {
@@ -78,6 +88,7 @@ impl LocalNatsServer {
             binary,
             store_dir: store_dir.to_path_buf(),
             port,
+            extra_args: extra_args.iter().map(|arg| arg.to_string()).collect(),
         };
         server.spawn()?;
         Ok(server)
@@ -97,6 +108,7 @@ impl LocalNatsServer {
             .arg(&self.store_dir)
             .arg("-l")
             .arg(&log)
+            .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

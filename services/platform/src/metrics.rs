@@ -51,6 +51,9 @@ pub fn metrics() -> &'static Metrics {
                 .f64_histogram("whistle.event.delivery_lag")
                 .with_unit("s")
                 .with_description("time from an event's occurrence to a consumer applying it")
+                .with_boundaries(vec![
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+                ])
                 .build(),
         }
     })

@@ -1,6 +1,6 @@
 //! Connecting to NATS and provisioning the JetStream streams every service relies on.
 
-use crate::config::NatsConfig;
+use crate::config::{NatsConfig, redact_url};
 use async_nats::jetstream::{self, stream};
 use std::time::{Duration, Instant};
 
@@ -17,21 +17,25 @@ pub async fn connect(config: &NatsConfig, client_name: &str) -> anyhow::Result<a
     let deadline = Instant::now() + Duration::from_secs(config.connect_timeout_secs);
     let mut wait = Duration::from_millis(100);
     loop {
-        let options = async_nats::ConnectOptions::new()
+        let (servers, credentials) = split_credentials(&config.url);
+        let mut options = async_nats::ConnectOptions::new()
             .name(client_name)
             .connection_timeout(Duration::from_secs(5))
             .max_reconnects(None);
-        match options.connect(config.url.as_str()).await {
+        if let Some((user, password)) = credentials {
+            options = options.user_and_password(user, password);
+        }
+        match options.connect(servers.as_str()).await {
             Ok(client) => return Ok(client),
             Err(error) if Instant::now() < deadline => {
-                tracing::warn!(url = %config.url, %error, "nats not reachable yet, retrying");
+                tracing::warn!(url = %redact_url(&config.url), %error, "nats not reachable yet, retrying");
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(Duration::from_secs(2));
             }
             Err(error) => {
                 anyhow::bail!(
                     "cannot reach nats at {} after {}s: {error}",
-                    config.url,
+                    redact_url(&config.url),
                     config.connect_timeout_secs
                 )
             }
@@ -65,4 +69,52 @@ pub async fn ensure_streams(
             .map_err(|error| anyhow::anyhow!("cannot create stream {name}: {error}"))?;
     }
     Ok(())
+}
+
+/// Splits `nats://user:password@host:4222[,nats://…]` into the server list without credentials and
+/// the first user and password found (the NATS client does not read them from the URL).
+pub fn split_credentials(url: &str) -> (String, Option<(String, String)>) {
+    let mut credentials = None;
+    let servers: Vec<String> = url
+        .split(',')
+        .map(|server| {
+            let server = server.trim();
+            let Some((scheme, rest)) = server.split_once("://") else {
+                return server.to_string();
+            };
+            match rest.rsplit_once('@') {
+                Some((user_info, host)) => {
+                    if credentials.is_none() {
+                        let (user, password) = user_info.split_once(':').unwrap_or((user_info, ""));
+                        credentials = Some((user.to_string(), password.to_string()));
+                    }
+                    format!("{scheme}://{host}")
+                }
+                None => server.to_string(),
+            }
+        })
+        .collect();
+    (servers.join(","), credentials)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_credentials;
+
+    #[test]
+    fn credentials_leave_the_url() {
+        assert_eq!(
+            split_credentials(
+                "nats://dispatch:s3cret@nats-0:4222,nats://dispatch:s3cret@nats-1:4222"
+            ),
+            (
+                "nats://nats-0:4222,nats://nats-1:4222".to_string(),
+                Some(("dispatch".to_string(), "s3cret".to_string()))
+            )
+        );
+        assert_eq!(
+            split_credentials("nats://127.0.0.1:4222"),
+            ("nats://127.0.0.1:4222".to_string(), None)
+        );
+    }
 }

@@ -85,7 +85,7 @@ where
         }
     };
     if args.check_config {
-        match toml_like(&config) {
+        match redacted_json(&config) {
             Ok(text) => println!("{text}"),
             Err(error) => eprintln!("{binary}: {error}"),
         }
@@ -117,6 +117,45 @@ where
     }
 }
 
-fn toml_like<C: Serialize>(config: &C) -> Result<String, serde_json::Error> {
-    serde_json::to_string_pretty(config)
+/// The configuration as JSON, with passwords in URLs masked.
+fn redacted_json<C: Serialize>(config: &C) -> Result<String, serde_json::Error> {
+    fn redact(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::String(text) if text.contains("://") => {
+                *text = text
+                    .split(',')
+                    .map(crate::config::redact_url)
+                    .collect::<Vec<_>>()
+                    .join(",");
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(redact),
+            serde_json::Value::Object(fields) => fields.values_mut().for_each(redact),
+            _ => {}
+        }
+    }
+    let mut value = serde_json::to_value(config)?;
+    redact(&mut value);
+    serde_json::to_string_pretty(&value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redacted_json;
+
+    #[test]
+    fn printed_configuration_hides_passwords() {
+        let config = serde_json::json!({
+            "database": { "url": "postgres://whistle:hunter2@db/whistle_intake" },
+            "nats": { "url": "nats://intake:s3cret@nats-0:4222,nats://intake:s3cret@nats-1:4222" },
+        });
+        let printed = redacted_json(&config).expect("json");
+        assert!(
+            !printed.contains("hunter2") && !printed.contains("s3cret"),
+            "{printed}"
+        );
+        assert!(
+            printed.contains("postgres://whistle:***@db/whistle_intake"),
+            "{printed}"
+        );
+    }
 }
