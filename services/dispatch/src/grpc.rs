@@ -322,6 +322,7 @@ impl DispatchGrpc {
                 return Err(DispatchError::Unimplemented("request_extension"));
             }
         };
+        let acknowledging = matches!(action, DepartmentAction::Acknowledge { .. });
         let transaction = self.db.begin().await?;
         let assignment = service::record_department_action(
             &transaction,
@@ -335,6 +336,21 @@ impl DispatchGrpc {
         .await?;
         transaction.commit().await?;
         self.outbox_signal.notify();
+        if acknowledging && let Some(acknowledged_at) = assignment.acknowledged_at {
+            let latency = (acknowledged_at - assignment.whistled_at)
+                .num_milliseconds()
+                .max(0) as f64
+                / 1000.0;
+            whistle_platform::metrics::metrics()
+                .acknowledgement_latency
+                .record(
+                    latency,
+                    &[whistle_platform::metrics::attribute(
+                        "department",
+                        assignment.department_code.clone(),
+                    )],
+                );
+        }
         Ok(assignment_to_proto(&assignment))
     }
 }

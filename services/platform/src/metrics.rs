@@ -15,6 +15,7 @@ pub struct Metrics {
     pub events_duplicate: Counter<u64>,
     pub events_rejected: Counter<u64>,
     pub event_delivery_lag: Histogram<f64>,
+    pub acknowledgement_latency: Histogram<f64>,
 }
 
 /// The instruments, created on first use (after `telemetry::init` installed the meter provider).
@@ -53,6 +54,14 @@ pub fn metrics() -> &'static Metrics {
                 .with_description("time from an event's occurrence to a consumer applying it")
                 .with_boundaries(vec![
                     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+                ])
+                .build(),
+            acknowledgement_latency: meter
+                .f64_histogram("whistle.acknowledgement.latency")
+                .with_unit("s")
+                .with_description("time from a whistle to the department's acknowledgement (报到)")
+                .with_boundaries(vec![
+                    30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 86400.0,
                 ])
                 .build(),
         }
