@@ -88,6 +88,14 @@ enum Command {
         gateway_port: u16,
         #[arg(long, default_value_t = 50054)]
         evaluation_port: u16,
+        /// Also play the demo scenario (garbage overflow, fire lane, property management).
+        #[arg(long)]
+        demo: bool,
+    },
+    /// Play the demo scenario against running services.
+    Demo {
+        #[arg(long, default_value = "data/demo-credentials.json")]
+        credentials: PathBuf,
     },
     /// Submit a report as a grid worker.
     Report {
@@ -223,8 +231,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             dispatch_port,
             gateway_port,
             evaluation_port,
+            demo,
         } => {
-            let telemetry_config = whistle_platform::config::TelemetryConfig::default();
+            // quiet by default so the addresses (and the demo) stay readable; RUST_LOG=info for more
+            let telemetry_config = whistle_platform::config::TelemetryConfig {
+                log_filter: "warn".into(),
+                ..Default::default()
+            };
             let _telemetry = whistle_platform::telemetry::init("whistle", &telemetry_config)?;
             let options = LocalOptions {
                 data_dir,
@@ -236,7 +249,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 evaluation_port,
             };
             let platform = LocalPlatform::start(&options).await?;
-            let _ = platform.credentials().await?;
+            let tokens = platform.credentials().await?;
             println!("whistle is up (Ctrl-C stops it)");
             println!("  intake              {}", platform.intake);
             println!("  dispatch            {}", platform.dispatch);
@@ -248,8 +261,33 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 platform.credentials_file.display()
             );
             let stop = whistle_platform::shutdown::cancel_on_signals();
+            if demo {
+                let local = Endpoints {
+                    intake: format!("http://{}", platform.intake),
+                    dispatch: format!("http://{}", platform.dispatch),
+                    gateway: format!("http://{}", platform.gateway),
+                    evaluation: format!("http://{}", platform.evaluation),
+                };
+                tokio::spawn(async move {
+                    match whistle::demo::play(&local, tokens).await {
+                        Ok(_) => println!(
+                            "\ndemo finished; the platform keeps running (Ctrl-C stops it)"
+                        ),
+                        Err(error) => eprintln!("demo failed: {error:#}"),
+                    }
+                });
+            }
             platform.run_until(stop).await?;
             println!("whistle stopped");
+        }
+        Command::Demo { credentials } => {
+            let text = std::fs::read_to_string(&credentials).map_err(|error| {
+                anyhow::anyhow!(
+                    "cannot read {}: {error} (is `whistle up` running?)",
+                    credentials.display()
+                )
+            })?;
+            whistle::demo::play(&endpoints, serde_json::from_str(&text)?).await?;
         }
         Command::Report {
             category,

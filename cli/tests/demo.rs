@@ -1,0 +1,100 @@
+//! `whistle up --demo` in-process: the platform on free ports with SQLite and a private NATS in a
+//! temporary folder, and the three cases of the demo scenario played to the end.
+
+use tokio_util::sync::CancellationToken;
+use whistle::client::Endpoints;
+use whistle::local::{LocalOptions, LocalPlatform};
+use whistle_proto::dispatch::GetCaseRequest;
+use whistle_proto::types::{AssignmentStatus, CaseStatus};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_scenario_plays_to_the_end() {
+    let folder = tempfile::tempdir().expect("tempdir");
+    let platform = LocalPlatform::start(&LocalOptions {
+        data_dir: folder.path().join("data"),
+        intake_port: 0,
+        dispatch_port: 0,
+        gateway_port: 0,
+        evaluation_port: 0,
+        ..LocalOptions::default()
+    })
+    .await
+    .expect("platform");
+    let endpoints = Endpoints {
+        intake: format!("http://{}", platform.intake),
+        dispatch: format!("http://{}", platform.dispatch),
+        gateway: format!("http://{}", platform.gateway),
+        evaluation: format!("http://{}", platform.evaluation),
+    };
+    let tokens = platform.credentials().await.expect("credentials");
+    assert!(folder.path().join("data/demo-credentials.json").is_file());
+    assert!(
+        folder.path().join("data/nats").is_dir(),
+        "the JetStream store lives in the data folder"
+    );
+
+    let outcome = whistle::demo::play(&endpoints, tokens).await.expect("demo");
+    let mut dispatch = endpoints.dispatch().await.expect("dispatch");
+    for case_id in &outcome.case_ids {
+        let case = dispatch
+            .get_case(GetCaseRequest {
+                case_id: case_id.clone(),
+            })
+            .await
+            .expect("case")
+            .into_inner();
+        assert_eq!(
+            case.status,
+            CaseStatus::Closed as i32,
+            "case {case_id}: {case:?}"
+        );
+    }
+    // the property case: the traffic police returned it, the property company was whistled instead,
+    // and the work was redone once after a failed verification
+    let property = dispatch
+        .get_case(GetCaseRequest {
+            case_id: outcome.case_ids[2].clone(),
+        })
+        .await
+        .expect("case")
+        .into_inner();
+    let returned: Vec<&str> = property
+        .assignments
+        .iter()
+        .filter(|a| a.status == AssignmentStatus::Returned as i32)
+        .map(|a| a.department_code.as_str())
+        .collect();
+    assert_eq!(returned, vec!["zw-traffic-police"]);
+    assert!(
+        property
+            .timeline
+            .iter()
+            .any(|entry| entry.kind == "case.reopened")
+    );
+
+    // every department that worked has a composite; the sanitation office's is a perfect record
+    for department in [
+        "zw-sanitation",
+        "zw-enforcement",
+        "pm-zhongyue",
+        "zw-fire-rescue",
+        "zw-housing",
+        "pm-jinding",
+    ] {
+        let composite = outcome.scorecards.get(department).copied().flatten();
+        assert!(
+            composite.is_some_and(|value| (0.0..=100.0).contains(&value)),
+            "{department}: {composite:?}"
+        );
+    }
+    assert!(
+        outcome.scorecards["zw-sanitation"].expect("composite")
+            > outcome.scorecards["zw-housing"].expect("composite"),
+        "{:?}",
+        outcome.scorecards
+    );
+
+    let stop = CancellationToken::new();
+    stop.cancel();
+    platform.run_until(stop).await.expect("clean stop");
+}
