@@ -226,3 +226,75 @@ async fn bad_reports_name_the_field() {
     );
     harness.served.stop().await;
 }
+
+/// Health follows NATS; a report made while NATS is down is kept in the outbox and published once
+/// NATS is back: nothing is lost.
+#[tokio::test]
+async fn reports_survive_a_nats_outage_and_health_says_so() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let mut harness = start().await;
+    let channel = tonic::transport::Endpoint::from_shared(harness.served.url())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let health = HealthClient::new(channel);
+    let wait_for = |wanted: ServingStatus| {
+        let mut health = health.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                let status = health
+                    .check(HealthCheckRequest {
+                        service: "whistle.intake.v1.IntakeService".into(),
+                    })
+                    .await
+                    .map(|answer| answer.into_inner().status);
+                if status.as_ref().is_ok_and(|status| *status == wanted as i32) {
+                    return;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "health never became {wanted:?}: {status:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    wait_for(ServingStatus::Serving).await;
+
+    harness.bed.nats.kill();
+    wait_for(ServingStatus::NotServing).await;
+    let accepted = harness
+        .client
+        .submit_report(garbage_report("during-outage"))
+        .await
+        .expect("intake accepts reports while NATS is down")
+        .into_inner();
+
+    harness.bed.nats.restart().expect("nats back");
+    wait_for(ServingStatus::Serving).await;
+    let stream = harness
+        .bed
+        .jetstream
+        .get_stream(whistle_platform::nats::CASES_STREAM)
+        .await
+        .expect("stream");
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::Config {
+            filter_subject: "case.v1.>".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("consumer");
+    let mut messages = consumer.messages().await.expect("messages");
+    let message = tokio::time::timeout(Duration::from_secs(40), messages.next())
+        .await
+        .expect("the outbox publishes once NATS is back")
+        .expect("some")
+        .expect("ok");
+    let event = envelope::decode(&message.payload).expect("decode");
+    assert_eq!(event.case_id, accepted.case_id);
+    harness.served.stop().await;
+}
