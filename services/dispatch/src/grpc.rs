@@ -324,7 +324,7 @@ impl DispatchGrpc {
         };
         let acknowledging = matches!(action, DepartmentAction::Acknowledge { .. });
         let transaction = self.db.begin().await?;
-        let assignment = service::record_department_action(
+        let recorded = service::record_department_action(
             &transaction,
             self.clock.as_ref(),
             self.settings.check_in_radius_meters,
@@ -336,7 +336,11 @@ impl DispatchGrpc {
         .await?;
         transaction.commit().await?;
         self.outbox_signal.notify();
-        if acknowledging && let Some(acknowledged_at) = assignment.acknowledged_at {
+        let assignment = recorded.assignment;
+        if acknowledging
+            && !recorded.repeated
+            && let Some(acknowledged_at) = assignment.acknowledged_at
+        {
             let latency = (acknowledged_at - assignment.whistled_at)
                 .num_milliseconds()
                 .max(0) as f64

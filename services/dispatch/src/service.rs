@@ -596,6 +596,14 @@ impl DepartmentAction {
     }
 }
 
+/// The assignment after a department action, and whether the action had been recorded before.
+#[derive(Debug, Clone)]
+pub struct RecordedAction {
+    pub assignment: Assignment,
+    /// The `action_id` was seen before: nothing changed this time.
+    pub repeated: bool,
+}
+
 /// Applies a department's action to its assignment; idempotent on `action_id`.
 pub async fn record_department_action<C: ConnectionTrait>(
     connection: &C,
@@ -605,7 +613,7 @@ pub async fn record_department_action<C: ConnectionTrait>(
     assignment_id: &str,
     department_code: &str,
     department_action: DepartmentAction,
-) -> Result<Assignment, DispatchError> {
+) -> Result<RecordedAction, DispatchError> {
     let row = assignment::Entity::find_by_id(assignment_id)
         .one(connection)
         .await?
@@ -628,7 +636,11 @@ pub async fn record_department_action<C: ConnectionTrait>(
                 ),
             ));
         }
-        return serde_json::from_str(&row.state).map_err(DispatchError::unexpected);
+        let assignment = serde_json::from_str(&row.state).map_err(DispatchError::unexpected)?;
+        return Ok(RecordedAction {
+            assignment,
+            repeated: true,
+        });
     }
     let mut state = load_case(connection, &row.case_id).await?.ok_or_else(|| {
         DispatchError::unexpected(format!("assignment {assignment_id} has no case"))
@@ -731,7 +743,10 @@ pub async fn record_department_action<C: ConnectionTrait>(
     .exec_without_returning(connection)
     .await?;
     save_case(connection, clock, state).await?;
-    Ok(result)
+    Ok(RecordedAction {
+        assignment: result,
+        repeated: false,
+    })
 }
 
 /// The timeline of a case, oldest first.

@@ -39,10 +39,12 @@ pub async fn run(
     );
     let relay_task = tokio::spawn(relay.run(shutdown.clone()));
 
+    let registry = std::sync::Arc::new(crate::catalogue::Registry::load(&db).await?);
     let service = IntakeGrpc {
         db: db.clone(),
         clock,
         outbox_signal,
+        registry,
     };
     let routes = tonic::service::Routes::new(IntakeServiceServer::new(service));
     let probe = HealthProbe {

@@ -176,3 +176,50 @@ pub async fn load(db: &DatabaseConnection, file: &Path) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// The grid/street registry and the category catalogue in memory: every report needs them, and they
+/// change only when a catalogue is loaded at start.
+#[derive(Debug, Default)]
+pub struct Registry {
+    categories: std::collections::HashSet<String>,
+    grids: std::collections::HashMap<String, (grid::Model, street::Model)>,
+}
+
+impl Registry {
+    /// Reads the registry from the database.
+    pub async fn load(db: &DatabaseConnection) -> Result<Self, sea_orm::DbErr> {
+        let streets: std::collections::HashMap<String, street::Model> = street::Entity::find()
+            .all(db)
+            .await?
+            .into_iter()
+            .map(|model| (model.code.clone(), model))
+            .collect();
+        let mut grids = std::collections::HashMap::new();
+        for model in grid::Entity::find().all(db).await? {
+            match streets.get(&model.street_code) {
+                Some(street) => {
+                    grids.insert(model.code.clone(), (model, street.clone()));
+                }
+                None => {
+                    tracing::warn!(grid = %model.code, street = %model.street_code, "grid without a street is ignored")
+                }
+            }
+        }
+        let categories = category::Entity::find()
+            .all(db)
+            .await?
+            .into_iter()
+            .map(|model| model.code)
+            .collect();
+        Ok(Self { categories, grids })
+    }
+
+    pub fn has_category(&self, code: &str) -> bool {
+        self.categories.contains(code)
+    }
+
+    /// A grid and its street.
+    pub fn grid(&self, code: &str) -> Option<(&grid::Model, &street::Model)> {
+        self.grids.get(code).map(|(grid, street)| (grid, street))
+    }
+}

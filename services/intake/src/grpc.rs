@@ -2,7 +2,7 @@
 
 use crate::domain::{self, CategoryCode, Coordinates, FieldError, GridCode};
 use crate::error::IntakeError;
-use crate::storage::{category, grid, report, street};
+use crate::storage::{category, report};
 use prost::Message;
 use sea_orm::{
     ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, TransactionTrait,
@@ -32,6 +32,8 @@ pub struct IntakeGrpc {
     pub db: DatabaseConnection,
     pub clock: SharedClock,
     pub outbox_signal: OutboxSignal,
+    /// Grids, streets and categories, read once at start.
+    pub registry: std::sync::Arc<crate::catalogue::Registry>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -219,11 +221,7 @@ impl IntakeGrpc {
                 checked.request_id, existing.report_id
             )));
         }
-        if category::Entity::find_by_id(checked.category.as_str())
-            .one(&transaction)
-            .await?
-            .is_none()
-        {
+        if !self.registry.has_category(checked.category.as_str()) {
             return Err(IntakeError::invalid(
                 "category_code",
                 format!(
@@ -232,24 +230,12 @@ impl IntakeGrpc {
                 ),
             ));
         }
-        let grid = grid::Entity::find_by_id(checked.grid.as_str())
-            .one(&transaction)
-            .await?
-            .ok_or_else(|| {
-                IntakeError::invalid(
-                    "place.grid_code",
-                    format!("unknown grid {}", checked.grid.as_str()),
-                )
-            })?;
-        let street = street::Entity::find_by_id(grid.street_code.as_str())
-            .one(&transaction)
-            .await?
-            .ok_or_else(|| {
-                IntakeError::Unexpected(format!(
-                    "grid {} has no street {}",
-                    grid.code, grid.street_code
-                ))
-            })?;
+        let (grid, street) = self.registry.grid(checked.grid.as_str()).ok_or_else(|| {
+            IntakeError::invalid(
+                "place.grid_code",
+                format!("unknown grid {}", checked.grid.as_str()),
+            )
+        })?;
 
         let report_id = uuid::Uuid::now_v7().to_string();
         let case_id = uuid::Uuid::now_v7().to_string();
