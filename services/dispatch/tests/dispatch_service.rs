@@ -510,3 +510,65 @@ async fn the_street_accepts_rejects_and_whistles_by_hand() {
     h.served.shutdown.cancel();
     let _ = h.served.task.await;
 }
+
+/// An event that can never apply (a `case.reported` without a region) is recorded as rejected in
+/// the inbox and does not hold back the events after it.
+#[tokio::test]
+async fn a_poison_event_is_rejected_and_the_stream_moves_on() {
+    use sea_orm::{ConnectionTrait, Statement};
+    let mut h = start().await;
+    let case_id = uuid::Uuid::now_v7().to_string();
+    let mut poison = envelope::new_event(
+        &SystemClock,
+        "whistle-intake",
+        &case_id,
+        1,
+        Some(region("420303003001001")),
+        Payload::CaseReported(CaseReported {
+            category_code: "E-01-03".into(),
+            ..Default::default()
+        }),
+    );
+    let subject = envelope::subject(&poison).expect("subject");
+    poison.region = None;
+    let headers = whistle_platform::outbox::headers_for(&poison.event_id, &[]);
+    h.bed
+        .jetstream
+        .publish_with_headers(
+            subject,
+            headers,
+            prost::Message::encode_to_vec(&poison).into(),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("ack");
+    let good = report(&h.bed, "E-01-03", "420303003001001").await;
+    wait_for_status(&mut h.client, &good, CaseStatus::Whistled).await;
+    let missing = h
+        .client
+        .get_case(GetCaseRequest {
+            case_id: case_id.clone(),
+        })
+        .await
+        .expect_err("never opened");
+    assert_eq!(missing.code(), Code::NotFound);
+
+    let db = sea_orm::Database::connect(h.bed.sqlite_url("dispatch"))
+        .await
+        .expect("dispatch database");
+    let row = db
+        .query_one_raw(Statement::from_string(
+            db.get_database_backend(),
+            format!(
+                "SELECT outcome FROM whistle_inbox WHERE event_id = '{}'",
+                poison.event_id
+            ),
+        ))
+        .await
+        .expect("query")
+        .expect("the poison event is recorded");
+    let outcome: String = row.try_get("", "outcome").expect("outcome");
+    assert!(outcome.starts_with("rejected:"), "{outcome}");
+    h.served.stop().await;
+}

@@ -176,6 +176,26 @@ async fn consume<H: EventHandler>(
     }
 }
 
+/// How a batch isolates its events from each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Isolation {
+    /// Every handler runs directly in the batch transaction: the fast path.
+    Batch,
+    /// A savepoint around each event, so a rejected one is rolled back alone.
+    PerEvent,
+}
+
+/// What applying one event asks of the batch.
+enum EventOutcome {
+    Done,
+    /// A rejection on the fast path: redo the batch with a savepoint per event.
+    NeedsIsolation,
+    /// Abort the batch and let JetStream redeliver it.
+    Transient(DbErr),
+}
+
+/// Applies a batch in one transaction. The fast path runs every handler directly in it; rejections
+/// are rare, so only a batch that meets one is redone with a savepoint per event.
 async fn apply_batch<H: EventHandler>(
     db: &DatabaseConnection,
     clock: &SharedClock,
@@ -183,6 +203,22 @@ async fn apply_batch<H: EventHandler>(
     handler: &Arc<H>,
     messages: &[jetstream::Message],
 ) -> anyhow::Result<()> {
+    if apply_batch_isolated(db, clock, consumer, handler, messages, Isolation::Batch).await? {
+        return Ok(());
+    }
+    apply_batch_isolated(db, clock, consumer, handler, messages, Isolation::PerEvent).await?;
+    Ok(())
+}
+
+/// Returns false when the fast path met a rejection and rolled everything back.
+async fn apply_batch_isolated<H: EventHandler>(
+    db: &DatabaseConnection,
+    clock: &SharedClock,
+    consumer: &str,
+    handler: &Arc<H>,
+    messages: &[jetstream::Message],
+    isolation: Isolation,
+) -> anyhow::Result<bool> {
     let transaction = db.begin().await?;
     for message in messages {
         let subject = message.subject.as_str();
@@ -214,24 +250,38 @@ async fn apply_batch<H: EventHandler>(
         };
         let span = tracing::info_span!("consume", consumer, subject, event_id = %event.event_id, case_id = %event.case_id);
         crate::telemetry::set_parent_from_traceparent(&span, traceparent.as_deref());
-        let outcome = apply_event(&transaction, clock, consumer, handler, subject, &event)
-            .instrument(span)
-            .await?;
-        if let Some(error) = outcome {
-            for message in messages {
-                let _ = message
-                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                    .await;
+        let outcome = apply_event(
+            &transaction,
+            clock,
+            consumer,
+            handler,
+            subject,
+            &event,
+            isolation,
+        )
+        .instrument(span)
+        .await?;
+        match outcome {
+            EventOutcome::Done => {}
+            EventOutcome::NeedsIsolation => {
+                transaction.rollback().await?;
+                return Ok(false);
             }
-            return Err(error.into());
+            EventOutcome::Transient(error) => {
+                for message in messages {
+                    let _ = message
+                        .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                        .await;
+                }
+                return Err(error.into());
+            }
         }
     }
     transaction.commit().await?;
-    Ok(())
+    Ok(true)
 }
 
-/// Applies one event inside the batch transaction (a savepoint around the handler). Returns the
-/// transient error that must abort the batch, if any.
+/// Applies one event inside the batch transaction, directly or in a savepoint.
 async fn apply_event<H: EventHandler>(
     transaction: &DatabaseTransaction,
     clock: &SharedClock,
@@ -239,38 +289,38 @@ async fn apply_event<H: EventHandler>(
     handler: &Arc<H>,
     subject: &str,
     event: &Event,
-) -> Result<Option<DbErr>, DbErr> {
+    isolation: Isolation,
+) -> Result<EventOutcome, DbErr> {
+    let consumer_attribute = [crate::metrics::attribute("consumer", consumer.to_string())];
     let now_ms = to_millis(clock.now());
     if !record_once(transaction, consumer, &event.event_id, "applied", now_ms).await? {
         tracing::debug!(consumer, event_id = %event.event_id, "duplicate event skipped");
-        crate::metrics::metrics().events_duplicate.add(
-            1,
-            &[crate::metrics::attribute("consumer", consumer.to_string())],
-        );
-        return Ok(None);
+        crate::metrics::metrics()
+            .events_duplicate
+            .add(1, &consumer_attribute);
+        return Ok(EventOutcome::Done);
+    }
+    if isolation == Isolation::Batch {
+        return Ok(match handler.handle(transaction, subject, event).await {
+            Ok(()) => {
+                record_applied(clock, &consumer_attribute, event);
+                EventOutcome::Done
+            }
+            Err(HandleError::Rejected(_)) => EventOutcome::NeedsIsolation,
+            Err(HandleError::Transient(error)) => EventOutcome::Transient(error),
+        });
     }
     let savepoint = transaction.begin().await?;
     match handler.handle(&savepoint, subject, event).await {
         Ok(()) => {
             savepoint.commit().await?;
-            let metrics = crate::metrics::metrics();
-            let consumer_attribute = [crate::metrics::attribute("consumer", consumer.to_string())];
-            metrics.events_applied.add(1, &consumer_attribute);
-            if let Some(occurred_at) = event
-                .occurred_at
-                .as_ref()
-                .and_then(crate::clock::from_proto_timestamp)
-            {
-                let lag = (clock.now() - occurred_at).num_milliseconds().max(0) as f64 / 1000.0;
-                metrics.event_delivery_lag.record(lag, &consumer_attribute);
-            }
+            record_applied(clock, &consumer_attribute, event);
         }
         Err(HandleError::Rejected(reason)) => {
             savepoint.rollback().await?;
-            crate::metrics::metrics().events_rejected.add(
-                1,
-                &[crate::metrics::attribute("consumer", consumer.to_string())],
-            );
+            crate::metrics::metrics()
+                .events_rejected
+                .add(1, &consumer_attribute);
             tracing::error!(consumer, event_id = %event.event_id, %reason, "event rejected");
             entity::Entity::update_many()
                 .col_expr(
@@ -284,8 +334,25 @@ async fn apply_event<H: EventHandler>(
         }
         Err(HandleError::Transient(error)) => {
             drop(savepoint);
-            return Ok(Some(error));
+            return Ok(EventOutcome::Transient(error));
         }
     }
-    Ok(None)
+    Ok(EventOutcome::Done)
+}
+
+fn record_applied(
+    clock: &SharedClock,
+    consumer_attribute: &[opentelemetry::KeyValue],
+    event: &Event,
+) {
+    let metrics = crate::metrics::metrics();
+    metrics.events_applied.add(1, consumer_attribute);
+    if let Some(occurred_at) = event
+        .occurred_at
+        .as_ref()
+        .and_then(crate::clock::from_proto_timestamp)
+    {
+        let lag = (clock.now() - occurred_at).num_milliseconds().max(0) as f64 / 1000.0;
+        metrics.event_delivery_lag.record(lag, consumer_attribute);
+    }
 }
