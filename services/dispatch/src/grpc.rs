@@ -140,14 +140,7 @@ impl DispatchGrpc {
         if !request.department_code.is_empty() || request.overdue_only {
             let mut assignments = assignment::Entity::find()
                 .select_only()
-                .column(assignment::Column::CaseId)
-                .filter(assignment::Column::Status.is_in([
-                    "WHISTLED",
-                    "ACKNOWLEDGED",
-                    "ON_SITE",
-                    "RESOLVED",
-                    "RETURNED",
-                ]));
+                .column(assignment::Column::CaseId);
             if !request.department_code.is_empty() {
                 assignments = assignments.filter(
                     assignment::Column::DepartmentCode.eq(request.department_code.as_str()),
