@@ -136,10 +136,7 @@ pub struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![
-            Box::new(whistle_platform::db::migrations::CreateOutboxAndInbox),
-            Box::new(CreateDispatchTables),
-        ]
+        whistle_platform::db::migrations::with_platform(vec![Box::new(CreateDispatchTables)])
     }
 }
 

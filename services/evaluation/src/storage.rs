@@ -657,10 +657,7 @@ mod migration {
 
     impl MigratorTrait for Migrator {
         fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-            vec![
-                Box::new(whistle_platform::db::migrations::CreateOutboxAndInbox),
-                Box::new(CreateEvaluationTables),
-            ]
+            whistle_platform::db::migrations::with_platform(vec![Box::new(CreateEvaluationTables)])
         }
     }
 

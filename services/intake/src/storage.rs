@@ -107,10 +107,7 @@ pub struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![
-            Box::new(whistle_platform::db::migrations::CreateOutboxAndInbox),
-            Box::new(CreateIntakeTables),
-        ]
+        whistle_platform::db::migrations::with_platform(vec![Box::new(CreateIntakeTables)])
     }
 }
 

@@ -79,7 +79,14 @@ pub mod migrations {
         big_integer, big_integer_null, big_pk_auto, blob, string, text,
     };
 
-    /// Creates `whistle_outbox` and `whistle_inbox`. Add it first to a service's migrator.
+    /// A service's migrator list: the platform's tables first, then the service's own migrations.
+    pub fn with_platform(service: Vec<Box<dyn MigrationTrait>>) -> Vec<Box<dyn MigrationTrait>> {
+        let mut all: Vec<Box<dyn MigrationTrait>> = vec![Box::new(CreateOutboxAndInbox)];
+        all.extend(service);
+        all
+    }
+
+    /// Creates `whistle_outbox` and `whistle_inbox`; services get it through [`with_platform`].
     #[derive(Debug)]
     pub struct CreateOutboxAndInbox;
 
