@@ -55,7 +55,7 @@ fn report(index: usize, run: &str) -> SubmitReportRequest {
 /// Runs the benchmark on a fresh local platform in a temporary folder and prints a Markdown report.
 pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
     let folder = std::env::temp_dir().join(format!("whistle-bench-{}", uuid::Uuid::now_v7()));
-    let platform = LocalPlatform::start(&LocalOptions {
+    let mut platform = LocalPlatform::start(&LocalOptions {
         data_dir: folder.clone(),
         intake_port: 0,
         dispatch_port: 0,
@@ -64,6 +64,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
         ..LocalOptions::default()
     })
     .await?;
+    platform.wait_ready().await?;
     let endpoints = Endpoints {
         intake: format!("http://{}", platform.intake),
         dispatch: format!("http://{}", platform.dispatch),

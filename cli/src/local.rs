@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use whistle_platform::SystemClock;
+use whistle_platform::grpc::GrpcListener;
 use whistle_platform::local_nats::LocalNatsServer;
 use whistle_platform::service::ServiceConfig;
 
@@ -61,9 +62,9 @@ fn sqlite_url(data_dir: &Path, service: &str) -> String {
     )
 }
 
-async fn bind(bind: IpAddr, port: u16, service: &str) -> anyhow::Result<tokio::net::TcpListener> {
+async fn bind(bind: IpAddr, port: u16, service: &str) -> anyhow::Result<GrpcListener> {
     let address = SocketAddr::new(bind, port);
-    tokio::net::TcpListener::bind(address).await.map_err(|error| {
+    GrpcListener::bind(address).map_err(|error| {
         anyhow::anyhow!("{service}: cannot listen on {address}: {error} (is another `whistle up` running? choose another port with --{service}-port)")
     })
 }
@@ -94,10 +95,10 @@ impl LocalPlatform {
         let dispatch_listener = bind(options.bind, options.dispatch_port, "dispatch").await?;
         let gateway_listener = bind(options.bind, options.gateway_port, "gateway").await?;
         let evaluation_listener = bind(options.bind, options.evaluation_port, "evaluation").await?;
-        let intake = intake_listener.local_addr()?;
-        let dispatch = dispatch_listener.local_addr()?;
-        let gateway = gateway_listener.local_addr()?;
-        let evaluation = evaluation_listener.local_addr()?;
+        let intake = intake_listener.local_addr();
+        let dispatch = dispatch_listener.local_addr();
+        let gateway = gateway_listener.local_addr();
+        let evaluation = evaluation_listener.local_addr();
 
         // defaults < WHISTLE_<SERVICE>__* environment, then what `up` decides
         let mut intake_config = whistle_intake::IntakeConfig::load(None)?;
@@ -177,6 +178,44 @@ impl LocalPlatform {
             services,
             nats,
         })
+    }
+
+    /// Waits until every service listens (each opens its port once it serves), at most
+    /// `nats.connect_timeout` plus start-up; a service that fails on the way is reported with its
+    /// error.
+    pub async fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(90);
+        let addresses = [self.intake, self.dispatch, self.gateway, self.evaluation];
+        loop {
+            if let Some(index) = self
+                .services
+                .iter()
+                .position(|(_, handle)| handle.is_finished())
+            {
+                let (name, handle) = self.services.remove(index);
+                let error = match handle.await {
+                    Ok(Ok(())) => anyhow::anyhow!("{name} stopped during start-up"),
+                    Ok(Err(error)) => anyhow::anyhow!("{name} failed to start: {error:#}"),
+                    Err(error) => anyhow::anyhow!("{name} crashed during start-up: {error}"),
+                };
+                self.stop().await;
+                return Err(error);
+            }
+            let mut listening = 0;
+            for address in addresses {
+                if tokio::net::TcpStream::connect(address).await.is_ok() {
+                    listening += 1;
+                }
+            }
+            if listening == addresses.len() {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                self.stop().await;
+                anyhow::bail!("the services did not start listening within 90 s");
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
     }
 
     /// Waits until the gateway wrote the department tokens (it does so right after migrating).

@@ -248,7 +248,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 gateway_port,
                 evaluation_port,
             };
-            let platform = LocalPlatform::start(&options).await?;
+            let mut platform = LocalPlatform::start(&options).await?;
+            platform.wait_ready().await?;
             let tokens = platform.credentials().await?;
             println!("whistle is up (Ctrl-C stops it)");
             println!("  intake              {}", platform.intake);

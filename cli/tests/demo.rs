@@ -10,7 +10,7 @@ use whistle_proto::types::{AssignmentStatus, CaseStatus};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_scenario_plays_to_the_end() {
     let folder = tempfile::tempdir().expect("tempdir");
-    let platform = LocalPlatform::start(&LocalOptions {
+    let mut platform = LocalPlatform::start(&LocalOptions {
         data_dir: folder.path().join("data"),
         intake_port: 0,
         dispatch_port: 0,
@@ -20,6 +20,7 @@ async fn the_demo_scenario_plays_to_the_end() {
     })
     .await
     .expect("platform");
+    platform.wait_ready().await.expect("ready");
     let endpoints = Endpoints {
         intake: format!("http://{}", platform.intake),
         dispatch: format!("http://{}", platform.dispatch),

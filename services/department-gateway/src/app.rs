@@ -8,10 +8,9 @@ use crate::notices::{self, NoticeRecorder, NoticeSignal};
 use crate::storage::Migrator;
 use crate::subscription::Subscriptions;
 use std::sync::Arc;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use whistle_platform::clock::{SharedClock, to_millis};
-use whistle_platform::grpc::HealthProbe;
+use whistle_platform::grpc::{GrpcListener, HealthProbe};
 use whistle_platform::inbox::{self, ConsumerSpec};
 use whistle_platform::{db, grpc, nats};
 use whistle_proto::gateway::department_gateway_server::DepartmentGatewayServer;
@@ -23,10 +22,16 @@ const CONSUMER_BATCH: usize = 128;
 /// ended, the server drained and the consumer acknowledged what it applied.
 pub async fn run(
     config: GatewayConfig,
-    listener: TcpListener,
+    listener: GrpcListener,
     clock: SharedClock,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    // NATS first: a server that cannot hold our streams or events is a configuration error, found
+    // before any migration runs
+    let nats_client = nats::connect(&config.nats, crate::grpc::SOURCE).await?;
+    let jetstream = async_nats::jetstream::new(nats_client.clone());
+    nats::ensure_streams(&jetstream, &config.nats).await?;
+    nats::check_max_payload(&nats_client, config.limits.max_event_bytes)?;
     let db = db::connect(&config.database).await?;
     db::migrate::<Migrator>(&db).await?;
     if let Some(file) = &config.catalogue.file {
@@ -41,9 +46,6 @@ pub async fn run(
             config.dispatch.url
         )
     })?;
-    let nats_client = nats::connect(&config.nats, crate::grpc::SOURCE).await?;
-    let jetstream = async_nats::jetstream::new(nats_client.clone());
-    nats::ensure_streams(&jetstream, &config.nats).await?;
 
     let shutdown = shutdown.child_token();
     let signal = NoticeSignal::default();
@@ -71,13 +73,17 @@ pub async fn run(
             shutdown: shutdown.clone(),
         },
     };
-    let routes = tonic::service::Routes::new(DepartmentGatewayServer::new(service));
+    let routes = tonic::service::Routes::new(
+        DepartmentGatewayServer::new(service)
+            .max_decoding_message_size(config.limits.max_request_bytes),
+    );
     let probe = HealthProbe {
         db: db.clone(),
         nats: nats_client,
         services: vec!["whistle.gateway.v1.DepartmentGateway"],
+        works_without_nats: false,
     };
-    let served = grpc::serve(listener, routes, probe, shutdown.clone()).await;
+    let served = grpc::serve(listener, &config.grpc, routes, probe, shutdown.clone()).await;
     shutdown.cancel();
     let _ = consumer_task.await;
     db.close().await?;

@@ -6,6 +6,7 @@ use whistle_platform::config::{
     ConfigError, DatabaseConfig, GrpcConfig, NatsConfig, OutboxConfig, TelemetryConfig,
 };
 use whistle_platform::service::ServiceConfig;
+use whistle_platform::validation::LimitsConfig;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -17,6 +18,9 @@ pub struct GatewayConfig {
     /// relay settings are validated but unused.
     pub outbox: OutboxConfig,
     pub telemetry: TelemetryConfig,
+    /// Lengths and counts of request fields (see docs/operations.md).
+    #[serde(default)]
+    pub limits: LimitsConfig,
     pub dispatch: DispatchConfig,
     pub catalogue: CatalogueConfig,
 }
@@ -54,16 +58,12 @@ pub struct CatalogueConfig {
 impl Default for GatewayConfig {
     fn default() -> Self {
         Self {
-            grpc: GrpcConfig {
-                listen: ([127, 0, 0, 1], 50053).into(),
-            },
-            database: DatabaseConfig {
-                url: "sqlite://data/department-gateway.sqlite".into(),
-                max_connections: 10,
-            },
+            grpc: GrpcConfig::on(([127, 0, 0, 1], 50053).into()),
+            database: DatabaseConfig::at("sqlite://data/department-gateway.sqlite", 10),
             nats: NatsConfig::default(),
             outbox: OutboxConfig::default(),
             telemetry: TelemetryConfig::default(),
+            limits: LimitsConfig::default(),
             dispatch: DispatchConfig::default(),
             catalogue: CatalogueConfig::default(),
         }
@@ -86,6 +86,8 @@ impl ServiceConfig for GatewayConfig {
         self.nats.validate()?;
         self.outbox.validate()?;
         self.telemetry.validate()?;
+        self.grpc.validate()?;
+        self.limits.validate()?;
         let url = self.dispatch.url.as_str();
         let authority = url
             .strip_prefix("http://")

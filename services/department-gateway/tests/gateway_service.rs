@@ -71,12 +71,12 @@ async fn start(config: GatewayConfig) -> Gateway {
         whistle_department_gateway::run(config, listener, Arc::new(SystemClock), shutdown)
     })
     .await;
+    served.wait_listening().await;
     let (address, shutdown, task) = (served.address, served.shutdown, served.task);
     let mut client = DepartmentGatewayClient::connect(format!("http://{address}"))
         .await
         .expect("connect");
-    // the listener accepts at once; the first answer comes once start-up (migrations, catalogue,
-    // credentials, streams) is done and the server runs
+    // the port opens once start-up (migrations, catalogue, credentials, streams) is done
     let first_answer = tokio::time::timeout(
         WAIT,
         client.list_assignments(ListAssignmentsRequest::default()),

@@ -5,10 +5,9 @@ use crate::consumer::ReportedCases;
 use crate::grpc::DispatchGrpc;
 use crate::storage::Migrator;
 use std::sync::Arc;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use whistle_platform::clock::SharedClock;
-use whistle_platform::grpc::HealthProbe;
+use whistle_platform::grpc::{GrpcListener, HealthProbe};
 use whistle_platform::inbox::{ConsumerSpec, run_consumer};
 use whistle_platform::outbox::{OutboxRelay, OutboxSignal};
 use whistle_platform::{db, grpc, nats};
@@ -18,18 +17,21 @@ use whistle_proto::dispatch::dispatch_service_server::DispatchServiceServer;
 /// relay have stopped.
 pub async fn run(
     config: DispatchConfig,
-    listener: TcpListener,
+    listener: GrpcListener,
     clock: SharedClock,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    // NATS first: a server that cannot hold our streams or events is a configuration error, found
+    // before any migration runs
+    let nats_client = nats::connect(&config.nats, crate::service::SOURCE).await?;
+    let jetstream = async_nats::jetstream::new(nats_client.clone());
+    nats::ensure_streams(&jetstream, &config.nats).await?;
+    nats::check_max_payload(&nats_client, config.limits.max_event_bytes)?;
     let db = db::connect(&config.database).await?;
     db::migrate::<Migrator>(&db).await?;
     if let Some(file) = &config.catalogue.file {
         crate::catalogue::load(&db, file).await?;
     }
-    let nats_client = nats::connect(&config.nats, crate::service::SOURCE).await?;
-    let jetstream = async_nats::jetstream::new(nats_client.clone());
-    nats::ensure_streams(&jetstream, &config.nats).await?;
 
     let shutdown = shutdown.child_token();
     let outbox_signal = OutboxSignal::default();
@@ -64,13 +66,17 @@ pub async fn run(
         outbox_signal,
         settings: config.dispatch.clone(),
     };
-    let routes = tonic::service::Routes::new(DispatchServiceServer::new(service));
+    let routes = tonic::service::Routes::new(
+        DispatchServiceServer::new(service)
+            .max_decoding_message_size(config.limits.max_request_bytes),
+    );
     let probe = HealthProbe {
         db: db.clone(),
         nats: nats_client,
         services: vec!["whistle.dispatch.v1.DispatchService"],
+        works_without_nats: false,
     };
-    let served = grpc::serve(listener, routes, probe, shutdown.clone()).await;
+    let served = grpc::serve(listener, &config.grpc, routes, probe, shutdown.clone()).await;
     shutdown.cancel();
     let _ = consumer_task.await;
     let _ = relay_task.await;

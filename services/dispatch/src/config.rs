@@ -6,6 +6,7 @@ use whistle_platform::config::{
     ConfigError, DatabaseConfig, GrpcConfig, NatsConfig, OutboxConfig, TelemetryConfig,
 };
 use whistle_platform::service::ServiceConfig;
+use whistle_platform::validation::LimitsConfig;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -15,6 +16,9 @@ pub struct DispatchConfig {
     pub nats: NatsConfig,
     pub outbox: OutboxConfig,
     pub telemetry: TelemetryConfig,
+    /// Lengths and counts of request fields (see docs/operations.md).
+    #[serde(default)]
+    pub limits: LimitsConfig,
     pub catalogue: CatalogueConfig,
     pub dispatch: DispatchSettings,
 }
@@ -49,16 +53,12 @@ impl Default for DispatchSettings {
 impl Default for DispatchConfig {
     fn default() -> Self {
         Self {
-            grpc: GrpcConfig {
-                listen: ([127, 0, 0, 1], 50052).into(),
-            },
-            database: DatabaseConfig {
-                url: "sqlite://data/dispatch.sqlite".into(),
-                max_connections: 10,
-            },
+            grpc: GrpcConfig::on(([127, 0, 0, 1], 50052).into()),
+            database: DatabaseConfig::at("sqlite://data/dispatch.sqlite", 10),
             nats: NatsConfig::default(),
             outbox: OutboxConfig::default(),
             telemetry: TelemetryConfig::default(),
+            limits: LimitsConfig::default(),
             catalogue: CatalogueConfig::default(),
             dispatch: DispatchSettings::default(),
         }
@@ -81,6 +81,8 @@ impl ServiceConfig for DispatchConfig {
         self.nats.validate()?;
         self.outbox.validate()?;
         self.telemetry.validate()?;
+        self.grpc.validate()?;
+        self.limits.validate()?;
         if !(self.dispatch.check_in_radius_meters.is_finite()
             && self.dispatch.check_in_radius_meters > 0.0)
         {

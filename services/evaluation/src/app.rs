@@ -6,10 +6,9 @@ use crate::events::{CASES_CONSUMER, EvaluationEvents, WHISTLES_CONSUMER};
 use crate::grpc::{EvaluationGrpc, SOURCE};
 use crate::storage::Migrator;
 use std::sync::Arc;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use whistle_platform::clock::SharedClock;
-use whistle_platform::grpc::HealthProbe;
+use whistle_platform::grpc::{GrpcListener, HealthProbe};
 use whistle_platform::inbox::{ConsumerSpec, run_consumer};
 use whistle_platform::outbox::{OutboxRelay, OutboxSignal};
 use whistle_platform::{db, grpc, nats};
@@ -19,7 +18,7 @@ use whistle_proto::evaluation::evaluation_service_server::EvaluationServiceServe
 /// and the consumers acknowledged what they applied.
 pub async fn run(
     config: EvaluationConfig,
-    listener: TcpListener,
+    listener: GrpcListener,
     clock: SharedClock,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -29,14 +28,17 @@ pub async fn run(
         .validate()
         .map_err(|reason| anyhow::anyhow!("evaluation.weights.{reason}"))?;
 
+    // NATS first: a server that cannot hold our streams or events is a configuration error, found
+    // before any migration runs
+    let nats_client = nats::connect(&config.nats, SOURCE).await?;
+    let jetstream = async_nats::jetstream::new(nats_client.clone());
+    nats::ensure_streams(&jetstream, &config.nats).await?;
+    nats::check_max_payload(&nats_client, config.limits.max_event_bytes)?;
     let db = db::connect(&config.database).await?;
     db::migrate::<Migrator>(&db).await?;
     if let Some(file) = &config.catalogue.file {
         crate::catalogue::load(&db, file).await?;
     }
-    let nats_client = nats::connect(&config.nats, SOURCE).await?;
-    let jetstream = async_nats::jetstream::new(nats_client.clone());
-    nats::ensure_streams(&jetstream, &config.nats).await?;
 
     let shutdown = shutdown.child_token();
     // Evaluation publishes nothing yet; the relay is here for `evaluation.period_closed`.
@@ -78,13 +80,17 @@ pub async fn run(
         utc_offset,
         weights,
     };
-    let routes = tonic::service::Routes::new(EvaluationServiceServer::new(service));
+    let routes = tonic::service::Routes::new(
+        EvaluationServiceServer::new(service)
+            .max_decoding_message_size(config.limits.max_request_bytes),
+    );
     let probe = HealthProbe {
         db: db.clone(),
         nats: nats_client,
         services: vec!["whistle.evaluation.v1.EvaluationService"],
+        works_without_nats: false,
     };
-    let served = grpc::serve(listener, routes, probe, shutdown.clone()).await;
+    let served = grpc::serve(listener, &config.grpc, routes, probe, shutdown.clone()).await;
     shutdown.cancel();
     for consumer in consumers {
         let _ = consumer.await;

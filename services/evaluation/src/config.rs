@@ -7,6 +7,7 @@ use whistle_platform::config::{
     ConfigError, DatabaseConfig, GrpcConfig, NatsConfig, OutboxConfig, TelemetryConfig,
 };
 use whistle_platform::service::ServiceConfig;
+use whistle_platform::validation::LimitsConfig;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -16,6 +17,9 @@ pub struct EvaluationConfig {
     pub nats: NatsConfig,
     pub outbox: OutboxConfig,
     pub telemetry: TelemetryConfig,
+    /// Lengths and counts of request fields (see docs/operations.md).
+    #[serde(default)]
+    pub limits: LimitsConfig,
     pub catalogue: CatalogueConfig,
     pub evaluation: EvaluationSettings,
 }
@@ -101,16 +105,12 @@ impl EvaluationSettings {
 impl Default for EvaluationConfig {
     fn default() -> Self {
         Self {
-            grpc: GrpcConfig {
-                listen: ([127, 0, 0, 1], 50054).into(),
-            },
-            database: DatabaseConfig {
-                url: "sqlite://data/evaluation.sqlite".into(),
-                max_connections: 10,
-            },
+            grpc: GrpcConfig::on(([127, 0, 0, 1], 50054).into()),
+            database: DatabaseConfig::at("sqlite://data/evaluation.sqlite", 10),
             nats: NatsConfig::default(),
             outbox: OutboxConfig::default(),
             telemetry: TelemetryConfig::default(),
+            limits: LimitsConfig::default(),
             catalogue: CatalogueConfig::default(),
             evaluation: EvaluationSettings::default(),
         }
@@ -133,6 +133,8 @@ impl ServiceConfig for EvaluationConfig {
         self.nats.validate()?;
         self.outbox.validate()?;
         self.telemetry.validate()?;
+        self.grpc.validate()?;
+        self.limits.validate()?;
         if let Some(file) = &self.catalogue.file
             && !file.is_file()
         {

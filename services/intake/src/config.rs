@@ -6,6 +6,7 @@ use whistle_platform::config::{
     ConfigError, DatabaseConfig, GrpcConfig, NatsConfig, OutboxConfig, TelemetryConfig,
 };
 use whistle_platform::service::ServiceConfig;
+use whistle_platform::validation::LimitsConfig;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -15,6 +16,9 @@ pub struct IntakeConfig {
     pub nats: NatsConfig,
     pub outbox: OutboxConfig,
     pub telemetry: TelemetryConfig,
+    /// Lengths and counts of request fields (see docs/operations.md).
+    #[serde(default)]
+    pub limits: LimitsConfig,
     pub catalogue: CatalogueConfig,
 }
 
@@ -29,16 +33,12 @@ pub struct CatalogueConfig {
 impl Default for IntakeConfig {
     fn default() -> Self {
         Self {
-            grpc: GrpcConfig {
-                listen: ([127, 0, 0, 1], 50051).into(),
-            },
-            database: DatabaseConfig {
-                url: "sqlite://data/intake.sqlite".into(),
-                max_connections: 10,
-            },
+            grpc: GrpcConfig::on(([127, 0, 0, 1], 50051).into()),
+            database: DatabaseConfig::at("sqlite://data/intake.sqlite", 10),
             nats: NatsConfig::default(),
             outbox: OutboxConfig::default(),
             telemetry: TelemetryConfig::default(),
+            limits: LimitsConfig::default(),
             catalogue: CatalogueConfig::default(),
         }
     }
@@ -60,6 +60,8 @@ impl ServiceConfig for IntakeConfig {
         self.nats.validate()?;
         self.outbox.validate()?;
         self.telemetry.validate()?;
+        self.grpc.validate()?;
+        self.limits.validate()?;
         if let Some(file) = &self.catalogue.file
             && !file.is_file()
         {

@@ -227,10 +227,10 @@ async fn bad_reports_name_the_field() {
     harness.served.stop().await;
 }
 
-/// Health follows NATS; a report made while NATS is down is kept in the outbox and published once
-/// NATS is back: nothing is lost.
+/// Intake keeps serving while NATS is down (readiness stays SERVING: its outbox holds the reports);
+/// a report made during the outage waits in the outbox and is published once NATS is back.
 #[tokio::test]
-async fn reports_survive_a_nats_outage_and_health_says_so() {
+async fn reports_survive_a_nats_outage_and_intake_stays_serving() {
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
     let mut harness = start().await;
@@ -265,16 +265,53 @@ async fn reports_survive_a_nats_outage_and_health_says_so() {
     wait_for(ServingStatus::Serving).await;
 
     harness.bed.nats.kill();
-    wait_for(ServingStatus::NotServing).await;
     let accepted = harness
         .client
         .submit_report(garbage_report("during-outage"))
         .await
         .expect("intake accepts reports while NATS is down")
         .into_inner();
+    let db = sea_orm::Database::connect(harness.bed.sqlite_url("intake"))
+        .await
+        .expect("intake database");
+    assert_eq!(
+        whistle_platform::outbox::backlog(&db)
+            .await
+            .expect("backlog"),
+        1,
+        "the report waits in the outbox"
+    );
+    // health is probed every 2 s: over three probes during the outage it stays SERVING
+    let outage_until = tokio::time::Instant::now() + Duration::from_secs(5);
+    while tokio::time::Instant::now() < outage_until {
+        let status = health
+            .clone()
+            .check(HealthCheckRequest {
+                service: "whistle.intake.v1.IntakeService".into(),
+            })
+            .await
+            .expect("health answers")
+            .into_inner()
+            .status;
+        assert_eq!(
+            status,
+            ServingStatus::Serving as i32,
+            "intake stays ready without NATS"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let liveness = health
+        .clone()
+        .check(HealthCheckRequest {
+            service: whistle_platform::grpc::LIVENESS_SERVICE.into(),
+        })
+        .await
+        .expect("liveness answers")
+        .into_inner()
+        .status;
+    assert_eq!(liveness, ServingStatus::Serving as i32);
 
     harness.bed.nats.restart().expect("nats back");
-    wait_for(ServingStatus::Serving).await;
     let stream = harness
         .bed
         .jetstream
@@ -296,5 +333,14 @@ async fn reports_survive_a_nats_outage_and_health_says_so() {
         .expect("ok");
     let event = envelope::decode(&message.payload).expect("decode");
     assert_eq!(event.case_id, accepted.case_id);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while whistle_platform::outbox::backlog(&db)
+        .await
+        .expect("backlog")
+        != 0
+    {
+        assert!(tokio::time::Instant::now() < deadline, "the outbox empties");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     harness.served.stop().await;
 }

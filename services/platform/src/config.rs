@@ -42,11 +42,83 @@ pub fn env_prefix(service: &str) -> String {
     format!("WHISTLE_{}", service.to_uppercase().replace('-', "_"))
 }
 
-/// Where a service serves gRPC.
+/// Where and how a service serves gRPC.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GrpcConfig {
     pub listen: SocketAddr,
+    /// Open connections at most; beyond it new connections wait in the listen queue.
+    #[serde(default = "defaults::max_connections")]
+    pub max_connections: usize,
+    /// A connection that sends nothing for this long is closed (a healthy HTTP/2 client answers
+    /// the keep-alive pings, so only dead or silent connections reach it).
+    #[serde(default = "defaults::idle_timeout_secs")]
+    pub idle_timeout_secs: u64,
+    /// HTTP/2 keep-alive ping interval; a ping unanswered for as long again closes the connection.
+    #[serde(default = "defaults::keepalive_interval_secs")]
+    pub keepalive_interval_secs: u64,
+    /// Concurrent calls and streams on one connection.
+    #[serde(default = "defaults::max_concurrent_streams")]
+    pub max_concurrent_streams: u32,
+}
+
+mod defaults {
+    pub fn max_connections() -> usize {
+        4096
+    }
+    pub fn idle_timeout_secs() -> u64 {
+        60
+    }
+    pub fn keepalive_interval_secs() -> u64 {
+        20
+    }
+    pub fn max_concurrent_streams() -> u32 {
+        200
+    }
+    pub fn acquire_timeout_ms() -> u64 {
+        5000
+    }
+    pub fn max_attempts() -> u32 {
+        5
+    }
+}
+
+impl GrpcConfig {
+    /// Serving on `listen` with the default connection limits.
+    pub fn on(listen: SocketAddr) -> Self {
+        Self {
+            listen,
+            max_connections: defaults::max_connections(),
+            idle_timeout_secs: defaults::idle_timeout_secs(),
+            keepalive_interval_secs: defaults::keepalive_interval_secs(),
+            max_concurrent_streams: defaults::max_concurrent_streams(),
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_connections == 0 {
+            return Err(ConfigError::Invalid(
+                "grpc.max_connections must be at least 1".into(),
+            ));
+        }
+        if self.keepalive_interval_secs == 0 {
+            return Err(ConfigError::Invalid(
+                "grpc.keepalive_interval_secs must be at least 1".into(),
+            ));
+        }
+        if self.idle_timeout_secs <= self.keepalive_interval_secs {
+            return Err(ConfigError::Invalid(format!(
+                "grpc.idle_timeout_secs ({}) must exceed grpc.keepalive_interval_secs ({}), or idle healthy connections are cut",
+                self.idle_timeout_secs, self.keepalive_interval_secs
+            )));
+        }
+        if self.max_concurrent_streams == 0 {
+            return Err(ConfigError::Invalid(
+                "grpc.max_concurrent_streams must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The service's own database.
@@ -57,6 +129,9 @@ pub struct DatabaseConfig {
     pub url: String,
     /// Pool size; SQLite always uses one connection (a single writer, see docs/operations.md).
     pub max_connections: u32,
+    /// How long a call waits for a pooled connection before it fails with UNAVAILABLE.
+    #[serde(default = "defaults::acquire_timeout_ms")]
+    pub acquire_timeout_ms: u64,
 }
 
 impl DatabaseConfig {
@@ -73,8 +148,45 @@ impl DatabaseConfig {
                 "database.max_connections must be at least 1".into(),
             ));
         }
+        if self.acquire_timeout_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "database.acquire_timeout_ms must be at least 1".into(),
+            ));
+        }
+        if let Some(path) = crate::db::sqlite_path(&self.url) {
+            check_writable_folder("database.url", std::path::Path::new(&path))?;
+        }
         Ok(())
     }
+
+    /// A database URL with the default pool settings.
+    pub fn at(url: impl Into<String>, max_connections: u32) -> Self {
+        Self {
+            url: url.into(),
+            max_connections,
+            acquire_timeout_ms: defaults::acquire_timeout_ms(),
+        }
+    }
+}
+
+/// Refuses a file path whose folder cannot be created or written, naming the setting.
+pub fn check_writable_folder(setting: &str, file: &Path) -> Result<(), ConfigError> {
+    let folder = match file.parent() {
+        Some(folder) if !folder.as_os_str().is_empty() => folder,
+        _ => Path::new("."),
+    };
+    let unusable = |error: std::io::Error| {
+        ConfigError::Invalid(format!(
+            "{setting}: cannot write in folder {}: {error}",
+            folder.display()
+        ))
+    };
+    std::fs::create_dir_all(folder).map_err(unusable)?;
+    // permission bits say little to root or on a read-only mount: try it
+    let probe = folder.join(format!(".whistle-write-probe-{}", std::process::id()));
+    std::fs::write(&probe, b"").map_err(unusable)?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
 }
 
 /// The NATS server and the JetStream streams.
@@ -106,11 +218,34 @@ impl Default for NatsConfig {
 
 impl NatsConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if !(self.url.starts_with("nats://") || self.url.starts_with("tls://")) {
-            return Err(ConfigError::Invalid(format!(
-                "nats.url must start with nats:// or tls://, got {:?}",
-                self.url
-            )));
+        for server in self.url.split(',') {
+            let server = server.trim();
+            let Some((scheme, rest)) = server.split_once("://") else {
+                return Err(ConfigError::Invalid(format!(
+                    "nats.url must be nats://host:port or tls://host:port (comma-separated for a cluster), got {:?}",
+                    redact_url(&self.url)
+                )));
+            };
+            let host_port = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+            let host = host_port
+                .rsplit_once(':')
+                .map_or(host_port, |(host, _)| host)
+                .trim_matches(['[', ']']);
+            if !matches!(scheme, "nats" | "tls") || host.is_empty() || host_port.contains('/') {
+                return Err(ConfigError::Invalid(format!(
+                    "nats.url must be nats://host:port or tls://host:port (comma-separated for a cluster), got {:?}",
+                    redact_url(server)
+                )));
+            }
+            if let Some((_, port)) = host_port.rsplit_once(':')
+                && !host_port.ends_with(']')
+                && port.parse::<u16>().is_err()
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "nats.url has an invalid port {port:?} in {:?}",
+                    redact_url(server)
+                )));
+            }
         }
         if !(1..=5).contains(&self.stream_replicas) {
             return Err(ConfigError::Invalid(
@@ -141,6 +276,10 @@ pub struct OutboxConfig {
     pub poll_interval_ms: u64,
     /// How long sent events stay in the table before they are purged.
     pub retain_sent_secs: u64,
+    /// Failed publications of one event (while NATS is reachable) before it is parked, so the
+    /// events behind it keep flowing; `whistle outbox list-parked` shows parked events.
+    #[serde(default = "defaults::max_attempts")]
+    pub max_attempts: u32,
 }
 
 impl Default for OutboxConfig {
@@ -149,6 +288,7 @@ impl Default for OutboxConfig {
             batch_size: 256,
             poll_interval_ms: 1000,
             retain_sent_secs: 3600,
+            max_attempts: defaults::max_attempts(),
         }
     }
 }
@@ -163,6 +303,11 @@ impl OutboxConfig {
         if self.poll_interval_ms == 0 {
             return Err(ConfigError::Invalid(
                 "outbox.poll_interval_ms must be at least 1".into(),
+            ));
+        }
+        if self.max_attempts == 0 {
+            return Err(ConfigError::Invalid(
+                "outbox.max_attempts must be at least 1".into(),
             ));
         }
         Ok(())
@@ -196,6 +341,12 @@ impl TelemetryConfig {
                 self.log_format
             )));
         }
+        if let Err(error) = tracing_subscriber::EnvFilter::try_new(&self.log_filter) {
+            return Err(ConfigError::Invalid(format!(
+                "telemetry.log_filter {:?} is not a valid filter: {error}",
+                self.log_filter
+            )));
+        }
         Ok(())
     }
 }
@@ -227,9 +378,7 @@ mod tests {
     #[test]
     fn file_and_environment_override_defaults() {
         let defaults = Sample {
-            grpc: GrpcConfig {
-                listen: "127.0.0.1:1".parse().expect("address"),
-            },
+            grpc: GrpcConfig::on("127.0.0.1:1".parse().expect("address")),
             nats: NatsConfig::default(),
         };
         let dir = tempfile::tempdir().expect("tempdir");
@@ -248,9 +397,7 @@ mod tests {
     #[test]
     fn unknown_keys_are_refused() {
         let defaults = Sample {
-            grpc: GrpcConfig {
-                listen: "127.0.0.1:1".parse().expect("address"),
-            },
+            grpc: GrpcConfig::on("127.0.0.1:1".parse().expect("address")),
             nats: NatsConfig::default(),
         };
         let dir = tempfile::tempdir().expect("tempdir");
@@ -270,6 +417,43 @@ mod tests {
         assert_eq!(
             redact_url("sqlite://data/x.sqlite"),
             "sqlite://data/x.sqlite"
+        );
+    }
+
+    #[test]
+    fn nats_urls_need_a_host() {
+        let with = |url: &str| NatsConfig {
+            url: url.into(),
+            ..NatsConfig::default()
+        };
+        assert!(with("nats://127.0.0.1:4222").validate().is_ok());
+        assert!(
+            with("nats://u:p@nats-0:4222,nats://nats-1")
+                .validate()
+                .is_ok()
+        );
+        for bad in [
+            "nats://",
+            "nats://:4222",
+            "http://x:4222",
+            "nats://x:port",
+            "localhost:4222",
+        ] {
+            let error = with(bad).validate().expect_err(bad);
+            assert!(error.to_string().contains("nats.url"), "{error}");
+        }
+    }
+
+    #[test]
+    fn bad_log_filters_are_refused() {
+        let config = TelemetryConfig {
+            log_filter: "info,[[".into(),
+            ..TelemetryConfig::default()
+        };
+        let error = config.validate().expect_err("bad filter");
+        assert!(
+            error.to_string().contains("telemetry.log_filter"),
+            "{error}"
         );
     }
 

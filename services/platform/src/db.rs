@@ -41,7 +41,10 @@ pub async fn connect(config: &DatabaseConfig) -> Result<DatabaseConnection, DbEr
                     .foreign_keys(true)
             });
     } else {
-        options.max_connections(config.max_connections);
+        options
+            .max_connections(config.max_connections)
+            .acquire_timeout(Duration::from_millis(config.acquire_timeout_ms));
+        preflight_postgres(&config.url).await?;
     }
     Database::connect(options).await.map_err(|error| {
         DbErr::Custom(format!(
@@ -49,6 +52,43 @@ pub async fn connect(config: &DatabaseConfig) -> Result<DatabaseConnection, DbEr
             redact_url(&config.url)
         ))
     })
+}
+
+/// One plain connection before the pool is built, retried for a while (a database that is still
+/// starting), so a refused or rejected connection is reported with its cause rather than as a pool
+/// timeout.
+async fn preflight_postgres(url: &str) -> Result<(), DbErr> {
+    use sea_orm::sqlx::Connection;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut wait = Duration::from_millis(100);
+    loop {
+        match sea_orm::sqlx::PgConnection::connect(url).await {
+            Ok(connection) => {
+                let _ = connection.close().await;
+                return Ok(());
+            }
+            Err(error) if std::time::Instant::now() < deadline && is_retryable(&error) => {
+                tracing::warn!(url = %redact_url(url), %error, "database not reachable yet, retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(1));
+            }
+            Err(error) => {
+                return Err(DbErr::Custom(format!(
+                    "cannot connect to database {}: {error}",
+                    redact_url(url)
+                )));
+            }
+        }
+    }
+}
+
+/// Connection refused or reset: the server may be starting. Authentication, a missing database
+/// and the like are final.
+fn is_retryable(error: &sea_orm::sqlx::Error) -> bool {
+    matches!(
+        error,
+        sea_orm::sqlx::Error::Io(_) | sea_orm::sqlx::Error::PoolTimedOut
+    )
 }
 
 /// Brings the schema up to date with the service's migrations.
@@ -61,7 +101,8 @@ pub fn is_postgres(db: &impl ConnectionTrait) -> bool {
     db.get_database_backend() == DbBackend::Postgres
 }
 
-fn sqlite_path(url: &str) -> Option<String> {
+/// The file of a SQLite URL, if it names one.
+pub fn sqlite_path(url: &str) -> Option<String> {
     let rest = url
         .strip_prefix("sqlite://")
         .or_else(|| url.strip_prefix("sqlite:"))?;
@@ -76,12 +117,13 @@ fn sqlite_path(url: &str) -> Option<String> {
 pub mod migrations {
     use sea_orm_migration::prelude::*;
     use sea_orm_migration::schema::{
-        big_integer, big_integer_null, big_pk_auto, blob, string, text,
+        big_integer, big_integer_null, big_pk_auto, blob, integer, string, text, text_null,
     };
 
     /// A service's migrator list: the platform's tables first, then the service's own migrations.
     pub fn with_platform(service: Vec<Box<dyn MigrationTrait>>) -> Vec<Box<dyn MigrationTrait>> {
-        let mut all: Vec<Box<dyn MigrationTrait>> = vec![Box::new(CreateOutboxAndInbox)];
+        let mut all: Vec<Box<dyn MigrationTrait>> =
+            vec![Box::new(CreateOutboxAndInbox), Box::new(OutboxParking)];
         all.extend(service);
         all
     }
@@ -146,11 +188,68 @@ pub mod migrations {
                 .await
         }
     }
+
+    /// Adds parking to the outbox: attempts, when an event was given up on, and why.
+    #[derive(Debug)]
+    pub struct OutboxParking;
+
+    impl MigrationName for OutboxParking {
+        fn name(&self) -> &str {
+            "m20261129_000000_platform_outbox_parking"
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl MigrationTrait for OutboxParking {
+        async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+            use crate::outbox::entity as outbox;
+            // SQLite alters one column per statement
+            manager
+                .alter_table(
+                    Table::alter()
+                        .table(outbox::Entity)
+                        .add_column(integer(outbox::Column::Attempts).default(0))
+                        .to_owned(),
+                )
+                .await?;
+            manager
+                .alter_table(
+                    Table::alter()
+                        .table(outbox::Entity)
+                        .add_column(big_integer_null(outbox::Column::ParkedAtMs))
+                        .to_owned(),
+                )
+                .await?;
+            manager
+                .alter_table(
+                    Table::alter()
+                        .table(outbox::Entity)
+                        .add_column(text_null(outbox::Column::LastError))
+                        .to_owned(),
+                )
+                .await
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::sqlite_path;
+
+    #[test]
+    fn migration_order_is_stable() {
+        let names: Vec<String> = super::migrations::with_platform(Vec::new())
+            .iter()
+            .map(|migration| migration.name().to_string())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "m20261128_000000_platform_outbox_inbox",
+                "m20261129_000000_platform_outbox_parking"
+            ]
+        );
+    }
 
     #[test]
     fn sqlite_paths_are_found_in_urls() {

@@ -1,14 +1,60 @@
-//! Serving gRPC: the service's own routes plus `grpc.health.v1.Health` (SERVING only while the
-//! database and NATS are reachable) and server reflection, with graceful shutdown.
+//! Serving gRPC: the service's own routes plus `grpc.health.v1.Health` and server reflection, with
+//! graceful shutdown, bounded connections and a port that opens only when the service is ready.
+//!
+//! Health has two names: `""` and each service name are *readiness* (SERVING while the service can
+//! do its job: its database answers and, unless it can work without it, NATS is connected), and
+//! [`LIVENESS_SERVICE`] is *liveness* (SERVING while the process serves at all). Kubernetes uses the
+//! first for readinessProbe and the second for livenessProbe, so an outage of a dependency takes a
+//! pod out of rotation without restarting it.
 
+use crate::config::GrpcConfig;
+use futures::Stream;
 use sea_orm::DatabaseConnection;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
+
+/// The health service name of liveness: SERVING as long as the process serves gRPC.
+pub const LIVENESS_SERVICE: &str = "whistle.liveness";
+
+/// A gRPC address reserved at start and opened when the service is ready. Binding at start makes a
+/// port in use a start-up error; listening only once the routes are served means a client is
+/// refused at once (and retries) instead of waiting on a port that never answers.
+#[derive(Debug)]
+pub struct GrpcListener {
+    socket: TcpSocket,
+    address: SocketAddr,
+}
+
+impl GrpcListener {
+    /// Binds `address` (port 0 picks a free port) without listening yet.
+    pub fn bind(address: SocketAddr) -> std::io::Result<Self> {
+        let socket = if address.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(address)?;
+        let address = socket.local_addr()?;
+        Ok(Self { socket, address })
+    }
+
+    /// The bound address, with the port chosen when 0 was asked.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.address
+    }
+}
 
 /// What the health check watches.
 #[derive(Debug, Clone)]
@@ -17,28 +63,48 @@ pub struct HealthProbe {
     pub nats: async_nats::Client,
     /// Fully qualified gRPC service names served, e.g. `whistle.intake.v1.IntakeService`.
     pub services: Vec<&'static str>,
+    /// Whether the service can do its job while NATS is down. Intake can: its outbox keeps the
+    /// reports and publishes them when NATS returns, so it stays SERVING through the outage.
+    pub works_without_nats: bool,
 }
 
 impl HealthProbe {
-    /// Whether the database answers and NATS is connected.
-    pub async fn healthy(&self) -> bool {
-        let nats_up = self.nats.connection_state() == async_nats::connection::State::Connected;
-        let db_up = tokio::time::timeout(Duration::from_secs(2), self.db.ping())
+    async fn database_up(&self) -> bool {
+        tokio::time::timeout(Duration::from_secs(2), self.db.ping())
             .await
-            .is_ok_and(|ping| ping.is_ok());
-        nats_up && db_up
+            .is_ok_and(|ping| ping.is_ok())
+    }
+
+    fn nats_up(&self) -> bool {
+        self.nats.connection_state() == async_nats::connection::State::Connected
     }
 }
 
 /// Serves `routes` on `listener` until `shutdown`, then lets in-flight calls finish.
 pub async fn serve(
-    listener: TcpListener,
+    listener: GrpcListener,
+    config: &GrpcConfig,
     routes: Routes,
     probe: HealthProbe,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let (reporter, health_service) = tonic_health::server::health_reporter();
-    let watcher = tokio::spawn(watch_health(reporter, probe, shutdown.clone()));
+    let database_up = Arc::new(AtomicBool::new(true));
+    // readiness is decided before the port opens: NOT_SERVING until the first probe says otherwise
+    for service in probe.services.iter().copied().chain([""]) {
+        reporter
+            .set_service_status(service, ServingStatus::NotServing)
+            .await;
+    }
+    reporter
+        .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
+        .await;
+    let watcher = tokio::spawn(watch_health(
+        reporter,
+        probe,
+        database_up.clone(),
+        shutdown.clone(),
+    ));
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(whistle_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -51,30 +117,56 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
+    let address = listener.address;
+    let tcp = listener
+        .socket
+        .listen(1024)
+        .map_err(|error| anyhow::anyhow!("cannot listen on {address}: {error}"))?;
+    let incoming = BoundedIncoming {
+        listener: tcp,
+        permits: Arc::new(Semaphore::new(config.max_connections)),
+        idle_timeout: Duration::from_secs(config.idle_timeout_secs),
+        pending_permit: None,
+    };
+    let keepalive = Duration::from_secs(config.keepalive_interval_secs);
     let result = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(20)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .http2_keepalive_interval(Some(keepalive))
+        .http2_keepalive_timeout(Some(keepalive))
+        .max_concurrent_streams(config.max_concurrent_streams)
+        .layer(tower::layer::layer_fn(move |inner| DatabaseGate {
+            inner,
+            database_up: database_up.clone(),
+        }))
         .add_routes(routes)
-        .serve_with_incoming_shutdown(
-            TcpListenerStream::new(listener),
-            shutdown.clone().cancelled_owned(),
-        )
+        .serve_with_incoming_shutdown(incoming.into_stream(), shutdown.clone().cancelled_owned())
         .await;
     watcher.abort();
     result.map_err(Into::into)
 }
 
-async fn watch_health(reporter: HealthReporter, probe: HealthProbe, shutdown: CancellationToken) {
+async fn watch_health(
+    reporter: HealthReporter,
+    probe: HealthProbe,
+    database_up: Arc<AtomicBool>,
+    shutdown: CancellationToken,
+) {
     let mut last = None;
     loop {
-        let status = if probe.healthy().await {
+        let database = probe.database_up().await;
+        let nats = probe.nats_up();
+        database_up.store(database, Ordering::Relaxed);
+        crate::metrics::metrics().set_dependencies_up(database, nats);
+        let ready = database && (nats || probe.works_without_nats);
+        let status = if ready {
             ServingStatus::Serving
         } else {
             ServingStatus::NotServing
         };
         if last != Some(status) {
-            if status == ServingStatus::NotServing {
-                tracing::warn!("health: not serving (database or nats unreachable)");
+            if ready {
+                tracing::info!(database, nats, "health: serving");
+            } else {
+                tracing::warn!(database, nats, "health: not serving");
             }
             reporter.set_service_status("", status).await;
             for service in &probe.services {
@@ -82,19 +174,205 @@ async fn watch_health(reporter: HealthReporter, probe: HealthProbe, shutdown: Ca
             }
             last = Some(status);
         }
+        if !nats && probe.works_without_nats {
+            tracing::debug!("nats unreachable; still serving, events wait in the outbox");
+        }
         tokio::select! {
             _ = shutdown.cancelled() => {
                 reporter.set_service_status("", ServingStatus::NotServing).await;
+                for service in &probe.services {
+                    reporter.set_service_status(*service, ServingStatus::NotServing).await;
+                }
                 return;
             }
-            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = tokio::time::sleep(Duration::from_secs(if ready { 2 } else { 1 })) => {}
         }
     }
 }
 
-/// Binds a listener, with an error that names the address.
-pub async fn bind(address: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(address)
-        .await
+/// Answers UNAVAILABLE at once while the last probe found the database unreachable, instead of
+/// letting calls wait for a pooled connection until the caller's deadline. Health and reflection
+/// pass through.
+#[derive(Debug, Clone)]
+struct DatabaseGate<S> {
+    inner: S,
+    database_up: Arc<AtomicBool>,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for DatabaseGate<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = futures::future::Either<
+        S::Future,
+        std::future::Ready<Result<http::Response<tonic::body::Body>, S::Error>>,
+    >;
+
+    fn poll_ready(&mut self, context: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(context)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let exempt = request.uri().path().starts_with("/grpc.");
+        if !exempt && !self.database_up.load(Ordering::Relaxed) {
+            let status = tonic::Status::unavailable("database unreachable, retry later");
+            return futures::future::Either::Right(std::future::ready(Ok(status.into_http())));
+        }
+        futures::future::Either::Left(self.inner.call(request))
+    }
+}
+
+/// Accepted connections with TCP_NODELAY (gRPC is request/response: Nagle plus delayed ACKs would
+/// add up to 40 ms to a call), at most `permits` open at once, each closed after `idle_timeout`
+/// without a byte from the client.
+struct BoundedIncoming {
+    listener: tokio::net::TcpListener,
+    permits: Arc<Semaphore>,
+    idle_timeout: Duration,
+    pending_permit: Option<OwnedSemaphorePermit>,
+}
+
+impl BoundedIncoming {
+    fn into_stream(self) -> impl Stream<Item = std::io::Result<ServedConnection>> {
+        futures::stream::unfold(self, |mut incoming| async move {
+            let permit = match incoming.pending_permit.take() {
+                Some(permit) => permit,
+                None => incoming.permits.clone().acquire_owned().await.ok()?,
+            };
+            loop {
+                match incoming.listener.accept().await {
+                    Ok((stream, _)) => {
+                        if let Err(error) = stream.set_nodelay(true) {
+                            tracing::debug!(%error, "cannot set TCP_NODELAY");
+                        }
+                        let connection = ServedConnection {
+                            stream,
+                            idle_timeout: incoming.idle_timeout,
+                            idle: Box::pin(tokio::time::sleep(incoming.idle_timeout)),
+                            _permit: permit,
+                        };
+                        return Some((Ok(connection), incoming));
+                    }
+                    // a connection reset before accept, too many open files: log, keep serving
+                    Err(error) => {
+                        tracing::warn!(%error, "accepting a connection failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        })
+    }
+}
+
+/// One accepted connection: closed when the client has sent nothing for the idle timeout.
+struct ServedConnection {
+    stream: TcpStream,
+    idle_timeout: Duration,
+    idle: Pin<Box<tokio::time::Sleep>>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl tonic::transport::server::Connected for ServedConnection {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.stream.connect_info()
+    }
+}
+
+impl AsyncRead for ServedConnection {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        buffer: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buffer.filled().len();
+        match Pin::new(&mut self.stream).poll_read(context, buffer) {
+            Poll::Ready(result) => {
+                if buffer.filled().len() > before {
+                    let deadline = tokio::time::Instant::now() + self.idle_timeout;
+                    self.idle.as_mut().reset(deadline);
+                }
+                Poll::Ready(result)
+            }
+            Poll::Pending => match self.idle.as_mut().poll(context) {
+                Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "connection idle",
+                ))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+}
+
+impl AsyncWrite for ServedConnection {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        buffer: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(context, buffer)
+    }
+
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(context)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(context)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        buffers: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(context, buffers)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
+/// Binds a gRPC address, with an error that names the address.
+pub fn bind(address: SocketAddr) -> anyhow::Result<GrpcListener> {
+    GrpcListener::bind(address)
         .map_err(|error| anyhow::anyhow!("cannot listen on {address}: {error}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn a_bound_port_refuses_until_served_and_is_in_use_for_others() {
+        let listener = GrpcListener::bind("127.0.0.1:0".parse().expect("address")).expect("bind");
+        let address = listener.local_addr();
+        // not listening yet: a client is refused at once instead of hanging
+        let refused = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(address))
+            .await
+            .expect("answers at once");
+        assert!(refused.is_err(), "connect must be refused before serve");
+        // a server already listening makes bind fail
+        let other = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("other");
+        let taken = other.local_addr().expect("address");
+        assert!(
+            GrpcListener::bind(taken).is_err(),
+            "a port in use must fail to bind"
+        );
+    }
 }

@@ -17,5 +17,6 @@ pub mod shutdown;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod validation;
 
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};

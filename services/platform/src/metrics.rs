@@ -2,7 +2,7 @@
 //! OTLP when telemetry is configured, free no-ops otherwise). Names are listed in docs/operations.md.
 
 use opentelemetry::KeyValue;
-use opentelemetry::metrics::{Counter, Histogram};
+use opentelemetry::metrics::{Counter, Gauge, Histogram};
 use std::sync::OnceLock;
 
 /// Every instrument Whistle records.
@@ -16,6 +16,20 @@ pub struct Metrics {
     pub events_rejected: Counter<u64>,
     pub event_delivery_lag: Histogram<f64>,
     pub acknowledgement_latency: Histogram<f64>,
+    pub outbox_parked: Counter<u64>,
+    pub outbox_backlog: Gauge<u64>,
+    pub outbox_oldest_unsent_age: Gauge<f64>,
+    pub dependency_up: Gauge<u64>,
+}
+
+impl Metrics {
+    /// Records whether the database and NATS answered the last health probe (1 up, 0 down).
+    pub fn set_dependencies_up(&self, database: bool, nats: bool) {
+        self.dependency_up
+            .record(u64::from(database), &[attribute("dependency", "database")]);
+        self.dependency_up
+            .record(u64::from(nats), &[attribute("dependency", "nats")]);
+    }
 }
 
 /// The instruments, created on first use (after `telemetry::init` installed the meter provider).
@@ -63,6 +77,23 @@ pub fn metrics() -> &'static Metrics {
                 .with_boundaries(vec![
                     30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 86400.0,
                 ])
+                .build(),
+            outbox_parked: meter
+                .u64_counter("whistle.outbox.parked")
+                .with_description("events parked because they could not be published (see whistle outbox list-parked)")
+                .build(),
+            outbox_backlog: meter
+                .u64_gauge("whistle.outbox.backlog")
+                .with_description("committed events not yet published (parked ones excluded)")
+                .build(),
+            outbox_oldest_unsent_age: meter
+                .f64_gauge("whistle.outbox.oldest_unsent_age")
+                .with_unit("s")
+                .with_description("age of the oldest committed event not yet published")
+                .build(),
+            dependency_up: meter
+                .u64_gauge("whistle.dependency.up")
+                .with_description("1 while a dependency (database, nats) answered the last health probe")
                 .build(),
         }
     })

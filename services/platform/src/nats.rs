@@ -1,6 +1,6 @@
 //! Connecting to NATS and provisioning the JetStream streams every service relies on.
 
-use crate::config::{NatsConfig, redact_url};
+use crate::config::{ConfigError, NatsConfig, redact_url};
 use async_nats::jetstream::{self, stream};
 use std::time::{Duration, Instant};
 
@@ -66,7 +66,35 @@ pub async fn ensure_streams(
                 ..Default::default()
             })
             .await
-            .map_err(|error| anyhow::anyhow!("cannot create stream {name}: {error}"))?;
+            .map_err(|error| {
+                let message = error.to_string();
+                if config.stream_replicas > 1
+                    && (message.contains("replicas") || message.contains("insufficient resources"))
+                {
+                    // the server cannot hold the replicas asked for: the configuration's fault
+                    anyhow::Error::new(ConfigError::Invalid(format!(
+                        "nats.stream_replicas = {} but the nats server cannot create stream {name} with that many replicas: {message}",
+                        config.stream_replicas
+                    )))
+                } else {
+                    anyhow::anyhow!("cannot create stream {name}: {message}")
+                }
+            })?;
+    }
+    Ok(())
+}
+
+/// Refuses to start when an event as large as `max_event_bytes` (our limit) would not fit in one
+/// NATS message (the server's `max_payload`): such an event could never be published.
+pub fn check_max_payload(
+    client: &async_nats::Client,
+    max_event_bytes: usize,
+) -> Result<(), ConfigError> {
+    let server_max = client.server_info().max_payload;
+    if server_max > 0 && max_event_bytes > server_max {
+        return Err(ConfigError::Invalid(format!(
+            "limits.max_event_bytes = {max_event_bytes} exceeds the nats server's max_payload = {server_max}; lower the limit or raise max_payload on the server"
+        )));
     }
     Ok(())
 }

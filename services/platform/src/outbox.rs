@@ -33,6 +33,11 @@ pub mod entity {
         pub headers: String,
         pub created_at_ms: i64,
         pub sent_at_ms: Option<i64>,
+        /// Failed publications while NATS was reachable.
+        pub attempts: i32,
+        /// Set when the event was given up on; parked events are skipped by the relay.
+        pub parked_at_ms: Option<i64>,
+        pub last_error: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -68,6 +73,9 @@ pub async fn enqueue<C: ConnectionTrait>(
         headers: Set(serde_json::Value::Object(headers).to_string()),
         created_at_ms: Set(now_ms),
         sent_at_ms: Set(None),
+        attempts: Set(0),
+        parked_at_ms: Set(None),
+        last_error: Set(None),
         ..Default::default()
     })
     .exec_without_returning(connection)
@@ -130,12 +138,19 @@ impl OutboxRelay {
         let poll = Duration::from_millis(self.config.poll_interval_ms);
         let mut failures: u32 = 0;
         let mut last_purge = std::time::Instant::now();
+        let mut last_backlog = std::time::Instant::now() - Duration::from_secs(1);
         loop {
             match self.drain().await {
                 Ok(()) => failures = 0,
                 Err(error) => {
                     failures = failures.saturating_add(1);
                     tracing::warn!(%error, failures, "outbox relay round failed, retrying");
+                }
+            }
+            if last_backlog.elapsed() >= Duration::from_secs(1) {
+                last_backlog = std::time::Instant::now();
+                if let Err(error) = self.record_backlog().await {
+                    tracing::debug!(%error, "measuring the outbox backlog failed");
                 }
             }
             if last_purge.elapsed() > Duration::from_secs(60) {
@@ -172,6 +187,11 @@ impl OutboxRelay {
     }
 
     /// Publishes one batch; returns how many events were claimed.
+    ///
+    /// A row that cannot be published while NATS is reachable (too large for the server, refused
+    /// by it) gets an attempt counted; after `outbox.max_attempts` it is parked, so it never blocks
+    /// the rows behind it. A row larger than the server's `max_payload` is parked at once. Failures
+    /// while NATS is unreachable count against no row: they end the round and are retried.
     async fn relay_batch(&self) -> Result<u64, RelayError> {
         let postgres = is_postgres(&self.db);
         // On PostgreSQL several replicas relay at once: each claims rows with SKIP LOCKED inside a
@@ -183,6 +203,7 @@ impl OutboxRelay {
         };
         let mut query = entity::Entity::find()
             .filter(entity::Column::SentAtMs.is_null())
+            .filter(entity::Column::ParkedAtMs.is_null())
             .order_by_asc(entity::Column::Id)
             .limit(self.config.batch_size);
         if postgres {
@@ -200,33 +221,47 @@ impl OutboxRelay {
             return Ok(0);
         }
 
+        let max_payload = self.jetstream.client().server_info().max_payload;
         let mut pending = Vec::with_capacity(rows.len());
-        let mut publish_error = None;
+        let mut failed: Vec<(&entity::Model, String)> = Vec::new();
+        let mut outage = None;
         for row in &rows {
             let headers = nats_headers(row);
+            let size = row.payload.len() + headers_size(&headers) + row.subject.len();
+            if max_payload > 0 && size > max_payload {
+                self.park(
+                    transaction.as_ref(),
+                    row,
+                    format!("event of {size} bytes exceeds the nats server's max_payload of {max_payload}"),
+                )
+                .await?;
+                continue;
+            }
             match self
                 .jetstream
                 .publish_with_headers(row.subject.clone(), headers, row.payload.clone().into())
                 .await
             {
-                Ok(ack) => pending.push((row.id, row.subject.as_str(), ack)),
+                Ok(ack) => pending.push((row, ack)),
+                Err(error) if self.connected() => failed.push((row, error.to_string())),
                 Err(error) => {
-                    publish_error = Some(error.to_string());
+                    outage = Some(error.to_string());
                     break;
                 }
             }
         }
         let mut sent_ids = Vec::with_capacity(pending.len());
-        for (id, subject, ack) in pending {
+        for (row, ack) in pending {
             match ack.await {
                 Ok(_) => {
-                    sent_ids.push(id);
+                    sent_ids.push(row.id);
                     crate::metrics::metrics()
                         .outbox_published
-                        .add(1, &crate::metrics::subject_attributes(subject));
+                        .add(1, &crate::metrics::subject_attributes(&row.subject));
                 }
+                Err(error) if self.connected() => failed.push((row, error.to_string())),
                 Err(error) => {
-                    publish_error.get_or_insert_with(|| error.to_string());
+                    outage.get_or_insert_with(|| error.to_string());
                 }
             }
         }
@@ -240,19 +275,85 @@ impl OutboxRelay {
                 None => update.exec(&self.db).await?,
             };
         }
+        let failures = failed.len();
+        for (row, error) in failed {
+            let attempts = row.attempts.saturating_add(1);
+            if attempts >= self.config.max_attempts as i32 {
+                self.park(transaction.as_ref(), row, error).await?;
+            } else {
+                tracing::warn!(outbox_id = row.id, event_id = %row.event_id, subject = %row.subject, attempts, %error, "publishing an event failed, will retry");
+                let update = entity::Entity::update_many()
+                    .col_expr(entity::Column::Attempts, attempts.into())
+                    .col_expr(entity::Column::LastError, Some(error).into())
+                    .filter(entity::Column::Id.eq(row.id));
+                match &transaction {
+                    Some(transaction) => update.exec(transaction).await?,
+                    None => update.exec(&self.db).await?,
+                };
+            }
+        }
         if let Some(transaction) = transaction {
             transaction.commit().await?;
         }
         tracing::debug!(published = sent_ids.len(), "outbox batch relayed");
-        if publish_error.is_some() {
+        if outage.is_some() || failures > 0 {
             crate::metrics::metrics()
                 .outbox_publish_failures
                 .add(1, &[]);
         }
-        match publish_error {
-            Some(error) => Err(RelayError::Publish(error)),
-            None => Ok(claimed),
+        match (outage, failures) {
+            (Some(error), _) => Err(RelayError::Publish(error)),
+            (None, 0) => Ok(claimed),
+            (None, failures) => Err(RelayError::Publish(format!(
+                "{failures} events failed to publish; they are retried and parked after {} attempts",
+                self.config.max_attempts
+            ))),
         }
+    }
+
+    fn connected(&self) -> bool {
+        self.jetstream.client().connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// Gives up on a row: it stays in the table, visible and retryable, and no longer blocks.
+    async fn park(
+        &self,
+        transaction: Option<&sea_orm::DatabaseTransaction>,
+        row: &entity::Model,
+        reason: String,
+    ) -> Result<(), DbErr> {
+        tracing::error!(outbox_id = row.id, event_id = %row.event_id, subject = %row.subject, %reason, "event parked: it cannot be published; see whistle outbox list-parked");
+        crate::metrics::metrics()
+            .outbox_parked
+            .add(1, &crate::metrics::subject_attributes(&row.subject));
+        let update = entity::Entity::update_many()
+            .col_expr(
+                entity::Column::ParkedAtMs,
+                Some(to_millis(self.clock.now())).into(),
+            )
+            .col_expr(
+                entity::Column::Attempts,
+                row.attempts.saturating_add(1).into(),
+            )
+            .col_expr(entity::Column::LastError, Some(reason).into())
+            .filter(entity::Column::Id.eq(row.id));
+        match transaction {
+            Some(transaction) => update.exec(transaction).await?,
+            None => update.exec(&self.db).await?,
+        };
+        Ok(())
+    }
+
+    /// Records the backlog and the age of the oldest unsent event as gauges.
+    async fn record_backlog(&self) -> Result<(), DbErr> {
+        let (count, oldest_ms) = backlog_and_oldest(&self.db).await?;
+        let metrics = crate::metrics::metrics();
+        metrics.outbox_backlog.record(count, &[]);
+        let age = oldest_ms.map_or(0.0, |oldest| {
+            (to_millis(self.clock.now()) - oldest).max(0) as f64 / 1000.0
+        });
+        metrics.outbox_oldest_unsent_age.record(age, &[]);
+        Ok(())
     }
 
     async fn purge_sent(&self) -> Result<(), DbErr> {
@@ -265,13 +366,67 @@ impl OutboxRelay {
     }
 }
 
-/// How many events wait to be published; for health and metrics.
+/// How many events wait to be published (parked ones excluded); for health and metrics.
 pub async fn backlog(db: &DatabaseConnection) -> Result<u64, DbErr> {
+    Ok(backlog_and_oldest(db).await?.0)
+}
+
+/// The number of unsent, unparked events and the creation time of the oldest.
+async fn backlog_and_oldest(db: &DatabaseConnection) -> Result<(u64, Option<i64>), DbErr> {
     use sea_orm::PaginatorTrait;
+    let waiting = || {
+        entity::Entity::find()
+            .filter(entity::Column::SentAtMs.is_null())
+            .filter(entity::Column::ParkedAtMs.is_null())
+    };
+    let count = waiting().count(db).await?;
+    let oldest = if count == 0 {
+        None
+    } else {
+        waiting()
+            .order_by_asc(entity::Column::Id)
+            .one(db)
+            .await?
+            .map(|row| row.created_at_ms)
+    };
+    Ok((count, oldest))
+}
+
+/// Parked events, oldest first: what `whistle outbox list-parked` shows.
+pub async fn list_parked(db: &DatabaseConnection) -> Result<Vec<entity::Model>, DbErr> {
     entity::Entity::find()
+        .filter(entity::Column::ParkedAtMs.is_not_null())
         .filter(entity::Column::SentAtMs.is_null())
-        .count(db)
+        .order_by_asc(entity::Column::Id)
+        .all(db)
         .await
+}
+
+/// Puts parked events back in line (all of them when `ids` is empty), e.g. after the server's
+/// `max_payload` was raised; returns how many.
+pub async fn retry_parked(db: &DatabaseConnection, ids: &[i64]) -> Result<u64, DbErr> {
+    let mut update = entity::Entity::update_many()
+        .col_expr(entity::Column::ParkedAtMs, Option::<i64>::None.into())
+        .col_expr(entity::Column::Attempts, 0.into())
+        .filter(entity::Column::ParkedAtMs.is_not_null())
+        .filter(entity::Column::SentAtMs.is_null());
+    if !ids.is_empty() {
+        update = update.filter(entity::Column::Id.is_in(ids.to_vec()));
+    }
+    Ok(update.exec(db).await?.rows_affected)
+}
+
+fn headers_size(headers: &async_nats::HeaderMap) -> usize {
+    // "NATS/1.0\r\n" + "name: value\r\n" per header + "\r\n"
+    12 + headers
+        .iter()
+        .map(|(name, values)| {
+            values
+                .iter()
+                .map(|value| AsRef::<str>::as_ref(name).len() + value.as_str().len() + 4)
+                .sum::<usize>()
+        })
+        .sum::<usize>()
 }
 
 fn nats_headers(row: &entity::Model) -> async_nats::HeaderMap {

@@ -1,11 +1,11 @@
 //! The shape every service binary shares: arguments -> configuration -> telemetry -> `run`.
 
 use crate::config::{ConfigError, EXIT_BAD_CONFIG, GrpcConfig, TelemetryConfig};
+use crate::grpc::GrpcListener;
 use serde::{Serialize, de::DeserializeOwned};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 /// A service's whole configuration.
@@ -26,57 +26,68 @@ pub trait ServiceConfig: Serialize + DeserializeOwned + Default {
 }
 
 /// Command-line arguments of every service binary.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, clap::Parser)]
+#[command(
+    version,
+    about = "A Whistle service",
+    after_help = "Configuration: built-in defaults < the TOML file < WHISTLE_<SERVICE>__<SECTION>__<KEY> environment variables. Exit code 64 means the configuration is wrong; the message names the setting."
+)]
 pub struct ServiceArgs {
-    /// TOML configuration file (also `WHISTLE_CONFIG`).
+    /// TOML configuration file
+    #[arg(long, short = 'c', env = "WHISTLE_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Only load and validate the configuration, print it, and exit.
+    /// Only load and validate the configuration, print it (passwords masked), and exit
+    #[arg(long)]
     pub check_config: bool,
 }
 
 impl ServiceArgs {
-    /// Parses `--config <file>` and `--check-config`; `--help` prints usage.
-    pub fn from_env(binary: &str) -> Result<Self, String> {
-        let mut parsed = ServiceArgs {
-            config: std::env::var_os("WHISTLE_CONFIG").map(PathBuf::from),
-            check_config: false,
+    /// Parses the process arguments; `--help` and `--version` print and exit 0, a wrong argument
+    /// prints usage and exits 64.
+    pub fn from_env(binary: &'static str) -> Self {
+        use clap::{CommandFactory, FromArgMatches};
+        let command = Self::command().name(binary).bin_name(binary);
+        let matches = match command.try_get_matches() {
+            Ok(matches) => matches,
+            Err(error) => {
+                let code = if error.use_stderr() {
+                    EXIT_BAD_CONFIG
+                } else {
+                    0
+                };
+                let _ = error.print();
+                std::process::exit(code);
+            }
         };
-        let mut args = std::env::args().skip(1);
-        while let Some(arg) = args.next() {
-            match arg.as_str() {
-                "--config" | "-c" => {
-                    let file = args.next().ok_or("--config needs a file")?;
-                    parsed.config = Some(PathBuf::from(file));
-                }
-                "--check-config" => parsed.check_config = true,
-                "--help" | "-h" => {
-                    return Err(format!(
-                        "usage: {binary} [--config <file.toml>] [--check-config]\n\
-                         configuration: built-in defaults < file < WHISTLE_<SERVICE>__<SECTION>__<KEY> environment variables"
-                    ));
-                }
-                other => return Err(format!("unknown argument {other:?}; try --help")),
+        match Self::from_arg_matches(&matches) {
+            Ok(args) => args,
+            Err(error) => {
+                let _ = error.print();
+                std::process::exit(EXIT_BAD_CONFIG);
             }
         }
-        Ok(parsed)
     }
 }
 
+/// Whether an error that stopped start-up is the configuration's fault (exit 64).
+fn is_config_error(error: &anyhow::Error) -> bool {
+    error
+        .chain()
+        .any(|cause| cause.downcast_ref::<ConfigError>().is_some())
+}
+
 /// Runs a service binary: loads the configuration (exit 64 when it is wrong), starts telemetry,
-/// binds the gRPC listener and calls `run` with a shutdown token cancelled by SIGINT/SIGTERM.
-pub fn service_main<C, F, Fut>(binary: &str, run: F) -> ExitCode
+/// reserves the gRPC port (exit 64 when it is taken) and calls `run` with a shutdown token cancelled
+/// by SIGINT/SIGTERM. `run` reports configuration errors it finds later (a NATS server that cannot
+/// hold the configured replicas, a catalogue that does not parse) as [`ConfigError`]s, which also
+/// exit 64; other failures exit 1.
+pub fn service_main<C, F, Fut>(binary: &'static str, run: F) -> ExitCode
 where
     C: ServiceConfig,
-    F: FnOnce(C, TcpListener, CancellationToken) -> Fut,
+    F: FnOnce(C, GrpcListener, CancellationToken) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
-    let args = match ServiceArgs::from_env(binary) {
-        Ok(args) => args,
-        Err(message) => {
-            eprintln!("{message}");
-            return ExitCode::from(EXIT_BAD_CONFIG as u8);
-        }
-    };
+    let args = ServiceArgs::from_env(binary);
     let config = match C::load(args.config.as_deref()) {
         Ok(config) => config,
         Err(error) => {
@@ -91,6 +102,16 @@ where
         }
         return ExitCode::SUCCESS;
     }
+    let listen = config.grpc().listen;
+    let listener = match GrpcListener::bind(listen) {
+        Ok(listener) => listener,
+        Err(error) => {
+            eprintln!(
+                "{binary}: invalid configuration: grpc.listen {listen} cannot be used: {error}"
+            );
+            return ExitCode::from(EXIT_BAD_CONFIG as u8);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -103,13 +124,16 @@ where
     };
     let result = runtime.block_on(async move {
         let _telemetry = crate::telemetry::init(binary, config.telemetry())?;
-        let listener = crate::grpc::bind(config.grpc().listen).await?;
-        tracing::info!(address = %listener.local_addr()?, "{binary} listening");
+        tracing::info!(address = %listener.local_addr(), "{binary} starting");
         let shutdown = crate::shutdown::cancel_on_signals();
         run(config, listener, shutdown).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(error) if is_config_error(&error) => {
+            eprintln!("{binary}: {error:#}");
+            ExitCode::from(EXIT_BAD_CONFIG as u8)
+        }
         Err(error) => {
             eprintln!("{binary}: {error:#}");
             ExitCode::FAILURE

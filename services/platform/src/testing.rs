@@ -3,12 +3,12 @@
 //! in-process on port 0.
 
 use crate::envelope::{self, Event};
+use crate::grpc::GrpcListener;
 use crate::local_nats::LocalNatsServer;
 use async_nats::jetstream;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -89,6 +89,24 @@ impl Served {
         format!("http://{}", self.address)
     }
 
+    /// Waits until the service listens (it opens its port once it serves), at most 30 s.
+    pub async fn wait_listening(&self) {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(self.address).await.is_err() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "service at {} did not start listening within 30 s",
+                self.address
+            );
+            assert!(
+                !self.task.is_finished(),
+                "service at {} stopped during start-up",
+                self.address
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     /// Cancels and asserts the service stopped cleanly.
     pub async fn stop(self) {
         self.shutdown.cancel();
@@ -96,16 +114,24 @@ impl Served {
     }
 }
 
-/// Binds port 0 and spawns `run(listener, shutdown)`.
+/// Binds port 0, spawns `run(listener, shutdown)` and waits until it listens (or has stopped).
 pub async fn serve<F, Fut>(run: F) -> Served
 where
-    F: FnOnce(TcpListener, CancellationToken) -> Fut,
+    F: FnOnce(GrpcListener, CancellationToken) -> Fut,
     Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let address = listener.local_addr().expect("address");
+    let listener = GrpcListener::bind("127.0.0.1:0".parse().expect("address")).expect("bind");
+    let address = listener.local_addr();
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(run(listener, shutdown.clone()));
+    // the port opens once the service serves; a service that fails to start is left to the test
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !task.is_finished()
+        && tokio::time::Instant::now() < deadline
+        && tokio::net::TcpStream::connect(address).await.is_err()
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     Served {
         address,
         shutdown,
