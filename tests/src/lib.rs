@@ -32,6 +32,11 @@ pub fn binary(service: &str) -> PathBuf {
     path
 }
 
+/// The demo catalogue of the repository (`deploy/demo/catalogue.json`).
+pub fn demo_catalogue() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/demo/catalogue.json")
+}
+
 /// Which database the services use.
 #[derive(Debug, Clone)]
 pub enum Storage {
@@ -154,7 +159,7 @@ impl Platform {
     pub async fn prepare(storage: Storage) -> Platform {
         let dir = tempfile::tempdir().expect("tempdir");
         let nats = LocalNatsServer::start(&dir.path().join("nats")).expect("nats-server");
-        let catalogue = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/demo/catalogue.json");
+        let catalogue = demo_catalogue();
         let credentials_file = dir.path().join("demo-credentials.json");
         let mut postgres = None;
         let mut database_urls = BTreeMap::new();

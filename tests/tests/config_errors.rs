@@ -55,6 +55,173 @@ fn bad_configuration_exits_64_naming_the_setting() {
     assert_eq!(output.status.code(), Some(64));
 }
 
+/// Every kind of configuration that cannot work exits 64 naming the setting, before any migration
+/// runs (the SQLite file is never created), including those only found against the NATS server.
+#[test]
+fn every_configuration_error_exits_64_before_migrating() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = whistle_e2e::LocalNatsServer::start(&dir.path().join("nats")).expect("nats-server");
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").expect("busy port");
+    let busy_port = busy.local_addr().expect("address").port();
+    let malformed_catalogue = dir.path().join("catalogue.json");
+    // each service reads its own part of the file: every part is malformed
+    std::fs::write(
+        &malformed_catalogue,
+        r#"{"streets": [{"code": 1}], "routes": [{"route_id": 1}], "departments": [{"code": 1}]}"#,
+    )
+    .expect("write");
+    let garbage_credentials = dir.path().join("credentials.json");
+    std::fs::write(&garbage_credentials, "zw-sanitation=secret").expect("write");
+    let catalogue = format!("{}", whistle_e2e::demo_catalogue().display());
+    let cases: Vec<(&str, Vec<(&str, String)>, &str)> = vec![
+        (
+            "intake",
+            vec![("WHISTLE_INTAKE__TELEMETRY__LOG_FILTER", "info,[[".into())],
+            "telemetry.log_filter",
+        ),
+        (
+            "dispatch",
+            vec![(
+                "WHISTLE_DISPATCH__GRPC__LISTEN",
+                format!("127.0.0.1:{busy_port}"),
+            )],
+            "grpc.listen",
+        ),
+        (
+            "intake",
+            vec![(
+                "WHISTLE_INTAKE__CATALOGUE__FILE",
+                malformed_catalogue.display().to_string(),
+            )],
+            "catalogue.file",
+        ),
+        (
+            "dispatch",
+            vec![(
+                "WHISTLE_DISPATCH__CATALOGUE__FILE",
+                malformed_catalogue.display().to_string(),
+            )],
+            "catalogue.file",
+        ),
+        (
+            "evaluation",
+            vec![(
+                "WHISTLE_EVALUATION__CATALOGUE__FILE",
+                malformed_catalogue.display().to_string(),
+            )],
+            "catalogue.file",
+        ),
+        (
+            "department-gateway",
+            vec![
+                (
+                    "WHISTLE_DEPARTMENT_GATEWAY__CATALOGUE__FILE",
+                    catalogue.clone(),
+                ),
+                (
+                    "WHISTLE_DEPARTMENT_GATEWAY__CATALOGUE__CREDENTIALS_FILE",
+                    garbage_credentials.display().to_string(),
+                ),
+            ],
+            "catalogue.credentials_file",
+        ),
+        (
+            "evaluation",
+            vec![(
+                "WHISTLE_EVALUATION__DATABASE__URL",
+                "sqlite:///proc/whistle/evaluation.sqlite".into(),
+            )],
+            "database.url",
+        ),
+        (
+            "intake",
+            vec![("WHISTLE_INTAKE__NATS__URL", "nats://".into())],
+            "nats.url",
+        ),
+        (
+            "dispatch",
+            vec![("WHISTLE_DISPATCH__NATS__URL", "nats://:4222".into())],
+            "nats.url",
+        ),
+        (
+            "intake",
+            vec![("WHISTLE_INTAKE__NATS__STREAM_REPLICAS", "3".into())],
+            "nats.stream_replicas",
+        ),
+        (
+            "intake",
+            vec![("WHISTLE_INTAKE__LIMITS__MAX_EVENT_BYTES", "2000000".into())],
+            "limits.max_event_bytes",
+        ),
+        (
+            "department-gateway",
+            vec![(
+                "WHISTLE_DEPARTMENT_GATEWAY__GRPC__IDLE_TIMEOUT_SECS",
+                "5".into(),
+            )],
+            "grpc.idle_timeout_secs",
+        ),
+    ];
+    for (index, (service, variables, named)) in cases.into_iter().enumerate() {
+        let database = dir.path().join(format!("case-{index}.sqlite"));
+        let prefix = whistle_platform::config::env_prefix(service);
+        let mut command = Command::new(binary(service));
+        command
+            .env(format!("{prefix}__GRPC__LISTEN"), "127.0.0.1:0")
+            .env(
+                format!("{prefix}__DATABASE__URL"),
+                format!("sqlite://{}", database.display()),
+            )
+            .env(format!("{prefix}__NATS__URL"), nats.url())
+            .env(format!("{prefix}__NATS__CONNECT_TIMEOUT_SECS"), "5");
+        if service == "department-gateway" {
+            command.env(
+                "WHISTLE_DEPARTMENT_GATEWAY__CATALOGUE__CREDENTIALS_FILE",
+                dir.path().join(format!("case-{index}-credentials.json")),
+            );
+        }
+        for (variable, value) in &variables {
+            command.env(variable, value);
+        }
+        let output = output_within(command, std::time::Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("case {index}: {service} with {variables:?} kept running"));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(
+            output.status.code(),
+            Some(64),
+            "case {index}: {service} with {variables:?}: {stderr}"
+        );
+        assert!(
+            stderr.contains(named),
+            "case {index}: {service}: stderr does not name {named}: {stderr}"
+        );
+        assert!(
+            !database.exists(),
+            "case {index}: {service} created its database before refusing the configuration"
+        );
+    }
+    drop(busy);
+}
+
+/// Runs a command to its end, or kills it after `limit` and answers None.
+fn output_within(mut command: Command, limit: std::time::Duration) -> Option<std::process::Output> {
+    let mut child = command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = std::time::Instant::now() + limit;
+    while child.try_wait().expect("wait").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Some(child.wait_with_output().expect("output"))
+}
+
 /// A NATS server that requires a password: the credentials in `nats.url` are used (and the service
 /// becomes SERVING); a wrong password keeps it from starting and the message does not show it.
 #[tokio::test]

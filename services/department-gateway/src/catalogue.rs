@@ -23,8 +23,33 @@ struct Department {
 /// Reads `file` and upserts its departments; refuses the whole file when one entry is malformed,
 /// naming it. Departments missing from the file are kept (their credentials stay valid).
 pub async fn load(db: &DatabaseConnection, file: &Path, now_ms: i64) -> anyhow::Result<()> {
-    let text = tokio::fs::read_to_string(file)
-        .await
+    let departments = check(file, now_ms)?;
+    let count = departments.len();
+    let transaction = db.begin().await?;
+    for model in departments {
+        department::Entity::insert(model)
+            .on_conflict(
+                OnConflict::column(department::Column::Code)
+                    .update_columns([
+                        department::Column::Name,
+                        department::Column::Level,
+                        department::Column::RegionCode,
+                        department::Column::UpdatedAtMs,
+                    ])
+                    .to_owned(),
+            )
+            .exec_without_returning(&transaction)
+            .await?;
+    }
+    transaction.commit().await?;
+    tracing::info!(departments = count, "department catalogue loaded");
+    Ok(())
+}
+
+/// Reads and checks the departments of a catalogue file without touching a database (also done
+/// at start, so a malformed file is a configuration error found before any migration).
+pub fn check(file: &Path, now_ms: i64) -> anyhow::Result<Vec<department::ActiveModel>> {
+    let text = std::fs::read_to_string(file)
         .map_err(|error| anyhow::anyhow!("cannot read catalogue {}: {error}", file.display()))?;
     let catalogue: CatalogueFile = serde_json::from_str(&text)
         .map_err(|error| anyhow::anyhow!("catalogue {} is malformed: {error}", file.display()))?;
@@ -61,26 +86,5 @@ pub async fn load(db: &DatabaseConnection, file: &Path, now_ms: i64) -> anyhow::
         });
     }
 
-    let transaction = db.begin().await?;
-    for model in departments {
-        department::Entity::insert(model)
-            .on_conflict(
-                OnConflict::column(department::Column::Code)
-                    .update_columns([
-                        department::Column::Name,
-                        department::Column::Level,
-                        department::Column::RegionCode,
-                        department::Column::UpdatedAtMs,
-                    ])
-                    .to_owned(),
-            )
-            .exec_without_returning(&transaction)
-            .await?;
-    }
-    transaction.commit().await?;
-    tracing::info!(
-        departments = catalogue.departments.len(),
-        "department catalogue loaded"
-    );
-    Ok(())
+    Ok(departments)
 }

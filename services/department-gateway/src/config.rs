@@ -119,6 +119,10 @@ impl ServiceConfig for GatewayConfig {
                 file.display()
             )));
         }
+        if let Some(file) = &self.catalogue.file {
+            crate::catalogue::check(file, 0)
+                .map_err(|error| ConfigError::Invalid(format!("catalogue.file: {error:#}")))?;
+        }
         if let Some(file) = &self.catalogue.credentials_file
             && file.is_dir()
         {
@@ -126,6 +130,13 @@ impl ServiceConfig for GatewayConfig {
                 "catalogue.credentials_file {} is a folder, expected a JSON file",
                 file.display()
             )));
+        }
+        if let Some(file) = &self.catalogue.credentials_file {
+            crate::credentials::check_credentials_file(file).map_err(|error| {
+                ConfigError::Invalid(format!("catalogue.credentials_file: {error:#}"))
+            })?;
+            // the gateway writes new tokens beside it
+            whistle_platform::config::check_writable_folder("catalogue.credentials_file", file)?;
         }
         Ok(())
     }

@@ -141,7 +141,13 @@ pub async fn issue_missing_credentials(
 }
 
 async fn read_credentials_file(path: &Path) -> anyhow::Result<BTreeMap<String, String>> {
-    let text = match tokio::fs::read_to_string(path).await {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || check_credentials_file(&path)).await?
+}
+
+/// Reads and checks a credentials file (a missing or empty file is an empty set).
+pub fn check_credentials_file(path: &Path) -> anyhow::Result<BTreeMap<String, String>> {
+    let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
             return Ok(BTreeMap::new());

@@ -121,27 +121,9 @@ struct RouteEntry {
 
 /// Upserts the `routes` of a catalogue file (unchanged routes keep their version).
 pub async fn load(db: &DatabaseConnection, file: &Path) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(file)
-        .map_err(|error| anyhow::anyhow!("cannot read catalogue {}: {error}", file.display()))?;
-    let catalogue: CatalogueFile = serde_json::from_str(&text)
-        .map_err(|error| anyhow::anyhow!("catalogue {} is malformed: {error}", file.display()))?;
+    let routes = check(file)?;
     let transaction = db.begin().await?;
-    for entry in catalogue.routes {
-        let minutes = |value: Option<i64>| value.map(chrono::Duration::minutes);
-        let route = Route {
-            route_id: entry.route_id,
-            category_code: entry.category_code,
-            area_code: entry.area_code,
-            lead_department_code: entry.lead_department_code,
-            co_department_codes: entry.co_department_codes,
-            auto_whistle: entry.auto_whistle,
-            requires_on_site: entry.requires_on_site,
-            limits: LimitOverrides {
-                acknowledge_within: minutes(entry.acknowledge_within_minutes),
-                on_site_within: minutes(entry.on_site_within_minutes),
-                resolve_within: minutes(entry.resolve_within_minutes),
-            },
-        };
+    for route in routes {
         let unchanged = route::Entity::find_by_id(route.route_id.as_str())
             .one(&transaction)
             .await?
@@ -160,4 +142,35 @@ pub async fn load(db: &DatabaseConnection, file: &Path) -> anyhow::Result<()> {
     }
     transaction.commit().await?;
     Ok(())
+}
+
+/// Reads and checks the routes of a catalogue file without touching a database (also done at
+/// start, so a malformed file is a configuration error found before any migration).
+pub fn check(file: &Path) -> anyhow::Result<Vec<Route>> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|error| anyhow::anyhow!("cannot read catalogue {}: {error}", file.display()))?;
+    let catalogue: CatalogueFile = serde_json::from_str(&text)
+        .map_err(|error| anyhow::anyhow!("catalogue {} is malformed: {error}", file.display()))?;
+    let mut routes = Vec::with_capacity(catalogue.routes.len());
+    for entry in catalogue.routes {
+        let minutes = |value: Option<i64>| value.map(chrono::Duration::minutes);
+        let route = Route {
+            route_id: entry.route_id,
+            category_code: entry.category_code,
+            area_code: entry.area_code,
+            lead_department_code: entry.lead_department_code,
+            co_department_codes: entry.co_department_codes,
+            auto_whistle: entry.auto_whistle,
+            requires_on_site: entry.requires_on_site,
+            limits: LimitOverrides {
+                acknowledge_within: minutes(entry.acknowledge_within_minutes),
+                on_site_within: minutes(entry.on_site_within_minutes),
+                resolve_within: minutes(entry.resolve_within_minutes),
+            },
+        };
+        check_route(&route)
+            .map_err(|error| anyhow::anyhow!("catalogue route {}: {error}", route.route_id))?;
+        routes.push(route);
+    }
+    Ok(routes)
 }

@@ -103,6 +103,10 @@ impl ServiceConfig for DispatchConfig {
                 file.display()
             )));
         }
+        if let Some(file) = &self.catalogue.file {
+            crate::catalogue::check(file)
+                .map_err(|error| ConfigError::Invalid(format!("catalogue.file: {error:#}")))?;
+        }
         Ok(())
     }
 }

@@ -23,6 +23,20 @@ struct Department {
 /// Reads `file` and upserts its departments; refuses the whole file when one entry is malformed,
 /// naming it.
 pub async fn load(db: &DatabaseConnection, file: &Path) -> anyhow::Result<()> {
+    let models = check(file)?;
+    let count = models.len();
+    let transaction = db.begin().await?;
+    for model in models {
+        storage::save_department(&transaction, model).await?;
+    }
+    transaction.commit().await?;
+    tracing::info!(departments = count, "catalogue loaded");
+    Ok(())
+}
+
+/// Reads and checks the departments of a catalogue file without touching a database (also done
+/// at start, so a malformed file is a configuration error found before any migration).
+pub fn check(file: &Path) -> anyhow::Result<Vec<department::Model>> {
     let text = std::fs::read_to_string(file)
         .map_err(|error| anyhow::anyhow!("cannot read catalogue {}: {error}", file.display()))?;
     let catalogue: CatalogueFile = serde_json::from_str(&text)
@@ -45,12 +59,5 @@ pub async fn load(db: &DatabaseConnection, file: &Path) -> anyhow::Result<()> {
             region_code: entry.region_code,
         });
     }
-    let count = models.len();
-    let transaction = db.begin().await?;
-    for model in models {
-        storage::save_department(&transaction, model).await?;
-    }
-    transaction.commit().await?;
-    tracing::info!(departments = count, "catalogue loaded");
-    Ok(())
+    Ok(models)
 }

@@ -143,6 +143,10 @@ impl ServiceConfig for EvaluationConfig {
                 file.display()
             )));
         }
+        if let Some(file) = &self.catalogue.file {
+            crate::catalogue::check(file)
+                .map_err(|error| ConfigError::Invalid(format!("catalogue.file: {error:#}")))?;
+        }
         self.evaluation.utc_offset()?;
         if !(1..=10_000).contains(&self.evaluation.consumer_max_batch) {
             return Err(ConfigError::Invalid(

@@ -48,9 +48,24 @@ struct Category {
     name: String,
 }
 
+/// A catalogue file read and checked, ready to store.
+#[derive(Debug)]
+pub struct CheckedCatalogue {
+    streets: Vec<street::ActiveModel>,
+    grids: Vec<grid::ActiveModel>,
+    categories: Vec<category::ActiveModel>,
+}
+
 /// Reads `file` and upserts its streets, grids and categories; refuses the whole file when one
 /// entry is malformed, naming it.
 pub async fn load(db: &DatabaseConnection, file: &Path) -> anyhow::Result<()> {
+    let checked = check(file)?;
+    store(db, checked).await
+}
+
+/// Reads and checks a catalogue file without touching a database (also done at start, so a
+/// malformed file is a configuration error found before any migration).
+pub fn check(file: &Path) -> anyhow::Result<CheckedCatalogue> {
     let text = std::fs::read_to_string(file)
         .map_err(|error| anyhow::anyhow!("cannot read catalogue {}: {error}", file.display()))?;
     let catalogue: CatalogueFile = serde_json::from_str(&text)
@@ -122,7 +137,20 @@ pub async fn load(db: &DatabaseConnection, file: &Path) -> anyhow::Result<()> {
             name: Set(entry.name.clone()),
         });
     }
+    Ok(CheckedCatalogue {
+        streets,
+        grids,
+        categories,
+    })
+}
 
+async fn store(db: &DatabaseConnection, checked: CheckedCatalogue) -> anyhow::Result<()> {
+    let CheckedCatalogue {
+        streets,
+        grids,
+        categories,
+    } = checked;
+    let counts = (streets.len(), grids.len(), categories.len());
     let transaction = db.begin().await?;
     for model in streets {
         street::Entity::insert(model)
@@ -169,9 +197,9 @@ pub async fn load(db: &DatabaseConnection, file: &Path) -> anyhow::Result<()> {
     }
     transaction.commit().await?;
     tracing::info!(
-        streets = catalogue.streets.len(),
-        grids = catalogue.grids.len(),
-        categories = catalogue.categories.len(),
+        streets = counts.0,
+        grids = counts.1,
+        categories = counts.2,
         "catalogue loaded"
     );
     Ok(())

@@ -70,6 +70,10 @@ impl ServiceConfig for IntakeConfig {
                 file.display()
             )));
         }
+        if let Some(file) = &self.catalogue.file {
+            crate::catalogue::check(file)
+                .map_err(|error| ConfigError::Invalid(format!("catalogue.file: {error:#}")))?;
+        }
         Ok(())
     }
 }
