@@ -3,11 +3,12 @@
 
 use crate::storage::{self, assignment, notice};
 use prost::Message;
-use sea_orm::{ActiveValue::Set, DatabaseTransaction, EntityTrait};
+use sea_orm::{ActiveValue::Set, DatabaseTransaction, DbErr, EntityTrait};
+use std::collections::BTreeSet;
 use tokio::sync::watch;
 use whistle_platform::clock::{SharedClock, to_millis};
 use whistle_platform::envelope::{self, Event, assignment_of};
-use whistle_platform::inbox::{EventHandler, HandleError};
+use whistle_platform::inbox::{BatchEvent, EventHandler, HandleError};
 
 /// Durable consumer name, shared by every gateway replica.
 pub const CONSUMER: &str = "department-gateway";
@@ -54,6 +55,22 @@ impl NoticeRecorder {
 }
 
 impl EventHandler for NoticeRecorder {
+    /// Takes the notice counters of every department the batch addresses, in code order, before
+    /// anything is written (see [`storage::lock_notice_counters`]).
+    async fn before_batch(
+        &self,
+        transaction: &DatabaseTransaction,
+        events: &[BatchEvent<'_>],
+    ) -> Result<(), DbErr> {
+        let departments: BTreeSet<&str> = events
+            .iter()
+            .filter_map(|batch_event| batch_event.event.payload.as_ref())
+            .filter_map(envelope::department_of)
+            .filter(|code| envelope::is_subject_token(code))
+            .collect();
+        storage::lock_notice_counters(transaction, &departments).await
+    }
+
     async fn handle(
         &self,
         transaction: &DatabaseTransaction,
