@@ -131,7 +131,7 @@ impl DepartmentGateway for GatewayGrpc {
         let department_code = self.authenticate(&request).await?;
         let after_sequence = request.into_inner().after_sequence;
         Ok(Response::new(
-            self.subscriptions.open(department_code, after_sequence),
+            self.subscriptions.open(department_code, after_sequence)?,
         ))
     }
 
