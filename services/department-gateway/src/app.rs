@@ -82,6 +82,7 @@ pub async fn run(
             shutdown: shutdown.clone(),
             slots: SubscriptionSlots::new(config.subscriptions.max_per_department),
         },
+        limits: config.limits.clone(),
     };
     let routes = tonic::service::Routes::new(
         DepartmentGatewayServer::new(service)

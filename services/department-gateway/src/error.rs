@@ -1,8 +1,8 @@
 //! The gateway's errors and their one mapping to gRPC status codes.
 
-use crate::domain::FieldError;
 use sea_orm::DbErr;
 use tonic_types::{ErrorDetails, StatusExt};
+use whistle_platform::validation::FieldError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -52,9 +52,7 @@ impl From<GatewayError> for tonic::Status {
     fn from(error: GatewayError) -> Self {
         match error {
             GatewayError::Unauthenticated(message) => tonic::Status::unauthenticated(message),
-            GatewayError::InvalidArgument(field) => {
-                tonic::Status::invalid_argument(field.to_string())
-            }
+            GatewayError::InvalidArgument(field) => field.to_status(),
             GatewayError::TooManySubscriptions {
                 ref department_code,
                 limit,

@@ -848,3 +848,96 @@ async fn subscribe_when_free(
         }
     }
 }
+
+#[tokio::test]
+async fn every_request_field_is_held_to_the_configured_limits() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = LocalNatsServer::start(&dir.path().join("nats")).expect("nats-server");
+    let mut settings = config(dir.path(), &nats, closed_dispatch_url());
+    settings.limits.name_chars = 10;
+    settings.limits.attachments = 1;
+    let mut gateway = start(settings).await;
+    let tokens = read_tokens(&credentials_path(dir.path()));
+    let sanitation = tokens["zw-sanitation"].clone();
+    let client = &mut gateway.client;
+
+    let refusals = [
+        (
+            "responsible_person",
+            "responsible_person: at most 10 characters",
+            client
+                .acknowledge(authed(
+                    AcknowledgeRequest {
+                        assignment_id: "a-1".into(),
+                        responsible_person: "王".repeat(11),
+                        ..Default::default()
+                    },
+                    &sanitation,
+                ))
+                .await,
+        ),
+        (
+            "evidence",
+            "evidence: at most 1 items",
+            client
+                .resolve(authed(
+                    ResolveRequest {
+                        assignment_id: "a-1".into(),
+                        resolution: "已清运".into(),
+                        evidence: vec![Default::default(), Default::default()],
+                        ..Default::default()
+                    },
+                    &sanitation,
+                ))
+                .await,
+        ),
+        (
+            "assignment_id",
+            "assignment_id: at most 128 characters",
+            client
+                .check_in(authed(
+                    CheckInRequest {
+                        assignment_id: "a".repeat(129),
+                        ..Default::default()
+                    },
+                    &sanitation,
+                ))
+                .await,
+        ),
+    ];
+    for (field, message, result) in refusals {
+        let status = result.expect_err(field);
+        assert_eq!(status.code(), Code::InvalidArgument, "{field}");
+        assert_eq!(status.message(), message);
+        let details = status.get_error_details();
+        let violations = &details.bad_request().expect("bad request").field_violations;
+        assert_eq!(violations[0].field, field);
+    }
+    let too_big_a_page = client
+        .list_assignments(authed(
+            ListAssignmentsRequest {
+                page_size: 501,
+                ..Default::default()
+            },
+            &sanitation,
+        ))
+        .await
+        .expect_err("page over the limit");
+    assert_eq!(too_big_a_page.message(), "page_size: at most 500");
+    let huge_token = client
+        .list_assignments(authed(
+            ListAssignmentsRequest {
+                page_token: "a".repeat(10_000),
+                ..Default::default()
+            },
+            &sanitation,
+        ))
+        .await
+        .expect_err("page token over the limit");
+    assert!(
+        huge_token.message().starts_with("page_token: at most"),
+        "{}",
+        huge_token.message()
+    );
+    gateway.stop().await;
+}
