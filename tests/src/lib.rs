@@ -131,7 +131,10 @@ impl ServiceProcess {
     /// The service's database URL, for tests that check what it stored.
     pub fn database_url(&self) -> String {
         let key = format!("{}__DATABASE__URL", env_prefix(self.service));
-        self.env.get(&key).cloned().expect("database url is configured")
+        self.env
+            .get(&key)
+            .cloned()
+            .expect("database url is configured")
     }
 
     /// A second instance of the same service: same configuration and database, its own port and
@@ -147,7 +150,9 @@ impl ServiceProcess {
             service: self.service,
             address: SocketAddr::from(([127, 0, 0, 1], port)),
             env,
-            log: self.log.with_file_name(format!("{}-{name}.log", self.service)),
+            log: self
+                .log
+                .with_file_name(format!("{}-{name}.log", self.service)),
             child: None,
         }
     }

@@ -173,17 +173,14 @@ async fn two_replicas_keep_every_department_log_gap_free_through_a_crash() {
     let total = ROUNDS * DEPARTMENTS.len();
     let followers: Vec<_> = WATCHED
         .iter()
-        .map(|department| {
-            tokio::spawn(follow(
-                second.url(),
-                tokens[*department].clone(),
-                ROUNDS,
-            ))
-        })
+        .map(|department| tokio::spawn(follow(second.url(), tokens[*department].clone(), ROUNDS)))
         .collect();
 
-    let jetstream =
-        async_nats::jetstream::new(async_nats::connect(platform.nats.url()).await.expect("nats"));
+    let jetstream = async_nats::jetstream::new(
+        async_nats::connect(platform.nats.url())
+            .await
+            .expect("nats"),
+    );
     let started = Instant::now();
     let mut published: BTreeSet<String> = BTreeSet::new();
     // three phases: both replicas, the first killed, the first restarted
@@ -248,7 +245,10 @@ async fn two_replicas_keep_every_department_log_gap_free_through_a_crash() {
     // every event exactly once; every department 1..=ROUNDS in order
     assert_eq!(notices.len(), total, "one notice per event, no more");
     let event_ids: BTreeSet<String> = notices.iter().map(|(_, _, id)| id.clone()).collect();
-    assert_eq!(event_ids, published, "every published event became a notice");
+    assert_eq!(
+        event_ids, published,
+        "every published event became a notice"
+    );
     let mut by_department: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
     for (department, sequence, _) in &notices {
         by_department
@@ -276,8 +276,10 @@ async fn two_replicas_keep_every_department_log_gap_free_through_a_crash() {
 
     let deadlocks_first = deadlocks(&platform.gateway);
     let deadlocks_second = deadlocks(&second);
-    let (recorded_first, recorded_second) =
-        (notices_recorded(&platform.gateway), notices_recorded(&second));
+    let (recorded_first, recorded_second) = (
+        notices_recorded(&platform.gateway),
+        notices_recorded(&second),
+    );
     println!(
         "{total} events over 2 replicas with a SIGKILL: settled in {settled:?}, notices recorded {recorded_first} + {recorded_second}, deadlocks {deadlocks_first} + {deadlocks_second}"
     );

@@ -211,7 +211,10 @@ mod tests {
             "assignment_id"
         );
         assert_eq!(
-            field_of(request_extension(&limits(), RequestExtensionRequest::default())),
+            field_of(request_extension(
+                &limits(),
+                RequestExtensionRequest::default()
+            )),
             "assignment_id"
         );
         assert_eq!(
@@ -235,12 +238,18 @@ mod tests {
             assignment_id: "a-1".into(),
             ..Default::default()
         };
-        assert_eq!(field_of(resolve(&limits(), resolve_without_resolution)), "resolution");
+        assert_eq!(
+            field_of(resolve(&limits(), resolve_without_resolution)),
+            "resolution"
+        );
         let return_without_reason = ReturnRequest {
             assignment_id: "a-1".into(),
             ..Default::default()
         };
-        assert_eq!(field_of(return_assignment(&limits(), return_without_reason)), "reason");
+        assert_eq!(
+            field_of(return_assignment(&limits(), return_without_reason)),
+            "reason"
+        );
     }
 
     #[test]
@@ -451,13 +460,16 @@ mod tests {
 
     #[test]
     fn a_valid_acknowledgement_keeps_its_fields() {
-        let checked = acknowledge(&limits(), AcknowledgeRequest {
-            assignment_id: "a-1".into(),
-            request_id: "r-1".into(),
-            responsible_person: "王师傅".into(),
-            contact_phone: "13800000000".into(),
-            promised_at: None,
-        })
+        let checked = acknowledge(
+            &limits(),
+            AcknowledgeRequest {
+                assignment_id: "a-1".into(),
+                request_id: "r-1".into(),
+                responsible_person: "王师傅".into(),
+                contact_phone: "13800000000".into(),
+                promised_at: None,
+            },
+        )
         .expect("valid");
         assert_eq!(checked.assignment_id, "a-1");
         assert_eq!(checked.request_id.as_deref(), Some("r-1"));

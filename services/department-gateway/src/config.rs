@@ -190,10 +190,12 @@ mod tests {
     #[test]
     fn subscription_bounds_are_validated() {
         for (max_per_department, poll_interval_ms) in [(0, 1000), (8, 0), (8, 3_600_000)] {
-            let mut config = GatewayConfig::default();
-            config.subscriptions = SubscriptionsConfig {
-                max_per_department,
-                poll_interval_ms,
+            let config = GatewayConfig {
+                subscriptions: SubscriptionsConfig {
+                    max_per_department,
+                    poll_interval_ms,
+                },
+                ..GatewayConfig::default()
             };
             let error = config.validate().expect_err("out of range");
             assert!(error.to_string().contains("subscriptions."), "{error}");

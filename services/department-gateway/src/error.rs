@@ -60,7 +60,9 @@ impl From<GatewayError> for tonic::Status {
             } => {
                 let details = ErrorDetails::with_quota_failure_violation(
                     format!("department:{department_code}"),
-                    format!("at most {limit} open subscriptions (subscriptions.max_per_department)"),
+                    format!(
+                        "at most {limit} open subscriptions (subscriptions.max_per_department)"
+                    ),
                 );
                 tonic::Status::with_error_details(
                     tonic::Code::ResourceExhausted,

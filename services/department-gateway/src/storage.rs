@@ -6,8 +6,8 @@ use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, QueryFilter,
     QueryOrder, QuerySelect,
 };
-use std::collections::BTreeSet;
 use sea_orm_migration::prelude::*;
+use std::collections::BTreeSet;
 
 pub mod department {
     use sea_orm::entity::prelude::*;
