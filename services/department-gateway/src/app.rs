@@ -2,11 +2,12 @@
 //! client and the gRPC server, run until shutdown.
 
 use crate::config::GatewayConfig;
+use crate::credentials::CredentialCache;
 use crate::forwarding::DispatchForwarder;
 use crate::grpc::GatewayGrpc;
 use crate::notices::{self, NoticeRecorder, NoticeSignal};
-use crate::storage::Migrator;
 use crate::slots::SubscriptionSlots;
+use crate::storage::Migrator;
 use crate::subscription::Subscriptions;
 use std::sync::Arc;
 use std::time::Duration;
@@ -75,6 +76,7 @@ pub async fn run(
     let service = GatewayGrpc {
         db: db.clone(),
         dispatch,
+        credentials: CredentialCache::default(),
         subscriptions: Subscriptions {
             db: db.clone(),
             clock,

@@ -2,7 +2,7 @@
 //! forwarded to dispatch.
 
 use crate::actions::{self, CheckedAction};
-use crate::credentials;
+use crate::credentials::{self, CredentialCache};
 use crate::domain;
 use crate::error::GatewayError;
 use crate::forwarding::DispatchForwarder;
@@ -29,6 +29,8 @@ pub const SOURCE: &str = "whistle-department-gateway";
 pub struct GatewayGrpc {
     pub db: DatabaseConnection,
     pub dispatch: DispatchForwarder,
+    /// Recently authenticated tokens, so a burst of calls costs one lookup.
+    pub credentials: CredentialCache,
     pub subscriptions: Subscriptions,
     /// What every request field is held to (`[limits]`).
     pub limits: LimitsConfig,
@@ -36,7 +38,7 @@ pub struct GatewayGrpc {
 
 impl GatewayGrpc {
     async fn authenticate<T>(&self, request: &Request<T>) -> Result<String, GatewayError> {
-        credentials::authenticate(&self.db, request.metadata()).await
+        credentials::authenticate(&self.db, &self.credentials, request.metadata()).await
     }
 
     /// Authenticates, checks the action, forwards it to dispatch, in a span that continues the
@@ -86,7 +88,9 @@ impl GatewayGrpc {
         let status = AssignmentStatus::try_from(request.status).map_err(|_| {
             GatewayError::invalid("status", format!("unknown status {}", request.status))
         })?;
-        let page_size = self.limits.check_page_size("page_size", request.page_size)?;
+        let page_size = self
+            .limits
+            .check_page_size("page_size", request.page_size)?;
         LimitsConfig::check_chars(
             "page_token",
             &request.page_token,
