@@ -123,6 +123,50 @@ impl ServiceProcess {
         self.spawn();
     }
 
+    /// The process id while it runs, e.g. to read its memory in `/proc/<pid>/status`.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sets (or replaces) an environment variable for the next start.
+    pub fn set_env(&mut self, key: impl Into<String>, value: impl Into<String>) {
+        self.env.insert(key.into(), value.into());
+    }
+
+    /// The service's database URL, for tests that check what it stored.
+    pub fn database_url(&self) -> String {
+        let key = format!("{}__DATABASE__URL", env_prefix(self.service));
+        self.env
+            .get(&key)
+            .cloned()
+            .expect("database url is configured")
+    }
+
+    /// A second instance of the same service: same configuration and database, its own port and
+    /// log file (`<service>-<name>.log`). Not started.
+    pub fn replica(&self, name: &str) -> ServiceProcess {
+        let port = free_port().expect("port");
+        let mut env = self.env.clone();
+        env.insert(
+            format!("{}__GRPC__LISTEN", env_prefix(self.service)),
+            format!("127.0.0.1:{port}"),
+        );
+        ServiceProcess {
+            service: self.service,
+            address: SocketAddr::from(([127, 0, 0, 1], port)),
+            env,
+            log: self
+                .log
+                .with_file_name(format!("{}-{name}.log", self.service)),
+            child: None,
+        }
+    }
+
+    /// Everything the service logged so far (stdout and stderr, over all its starts).
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     /// The last lines the service logged, for failure messages.
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();

@@ -2,12 +2,15 @@
 //! client and the gRPC server, run until shutdown.
 
 use crate::config::GatewayConfig;
+use crate::credentials::CredentialCache;
 use crate::forwarding::DispatchForwarder;
 use crate::grpc::GatewayGrpc;
 use crate::notices::{self, NoticeRecorder, NoticeSignal};
+use crate::slots::SubscriptionSlots;
 use crate::storage::Migrator;
 use crate::subscription::Subscriptions;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use whistle_platform::clock::{SharedClock, to_millis};
 use whistle_platform::grpc::{GrpcListener, HealthProbe};
@@ -63,15 +66,25 @@ pub async fn run(
         shutdown.clone(),
     ));
 
+    let counters_task = tokio::spawn(notices::follow_notice_counters(
+        db.clone(),
+        signal.clone(),
+        Duration::from_millis(config.subscriptions.poll_interval_ms),
+        shutdown.clone(),
+    ));
+
     let service = GatewayGrpc {
         db: db.clone(),
         dispatch,
+        credentials: CredentialCache::default(),
         subscriptions: Subscriptions {
             db: db.clone(),
             clock,
             signal,
             shutdown: shutdown.clone(),
+            slots: SubscriptionSlots::new(config.subscriptions.max_per_department),
         },
+        limits: config.limits.clone(),
     };
     let routes = tonic::service::Routes::new(
         DepartmentGatewayServer::new(service)
@@ -86,6 +99,7 @@ pub async fn run(
     let served = grpc::serve(listener, &config.grpc, routes, probe, shutdown.clone()).await;
     shutdown.cancel();
     let _ = consumer_task.await;
+    let _ = counters_task.await;
     db.close().await?;
     served
 }

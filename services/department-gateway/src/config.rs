@@ -23,6 +23,49 @@ pub struct GatewayConfig {
     pub limits: LimitsConfig,
     pub dispatch: DispatchConfig,
     pub catalogue: CatalogueConfig,
+    /// Bounds on department subscriptions (see docs/operations.md, "Gateway limits").
+    #[serde(default)]
+    pub subscriptions: SubscriptionsConfig,
+}
+
+/// How many `Subscribe` streams a department may hold, and how idle ones learn of notices that
+/// other replicas committed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SubscriptionsConfig {
+    /// Open `Subscribe` streams per department on one gateway process; beyond it RESOURCE_EXHAUSTED.
+    pub max_per_department: usize,
+    /// How often the gateway reads the departments' last sequences to wake idle subscriptions for
+    /// notices another replica committed (one query per gateway process, not per subscription).
+    /// Its own commits wake them at once.
+    pub poll_interval_ms: u64,
+}
+
+impl Default for SubscriptionsConfig {
+    fn default() -> Self {
+        Self {
+            max_per_department: 8,
+            poll_interval_ms: 1000,
+        }
+    }
+}
+
+impl SubscriptionsConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=10_000).contains(&self.max_per_department) {
+            return Err(ConfigError::Invalid(format!(
+                "subscriptions.max_per_department must be between 1 and 10000, got {}",
+                self.max_per_department
+            )));
+        }
+        if !(50..=60_000).contains(&self.poll_interval_ms) {
+            return Err(ConfigError::Invalid(format!(
+                "subscriptions.poll_interval_ms must be between 50 and 60000, got {}",
+                self.poll_interval_ms
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// Where dispatch serves `DispatchService`, to which department actions are forwarded.
@@ -66,6 +109,7 @@ impl Default for GatewayConfig {
             limits: LimitsConfig::default(),
             dispatch: DispatchConfig::default(),
             catalogue: CatalogueConfig::default(),
+            subscriptions: SubscriptionsConfig::default(),
         }
     }
 }
@@ -88,6 +132,7 @@ impl ServiceConfig for GatewayConfig {
         self.telemetry.validate()?;
         self.grpc.validate()?;
         self.limits.validate()?;
+        self.subscriptions.validate()?;
         let url = self.dispatch.url.as_str();
         let authority = url
             .strip_prefix("http://")
@@ -151,6 +196,22 @@ mod tests {
         let config = GatewayConfig::default();
         assert!(config.validate().is_ok());
         assert_eq!(config.grpc.listen.port(), 50053);
+    }
+
+    #[test]
+    fn subscription_bounds_are_validated() {
+        for (max_per_department, poll_interval_ms) in [(0, 1000), (8, 0), (8, 3_600_000)] {
+            let config = GatewayConfig {
+                subscriptions: SubscriptionsConfig {
+                    max_per_department,
+                    poll_interval_ms,
+                },
+                ..GatewayConfig::default()
+            };
+            let error = config.validate().expect_err("out of range");
+            assert!(error.to_string().contains("subscriptions."), "{error}");
+        }
+        assert_eq!(GatewayConfig::default().subscriptions.max_per_department, 8);
     }
 
     #[test]

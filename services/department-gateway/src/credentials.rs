@@ -6,13 +6,50 @@ use crate::error::GatewayError;
 use crate::storage::{self, credential, department};
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{ActiveValue::Set, DatabaseConnection, EntityTrait, TransactionTrait};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 use whistle_platform::clock::{Clock, SystemClock, to_millis};
+
+/// How long a token's department is remembered: a credential removed from the database stops
+/// working within this time.
+pub const CREDENTIAL_CACHE_TTL: Duration = Duration::from_secs(5);
+/// Tokens remembered at most; beyond it the expired ones are forgotten, or all of them.
+const CREDENTIAL_CACHE_ENTRIES: usize = 10_000;
+
+/// The departments of recently authenticated tokens (by digest), so a burst of calls with one token
+/// costs one database lookup instead of one each. Unknown tokens are never remembered.
+#[derive(Debug, Clone, Default)]
+pub struct CredentialCache {
+    entries: Arc<Mutex<HashMap<String, (String, Instant)>>>,
+}
+
+impl CredentialCache {
+    fn department_of(&self, token_sha256: &str, now: Instant) -> Option<String> {
+        let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        entries
+            .get(token_sha256)
+            .filter(|(_, expires_at)| now < *expires_at)
+            .map(|(department_code, _)| department_code.clone())
+    }
+
+    fn remember(&self, token_sha256: String, department_code: String, now: Instant) {
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        if entries.len() >= CREDENTIAL_CACHE_ENTRIES {
+            entries.retain(|_, (_, expires_at)| now < *expires_at);
+            if entries.len() >= CREDENTIAL_CACHE_ENTRIES {
+                entries.clear();
+            }
+        }
+        entries.insert(token_sha256, (department_code, now + CREDENTIAL_CACHE_TTL));
+    }
+}
 
 /// The department that sent a call, taken from its `authorization: Bearer <token>` metadata.
 pub async fn authenticate(
     db: &DatabaseConnection,
+    cache: &CredentialCache,
     metadata: &tonic::metadata::MetadataMap,
 ) -> Result<String, GatewayError> {
     let authorization = match metadata.get("authorization") {
@@ -25,14 +62,20 @@ pub async fn authenticate(
     };
     let token = domain::bearer_token(authorization)
         .map_err(|error| GatewayError::Unauthenticated(error.to_string()))?;
-    storage::department_of_token(db, &domain::token_digest(token))
+    let digest = domain::token_digest(token);
+    if let Some(department_code) = cache.department_of(&digest, Instant::now()) {
+        return Ok(department_code);
+    }
+    let department_code = storage::department_of_token(db, &digest)
         .await?
         .ok_or_else(|| {
             GatewayError::Unauthenticated(
                 "unknown token: ask the operator of the gateway for your department's credentials"
                     .into(),
             )
-        })
+        })?;
+    cache.remember(digest, department_code.clone(), Instant::now());
+    Ok(department_code)
 }
 
 /// A fresh token: 32 random bytes (from the OS generator, via two UUIDv4), hex-encoded.
@@ -221,6 +264,33 @@ async fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn remembered_departments_expire() {
+        let cache = CredentialCache::default();
+        let now = Instant::now();
+        assert_eq!(cache.department_of("digest", now), None);
+        cache.remember("digest".into(), "zw-sanitation".into(), now);
+        assert_eq!(
+            cache.department_of("digest", now + Duration::from_secs(1)),
+            Some("zw-sanitation".into())
+        );
+        assert_eq!(
+            cache.department_of("digest", now + CREDENTIAL_CACHE_TTL),
+            None
+        );
+    }
+
+    #[test]
+    fn the_cache_stays_bounded() {
+        let cache = CredentialCache::default();
+        let now = Instant::now();
+        for index in 0..CREDENTIAL_CACHE_ENTRIES + 10 {
+            cache.remember(format!("digest-{index}"), "zw-housing".into(), now);
+        }
+        let entries = cache.entries.lock().expect("lock").len();
+        assert!(entries <= CREDENTIAL_CACHE_ENTRIES, "{entries}");
+    }
 
     #[test]
     fn tokens_are_64_hex_characters_and_distinct() {

@@ -3,28 +3,7 @@
 
 use sha2::{Digest, Sha256};
 use std::fmt;
-
-/// A field the caller got wrong, named the way it is named in the request (`responsible_person`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldError {
-    pub field: String,
-    pub reason: String,
-}
-
-impl FieldError {
-    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            reason: reason.into(),
-        }
-    }
-}
-
-impl fmt::Display for FieldError {
-    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(formatter, "{}: {}", self.field, self.reason)
-    }
-}
+use whistle_platform::validation::{FieldError, LimitsConfig};
 
 /// Why a call carried no usable credential.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,57 +56,70 @@ pub fn token_digest(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
-/// An id (`assignment_id`) the caller must send: 1..=128 characters, no control characters.
-pub fn required_id(value: &str) -> Result<&str, String> {
+/// An id (`assignment_id`) the caller must send: 1 to `limits.id_chars` characters, no control
+/// characters.
+pub fn required_id<'a>(
+    limits: &LimitsConfig,
+    field: &str,
+    value: &'a str,
+) -> Result<&'a str, FieldError> {
     if value.is_empty() {
-        return Err("required".into());
+        return Err(FieldError::new(field, "required"));
     }
-    check_id_shape(value)?;
+    check_id_shape(limits, field, value)?;
     Ok(value)
 }
 
-/// The optional idempotency key of an action: empty, or 1..=128 characters without control characters.
-pub fn optional_request_id(value: &str) -> Result<Option<&str>, String> {
+/// An optional id (the idempotency key `request_id`): empty, or as [`required_id`].
+pub fn optional_id<'a>(
+    limits: &LimitsConfig,
+    field: &str,
+    value: &'a str,
+) -> Result<Option<&'a str>, FieldError> {
     if value.is_empty() {
         return Ok(None);
     }
-    check_id_shape(value)?;
+    check_id_shape(limits, field, value)?;
     Ok(Some(value))
 }
 
-fn check_id_shape(value: &str) -> Result<(), String> {
-    let length = value.chars().count();
-    if length > MAX_ID_CHARS {
-        return Err(format!("at most {MAX_ID_CHARS} characters, got {length}"));
-    }
+fn check_id_shape(limits: &LimitsConfig, field: &str, value: &str) -> Result<(), FieldError> {
+    limits.check_id(field, value)?;
     if value.chars().any(char::is_control) {
-        return Err("must not contain control characters".into());
+        return Err(FieldError::new(
+            field,
+            "must not contain control characters",
+        ));
     }
     Ok(())
 }
-
-/// Longest `request_id` and `assignment_id`.
-pub const MAX_ID_CHARS: usize = 128;
 
 /// Free text the action cannot do without (a responsible person, a resolution, a reason).
-pub fn required_text(value: &str) -> Result<(), String> {
+pub fn required_text(field: &str, value: &str) -> Result<(), FieldError> {
     if value.trim().is_empty() {
-        return Err("required".into());
+        return Err(FieldError::new(field, "required"));
     }
     Ok(())
 }
 
-/// Page size when the caller sends none.
-pub const DEFAULT_PAGE_SIZE: u64 = 50;
-/// Largest page; bigger requests are served this many.
-pub const MAX_PAGE_SIZE: u64 = 500;
+/// Characters of a SHA-256 in hex, the longest `sha256` of an evidence item.
+pub const SHA256_HEX_CHARS: usize = 64;
 
-/// The page size served for a requested one: 0 means the default, above the maximum means the maximum.
-pub fn page_size(requested: u32) -> u64 {
-    match u64::from(requested) {
-        0 => DEFAULT_PAGE_SIZE,
-        size => size.min(MAX_PAGE_SIZE),
-    }
+/// The `action_id` under which dispatch records a department's action: derived from the
+/// department and its `request_id`, so the same request retried is the same action, and two
+/// departments choosing the same `request_id` never meet (nor learn of each other's assignments).
+pub fn action_id(department_code: &str, request_id: &str) -> String {
+    let mut digest = Sha256::new();
+    digest.update(department_code.as_bytes());
+    digest.update([0]);
+    digest.update(request_id.as_bytes());
+    format!("gw-{}", hex::encode(digest.finalize()))
+}
+
+/// The longest page token a listing hands out: one for an assignment id of `limits.id_chars`
+/// characters of up to four bytes each.
+pub fn max_page_token_chars(limits: &LimitsConfig) -> usize {
+    1 + 2 * LimitsConfig::text_bytes(limits.id_chars)
 }
 
 /// The opaque token of the page after `last_assignment_id` (listings are ordered by assignment id).
@@ -182,24 +174,40 @@ mod tests {
 
     #[test]
     fn ids_and_texts() {
-        assert_eq!(required_id(""), Err("required".into()));
-        assert_eq!(required_id("a-1"), Ok("a-1"));
-        assert!(required_id(&"x".repeat(129)).is_err());
-        assert!(required_id("a\u{0}b").is_err());
-        assert_eq!(optional_request_id(""), Ok(None));
-        assert_eq!(optional_request_id("r-1"), Ok(Some("r-1")));
-        assert!(optional_request_id(&"好".repeat(128)).is_ok());
-        assert!(optional_request_id(&"好".repeat(129)).is_err());
-        assert!(required_text(" \n ").is_err());
-        assert!(required_text("王师傅").is_ok());
+        let limits = LimitsConfig::default();
+        fn message(result: Result<&str, FieldError>) -> Result<&str, String> {
+            result.map_err(|error| error.to_string())
+        }
+        assert_eq!(
+            message(required_id(&limits, "assignment_id", "")),
+            Err("assignment_id: required".into())
+        );
+        assert_eq!(required_id(&limits, "assignment_id", "a-1"), Ok("a-1"));
+        assert_eq!(
+            message(required_id(&limits, "assignment_id", &"x".repeat(129))),
+            Err("assignment_id: at most 128 characters".into())
+        );
+        assert!(required_id(&limits, "assignment_id", "a\u{0}b").is_err());
+        assert_eq!(optional_id(&limits, "request_id", ""), Ok(None));
+        assert_eq!(optional_id(&limits, "request_id", "r-1"), Ok(Some("r-1")));
+        assert!(optional_id(&limits, "request_id", &"好".repeat(128)).is_ok());
+        assert!(optional_id(&limits, "request_id", &"好".repeat(129)).is_err());
+        let tight = LimitsConfig {
+            id_chars: 4,
+            ..LimitsConfig::default()
+        };
+        assert!(optional_id(&tight, "request_id", "r-123").is_err());
+        assert!(required_text("reason", " \n ").is_err());
+        assert!(required_text("responsible_person", "王师傅").is_ok());
     }
 
     #[test]
-    fn page_sizes_are_clamped() {
-        assert_eq!(page_size(0), 50);
-        assert_eq!(page_size(7), 7);
-        assert_eq!(page_size(501), 500);
-        assert_eq!(page_size(u32::MAX), 500);
+    fn action_ids_are_per_department_and_stable() {
+        let first = action_id("zw-sanitation", "ack-1");
+        assert_eq!(first, action_id("zw-sanitation", "ack-1"));
+        assert_ne!(first, action_id("zw-housing", "ack-1"));
+        assert_ne!(action_id("a", "bc"), action_id("ab", "c"));
+        assert_eq!(first.len(), 67, "fits dispatch's 128-character action_id");
     }
 
     #[test]
@@ -212,8 +220,10 @@ mod tests {
 
     proptest! {
         #[test]
-        fn page_tokens_round_trip(last in "\\PC{1,64}") {
-            prop_assert_eq!(decode_page_token(&encode_page_token(&last)), Ok(Some(last)));
+        fn page_tokens_round_trip(last in "\\PC{1,128}") {
+            let token = encode_page_token(&last);
+            prop_assert!(token.chars().count() <= max_page_token_chars(&LimitsConfig::default()));
+            prop_assert_eq!(decode_page_token(&token), Ok(Some(last)));
         }
 
         #[test]
@@ -232,12 +242,6 @@ mod tests {
             prop_assume!(first != second);
             prop_assert_ne!(token_digest(&first), token_digest(&second));
             prop_assert_eq!(token_digest(&first).len(), 64);
-        }
-
-        #[test]
-        fn page_sizes_stay_in_range(requested in any::<u32>()) {
-            let size = page_size(requested);
-            prop_assert!((1..=MAX_PAGE_SIZE).contains(&size));
         }
     }
 }

@@ -1,7 +1,8 @@
 //! The gateway's errors and their one mapping to gRPC status codes.
 
-use crate::domain::FieldError;
 use sea_orm::DbErr;
+use tonic_types::{ErrorDetails, StatusExt};
+use whistle_platform::validation::FieldError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -10,6 +11,15 @@ pub enum GatewayError {
     Unauthenticated(String),
     #[error("{0}")]
     InvalidArgument(FieldError),
+    /// The caller's department already holds every subscription it may; only its own count is told.
+    #[error(
+        "too many subscriptions: department {department_code} has {open} open, at most {limit} (subscriptions.max_per_department); close one before opening another"
+    )]
+    TooManySubscriptions {
+        department_code: String,
+        open: usize,
+        limit: usize,
+    },
     /// Dispatch refused the action (INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED,
     /// FAILED_PRECONDITION, ...): its code and message are the department's answer.
     #[error("dispatch refused: {}", .0.message())]
@@ -42,8 +52,23 @@ impl From<GatewayError> for tonic::Status {
     fn from(error: GatewayError) -> Self {
         match error {
             GatewayError::Unauthenticated(message) => tonic::Status::unauthenticated(message),
-            GatewayError::InvalidArgument(field) => {
-                tonic::Status::invalid_argument(field.to_string())
+            GatewayError::InvalidArgument(field) => field.to_status(),
+            GatewayError::TooManySubscriptions {
+                ref department_code,
+                limit,
+                ..
+            } => {
+                let details = ErrorDetails::with_quota_failure_violation(
+                    format!("department:{department_code}"),
+                    format!(
+                        "at most {limit} open subscriptions (subscriptions.max_per_department)"
+                    ),
+                );
+                tonic::Status::with_error_details(
+                    tonic::Code::ResourceExhausted,
+                    error.to_string(),
+                    details,
+                )
             }
             GatewayError::Refused(status) => {
                 tonic::Status::new(status.code(), status.message().to_string())

@@ -36,9 +36,11 @@ impl DispatchForwarder {
         department_code: &str,
         action: CheckedAction,
     ) -> Result<Assignment, GatewayError> {
-        let action_id = action
-            .request_id
-            .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        // keyed by department, so one department's request_id never meets another's at dispatch
+        let action_id = match &action.request_id {
+            Some(request_id) => crate::domain::action_id(department_code, request_id),
+            None => uuid::Uuid::now_v7().to_string(),
+        };
         let mut request = tonic::Request::new(RecordDepartmentActionRequest {
             action_id,
             assignment_id: action.assignment_id,

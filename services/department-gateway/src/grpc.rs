@@ -2,8 +2,8 @@
 //! forwarded to dispatch.
 
 use crate::actions::{self, CheckedAction};
-use crate::credentials;
-use crate::domain::{self, FieldError};
+use crate::credentials::{self, CredentialCache};
+use crate::domain;
 use crate::error::GatewayError;
 use crate::forwarding::DispatchForwarder;
 use crate::storage::assignment;
@@ -12,6 +12,7 @@ use prost::Message;
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
+use whistle_platform::validation::{FieldError, LimitsConfig};
 use whistle_proto::gateway::department_gateway_server::DepartmentGateway;
 use whistle_proto::gateway::{
     AcknowledgeRequest, CheckInRequest, ListAssignmentsRequest, ListAssignmentsResponse,
@@ -28,12 +29,16 @@ pub const SOURCE: &str = "whistle-department-gateway";
 pub struct GatewayGrpc {
     pub db: DatabaseConnection,
     pub dispatch: DispatchForwarder,
+    /// Recently authenticated tokens, so a burst of calls costs one lookup.
+    pub credentials: CredentialCache,
     pub subscriptions: Subscriptions,
+    /// What every request field is held to (`[limits]`).
+    pub limits: LimitsConfig,
 }
 
 impl GatewayGrpc {
     async fn authenticate<T>(&self, request: &Request<T>) -> Result<String, GatewayError> {
-        credentials::authenticate(&self.db, request.metadata()).await
+        credentials::authenticate(&self.db, &self.credentials, request.metadata()).await
     }
 
     /// Authenticates, checks the action, forwards it to dispatch, in a span that continues the
@@ -41,7 +46,7 @@ impl GatewayGrpc {
     async fn act<T>(
         &self,
         request: Request<T>,
-        check: impl FnOnce(T) -> Result<CheckedAction, FieldError>,
+        check: impl FnOnce(&LimitsConfig, T) -> Result<CheckedAction, FieldError>,
     ) -> Result<Response<Assignment>, Status> {
         let department_code = self.authenticate(&request).await?;
         let traceparent = request
@@ -49,7 +54,7 @@ impl GatewayGrpc {
             .get("traceparent")
             .and_then(|value| value.to_str().ok())
             .map(str::to_string);
-        let action = check(request.into_inner()).map_err(GatewayError::from)?;
+        let action = check(&self.limits, request.into_inner()).map_err(GatewayError::from)?;
         let span = tracing::info_span!(
             "department_action",
             action = action.name(),
@@ -83,7 +88,14 @@ impl GatewayGrpc {
         let status = AssignmentStatus::try_from(request.status).map_err(|_| {
             GatewayError::invalid("status", format!("unknown status {}", request.status))
         })?;
-        let page_size = domain::page_size(request.page_size);
+        let page_size = self
+            .limits
+            .check_page_size("page_size", request.page_size)?;
+        LimitsConfig::check_chars(
+            "page_token",
+            &request.page_token,
+            domain::max_page_token_chars(&self.limits),
+        )?;
         let after = domain::decode_page_token(&request.page_token)
             .map_err(|reason| GatewayError::invalid("page_token", reason))?;
         let mut query = assignment::Entity::find()
@@ -131,7 +143,7 @@ impl DepartmentGateway for GatewayGrpc {
         let department_code = self.authenticate(&request).await?;
         let after_sequence = request.into_inner().after_sequence;
         Ok(Response::new(
-            self.subscriptions.open(department_code, after_sequence),
+            self.subscriptions.open(department_code, after_sequence)?,
         ))
     }
 

@@ -1,42 +1,93 @@
 //! Consuming the whistle events: each event addressed to a department is appended to that
 //! department's notice log and updates the assignments projection, in the inbox's transaction.
+//! And telling waiting subscriptions how far each department's log has been committed.
 
 use crate::storage::{self, assignment, notice};
 use prost::Message;
-use sea_orm::{ActiveValue::Set, DatabaseTransaction, EntityTrait};
-use tokio::sync::watch;
+use sea_orm::{ActiveValue::Set, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
 use whistle_platform::clock::{SharedClock, to_millis};
 use whistle_platform::envelope::{self, Event, assignment_of};
-use whistle_platform::inbox::{EventHandler, HandleError};
+use whistle_platform::inbox::{BatchEvent, EventHandler, HandleError};
 
 /// Durable consumer name, shared by every gateway replica.
 pub const CONSUMER: &str = "department-gateway";
 /// Every whistle event; those not addressed to a department are skipped.
 pub const FILTER_SUBJECT: &str = "whistle.v1.>";
 
-/// Tells waiting subscriptions that notices were committed in this process.
+/// The last committed sequence of each department's notice log, as far as this process knows:
+/// what idle subscriptions wait on. Kept current by [`follow_notice_counters`].
 #[derive(Debug, Clone)]
 pub struct NoticeSignal {
-    sender: watch::Sender<u64>,
+    latest: watch::Sender<HashMap<String, i64>>,
+    committed: Arc<Notify>,
 }
 
 impl Default for NoticeSignal {
     fn default() -> Self {
         Self {
-            sender: watch::Sender::new(0),
+            latest: watch::Sender::new(HashMap::new()),
+            committed: Arc::new(Notify::new()),
         }
     }
 }
 
 impl NoticeSignal {
+    /// This process committed notices: the counters are read again at once.
     pub fn notify(&self) {
-        self.sender
-            .send_modify(|commits| *commits = commits.wrapping_add(1));
+        self.committed.notify_one();
     }
 
-    /// A receiver that sees every commit after this call.
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.sender.subscribe()
+    /// A receiver of the last committed sequence per department; it sees every raise after this call.
+    pub fn subscribe(&self) -> watch::Receiver<HashMap<String, i64>> {
+        self.latest.subscribe()
+    }
+
+    /// Raises the known sequences to `counters`; wakes the subscriptions only when one rose.
+    pub fn raise(&self, counters: impl IntoIterator<Item = (String, i64)>) {
+        self.latest.send_if_modified(|latest| {
+            let mut raised = false;
+            for (department_code, sequence) in counters {
+                match latest.get_mut(&department_code) {
+                    Some(known) if *known >= sequence => {}
+                    Some(known) => {
+                        *known = sequence;
+                        raised = true;
+                    }
+                    None => {
+                        latest.insert(department_code, sequence);
+                        raised = true;
+                    }
+                }
+            }
+            raised
+        });
+    }
+}
+
+/// Reads every department's last committed sequence (one query for the whole process, however many
+/// subscriptions wait) right after this process committed notices and every `poll_interval` for
+/// those other replicas committed, and raises `signal`, until `shutdown`.
+pub async fn follow_notice_counters(
+    db: DatabaseConnection,
+    signal: NoticeSignal,
+    poll_interval: Duration,
+    shutdown: CancellationToken,
+) {
+    loop {
+        match storage::notice_counters(&db).await {
+            Ok(counters) => signal.raise(counters),
+            Err(error) => tracing::warn!(%error, "reading the notice counters failed"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = signal.committed.notified() => {}
+            _ = tokio::time::sleep(poll_interval) => {}
+        }
     }
 }
 
@@ -54,6 +105,22 @@ impl NoticeRecorder {
 }
 
 impl EventHandler for NoticeRecorder {
+    /// Takes the notice counters of every department the batch addresses, in code order, before
+    /// anything is written (see [`storage::lock_notice_counters`]).
+    async fn before_batch(
+        &self,
+        transaction: &DatabaseTransaction,
+        events: &[BatchEvent<'_>],
+    ) -> Result<(), DbErr> {
+        let departments: BTreeSet<&str> = events
+            .iter()
+            .filter_map(|batch_event| batch_event.event.payload.as_ref())
+            .filter_map(envelope::department_of)
+            .filter(|code| envelope::is_subject_token(code))
+            .collect();
+        storage::lock_notice_counters(transaction, &departments).await
+    }
+
     async fn handle(
         &self,
         transaction: &DatabaseTransaction,

@@ -3,10 +3,11 @@
 
 use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect,
 };
 use sea_orm_migration::prelude::*;
+use std::collections::BTreeSet;
 
 pub mod department {
     use sea_orm::entity::prelude::*;
@@ -150,9 +151,58 @@ pub async fn department_of_token<C: ConnectionTrait>(
         .map(|credential| credential.department_code))
 }
 
+/// Creates the notice counters of `department_codes` that do not exist yet and locks them all
+/// until the transaction ends, in ascending code order (PostgreSQL; SQLite has one writer at a
+/// time and needs none of this). A consumer batch takes every counter it will use this way before
+/// it writes anything, so two replicas never hold one counter each while waiting for the other's.
+pub async fn lock_notice_counters<C: ConnectionTrait>(
+    connection: &C,
+    department_codes: &BTreeSet<&str>,
+) -> Result<(), DbErr> {
+    if department_codes.is_empty() || connection.get_database_backend() != DbBackend::Postgres {
+        return Ok(());
+    }
+    // rows are inserted in the order given, so new counters are also taken in code order
+    notice_counter::Entity::insert_many(department_codes.iter().map(|code| {
+        notice_counter::ActiveModel {
+            department_code: Set(String::from(*code)),
+            last_sequence: Set(0),
+        }
+    }))
+    .on_conflict_do_nothing()
+    .exec_without_returning(connection)
+    .await?;
+    let locked = notice_counter::Entity::find()
+        .filter(notice_counter::Column::DepartmentCode.is_in(department_codes.iter().copied()))
+        .order_by_asc(notice_counter::Column::DepartmentCode)
+        .lock_exclusive()
+        .all(connection)
+        .await?;
+    if locked.len() != department_codes.len() {
+        return Err(DbErr::Custom(format!(
+            "locked {} of {} notice counters",
+            locked.len(),
+            department_codes.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Every department's last notice sequence, as committed.
+pub async fn notice_counters<C: ConnectionTrait>(
+    connection: &C,
+) -> Result<Vec<(String, i64)>, DbErr> {
+    Ok(notice_counter::Entity::find()
+        .all(connection)
+        .await?
+        .into_iter()
+        .map(|counter| (counter.department_code, counter.last_sequence))
+        .collect())
+}
+
 /// Hands out the next sequence of a department's notice log. Call inside the transaction that
-/// inserts the notice: on PostgreSQL the counter row stays locked until commit, so concurrent
-/// writers queue and readers never see a gap.
+/// inserts the notice: the counter row stays locked until commit (on PostgreSQL; SQLite has one
+/// writer), so concurrent writers queue, sequences commit in order and readers never see a gap.
 pub async fn next_notice_sequence<C: ConnectionTrait>(
     connection: &C,
     department_code: &str,

@@ -1,14 +1,19 @@
 //! One department's subscription: its notices after the sequence the caller names, read from the
-//! database in batches, then live, woken by commits in this process and by a poll (other replicas
-//! write the same log).
+//! database in batches, then live. An idle subscription costs no query: it waits until the
+//! department's last committed sequence (see [`NoticeSignal`]) passes what it has sent.
+//!
+//! The subscription is the stream tonic sends from, with no task or buffer of its own: when the
+//! caller goes away tonic drops it, and with it the department's slot.
 
 use crate::error::GatewayError;
 use crate::notices::NoticeSignal;
+use crate::slots::{SubscriptionSlot, SubscriptionSlots};
 use crate::storage::{self, notice};
+use futures::Stream;
 use sea_orm::DatabaseConnection;
-use std::time::Duration;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use whistle_platform::clock::{SharedClock, to_millis, to_proto_timestamp};
@@ -17,10 +22,6 @@ use whistle_proto::gateway::Notice;
 
 /// Notices read from the database per query.
 const BATCH_SIZE: u64 = 256;
-/// Notices buffered between the reader and the caller's connection.
-const BUFFER: usize = 64;
-/// How often an idle subscription looks for notices written by other replicas.
-const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What every subscription shares.
 #[derive(Debug, Clone)]
@@ -30,92 +31,155 @@ pub struct Subscriptions {
     pub signal: NoticeSignal,
     /// Cancelled when the gateway stops: open subscriptions end with UNAVAILABLE so callers reconnect.
     pub shutdown: CancellationToken,
+    /// Open subscriptions per department, bounded by `subscriptions.max_per_department`.
+    pub slots: SubscriptionSlots,
 }
 
 /// The stream handed to tonic for one subscription.
-pub type NoticeStream = ReceiverStream<Result<Notice, Status>>;
+pub type NoticeStream = Pin<Box<dyn Stream<Item = Result<Notice, Status>> + Send + 'static>>;
 
 impl Subscriptions {
-    /// Starts streaming `department_code`'s notices with a sequence above `after_sequence`.
-    pub fn open(&self, department_code: String, after_sequence: u64) -> NoticeStream {
-        let (sender, receiver) = mpsc::channel(BUFFER);
-        let subscriptions = self.clone();
-        tokio::spawn(async move {
-            tracing::info!(department = %department_code, after_sequence, "subscription opened");
-            let last = subscriptions
-                .stream(&department_code, after_sequence, sender)
-                .await;
-            tracing::info!(department = %department_code, last_sent = last, "subscription closed");
-        });
-        ReceiverStream::new(receiver)
-    }
-
-    /// Sends notices until the caller goes away, the gateway stops or the database fails; returns
-    /// the last sequence sent.
-    async fn stream(
+    /// Streams `department_code`'s notices with a sequence above `after_sequence`, unless the
+    /// department already has as many subscriptions open as it may.
+    pub fn open(
         &self,
-        department_code: &str,
+        department_code: String,
         after_sequence: u64,
-        sender: mpsc::Sender<Result<Notice, Status>>,
-    ) -> i64 {
-        let mut commits = self.signal.subscribe();
-        let mut after = i64::try_from(after_sequence).unwrap_or(i64::MAX);
+    ) -> Result<NoticeStream, GatewayError> {
+        let slot = self.slots.try_acquire(&department_code).map_err(|taken| {
+            tracing::debug!(department = %department_code, open = taken.open, limit = taken.limit, "subscription refused");
+            GatewayError::TooManySubscriptions {
+                department_code: department_code.clone(),
+                open: taken.open,
+                limit: taken.limit,
+            }
+        })?;
+        tracing::info!(department = %department_code, after_sequence, "subscription opened");
+        let subscription = Subscription {
+            latest: self.signal.subscribe(),
+            shared: self.clone(),
+            after: i64::try_from(after_sequence).unwrap_or(i64::MAX),
+            recorded: i64::try_from(after_sequence).unwrap_or(i64::MAX),
+            department_code,
+            pending: VecDeque::new(),
+            must_read: true,
+            finished: false,
+            _slot: slot,
+        };
+        Ok(Box::pin(futures::stream::unfold(
+            subscription,
+            |mut subscription| async move {
+                let item = subscription.next().await?;
+                Some((item, subscription))
+            },
+        )))
+    }
+}
+
+/// The state of one open subscription.
+struct Subscription {
+    shared: Subscriptions,
+    department_code: String,
+    /// The last sequence handed to tonic.
+    after: i64,
+    /// The last sequence written to the delivery cursor.
+    recorded: i64,
+    /// Read but not yet handed out.
+    pending: VecDeque<notice::Model>,
+    /// Read even if the signal says nothing new: at the start, and after a full batch.
+    must_read: bool,
+    latest: watch::Receiver<HashMap<String, i64>>,
+    finished: bool,
+    _slot: SubscriptionSlot,
+}
+
+impl Subscription {
+    /// The next notice; an error status ends the stream, `None` ends it without one.
+    async fn next(&mut self) -> Option<Result<Notice, Status>> {
+        if self.finished {
+            return None;
+        }
         loop {
-            // mark what has been seen before reading, so a commit during the read wakes us again
-            commits.borrow_and_update();
-            let batch =
-                match storage::notices_after(&self.db, department_code, after, BATCH_SIZE).await {
-                    Ok(batch) => batch,
-                    Err(error) => {
-                        let status = Status::from(GatewayError::Database(error));
-                        let _ = sender.send(Err(status)).await;
-                        return after;
-                    }
-                };
-            let Some(last_in_batch) = batch.last().map(|row| row.sequence) else {
-                tokio::select! {
-                    _ = self.shutdown.cancelled() => {
-                        let _ = sender.try_send(Err(shutting_down()));
-                        return after;
-                    }
-                    _ = sender.closed() => return after,
-                    Ok(()) = commits.changed() => {}
-                    _ = tokio::time::sleep(POLL_INTERVAL) => {}
-                }
-                continue;
-            };
-            for row in batch {
+            if self.shared.shutdown.is_cancelled() {
+                self.record_delivery().await;
+                return self.finish(shutting_down());
+            }
+            if let Some(row) = self.pending.pop_front() {
                 let sequence = row.sequence;
-                let notice = match self.to_notice(row) {
-                    Ok(notice) => notice,
-                    Err(error) => {
-                        let _ = sender.send(Err(Status::from(error))).await;
-                        return after;
-                    }
-                };
-                tokio::select! {
-                    sent = sender.send(Ok(notice)) => {
-                        if sent.is_err() {
-                            return after;
-                        }
+                return match self.to_notice(row) {
+                    Ok(notice) => {
+                        self.after = sequence;
                         whistle_platform::metrics::metrics().notices_delivered.add(
                             1,
-                            &[whistle_platform::metrics::attribute("department", department_code.to_string())],
+                            &[whistle_platform::metrics::attribute(
+                                "department",
+                                self.department_code.clone(),
+                            )],
                         );
+                        Some(Ok(notice))
                     }
-                    _ = self.shutdown.cancelled() => {
-                        let _ = sender.try_send(Err(shutting_down()));
-                        return after;
+                    Err(error) => self.finish(error.into()),
+                };
+            }
+            self.record_delivery().await;
+            // mark what has been seen before reading, so a commit during the read wakes us again
+            let latest = self
+                .latest
+                .borrow_and_update()
+                .get(&self.department_code)
+                .copied();
+            if self.must_read || latest.is_some_and(|latest| latest > self.after) {
+                match storage::notices_after(
+                    &self.shared.db,
+                    &self.department_code,
+                    self.after,
+                    BATCH_SIZE,
+                )
+                .await
+                {
+                    Ok(batch) => {
+                        self.must_read = batch.len() as u64 == BATCH_SIZE;
+                        if !batch.is_empty() {
+                            self.pending = batch.into();
+                            continue;
+                        }
+                    }
+                    Err(error) => return self.finish(GatewayError::Database(error).into()),
+                }
+            }
+            tokio::select! {
+                _ = self.shared.shutdown.cancelled() => {}
+                changed = self.latest.changed() => {
+                    if changed.is_err() {
+                        return self.finish(shutting_down());
                     }
                 }
-                after = sequence;
             }
-            debug_assert_eq!(after, last_in_batch);
-            let now_ms = to_millis(self.clock.now());
-            if let Err(error) =
-                storage::advance_delivery_cursor(&self.db, department_code, after, now_ms).await
-            {
-                tracing::warn!(department = %department_code, sequence = after, %error, "recording the delivery cursor failed");
+        }
+    }
+
+    fn finish(&mut self, status: Status) -> Option<Result<Notice, Status>> {
+        self.finished = true;
+        Some(Err(status))
+    }
+
+    /// Raises the department's delivery cursor to what has been handed out, for operators.
+    async fn record_delivery(&mut self) {
+        if self.after <= self.recorded {
+            return;
+        }
+        let now_ms = to_millis(self.shared.clock.now());
+        match storage::advance_delivery_cursor(
+            &self.shared.db,
+            &self.department_code,
+            self.after,
+            now_ms,
+        )
+        .await
+        {
+            Ok(()) => self.recorded = self.after,
+            Err(error) => {
+                tracing::warn!(department = %self.department_code, sequence = self.after, %error, "recording the delivery cursor failed");
             }
         }
     }
@@ -133,9 +197,15 @@ impl Subscriptions {
             kind: row.kind,
             case_id: row.case_id,
             assignment_id: row.assignment_id,
-            delivered_at: Some(to_proto_timestamp(self.clock.now())),
+            delivered_at: Some(to_proto_timestamp(self.shared.clock.now())),
             event: Some(event),
         })
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        tracing::info!(department = %self.department_code, last_sent = self.after, "subscription closed");
     }
 }
 

@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Streaming};
+use tonic_types::StatusExt;
 use whistle_department_gateway::GatewayConfig;
 use whistle_department_gateway::storage::{delivery_cursor, notice};
 use whistle_platform::SystemClock;
@@ -748,5 +749,195 @@ async fn actions_are_checked_locally_and_dispatch_down_is_unavailable() {
     assert_eq!(unreachable.code(), Code::Unavailable);
     assert_eq!(unreachable.message(), "dispatch unreachable");
 
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn subscriptions_are_bounded_per_department_and_every_ended_one_frees_its_slot() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = LocalNatsServer::start(&dir.path().join("nats")).expect("nats-server");
+    let mut settings = config(dir.path(), &nats, closed_dispatch_url());
+    settings.subscriptions.max_per_department = 2;
+    let database = settings.database.clone();
+    let mut gateway = start(settings).await;
+    let tokens = read_tokens(&credentials_path(dir.path()));
+    let sanitation = tokens["zw-sanitation"].clone();
+    let housing = tokens["zw-housing"].clone();
+    let water = tokens["sy-water"].clone();
+
+    let first = subscribe(&mut gateway.client, &sanitation, 0).await;
+    let _second = subscribe(&mut gateway.client, &sanitation, 0).await;
+    let refused = gateway
+        .client
+        .subscribe(authed(SubscribeRequest { after_sequence: 0 }, &sanitation))
+        .await
+        .expect_err("a third subscription is over the limit");
+    assert_eq!(refused.code(), Code::ResourceExhausted);
+    assert_eq!(
+        refused.message(),
+        "too many subscriptions: department zw-sanitation has 2 open, at most 2 \
+         (subscriptions.max_per_department); close one before opening another"
+    );
+    let quota = refused.get_error_details();
+    let violations = &quota.quota_failure().expect("quota failure").violations;
+    assert_eq!(violations[0].subject, "department:zw-sanitation");
+    // the limit is per department: another one is not affected
+    let _housing = subscribe(&mut gateway.client, &housing, 0).await;
+
+    // a caller that goes away frees its slot
+    drop(first);
+    let _third = subscribe_when_free(&mut gateway.client, &sanitation, 0).await;
+
+    // a stream that ends with an error frees its slot, even while the caller still holds it
+    // one slot held by a subscription past the broken notice, the other by the one that meets it
+    let _water = subscribe(&mut gateway.client, &water, 1).await;
+    let db = whistle_platform::db::connect(&database)
+        .await
+        .expect("database");
+    notice::Entity::insert(notice::ActiveModel {
+        department_code: sea_orm::ActiveValue::Set("sy-water".into()),
+        sequence: sea_orm::ActiveValue::Set(1),
+        event_id: sea_orm::ActiveValue::Set("not-an-event".into()),
+        subject: sea_orm::ActiveValue::Set("whistle.v1.x.y.z.sy-water.issued".into()),
+        kind: sea_orm::ActiveValue::Set("whistle.issued".into()),
+        case_id: sea_orm::ActiveValue::Set("case-x".into()),
+        assignment_id: sea_orm::ActiveValue::Set("a-x".into()),
+        event: sea_orm::ActiveValue::Set(vec![0xff, 0xff, 0xff]),
+        created_at_ms: sea_orm::ActiveValue::Set(0),
+        ..Default::default()
+    })
+    .exec_without_returning(&db)
+    .await
+    .expect("a notice that does not decode");
+    db.close().await.expect("close");
+    let mut broken = subscribe(&mut gateway.client, &water, 0).await;
+    let ended = tokio::time::timeout(WAIT, broken.message())
+        .await
+        .expect("ends in time")
+        .expect_err("ends with an error");
+    assert_eq!(ended.code(), Code::Internal);
+    assert_eq!(ended.message(), "internal error", "nothing stored is told");
+    let _after_the_broken_one = subscribe_when_free(&mut gateway.client, &water, 1).await;
+    drop(broken);
+
+    gateway.stop().await;
+}
+
+/// Subscribes once the department has a free slot again (the gateway frees it when it notices the
+/// previous stream ended), polling with a deadline.
+async fn subscribe_when_free(
+    client: &mut DepartmentGatewayClient<Channel>,
+    token: &str,
+    after_sequence: u64,
+) -> Streaming<Notice> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match client
+            .subscribe(authed(SubscribeRequest { after_sequence }, token))
+            .await
+        {
+            Ok(response) => return response.into_inner(),
+            Err(status) if status.code() == Code::ResourceExhausted => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the slot was never freed: {status:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(status) => panic!("subscribe failed: {status:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_request_field_is_held_to_the_configured_limits() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = LocalNatsServer::start(&dir.path().join("nats")).expect("nats-server");
+    let mut settings = config(dir.path(), &nats, closed_dispatch_url());
+    settings.limits.name_chars = 10;
+    settings.limits.attachments = 1;
+    let mut gateway = start(settings).await;
+    let tokens = read_tokens(&credentials_path(dir.path()));
+    let sanitation = tokens["zw-sanitation"].clone();
+    let client = &mut gateway.client;
+
+    let refusals = [
+        (
+            "responsible_person",
+            "responsible_person: at most 10 characters",
+            client
+                .acknowledge(authed(
+                    AcknowledgeRequest {
+                        assignment_id: "a-1".into(),
+                        responsible_person: "王".repeat(11),
+                        ..Default::default()
+                    },
+                    &sanitation,
+                ))
+                .await,
+        ),
+        (
+            "evidence",
+            "evidence: at most 1 items",
+            client
+                .resolve(authed(
+                    ResolveRequest {
+                        assignment_id: "a-1".into(),
+                        resolution: "已清运".into(),
+                        evidence: vec![Default::default(), Default::default()],
+                        ..Default::default()
+                    },
+                    &sanitation,
+                ))
+                .await,
+        ),
+        (
+            "assignment_id",
+            "assignment_id: at most 128 characters",
+            client
+                .check_in(authed(
+                    CheckInRequest {
+                        assignment_id: "a".repeat(129),
+                        ..Default::default()
+                    },
+                    &sanitation,
+                ))
+                .await,
+        ),
+    ];
+    for (field, message, result) in refusals {
+        let status = result.expect_err(field);
+        assert_eq!(status.code(), Code::InvalidArgument, "{field}");
+        assert_eq!(status.message(), message);
+        let details = status.get_error_details();
+        let violations = &details.bad_request().expect("bad request").field_violations;
+        assert_eq!(violations[0].field, field);
+    }
+    let too_big_a_page = client
+        .list_assignments(authed(
+            ListAssignmentsRequest {
+                page_size: 501,
+                ..Default::default()
+            },
+            &sanitation,
+        ))
+        .await
+        .expect_err("page over the limit");
+    assert_eq!(too_big_a_page.message(), "page_size: at most 500");
+    let huge_token = client
+        .list_assignments(authed(
+            ListAssignmentsRequest {
+                page_token: "a".repeat(10_000),
+                ..Default::default()
+            },
+            &sanitation,
+        ))
+        .await
+        .expect_err("page token over the limit");
+    assert!(
+        huge_token.message().starts_with("page_token: at most"),
+        "{}",
+        huge_token.message()
+    );
     gateway.stop().await;
 }

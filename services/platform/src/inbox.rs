@@ -73,6 +73,13 @@ pub enum HandleError {
     Transient(#[from] DbErr),
 }
 
+/// One decoded event of a batch, as [`EventHandler::before_batch`] sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchEvent<'a> {
+    pub subject: &'a str,
+    pub event: &'a Event,
+}
+
 /// Applies events inside the consumer's transaction.
 pub trait EventHandler: Send + Sync + 'static {
     fn handle(
@@ -81,6 +88,20 @@ pub trait EventHandler: Send + Sync + 'static {
         subject: &str,
         event: &Event,
     ) -> impl Future<Output = Result<(), HandleError>> + Send;
+
+    /// Called at the start of each batch transaction, before any event is handled, with every
+    /// decodable event of the batch (redeliveries included). A handler that locks rows per event
+    /// takes those locks here, all at once and in one global order, so that replicas applying
+    /// batches concurrently never wait on each other in a cycle. An error aborts the batch, which
+    /// is redelivered. Does nothing by default.
+    fn before_batch(
+        &self,
+        transaction: &DatabaseTransaction,
+        events: &[BatchEvent<'_>],
+    ) -> impl Future<Output = Result<(), DbErr>> + Send {
+        let _ = (transaction, events);
+        async { Ok(()) }
+    }
 
     /// Called after a batch committed (to wake an outbox relay or waiting subscribers).
     fn after_commit(&self) {}
@@ -97,6 +118,40 @@ pub struct ConsumerSpec {
     pub max_batch: usize,
 }
 
+/// The longest wait between restarts of an interrupted consumer.
+const MAX_RESTART_DELAY: Duration = Duration::from_secs(15);
+
+/// The wait before restarting a consumer after its `consecutive_failures`-th interruption in a row
+/// (counted from 1): 200 ms, doubling, at most [`MAX_RESTART_DELAY`].
+fn restart_delay(consecutive_failures: u32) -> Duration {
+    let doublings = consecutive_failures.saturating_sub(1).min(7);
+    Duration::from_millis(200u64 << doublings).min(MAX_RESTART_DELAY)
+}
+
+/// Restart waits of one consumer: they grow while restarts keep failing and start over once the
+/// consumer works again (a batch applied, or a run longer than the longest wait).
+#[derive(Debug, Default)]
+struct RestartBackoff {
+    consecutive_failures: u32,
+}
+
+impl RestartBackoff {
+    /// The wait after an interruption of a run that lasted `ran_for`.
+    fn interrupted(&mut self, ran_for: Duration) -> Duration {
+        if ran_for > MAX_RESTART_DELAY {
+            // it fetched fine for a while: a fresh failure, not the same outage
+            self.consecutive_failures = 0;
+        }
+        self.consecutive_failures = self.consecutive_failures.saturating_add(1);
+        restart_delay(self.consecutive_failures)
+    }
+
+    /// A batch was applied; returns whether this ends a run of failures.
+    fn succeeded(&mut self) -> bool {
+        std::mem::take(&mut self.consecutive_failures) > 0
+    }
+}
+
 /// Consumes until `shutdown`: stops fetching, finishes the batch in hand, acks it, returns.
 pub async fn run_consumer<H: EventHandler>(
     jetstream: jetstream::Context,
@@ -106,14 +161,23 @@ pub async fn run_consumer<H: EventHandler>(
     handler: Arc<H>,
     shutdown: CancellationToken,
 ) {
-    let mut failures: u32 = 0;
+    let mut backoff = RestartBackoff::default();
     while !shutdown.is_cancelled() {
-        match consume(&jetstream, &db, &clock, &spec, &handler, &shutdown).await {
+        let started = tokio::time::Instant::now();
+        let result = consume(
+            &jetstream,
+            &db,
+            &clock,
+            &spec,
+            &handler,
+            &shutdown,
+            &mut backoff,
+        )
+        .await;
+        match result {
             Ok(()) => return,
             Err(error) => {
-                failures = failures.saturating_add(1);
-                let wait =
-                    Duration::from_millis(200u64 << failures.min(7)).min(Duration::from_secs(15));
+                let wait = backoff.interrupted(started.elapsed());
                 tracing::warn!(consumer = %spec.durable, %error, ?wait, "consumer interrupted, restarting");
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
@@ -131,6 +195,7 @@ async fn consume<H: EventHandler>(
     spec: &ConsumerSpec,
     handler: &Arc<H>,
     shutdown: &CancellationToken,
+    backoff: &mut RestartBackoff,
 ) -> anyhow::Result<()> {
     let stream = jetstream.get_stream(&spec.stream).await?;
     let consumer = stream
@@ -168,6 +233,9 @@ async fn consume<H: EventHandler>(
         }
         apply_batch(db, clock, &spec.durable, handler, &messages).await?;
         handler.after_commit();
+        if backoff.succeeded() {
+            tracing::info!(consumer = %spec.durable, "consumer recovered");
+        }
         for message in &messages {
             if let Err(error) = message.ack().await {
                 tracing::warn!(%error, "ack failed, the event will be redelivered and skipped");
@@ -194,6 +262,39 @@ enum EventOutcome {
     Transient(DbErr),
 }
 
+/// A message of a batch, decoded once for every attempt at the batch.
+struct Inbound<'a> {
+    subject: &'a str,
+    traceparent: Option<&'a str>,
+    /// `None` when the payload is not an event; it is recorded under `message_id` and dropped.
+    event: Option<Event>,
+    message_id: Option<&'a str>,
+}
+
+impl<'a> Inbound<'a> {
+    fn decode(consumer: &str, message: &'a jetstream::Message) -> Self {
+        let subject = message.subject.as_str();
+        let headers = message.headers.as_ref();
+        let event = match envelope::decode(&message.payload) {
+            Ok(event) => Some(event),
+            Err(error) => {
+                tracing::error!(consumer, subject, %error, "undecodable event dropped");
+                None
+            }
+        };
+        Self {
+            subject,
+            traceparent: headers
+                .and_then(|headers| headers.get("traceparent"))
+                .map(|value| value.as_str()),
+            event,
+            message_id: headers
+                .and_then(|headers| headers.get(async_nats::header::NATS_MESSAGE_ID))
+                .map(|value| value.as_str()),
+        }
+    }
+}
+
 /// Applies a batch in one transaction. The fast path runs every handler directly in it; rejections
 /// are rare, so only a batch that meets one is redone with a savepoint per event.
 async fn apply_batch<H: EventHandler>(
@@ -203,10 +304,26 @@ async fn apply_batch<H: EventHandler>(
     handler: &Arc<H>,
     messages: &[jetstream::Message],
 ) -> anyhow::Result<()> {
-    if apply_batch_isolated(db, clock, consumer, handler, messages, Isolation::Batch).await? {
-        return Ok(());
+    let inbound: Vec<Inbound<'_>> = messages
+        .iter()
+        .map(|message| Inbound::decode(consumer, message))
+        .collect();
+    let mut applied =
+        apply_batch_isolated(db, clock, consumer, handler, &inbound, Isolation::Batch).await;
+    if matches!(applied, Ok(false)) {
+        applied =
+            apply_batch_isolated(db, clock, consumer, handler, &inbound, Isolation::PerEvent).await;
     }
-    apply_batch_isolated(db, clock, consumer, handler, messages, Isolation::PerEvent).await?;
+    if let Err(error) = applied {
+        // whatever failed (a deadlock, a lost connection), JetStream redelivers the batch soon
+        // rather than after the ack wait
+        for message in messages {
+            let _ = message
+                .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                .await;
+        }
+        return Err(error);
+    }
     Ok(())
 }
 
@@ -216,47 +333,46 @@ async fn apply_batch_isolated<H: EventHandler>(
     clock: &SharedClock,
     consumer: &str,
     handler: &Arc<H>,
-    messages: &[jetstream::Message],
+    batch: &[Inbound<'_>],
     isolation: Isolation,
 ) -> anyhow::Result<bool> {
     let transaction = db.begin().await?;
-    for message in messages {
-        let subject = message.subject.as_str();
-        let traceparent = message
-            .headers
-            .as_ref()
-            .and_then(|headers| headers.get("traceparent"))
-            .map(|value| value.as_str().to_string());
-        let event = match envelope::decode(&message.payload) {
-            Ok(event) => event,
-            Err(error) => {
-                tracing::error!(consumer, subject, %error, "undecodable event dropped");
-                let id = message
-                    .headers
-                    .as_ref()
-                    .and_then(|headers| headers.get(async_nats::header::NATS_MESSAGE_ID))
-                    .map(|value| value.as_str().to_string())
-                    .unwrap_or_else(|| format!("undecodable:{subject}"));
-                record_once(
-                    &transaction,
-                    consumer,
-                    &id,
-                    "rejected: undecodable",
-                    to_millis(clock.now()),
-                )
-                .await?;
-                continue;
-            }
+    let events: Vec<BatchEvent<'_>> = batch
+        .iter()
+        .filter_map(|inbound| {
+            inbound.event.as_ref().map(|event| BatchEvent {
+                subject: inbound.subject,
+                event,
+            })
+        })
+        .collect();
+    handler.before_batch(&transaction, &events).await?;
+    for inbound in batch {
+        let subject = inbound.subject;
+        let Some(event) = inbound.event.as_ref() else {
+            let id = inbound
+                .message_id
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("undecodable:{subject}"));
+            record_once(
+                &transaction,
+                consumer,
+                &id,
+                "rejected: undecodable",
+                to_millis(clock.now()),
+            )
+            .await?;
+            continue;
         };
         let span = tracing::info_span!("consume", consumer, subject, event_id = %event.event_id, case_id = %event.case_id);
-        crate::telemetry::set_parent_from_traceparent(&span, traceparent.as_deref());
+        crate::telemetry::set_parent_from_traceparent(&span, inbound.traceparent);
         let outcome = apply_event(
             &transaction,
             clock,
             consumer,
             handler,
             subject,
-            &event,
+            event,
             isolation,
         )
         .instrument(span)
@@ -267,14 +383,7 @@ async fn apply_batch_isolated<H: EventHandler>(
                 transaction.rollback().await?;
                 return Ok(false);
             }
-            EventOutcome::Transient(error) => {
-                for message in messages {
-                    let _ = message
-                        .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                        .await;
-                }
-                return Err(error.into());
-            }
+            EventOutcome::Transient(error) => return Err(error.into()),
         }
     }
     transaction.commit().await?;
@@ -354,5 +463,45 @@ fn record_applied(
     {
         let lag = (clock.now() - occurred_at).num_milliseconds().max(0) as f64 / 1000.0;
         metrics.event_delivery_lag.record(lag, consumer_attribute);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restart_delays_double_up_to_the_cap() {
+        let delays: Vec<u64> = (1..=9)
+            .map(|failures| restart_delay(failures).as_millis() as u64)
+            .collect();
+        assert_eq!(
+            delays,
+            [200, 400, 800, 1600, 3200, 6400, 12_800, 15_000, 15_000]
+        );
+        assert_eq!(restart_delay(u32::MAX), MAX_RESTART_DELAY);
+    }
+
+    #[test]
+    fn an_applied_batch_starts_the_delays_over() {
+        let quick = Duration::from_millis(10);
+        let mut backoff = RestartBackoff::default();
+        assert!(!backoff.succeeded(), "nothing to recover from yet");
+        let waits: Vec<Duration> = (0..4).map(|_| backoff.interrupted(quick)).collect();
+        assert_eq!(waits.last(), Some(&Duration::from_millis(1600)));
+        assert!(backoff.succeeded(), "a batch after failures is a recovery");
+        assert_eq!(backoff.interrupted(quick), Duration::from_millis(200));
+        assert_eq!(backoff.interrupted(quick), Duration::from_millis(400));
+    }
+
+    #[test]
+    fn a_long_healthy_run_counts_as_fresh() {
+        let mut backoff = RestartBackoff::default();
+        for _ in 0..10 {
+            backoff.interrupted(Duration::ZERO);
+        }
+        assert_eq!(backoff.interrupted(Duration::ZERO), MAX_RESTART_DELAY);
+        let after_an_idle_hour = backoff.interrupted(Duration::from_secs(3600));
+        assert_eq!(after_an_idle_hour, Duration::from_millis(200));
     }
 }
