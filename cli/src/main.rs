@@ -92,6 +92,11 @@ enum Command {
         #[arg(long)]
         demo: bool,
     },
+    /// A service's outbox: events it could not publish and parked.
+    Outbox {
+        #[command(subcommand)]
+        command: whistle::outbox::OutboxCommand,
+    },
     /// Play the demo scenario against running services.
     Demo {
         #[arg(long, default_value = "data/demo-credentials.json")]
@@ -281,6 +286,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             platform.run_until(stop).await?;
             println!("whistle stopped");
         }
+        Command::Outbox { command } => whistle::outbox::run(command).await?,
         Command::Demo { credentials } => {
             let text = std::fs::read_to_string(&credentials).map_err(|error| {
                 anyhow::anyhow!(

@@ -105,7 +105,11 @@ impl ServiceProcess {
                 std::thread::sleep(Duration::from_millis(20));
             }
             let _ = child.kill();
-            panic!("{} did not stop within 30s of SIGTERM", self.service);
+            panic!(
+                "{} did not stop within 30s of SIGTERM; log:\n{}",
+                self.service,
+                self.log_tail()
+            );
         }
     }
 

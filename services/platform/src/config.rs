@@ -60,6 +60,10 @@ pub struct GrpcConfig {
     /// Concurrent calls and streams on one connection.
     #[serde(default = "defaults::max_concurrent_streams")]
     pub max_concurrent_streams: u32,
+    /// On shutdown, how long calls in flight may take and clients may keep their connections
+    /// before they are closed (keep it below Kubernetes' terminationGracePeriodSeconds).
+    #[serde(default = "defaults::shutdown_grace_secs")]
+    pub shutdown_grace_secs: u64,
 }
 
 mod defaults {
@@ -74,6 +78,9 @@ mod defaults {
     }
     pub fn max_concurrent_streams() -> u32 {
         200
+    }
+    pub fn shutdown_grace_secs() -> u64 {
+        10
     }
     pub fn acquire_timeout_ms() -> u64 {
         5000
@@ -92,6 +99,7 @@ impl GrpcConfig {
             idle_timeout_secs: defaults::idle_timeout_secs(),
             keepalive_interval_secs: defaults::keepalive_interval_secs(),
             max_concurrent_streams: defaults::max_concurrent_streams(),
+            shutdown_grace_secs: defaults::shutdown_grace_secs(),
         }
     }
 

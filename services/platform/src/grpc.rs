@@ -129,7 +129,8 @@ pub async fn serve(
         pending_permit: None,
     };
     let keepalive = Duration::from_secs(config.keepalive_interval_secs);
-    let result = tonic::transport::Server::builder()
+    let grace = Duration::from_secs(config.shutdown_grace_secs);
+    let server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(keepalive))
         .http2_keepalive_timeout(Some(keepalive))
         .max_concurrent_streams(config.max_concurrent_streams)
@@ -138,8 +139,20 @@ pub async fn serve(
             database_up: database_up.clone(),
         }))
         .add_routes(routes)
-        .serve_with_incoming_shutdown(incoming.into_stream(), shutdown.clone().cancelled_owned())
-        .await;
+        .serve_with_incoming_shutdown(incoming.into_stream(), shutdown.clone().cancelled_owned());
+    // graceful: calls in flight finish and clients are told to go (GOAWAY); a client that never
+    // lets go does not hold the process past the grace period
+    let grace_over = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(grace).await;
+    };
+    let result = tokio::select! {
+        result = server => result,
+        () = grace_over => {
+            tracing::warn!(grace_secs = grace.as_secs(), "connections still open after the shutdown grace period, closing them");
+            Ok(())
+        }
+    };
     watcher.abort();
     result.map_err(Into::into)
 }
