@@ -55,6 +55,15 @@ pub struct OutboxEvent {
     pub headers: Vec<(String, String)>,
 }
 
+impl OutboxEvent {
+    /// What NATS counts against its `max_payload` when the relay publishes this event: payload,
+    /// subject and headers (with `Nats-Msg-Id`), as the relay measures it before publishing.
+    pub fn wire_bytes(&self) -> usize {
+        let headers = headers_for(&self.event_id, &self.headers);
+        self.payload.len() + headers_size(&headers) + self.subject.len()
+    }
+}
+
 /// Adds an event to the outbox inside the caller's transaction.
 pub async fn enqueue<C: ConnectionTrait>(
     connection: &C,
