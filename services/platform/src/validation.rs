@@ -107,7 +107,7 @@ pub struct LimitsConfig {
     pub list_items: usize,
     /// Largest page a list RPC returns.
     pub page_size: usize,
-    /// Largest encoded gRPC request accepted (bytes); larger ones get RESOURCE_EXHAUSTED.
+    /// Largest encoded gRPC request accepted (bytes); larger ones get OUT_OF_RANGE (tonic's answer) before they are decoded.
     pub max_request_bytes: usize,
     /// Largest event (payload and headers, bytes) a service publishes. Must not exceed the NATS
     /// server's `max_payload`, which is checked at start.
