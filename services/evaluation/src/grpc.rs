@@ -1,8 +1,8 @@
 //! `EvaluationService` over gRPC: request validation, proto <-> domain conversion.
 
 use crate::domain::{
-    self, AssignmentFacts, CallbackResult, FieldError, Indicator, Period, PeriodBounds,
-    RankingCandidate, ScorecardFigures, UtcOffset, Weights,
+    self, AssignmentFacts, CallbackResult, Indicator, Period, PeriodBounds, RankingCandidate,
+    ScorecardFigures, UtcOffset, Weights,
 };
 use crate::error::EvaluationError;
 use crate::storage::{self, callback, rating};
@@ -10,6 +10,7 @@ use sea_orm::{DatabaseConnection, TransactionTrait};
 use std::collections::{BTreeMap, BTreeSet};
 use tonic::{Request, Response, Status};
 use whistle_platform::clock::{SharedClock, from_millis, to_millis, to_proto_timestamp};
+use whistle_platform::validation::{FieldError, LimitsConfig};
 use whistle_proto::evaluation::evaluation_service_server::EvaluationService;
 use whistle_proto::evaluation::{
     ExplainScoreRequest, ExplainScoreResponse, GetRankingRequest, GetScorecardRequest, Indicators,
@@ -21,9 +22,6 @@ use whistle_proto::evaluation::{
 /// Name of this service in events and traces.
 pub const SOURCE: &str = "whistle-evaluation";
 
-/// Longest cooperation comment or call-back note, in characters.
-const MAX_NOTE_CHARS: usize = 2000;
-
 /// The gRPC face of evaluation.
 #[derive(Debug, Clone)]
 pub struct EvaluationGrpc {
@@ -31,6 +29,8 @@ pub struct EvaluationGrpc {
     pub clock: SharedClock,
     pub utc_offset: UtcOffset,
     pub weights: Weights,
+    /// Lengths every request field is held to.
+    pub limits: LimitsConfig,
 }
 
 /// One department's period, scored.
@@ -45,8 +45,24 @@ fn field_error(name: &'static str) -> impl Fn(String) -> FieldError {
     move |reason| FieldError::new(name, reason)
 }
 
-fn parse_period(value: &str) -> Result<Period, FieldError> {
+fn parse_period(limits: &LimitsConfig, value: &str) -> Result<Period, FieldError> {
+    limits.check_code("period", value)?;
     Period::parse(value).map_err(field_error("period"))
+}
+
+fn parse_department_code(limits: &LimitsConfig, value: &str) -> Result<String, FieldError> {
+    limits.check_code("department_code", value)?;
+    domain::parse_department_code(value).map_err(field_error("department_code"))
+}
+
+/// Checks a caller's id against `limits.id_chars`, then its shape.
+fn parse_identifier(
+    limits: &LimitsConfig,
+    field: &'static str,
+    value: &str,
+) -> Result<String, FieldError> {
+    limits.check_id(field, value)?;
+    domain::parse_identifier(value).map_err(field_error(field))
 }
 
 fn scorecard_counts(counts: &domain::Counts) -> ScorecardCounts {
@@ -83,8 +99,8 @@ fn indicators(indicators: &domain::Indicators) -> Indicators {
 
 impl EvaluationGrpc {
     async fn rate(&self, request: RateCooperationRequest) -> Result<(), EvaluationError> {
-        let assignment_id = domain::parse_identifier(&request.assignment_id)
-            .map_err(field_error("assignment_id"))?;
+        let limits = &self.limits;
+        let assignment_id = parse_identifier(limits, "assignment_id", &request.assignment_id)?;
         let rater = match Rater::try_from(request.rater) {
             Ok(Rater::Street) => domain::Rater::Street,
             Ok(Rater::Community) => domain::Rater::Community,
@@ -95,11 +111,10 @@ impl EvaluationGrpc {
                 ));
             }
         };
-        let rater_id =
-            domain::parse_identifier(&request.rater_id).map_err(field_error("rater_id"))?;
+        let rater_id = parse_identifier(limits, "rater_id", &request.rater_id)?;
         let score = domain::parse_cooperation_score(request.score).map_err(field_error("score"))?;
-        let comment =
-            domain::parse_note(&request.comment, MAX_NOTE_CHARS).map_err(field_error("comment"))?;
+        limits.check_text("comment", &request.comment)?;
+        let comment = request.comment;
 
         let transaction = self.db.begin().await?;
         if storage::find_assignment(&transaction, &assignment_id)
@@ -131,9 +146,9 @@ impl EvaluationGrpc {
         &self,
         request: RecordSatisfactionRequest,
     ) -> Result<(), EvaluationError> {
-        let case_id = domain::parse_identifier(&request.case_id).map_err(field_error("case_id"))?;
-        let callback_id =
-            domain::parse_identifier(&request.callback_id).map_err(field_error("callback_id"))?;
+        let limits = &self.limits;
+        let case_id = parse_identifier(limits, "case_id", &request.case_id)?;
+        let callback_id = parse_identifier(limits, "callback_id", &request.callback_id)?;
         let result = match Satisfaction::try_from(request.result) {
             Ok(Satisfaction::Satisfied) => CallbackResult::Satisfied,
             Ok(Satisfaction::BasicallySatisfied) => CallbackResult::BasicallySatisfied,
@@ -145,8 +160,8 @@ impl EvaluationGrpc {
                 ));
             }
         };
-        let note =
-            domain::parse_note(&request.note, MAX_NOTE_CHARS).map_err(field_error("note"))?;
+        limits.check_text("note", &request.note)?;
+        let note = request.note;
 
         let transaction = self.db.begin().await?;
         if let Some(existing) = storage::find_callback(&transaction, &callback_id).await? {
@@ -226,9 +241,8 @@ impl EvaluationGrpc {
     }
 
     async fn scorecard(&self, request: GetScorecardRequest) -> Result<Scorecard, EvaluationError> {
-        let department_code = domain::parse_department_code(&request.department_code)
-            .map_err(field_error("department_code"))?;
-        let period = parse_period(&request.period)?;
+        let department_code = parse_department_code(&self.limits, &request.department_code)?;
+        let period = parse_period(&self.limits, &request.period)?;
         let scored = self.department_period(&department_code, period).await?;
         Ok(Scorecard {
             department_code,
@@ -243,8 +257,11 @@ impl EvaluationGrpc {
     }
 
     async fn ranking(&self, request: GetRankingRequest) -> Result<Ranking, EvaluationError> {
-        let period = parse_period(&request.period)?;
+        let period = parse_period(&self.limits, &request.period)?;
+        self.limits.check_code("level", &request.level)?;
         let level = domain::parse_level_filter(&request.level).map_err(field_error("level"))?;
+        self.limits
+            .check_code("region_code", &request.region_code)?;
         let region = domain::parse_region_filter(&request.region_code)
             .map_err(field_error("region_code"))?;
         let bounds = period.bounds(self.utc_offset);
@@ -333,9 +350,9 @@ impl EvaluationGrpc {
         &self,
         request: ExplainScoreRequest,
     ) -> Result<ExplainScoreResponse, EvaluationError> {
-        let department_code = domain::parse_department_code(&request.department_code)
-            .map_err(field_error("department_code"))?;
-        let period = parse_period(&request.period)?;
+        let department_code = parse_department_code(&self.limits, &request.department_code)?;
+        let period = parse_period(&self.limits, &request.period)?;
+        self.limits.check_code("indicator", &request.indicator)?;
         let indicator = Indicator::parse(&request.indicator).map_err(field_error("indicator"))?;
         let scored = self.department_period(&department_code, period).await?;
         let explanation = domain::explain(indicator, &scored.assignments, scored.computed_at_ms);
