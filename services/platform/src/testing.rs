@@ -205,3 +205,55 @@ impl tonic::codec::Decoder for RawCodec {
         Ok(Some(()))
     }
 }
+
+/// A fresh PostgreSQL database for one test, on the server at `WHISTLE_TEST_POSTGRES_URL`
+/// (default `postgres://postgres@127.0.0.1:5432/postgres`); [`TestPostgres::drop_database`]
+/// removes it again.
+#[derive(Debug)]
+pub struct TestPostgres {
+    admin_url: String,
+    name: String,
+    /// The URL of the new database.
+    pub url: String,
+}
+
+impl TestPostgres {
+    /// Creates the database; panics, naming the server, when PostgreSQL cannot be reached.
+    pub async fn create() -> Self {
+        let admin_url = std::env::var("WHISTLE_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string());
+        let admin = sea_orm::Database::connect(admin_url.as_str())
+            .await
+            .unwrap_or_else(|error| {
+                panic!("PostgreSQL at {admin_url} is required for this test: {error}")
+            });
+        let name = format!("whistle_test_{}", uuid::Uuid::now_v7().simple());
+        sea_orm::ConnectionTrait::execute_unprepared(&admin, &format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create database");
+        let _ = admin.close().await;
+        let base = admin_url
+            .rsplit_once('/')
+            .map(|(base, _)| base.to_string())
+            .expect("the admin URL names a database");
+        Self {
+            url: format!("{base}/{name}"),
+            admin_url,
+            name,
+        }
+    }
+
+    /// Drops the database, closing what is still connected to it.
+    pub async fn drop_database(self) {
+        let admin = sea_orm::Database::connect(self.admin_url.as_str())
+            .await
+            .expect("admin connection");
+        sea_orm::ConnectionTrait::execute_unprepared(
+            &admin,
+            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+        )
+        .await
+        .expect("drop database");
+        let _ = admin.close().await;
+    }
+}

@@ -274,7 +274,8 @@ impl LimitsConfig {
                 .sha256
                 .bytes()
                 .all(|byte| byte.is_ascii_digit() || (b'a'..=b'f').contains(&byte));
-        if !hex_digest && !(optional && attachment.sha256.is_empty()) {
+        let unset = optional && attachment.sha256.is_empty();
+        if !(hex_digest || unset) {
             return Err(FieldError::new(
                 sub_field("sha256"),
                 "must be 64 lowercase hex characters",
@@ -286,7 +287,8 @@ impl LimitsConfig {
             (parts.next(), parts.next(), parts.next()),
             (Some(kind), Some(subtype), None) if !kind.is_empty() && !subtype.is_empty()
         );
-        if !media_type && !(optional && attachment.media_type.is_empty()) {
+        let unset = optional && attachment.media_type.is_empty();
+        if !(media_type || unset) {
             return Err(FieldError::new(
                 sub_field("media_type"),
                 "must look like image/jpeg",
