@@ -302,3 +302,375 @@ pub fn check_department_action(
     };
     Ok(action)
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+    use prost::Message;
+    use whistle_platform::testing::arbitrary::{
+        attachment, one_of_or_text, text, timestamp, wire_bytes,
+    };
+    use whistle_platform::testing::run_decoder_property;
+
+    /// Small limits, so generated values fall on both sides of every one.
+    fn limits() -> LimitsConfig {
+        LimitsConfig {
+            id_chars: 6,
+            code_chars: 14,
+            name_chars: 5,
+            text_chars: 8,
+            uri_chars: 30,
+            media_type_chars: 12,
+            attachments: 2,
+            evidence_per_assignment: 4,
+            list_items: 3,
+            page_size: 10,
+            ..LimitsConfig::default()
+        }
+    }
+
+    fn now() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000, 0).expect("now")
+    }
+
+    fn within(value: &str, limit: usize) -> bool {
+        value.chars().count() <= limit
+    }
+
+    fn department() -> BoxedStrategy<String> {
+        one_of_or_text(&["zw-sanitation", "pm-zhongyue", "ZW"], 14)
+    }
+
+    /// Checks `request` after decoding; when it passes, `limits_hold` must hold.
+    fn property<M: Message + Default>(
+        bytes: &[u8],
+        check: impl Fn(&M) -> bool,
+        limits_hold: impl Fn(&M) -> Result<(), TestCaseError>,
+    ) -> Result<bool, TestCaseError> {
+        let Ok(request) = M::decode(bytes) else {
+            return Ok(false);
+        };
+        if !check(&request) {
+            return Ok(false);
+        }
+        limits_hold(&request)?;
+        Ok(true)
+    }
+
+    #[test]
+    fn whatever_the_case_requests_accept_is_within_every_limit() {
+        let l = limits();
+        let get = text(6).prop_map(|case_id| pb::GetCaseRequest { case_id });
+        run_decoder_property("GetCase", 128, wire_bytes(get), |bytes| {
+            property(
+                bytes,
+                |r: &pb::GetCaseRequest| check_get_case(&l, r).is_ok(),
+                |r| {
+                    prop_assert!(within(&r.case_id, l.id_chars));
+                    Ok(())
+                },
+            )
+        });
+        let list = (
+            -2i32..10,
+            one_of_or_text(&["", "chechenglu"], 14),
+            one_of_or_text(&["", "zw-sanitation"], 14),
+            any::<bool>(),
+            0u32..14,
+            text(6),
+        )
+            .prop_map(
+                |(status, street_slug, department_code, overdue_only, page_size, page_token)| {
+                    pb::ListCasesRequest {
+                        status,
+                        street_slug,
+                        department_code,
+                        overdue_only,
+                        page_size,
+                        page_token,
+                    }
+                },
+            );
+        run_decoder_property("ListCases", 256, wire_bytes(list), |bytes| {
+            property(
+                bytes,
+                |r: &pb::ListCasesRequest| check_list_cases(&l, r).is_ok(),
+                |r| {
+                    prop_assert!(within(&r.street_slug, l.code_chars));
+                    prop_assert!(within(&r.department_code, l.code_chars));
+                    prop_assert!(within(&r.page_token, l.id_chars));
+                    prop_assert!(r.page_size as usize <= l.page_size);
+                    Ok(())
+                },
+            )
+        });
+        let operator_request = (text(6), text(6), text(8), any::<bool>());
+        run_decoder_property(
+            "AcceptCase, RejectCase, ResolveLocally, VerifyCase, DecideExtension",
+            256,
+            wire_bytes(
+                operator_request
+                    .clone()
+                    .prop_map(|(case_id, operator_id, reason, _)| pb::RejectCaseRequest {
+                        case_id,
+                        operator_id,
+                        reason,
+                    }),
+            ),
+            |bytes| {
+                let holds = |case_id: &str, operator: &str, text: &str| {
+                    prop_assert!(within(case_id, l.id_chars));
+                    prop_assert!(within(operator, l.id_chars));
+                    prop_assert!(within(text, l.text_chars));
+                    Ok(())
+                };
+                // the same bytes read as each of the five requests (their fields share numbers)
+                let accept = property(
+                    bytes,
+                    |r: &pb::AcceptCaseRequest| check_accept(&l, r).is_ok(),
+                    |r| holds(&r.case_id, &r.operator_id, ""),
+                )?;
+                let reject = property(
+                    bytes,
+                    |r: &pb::RejectCaseRequest| check_reject(&l, r).is_ok(),
+                    |r| holds(&r.case_id, &r.operator_id, &r.reason),
+                )?;
+                let local = property(
+                    bytes,
+                    |r: &pb::ResolveLocallyRequest| check_resolve_locally(&l, r).is_ok(),
+                    |r| holds(&r.case_id, &r.operator_id, &r.resolution),
+                )?;
+                let verify = property(
+                    bytes,
+                    |r: &pb::VerifyCaseRequest| check_verify(&l, r).is_ok(),
+                    |r| holds(&r.case_id, &r.verifier_id, &r.note),
+                )?;
+                let extension = property(
+                    bytes,
+                    |r: &pb::DecideExtensionRequest| check_decide_extension(&l, r).is_ok(),
+                    |r| {
+                        prop_assert!(within(&r.assignment_id, l.id_chars));
+                        holds(&r.case_id, &r.operator_id, &r.note)
+                    },
+                )?;
+                Ok(accept || reject || local || verify || extension)
+            },
+        );
+    }
+
+    #[test]
+    fn whatever_whistles_and_routes_accept_is_within_every_limit() {
+        let l = limits();
+        let whistle = (
+            text(6),
+            text(6),
+            department(),
+            proptest::collection::vec(department(), 0..4),
+        )
+            .prop_map(|(case_id, operator_id, lead, co)| pb::WhistleCaseRequest {
+                case_id,
+                operator_id,
+                lead_department_code: lead,
+                co_department_codes: co,
+                limits: None,
+            });
+        run_decoder_property("WhistleCase", 256, wire_bytes(whistle), |bytes| {
+            property(
+                bytes,
+                |r: &pb::WhistleCaseRequest| check_whistle(&l, r).is_ok(),
+                |r| {
+                    prop_assert!(within(&r.case_id, l.id_chars));
+                    prop_assert!(within(&r.operator_id, l.id_chars));
+                    prop_assert!(within(&r.lead_department_code, l.code_chars));
+                    prop_assert!(
+                        r.co_department_codes.len() < l.list_items,
+                        "lead + co within list_items"
+                    );
+                    for code in &r.co_department_codes {
+                        prop_assert!(within(code, l.code_chars));
+                    }
+                    Ok(())
+                },
+            )
+        });
+        let route = (
+            one_of_or_text(&["route-1"], 14),
+            one_of_or_text(&["E-01-03"], 14),
+            one_of_or_text(&["420303", "420303003001001"], 16),
+            department(),
+            proptest::collection::vec(department(), 0..4),
+            any::<bool>(),
+        )
+            .prop_map(|(route_id, category_code, area_code, lead, co, auto)| {
+                pb::PutRouteRequest {
+                    route: Some(pb::Route {
+                        route_id,
+                        category_code,
+                        area_code,
+                        lead_department_code: lead,
+                        co_department_codes: co,
+                        auto_whistle: auto,
+                        requires_on_site: auto,
+                        limits: None,
+                        version: 0,
+                    }),
+                }
+            });
+        run_decoder_property("PutRoute", 256, wire_bytes(route), |bytes| {
+            property(
+                bytes,
+                |r: &pb::PutRouteRequest| check_put_route(&l, r).is_ok(),
+                |r| {
+                    let route = r.route.as_ref().expect("checked");
+                    for value in [
+                        &route.route_id,
+                        &route.category_code,
+                        &route.area_code,
+                        &route.lead_department_code,
+                    ] {
+                        prop_assert!(within(value, l.code_chars));
+                    }
+                    prop_assert!(
+                        route.co_department_codes.len() < l.list_items,
+                        "lead + co within list_items"
+                    );
+                    for code in &route.co_department_codes {
+                        prop_assert!(within(code, l.code_chars));
+                    }
+                    Ok(())
+                },
+            )
+        });
+        let list =
+            (text(14), text(14)).prop_map(|(category_code, area_code)| pb::ListRoutesRequest {
+                category_code,
+                area_code,
+            });
+        run_decoder_property("ListRoutes", 128, wire_bytes(list), |bytes| {
+            property(
+                bytes,
+                |r: &pb::ListRoutesRequest| check_list_routes(&l, r).is_ok(),
+                |r| {
+                    prop_assert!(within(&r.category_code, l.code_chars));
+                    prop_assert!(within(&r.area_code, l.code_chars));
+                    Ok(())
+                },
+            )
+        });
+    }
+
+    fn department_action() -> BoxedStrategy<pb::RecordDepartmentActionRequest> {
+        let evidence = || proptest::collection::vec(attachment(30), 0..4);
+        let action = prop_oneof![
+            Just(None),
+            (text(5), text(5), timestamp()).prop_map(|(person, phone, promised_at)| Some(
+                Action::Acknowledge(pb::AcknowledgeAction {
+                    responsible_person: person,
+                    contact_phone: phone,
+                    promised_at,
+                })
+            )),
+            (-100.0f64..100.0, -200.0f64..200.0, text(5)).prop_map(|(lat, lng, person)| Some(
+                Action::CheckIn(pb::CheckInAction { lat, lng, person })
+            )),
+            (text(8), evidence()).prop_map(|(note, evidence)| Some(Action::Progress(
+                pb::ProgressAction { note, evidence }
+            ))),
+            (text(8), evidence()).prop_map(|(resolution, evidence)| Some(Action::Resolve(
+                pb::ResolveAction {
+                    resolution,
+                    evidence
+                }
+            ))),
+            (text(8), one_of_or_text(&["", "zw-housing"], 14)).prop_map(|(reason, code)| Some(
+                Action::ReturnAssignment(pb::ReturnAction {
+                    reason,
+                    suggested_department_code: code,
+                })
+            )),
+            text(8).prop_map(
+                |reason| Some(Action::RequestExtension(pb::ExtensionRequestAction {
+                    extra: None,
+                    reason
+                }))
+            ),
+        ];
+        (text(6), text(6), department(), action)
+            .prop_map(|(action_id, assignment_id, department_code, action)| {
+                pb::RecordDepartmentActionRequest {
+                    action_id,
+                    assignment_id,
+                    department_code,
+                    action,
+                }
+            })
+            .boxed()
+    }
+
+    #[test]
+    fn whatever_department_actions_accept_is_within_every_limit() {
+        let l = limits();
+        run_decoder_property(
+            "RecordDepartmentAction",
+            512,
+            wire_bytes(department_action()),
+            |bytes| {
+                let Ok(request) = pb::RecordDepartmentActionRequest::decode(bytes) else {
+                    return Ok(false);
+                };
+                let Ok(action) = check_department_action(&l, now(), &request) else {
+                    return Ok(false);
+                };
+                prop_assert!(within(&request.action_id, l.id_chars));
+                prop_assert!(within(&request.assignment_id, l.id_chars));
+                prop_assert!(within(&request.department_code, l.code_chars));
+                match action {
+                    DepartmentAction::Acknowledge {
+                        responsible_person,
+                        contact_phone,
+                        promised_at,
+                    } => {
+                        prop_assert!(within(&responsible_person, l.name_chars));
+                        prop_assert!(within(&contact_phone, l.name_chars));
+                        if let Some(promised_at) = promised_at {
+                            prop_assert!(
+                                promised_at >= now() - chrono::Duration::seconds(l.clock_skew_secs)
+                            );
+                            prop_assert!(
+                                promised_at <= now() + chrono::Duration::days(PROMISE_HORIZON_DAYS)
+                            );
+                        }
+                    }
+                    DepartmentAction::CheckIn { person, .. } => {
+                        prop_assert!(within(&person, l.name_chars));
+                    }
+                    DepartmentAction::Progress {
+                        note: text,
+                        evidence,
+                    }
+                    | DepartmentAction::Resolve {
+                        resolution: text,
+                        evidence,
+                    } => {
+                        prop_assert!(within(&text, l.text_chars));
+                        prop_assert!(evidence.len() <= l.attachments);
+                        for item in evidence {
+                            prop_assert!(within(&item.uri, l.uri_chars));
+                            prop_assert!(within(&item.media_type, l.media_type_chars));
+                            prop_assert!(item.sha256.is_empty() || item.sha256.len() == 64);
+                        }
+                    }
+                    DepartmentAction::Return {
+                        reason,
+                        suggested_department_code,
+                    } => {
+                        prop_assert!(within(&reason, l.text_chars));
+                        prop_assert!(within(&suggested_department_code, l.code_chars));
+                    }
+                }
+                Ok(true)
+            },
+        );
+    }
+}

@@ -147,6 +147,21 @@ fn check_report(
     })
 }
 
+/// Checks a `GetReport`: the report id.
+fn check_get_report(limits: &LimitsConfig, request: &GetReportRequest) -> Result<(), FieldError> {
+    limits.check_id("report_id", &request.report_id)?;
+    if request.report_id.is_empty() {
+        return Err(FieldError::new("report_id", "required"));
+    }
+    Ok(())
+}
+
+/// Checks a `ListCategories`: the kind, if any.
+fn check_list_categories(request: &ListCategoriesRequest) -> Result<CategoryKind, FieldError> {
+    CategoryKind::try_from(request.kind)
+        .map_err(|_| FieldError::new("kind", format!("unknown kind {}", request.kind)))
+}
+
 /// The row of a new report whose case opens in `street`.
 fn report_row(
     checked: CheckedReport,
@@ -369,10 +384,7 @@ impl IntakeGrpc {
     }
 
     async fn report(&self, request: GetReportRequest) -> Result<Report, IntakeError> {
-        self.limits.check_id("report_id", &request.report_id)?;
-        if request.report_id.is_empty() {
-            return Err(IntakeError::invalid("report_id", "required"));
-        }
+        check_get_report(&self.limits, &request)?;
         let model = report::Entity::find_by_id(request.report_id.as_str())
             .one(&self.db)
             .await?
@@ -401,8 +413,7 @@ impl IntakeGrpc {
         &self,
         request: ListCategoriesRequest,
     ) -> Result<ListCategoriesResponse, IntakeError> {
-        let kind = CategoryKind::try_from(request.kind)
-            .map_err(|_| IntakeError::invalid("kind", format!("unknown kind {}", request.kind)))?;
+        let kind = check_list_categories(&request)?;
         let mut query = category::Entity::find().order_by_asc(category::Column::Code);
         match kind {
             CategoryKind::Unspecified => {}
@@ -553,5 +564,130 @@ mod tests {
         };
         let error = largest_event_bytes(&limits).expect_err("no grid code fits");
         assert_eq!(error.field, "place.grid_code");
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+    use whistle_platform::testing::arbitrary::{
+        attachment, one_of_or_text, text, timestamp, wire_bytes,
+    };
+    use whistle_platform::testing::run_decoder_property;
+
+    /// Small limits, so generated values fall on both sides of every one.
+    fn limits() -> LimitsConfig {
+        LimitsConfig {
+            id_chars: 6,
+            code_chars: 16,
+            text_chars: 8,
+            address_chars: 7,
+            uri_chars: 30,
+            media_type_chars: 12,
+            attachments: 2,
+            ..LimitsConfig::default()
+        }
+    }
+
+    fn now() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000, 0).expect("now")
+    }
+
+    fn within(value: &str, limit: usize) -> bool {
+        value.chars().count() <= limit
+    }
+
+    fn report() -> BoxedStrategy<SubmitReportRequest> {
+        let place = (
+            one_of_or_text(&["420303003001001"], 16),
+            prop_oneof![Just(32.6), Just(0.0), -100.0f64..100.0],
+            prop_oneof![Just(110.8), Just(0.0), -200.0f64..200.0],
+            text(7),
+        )
+            .prop_map(|(grid_code, lat, lng, address)| Place {
+                grid_code,
+                lat,
+                lng,
+                address,
+            });
+        (
+            (text(6), 0i32..7, text(6), one_of_or_text(&["E-01-03"], 16)),
+            (0i32..6, text(8), proptest::option::weighted(0.9, place)),
+            proptest::collection::vec(attachment(30), 0..4),
+            timestamp(),
+        )
+            .prop_map(
+                |(
+                    (request_id, channel, reporter_id, category_code),
+                    (severity, description, place),
+                    attachments,
+                    observed_at,
+                )| SubmitReportRequest {
+                    request_id,
+                    channel,
+                    reporter_id,
+                    category_code,
+                    severity,
+                    description,
+                    place,
+                    attachments,
+                    observed_at,
+                },
+            )
+            .boxed()
+    }
+
+    #[test]
+    fn whatever_submit_report_accepts_is_within_every_limit() {
+        let limits = limits();
+        run_decoder_property("SubmitReport", 512, wire_bytes(report()), |bytes| {
+            let Ok(request) = SubmitReportRequest::decode(bytes) else {
+                return Ok(false);
+            };
+            let Ok(checked) = check_report(&request, now(), &limits) else {
+                return Ok(false);
+            };
+            let place = request.place.as_ref().expect("a report has a place");
+            prop_assert!(within(&request.request_id, limits.id_chars));
+            prop_assert!(within(&request.reporter_id, limits.id_chars));
+            prop_assert!(within(&request.category_code, limits.code_chars));
+            prop_assert!(within(&request.description, limits.text_chars));
+            prop_assert!(within(&place.grid_code, limits.code_chars));
+            prop_assert!(within(&place.address, limits.address_chars));
+            prop_assert!(request.attachments.len() <= limits.attachments);
+            for attachment in &request.attachments {
+                prop_assert!(within(&attachment.uri, limits.uri_chars));
+                prop_assert!(within(&attachment.media_type, limits.media_type_chars));
+                prop_assert_eq!(attachment.sha256.len(), 64);
+            }
+            let observed = from_millis(checked.observed_at_ms);
+            prop_assert!(observed >= whistle_platform::validation::EARLIEST_TIMESTAMP);
+            prop_assert!(observed <= now() + chrono::Duration::seconds(limits.clock_skew_secs));
+            Ok(true)
+        });
+    }
+
+    #[test]
+    fn whatever_get_report_and_list_categories_accept_is_within_every_limit() {
+        let limits = limits();
+        let get = text(6).prop_map(|report_id| GetReportRequest { report_id });
+        run_decoder_property("GetReport", 256, wire_bytes(get), |bytes| {
+            let Ok(request) = GetReportRequest::decode(bytes) else {
+                return Ok(false);
+            };
+            if check_get_report(&limits, &request).is_err() {
+                return Ok(false);
+            }
+            prop_assert!(within(&request.report_id, limits.id_chars));
+            Ok(true)
+        });
+        let list = (-2i32..5).prop_map(|kind| ListCategoriesRequest { kind });
+        run_decoder_property("ListCategories", 128, wire_bytes(list), |bytes| {
+            let Ok(request) = ListCategoriesRequest::decode(bytes) else {
+                return Ok(false);
+            };
+            Ok(check_list_categories(&request).is_ok())
+        });
     }
 }
