@@ -678,6 +678,13 @@ pub async fn record_department_action<C: ConnectionTrait>(
             "assignment {assignment_id} is not addressed to department {department_code}"
         )));
     }
+    // the case is locked before the action id is looked up, so a retry racing its first attempt
+    // waits for it, finds its record and answers as a repeat
+    let mut state = load_case_for_change(connection, &row.case_id)
+        .await?
+        .ok_or_else(|| {
+            DispatchError::unexpected(format!("assignment {assignment_id} has no case"))
+        })?;
     if let Some(done) =
         action::Entity::find_by_id((department_code.to_string(), action_id.to_string()))
             .one(connection)
@@ -693,17 +700,17 @@ pub async fn record_department_action<C: ConnectionTrait>(
                 ),
             ));
         }
-        let assignment = serde_json::from_str(&row.state).map_err(DispatchError::unexpected)?;
+        let assignment = state
+            .assignments
+            .iter()
+            .find(|assignment| assignment.assignment_id == assignment_id)
+            .cloned()
+            .ok_or_else(|| DispatchError::unexpected("assignment missing from its case"))?;
         return Ok(RecordedAction {
             assignment,
             repeated: true,
         });
     }
-    let mut state = load_case_for_change(connection, &row.case_id)
-        .await?
-        .ok_or_else(|| {
-            DispatchError::unexpected(format!("assignment {assignment_id} has no case"))
-        })?;
     let assignment = apply_department_action(
         clock,
         rules,
