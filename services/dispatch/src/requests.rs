@@ -309,7 +309,7 @@ mod properties {
     use proptest::prelude::*;
     use prost::Message;
     use whistle_platform::testing::arbitrary::{
-        attachment, one_of_or_text, text, timestamp, wire_bytes,
+        attachment, mostly, one_of_or_text, text, timestamp, wire_bytes,
     };
     use whistle_platform::testing::run_decoder_property;
 
@@ -339,7 +339,21 @@ mod properties {
     }
 
     fn department() -> BoxedStrategy<String> {
-        one_of_or_text(&["zw-sanitation", "pm-zhongyue", "ZW"], 14)
+        mostly(
+            &[
+                "zw-sanitation",
+                "pm-zhongyue",
+                "zw-housing",
+                "zw-fire",
+                "sy-water",
+                "ZW",
+            ],
+            14,
+        )
+    }
+
+    fn id() -> BoxedStrategy<String> {
+        mostly(&["c-1", "a-1", "op-7", "报到-1"], 6)
     }
 
     /// Checks `request` after decoding; when it passes, `limits_hold` must hold.
@@ -463,8 +477,8 @@ mod properties {
     fn whatever_whistles_and_routes_accept_is_within_every_limit() {
         let l = limits();
         let whistle = (
-            text(6),
-            text(6),
+            id(),
+            id(),
             department(),
             proptest::collection::vec(department(), 0..4),
         )
@@ -495,9 +509,9 @@ mod properties {
             )
         });
         let route = (
-            one_of_or_text(&["route-1"], 14),
-            one_of_or_text(&["E-01-03"], 14),
-            one_of_or_text(&["420303", "420303003001001"], 16),
+            mostly(&["route-1"], 14),
+            mostly(&["E-01-03"], 14),
+            mostly(&["420303", "420303003001001"], 16),
             department(),
             proptest::collection::vec(department(), 0..4),
             any::<bool>(),
@@ -596,7 +610,7 @@ mod properties {
                 }))
             ),
         ];
-        (text(6), text(6), department(), action)
+        (id(), id(), department(), action)
             .prop_map(|(action_id, assignment_id, department_code, action)| {
                 pb::RecordDepartmentActionRequest {
                     action_id,

@@ -494,7 +494,7 @@ mod properties {
     use super::*;
     use proptest::prelude::*;
     use prost::Message;
-    use whistle_platform::testing::arbitrary::{one_of_or_text, text, wire_bytes};
+    use whistle_platform::testing::arbitrary::{mostly, one_of_or_text, text, wire_bytes};
     use whistle_platform::testing::run_decoder_property;
 
     /// Small limits, so generated values fall on both sides of every one.
@@ -514,15 +514,23 @@ mod properties {
     #[test]
     fn whatever_the_writes_accept_is_within_every_limit() {
         let limits = limits();
-        let rating = (text(6), 0i32..4, text(6), 0u32..8, text(8)).prop_map(
-            |(assignment_id, rater, rater_id, score, comment)| RateCooperationRequest {
-                assignment_id,
-                rater,
-                rater_id,
-                score,
-                comment,
-            },
-        );
+        let id = || mostly(&["a-1", "街道-1"], 6);
+        let rating = (
+            id(),
+            prop_oneof![3 => 1i32..3, 1 => -1i32..4],
+            id(),
+            prop_oneof![3 => 1u32..6, 1 => any::<u32>()],
+            text(8),
+        )
+            .prop_map(|(assignment_id, rater, rater_id, score, comment)| {
+                RateCooperationRequest {
+                    assignment_id,
+                    rater,
+                    rater_id,
+                    score,
+                    comment,
+                }
+            });
         run_decoder_property("RateCooperation", 256, wire_bytes(rating), |bytes| {
             let Ok(request) = RateCooperationRequest::decode(bytes) else {
                 return Ok(false);
@@ -535,14 +543,20 @@ mod properties {
             prop_assert!(within(&request.comment, limits.text_chars));
             Ok(true)
         });
-        let callback = (text(6), text(6), 0i32..5, text(8)).prop_map(
-            |(case_id, callback_id, result, note)| RecordSatisfactionRequest {
-                case_id,
-                callback_id,
-                result,
-                note,
-            },
-        );
+        let callback = (
+            id(),
+            id(),
+            prop_oneof![3 => 1i32..4, 1 => -1i32..5],
+            text(8),
+        )
+            .prop_map(
+                |(case_id, callback_id, result, note)| RecordSatisfactionRequest {
+                    case_id,
+                    callback_id,
+                    result,
+                    note,
+                },
+            );
         run_decoder_property("RecordSatisfaction", 256, wire_bytes(callback), |bytes| {
             let Ok(request) = RecordSatisfactionRequest::decode(bytes) else {
                 return Ok(false);

@@ -571,9 +571,7 @@ mod tests {
 mod properties {
     use super::*;
     use proptest::prelude::*;
-    use whistle_platform::testing::arbitrary::{
-        attachment, one_of_or_text, text, timestamp, wire_bytes,
-    };
+    use whistle_platform::testing::arbitrary::{attachment, mostly, text, timestamp, wire_bytes};
     use whistle_platform::testing::run_decoder_property;
 
     /// Small limits, so generated values fall on both sides of every one.
@@ -600,10 +598,10 @@ mod properties {
 
     fn report() -> BoxedStrategy<SubmitReportRequest> {
         let place = (
-            one_of_or_text(&["420303003001001"], 16),
-            prop_oneof![Just(32.6), Just(0.0), -100.0f64..100.0],
-            prop_oneof![Just(110.8), Just(0.0), -200.0f64..200.0],
-            text(7),
+            mostly(&["420303003001001"], 16),
+            prop_oneof![4 => Just(32.6), 1 => Just(0.0), 1 => -100.0f64..100.0],
+            prop_oneof![4 => Just(110.8), 1 => Just(0.0), 1 => -200.0f64..200.0],
+            mostly(&["中岳路2号", ""], 7),
         )
             .prop_map(|(grid_code, lat, lng, address)| Place {
                 grid_code,
@@ -612,10 +610,19 @@ mod properties {
                 address,
             });
         (
-            (text(6), 0i32..7, text(6), one_of_or_text(&["E-01-03"], 16)),
-            (0i32..6, text(8), proptest::option::weighted(0.9, place)),
+            (
+                mostly(&["r-1", "报告-7"], 6),
+                prop_oneof![4 => Just(1), 1 => -1i32..7],
+                mostly(&["gw-17"], 6),
+                mostly(&["E-01-03"], 16),
+            ),
+            (
+                prop_oneof![4 => Just(2), 1 => -1i32..6],
+                mostly(&["垃圾满溢", "  trim "], 8),
+                proptest::option::weighted(0.95, place),
+            ),
             proptest::collection::vec(attachment(30), 0..4),
-            timestamp(),
+            prop_oneof![2 => Just(None), 1 => timestamp()],
         )
             .prop_map(
                 |(
