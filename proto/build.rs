@@ -21,6 +21,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .ok_or("vendored protoc include path is not UTF-8")?;
     let includes = [".", well_known_types];
     tonic_prost_build::configure()
+        // undecodable requests are INVALID_ARGUMENT naming the field, not INTERNAL (src/codec.rs)
+        .codec_path("crate::codec::WhistleCodec")
         .file_descriptor_set_path(out_dir.join("whistle_descriptor.bin"))
         .compile_with_config(config, PROTOS, &includes)?;
     println!("cargo:rerun-if-changed=whistle");

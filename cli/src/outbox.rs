@@ -109,14 +109,19 @@ pub async fn run(command: OutboxCommand) -> anyhow::Result<()> {
                         row.last_error.as_deref().unwrap_or("(no error recorded)")
                     );
                 }
-                println!("{} parked; `whistle outbox retry` puts them back in line", parked.len());
+                println!(
+                    "{} parked; `whistle outbox retry` puts them back in line",
+                    parked.len()
+                );
             }
             database.close().await?;
         }
         OutboxCommand::Retry { target, ids } => {
             let database = db::connect(&DatabaseConfig::at(target.url()?, 1)).await?;
             let count = outbox::retry_parked(&database, &ids).await?;
-            println!("{count} parked events put back in line; the relay publishes them on its next round");
+            println!(
+                "{count} parked events put back in line; the relay publishes them on its next round"
+            );
             database.close().await?;
         }
     }

@@ -2,6 +2,8 @@
 
 #![allow(clippy::large_enum_variant, clippy::doc_lazy_continuation)]
 
+pub mod codec;
+
 /// Generated code, one module per proto package.
 pub mod whistle {
     pub mod types {

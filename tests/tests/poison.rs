@@ -1,12 +1,11 @@
 //! One request can no longer stop the pipeline. The report that did (an attachment `media_type` of
-//! 1.2 MB, whose event exceeded NATS's 1 MiB `max_payload`) is refused by default; and on a platform
-//! whose limits were raised too far, its event is parked in intake's outbox while later reports
-//! are still whistled. Real binaries, real nats-server, SQLite.
+//! 1.2 MB, whose event exceeded NATS's 1 MiB `max_payload` and stopped intake's publishing for good)
+//! is refused, and later reports are still whistled. Real binaries, real nats-server, SQLite.
 
 use futures::StreamExt;
 use std::time::Duration;
 use tonic::Code;
-use whistle_e2e::{Platform, Storage, wait_serving};
+use whistle_e2e::{Platform, Storage};
 use whistle_proto::gateway::department_gateway_client::DepartmentGatewayClient;
 use whistle_proto::gateway::{Notice, SubscribeRequest};
 use whistle_proto::intake::SubmitReportRequest;
@@ -60,44 +59,26 @@ async fn whistled(notices: &mut tonic::Streaming<Notice>, case_id: &str) {
     }
 }
 
-// multi-threaded: `stop()` blocks its thread while the clients answer the server's GOAWAY
+/// The report that stopped intake for good is refused, naming the field and the limit, and the
+/// next normal report is whistled. (An event that still cannot be published — e.g. after the NATS
+/// server's `max_payload` was lowered — is parked by the outbox and blocks nothing: see
+/// `services/platform/tests/outbox_parking.rs`. Limits that would allow an event over
+/// `limits.max_event_bytes`, or a `max_event_bytes` over the server's `max_payload`, stop the
+/// service at start: see `config_errors.rs`.)
+// multi-threaded: `shutdown()` blocks its thread while the clients answer the servers' GOAWAY
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_oversized_report_never_stops_later_whistles() {
-    let mut platform = Platform::prepare(Storage::Sqlite).await;
-    // an operator raised the limits far beyond what NATS can carry (the start-up check compares
-    // only max_event_bytes with the server): the outbox is the last line of defence
-    platform
-        .intake
-        .set_env("WHISTLE_INTAKE__LIMITS__MEDIA_TYPE_CHARS", "2000000");
-    platform
-        .intake
-        .set_env("WHISTLE_INTAKE__LIMITS__MAX_REQUEST_BYTES", "4000000");
-    platform
-        .intake
-        .set_env("WHISTLE_INTAKE__OUTBOX__MAX_ATTEMPTS", "2");
-    for process in [
-        &mut platform.intake,
-        &mut platform.dispatch,
-        &mut platform.gateway,
-        &mut platform.evaluation,
-    ] {
-        process.start();
-    }
-    for process in [
-        &platform.intake,
-        &platform.dispatch,
-        &platform.gateway,
-        &platform.evaluation,
-    ] {
-        wait_serving(process).await;
-    }
+async fn an_oversized_report_is_refused_and_later_reports_are_whistled() {
+    let platform = Platform::start(Storage::Sqlite).await;
     let tokens = platform.credentials().await;
     let sanitation = tokens.get("zw-sanitation").expect("token").clone();
     let mut gateway = DepartmentGatewayClient::connect(platform.gateway.url())
         .await
         .expect("gateway");
     let mut notices = gateway
-        .subscribe(with_token(SubscribeRequest { after_sequence: 0 }, &sanitation))
+        .subscribe(with_token(
+            SubscribeRequest { after_sequence: 0 },
+            &sanitation,
+        ))
         .await
         .expect("subscribe")
         .into_inner();
@@ -106,94 +87,43 @@ async fn an_oversized_report_never_stops_later_whistles() {
         .expect("intake")
         .max_encoding_message_size(8 * 1024 * 1024);
 
-    let oversized = intake
-        .submit_report(report("poison-1", "image/".to_string() + &"x".repeat(1_200_000)))
+    // 1.2 MB: over the request size limit, refused before any field is read
+    let refused = intake
+        .submit_report(report(
+            "poison-1",
+            "image/".to_string() + &"x".repeat(1_200_000),
+        ))
         .await
-        .expect("accepted: the limits allow it here")
-        .into_inner();
+        .expect_err("refused");
+    assert_eq!(refused.code(), Code::OutOfRange, "{refused:?}");
+    // small enough to decode, over the field's limit: refused naming the field and the limit
+    let refused = intake
+        .submit_report(report("poison-2", "image/".to_string() + &"x".repeat(200)))
+        .await
+        .expect_err("refused");
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert!(
+        refused.message().contains("attachments[0].media_type")
+            && refused.message().contains("127"),
+        "{}",
+        refused.message()
+    );
     let normal = intake
         .submit_report(report("normal-1", "image/jpeg".into()))
         .await
         .expect("a normal report")
         .into_inner();
     whistled(&mut notices, &normal.case_id).await;
-
-    // the oversized event sits parked in intake's outbox, visible to the operator
     let database = sea_orm::Database::connect(platform.intake.database_url())
         .await
         .expect("intake database");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let parked = loop {
-        let parked = whistle_platform::outbox::list_parked(&database)
+    assert!(
+        whistle_platform::outbox::list_parked(&database)
             .await
-            .expect("parked");
-        if !parked.is_empty() {
-            break parked;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "nothing was parked");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert_eq!(parked.len(), 1, "{parked:?}");
-    assert!(
-        parked[0].subject.ends_with(".reported"),
-        "{}",
-        parked[0].subject
+            .expect("parked")
+            .is_empty(),
+        "nothing was parked"
     );
-    assert!(
-        parked[0]
-            .last_error
-            .as_deref()
-            .is_some_and(|error| error.contains("max_payload")),
-        "{:?}",
-        parked[0].last_error
-    );
-    assert!(
-        platform.intake.log_text().contains("event parked"),
-        "parking is logged"
-    );
-    // and it stays parked after a restart, while reports keep flowing
-    platform.intake.stop();
-    platform.intake.start();
-    wait_serving(&platform.intake).await;
-    let mut intake = IntakeServiceClient::connect(platform.intake.url())
-        .await
-        .expect("intake");
-    let after_restart = intake
-        .submit_report(report("normal-2", "image/png".into()))
-        .await
-        .expect("a report after the restart")
-        .into_inner();
-    whistled(&mut notices, &after_restart.case_id).await;
-    assert_ne!(oversized.case_id, normal.case_id);
-    platform.shutdown().await;
-}
-
-/// With the shipped limits, the same request is refused up front, naming the field and the limit.
-#[tokio::test]
-async fn the_default_limits_refuse_the_oversized_report() {
-    let platform = Platform::start(Storage::Sqlite).await;
-    let mut intake = IntakeServiceClient::connect(platform.intake.url())
-        .await
-        .expect("intake")
-        .max_encoding_message_size(8 * 1024 * 1024);
-    let refused = intake
-        .submit_report(report("poison-2", "image/".to_string() + &"x".repeat(1_200_000)))
-        .await
-        .expect_err("refused");
-    // over the request size limit the transport refuses it before any field is read
-    assert!(
-        matches!(refused.code(), Code::InvalidArgument | Code::OutOfRange | Code::ResourceExhausted),
-        "{refused:?}"
-    );
-    let refused = intake
-        .submit_report(report("poison-3", "image/".to_string() + &"x".repeat(200)))
-        .await
-        .expect_err("refused");
-    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
-    assert!(
-        refused.message().contains("attachments[0].media_type"),
-        "{}",
-        refused.message()
-    );
+    drop(notices);
     platform.shutdown().await;
 }

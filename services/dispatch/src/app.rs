@@ -30,7 +30,7 @@ pub async fn run(
     let db = db::connect(&config.database).await?;
     db::migrate::<Migrator>(&db).await?;
     if let Some(file) = &config.catalogue.file {
-        crate::catalogue::load(&db, file).await?;
+        crate::catalogue::load(&db, file, &config.limits).await?;
     }
 
     let shutdown = shutdown.child_token();
@@ -65,6 +65,7 @@ pub async fn run(
         clock,
         outbox_signal,
         settings: config.dispatch.clone(),
+        limits: config.limits.clone(),
     };
     let routes = tonic::service::Routes::new(
         DispatchServiceServer::new(service)

@@ -8,11 +8,25 @@ use sea_orm::{
 };
 use serde::Deserialize;
 use std::path::Path;
+use whistle_platform::validation::LimitsConfig;
 
-/// Checks a route, naming the bad field (`route.area_code`, ...).
-pub fn check_route(route: &Route) -> Result<(), DispatchError> {
+/// Checks a route against the limits and the catalogue's rules, naming the bad field
+/// (`route.area_code`, ...).
+pub fn check_route(route: &Route, limits: &LimitsConfig) -> Result<(), DispatchError> {
+    limits.check_code("route.route_id", &route.route_id)?;
+    limits.check_code("route.category_code", &route.category_code)?;
+    limits.check_code("route.area_code", &route.area_code)?;
+    limits.check_code("route.lead_department_code", &route.lead_department_code)?;
+    // the lead and the co-departments together are one whistle's departments
+    LimitsConfig::check_items(
+        "route.co_department_codes",
+        route.co_department_codes.len(),
+        limits.list_items.saturating_sub(1),
+    )?;
+    for (index, code) in route.co_department_codes.iter().enumerate() {
+        limits.check_code(&format!("route.co_department_codes[{index}]"), code)?;
+    }
     let valid_id = !route.route_id.is_empty()
-        && route.route_id.len() <= 128
         && route
             .route_id
             .bytes()
@@ -20,7 +34,7 @@ pub fn check_route(route: &Route) -> Result<(), DispatchError> {
     if !valid_id {
         return Err(DispatchError::invalid(
             "route.route_id",
-            "required: letters, digits, - or _, at most 128",
+            "required: letters, digits, - or _",
         ));
     }
     let category = route.category_code.as_bytes();
@@ -70,8 +84,9 @@ pub fn check_route(route: &Route) -> Result<(), DispatchError> {
 pub async fn put_route<C: ConnectionTrait>(
     connection: &C,
     route: &Route,
+    limits: &LimitsConfig,
 ) -> Result<i64, DispatchError> {
-    check_route(route)?;
+    check_route(route, limits)?;
     let version = route::Entity::find_by_id(route.route_id.as_str())
         .one(connection)
         .await?
@@ -120,8 +135,12 @@ struct RouteEntry {
 }
 
 /// Upserts the `routes` of a catalogue file (unchanged routes keep their version).
-pub async fn load(db: &DatabaseConnection, file: &Path) -> anyhow::Result<()> {
-    let routes = check(file)?;
+pub async fn load(
+    db: &DatabaseConnection,
+    file: &Path,
+    limits: &LimitsConfig,
+) -> anyhow::Result<()> {
+    let routes = check(file, limits)?;
     let transaction = db.begin().await?;
     for route in routes {
         let unchanged = route::Entity::find_by_id(route.route_id.as_str())
@@ -136,7 +155,7 @@ pub async fn load(db: &DatabaseConnection, file: &Path) -> anyhow::Result<()> {
         if unchanged {
             continue;
         }
-        put_route(&transaction, &route)
+        put_route(&transaction, &route, limits)
             .await
             .map_err(|error| anyhow::anyhow!("catalogue route {}: {error}", route.route_id))?;
     }
@@ -146,7 +165,7 @@ pub async fn load(db: &DatabaseConnection, file: &Path) -> anyhow::Result<()> {
 
 /// Reads and checks the routes of a catalogue file without touching a database (also done at
 /// start, so a malformed file is a configuration error found before any migration).
-pub fn check(file: &Path) -> anyhow::Result<Vec<Route>> {
+pub fn check(file: &Path, limits: &LimitsConfig) -> anyhow::Result<Vec<Route>> {
     let text = std::fs::read_to_string(file)
         .map_err(|error| anyhow::anyhow!("cannot read catalogue {}: {error}", file.display()))?;
     let catalogue: CatalogueFile = serde_json::from_str(&text)
@@ -168,7 +187,7 @@ pub fn check(file: &Path) -> anyhow::Result<Vec<Route>> {
                 resolve_within: minutes(entry.resolve_within_minutes),
             },
         };
-        check_route(&route)
+        check_route(&route, limits)
             .map_err(|error| anyhow::anyhow!("catalogue route {}: {error}", route.route_id))?;
         routes.push(route);
     }

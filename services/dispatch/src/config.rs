@@ -39,6 +39,9 @@ pub struct DispatchSettings {
     pub check_in_radius_meters: f64,
     /// Events applied per transaction by the case consumer.
     pub consumer_batch: usize,
+    /// How many times a change of a case is run again when a concurrent change of the same case
+    /// got there first, before the caller sees ABORTED.
+    pub conflict_retries: u32,
 }
 
 impl Default for DispatchSettings {
@@ -46,6 +49,7 @@ impl Default for DispatchSettings {
         Self {
             check_in_radius_meters: 500.0,
             consumer_batch: 128,
+            conflict_retries: 5,
         }
     }
 }
@@ -83,6 +87,18 @@ impl ServiceConfig for DispatchConfig {
         self.telemetry.validate()?;
         self.grpc.validate()?;
         self.limits.validate()?;
+        let largest = crate::bounds::largest_events(&self.limits).map_err(|error| {
+            ConfigError::Invalid(format!("the limits cannot be checked: {error}"))
+        })?;
+        if let Some((kind, (bytes, _))) = largest
+            .iter()
+            .find(|(_, (bytes, _))| *bytes > self.limits.max_event_bytes)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "the limits allow a {kind} event of {bytes} bytes, more than limits.max_event_bytes = {}; lower limits.evidence_per_assignment, limits.uri_chars or limits.text_chars",
+                self.limits.max_event_bytes
+            )));
+        }
         if !(self.dispatch.check_in_radius_meters.is_finite()
             && self.dispatch.check_in_radius_meters > 0.0)
         {
@@ -95,6 +111,11 @@ impl ServiceConfig for DispatchConfig {
                 "dispatch.consumer_batch must be between 1 and 1000".into(),
             ));
         }
+        if self.dispatch.conflict_retries > 20 {
+            return Err(ConfigError::Invalid(
+                "dispatch.conflict_retries must be at most 20".into(),
+            ));
+        }
         if let Some(file) = &self.catalogue.file
             && !file.is_file()
         {
@@ -104,9 +125,23 @@ impl ServiceConfig for DispatchConfig {
             )));
         }
         if let Some(file) = &self.catalogue.file {
-            crate::catalogue::check(file)
+            crate::catalogue::check(file, &self.limits)
                 .map_err(|error| ConfigError::Invalid(format!("catalogue.file: {error:#}")))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_that_allow_an_event_over_the_bound_are_refused() {
+        let mut config = DispatchConfig::default();
+        assert!(config.validate().is_ok());
+        config.limits.uri_chars = 8192;
+        let error = config.validate().expect_err("evidence too large");
+        assert!(error.to_string().contains("whistle.progressed"), "{error}");
     }
 }

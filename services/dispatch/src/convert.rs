@@ -6,6 +6,7 @@ use crate::domain::{
 use crate::error::DispatchError;
 use chrono::Duration;
 use whistle_platform::clock::to_proto_timestamp;
+use whistle_platform::validation::{AttachmentContent, LimitsConfig};
 use whistle_proto::dispatch as pb;
 use whistle_proto::types as types_pb;
 
@@ -81,32 +82,23 @@ fn evidence_to_proto(evidence: &[Evidence]) -> Vec<types_pb::Attachment> {
         .collect()
 }
 
-/// Evidence from a request; every item needs a URI.
+/// Evidence from a request, checked against the limits: at most `limits.attachments` items, each
+/// with an absolute URI (digest, media type and size optional, well-formed when set).
 pub fn evidence_from_proto(
+    limits: &LimitsConfig,
     field: &str,
     attachments: &[types_pb::Attachment],
 ) -> Result<Vec<Evidence>, DispatchError> {
-    if attachments.len() > 20 {
-        return Err(DispatchError::invalid(field, "at most 20 attachments"));
-    }
-    attachments
+    limits.check_attachments(field, attachments, AttachmentContent::Optional)?;
+    Ok(attachments
         .iter()
-        .enumerate()
-        .map(|(index, attachment)| {
-            if attachment.uri.is_empty() || !attachment.uri.contains("://") {
-                return Err(DispatchError::invalid(
-                    format!("{field}[{index}].uri"),
-                    "must be an absolute URI",
-                ));
-            }
-            Ok(Evidence {
-                uri: attachment.uri.clone(),
-                sha256: attachment.sha256.clone(),
-                media_type: attachment.media_type.clone(),
-                size_bytes: attachment.size_bytes,
-            })
+        .map(|attachment| Evidence {
+            uri: attachment.uri.clone(),
+            sha256: attachment.sha256.clone(),
+            media_type: attachment.media_type.clone(),
+            size_bytes: attachment.size_bytes,
         })
-        .collect()
+        .collect())
 }
 
 pub fn assignment_to_proto(assignment: &Assignment) -> types_pb::Assignment {

@@ -392,14 +392,30 @@ impl Assignment {
         Ok(at <= self.on_site_by)
     }
 
-    /// Progress feedback; allowed while the assignment is being worked on.
-    pub fn progress(&mut self) -> Result<(), TransitionError> {
+    /// Progress feedback with its evidence; allowed while the assignment is being worked on. The
+    /// assignment keeps at most `max_evidence` items over all its actions, so its stored state and
+    /// the events that carry it stay bounded.
+    pub fn progress(
+        &mut self,
+        evidence: Vec<Evidence>,
+        max_evidence: usize,
+    ) -> Result<(), ProgressError> {
         if !matches!(
             self.status,
             AssignmentStatus::Acknowledged | AssignmentStatus::OnSite
         ) {
-            return Err(self.refuse("report progress", "acknowledge first"));
+            return Err(ProgressError::Transition(
+                self.refuse("report progress", "acknowledge first"),
+            ));
         }
+        if self.evidence.len().saturating_add(evidence.len()) > max_evidence {
+            return Err(ProgressError::TooMuchEvidence {
+                kept: self.evidence.len(),
+                adding: evidence.len(),
+                max_evidence,
+            });
+        }
+        self.evidence.extend(evidence);
         self.version += 1;
         Ok(())
     }
@@ -477,6 +493,34 @@ pub enum CheckInError {
         distance_meters: f64,
         radius_meters: f64,
     },
+}
+
+/// Why progress was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProgressError {
+    Transition(TransitionError),
+    /// The evidence would grow past what one assignment keeps.
+    TooMuchEvidence {
+        kept: usize,
+        adding: usize,
+        max_evidence: usize,
+    },
+}
+
+impl fmt::Display for ProgressError {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProgressError::Transition(error) => error.fmt(formatter),
+            ProgressError::TooMuchEvidence {
+                kept,
+                adding,
+                max_evidence,
+            } => write!(
+                formatter,
+                "cannot add {adding} evidence items: the assignment keeps {kept} of at most {max_evidence}"
+            ),
+        }
+    }
 }
 
 /// The case status once its assignments changed: every assignment resolved or returned, with at
@@ -591,6 +635,38 @@ mod tests {
         );
     }
 
+    fn evidence() -> Evidence {
+        Evidence {
+            uri: "https://files.example/1.jpg".into(),
+            sha256: String::new(),
+            media_type: String::new(),
+            size_bytes: 0,
+        }
+    }
+
+    #[test]
+    fn evidence_is_bounded_per_assignment() {
+        let mut assignment = fresh(true);
+        assignment
+            .acknowledge(at(1), "x".into(), String::new(), None)
+            .expect("ack");
+        assignment
+            .progress(vec![evidence(); 3], 5)
+            .expect("three of five");
+        let refused = assignment
+            .progress(vec![evidence(); 3], 5)
+            .expect_err("six of five");
+        assert_eq!(
+            refused.to_string(),
+            "cannot add 3 evidence items: the assignment keeps 3 of at most 5"
+        );
+        assert_eq!(assignment.evidence.len(), 3);
+        assert_eq!(assignment.version, 3);
+        assignment
+            .progress(vec![evidence(); 2], 5)
+            .expect("five of five");
+    }
+
     #[test]
     fn the_assignment_walks_whistle_ack_on_site_resolve() {
         let mut assignment = fresh(true);
@@ -703,7 +779,7 @@ mod tests {
     enum Action {
         Acknowledge(i64),
         CheckIn(i64, f64),
-        Progress,
+        Progress(usize),
         Resolve(i64),
         Return(i64),
         Reopen(i64),
@@ -713,7 +789,7 @@ mod tests {
         prop_oneof![
             (0i64..10_000).prop_map(Action::Acknowledge),
             (0i64..10_000, 0.0f64..2000.0).prop_map(|(t, d)| Action::CheckIn(t, d)),
-            Just(Action::Progress),
+            (0usize..4).prop_map(Action::Progress),
             (0i64..10_000).prop_map(Action::Resolve),
             (0i64..10_000).prop_map(Action::Return),
             (0i64..10_000).prop_map(Action::Reopen),
@@ -722,7 +798,8 @@ mod tests {
 
     proptest! {
         /// Whatever a department does, the assignment stays consistent: the version counts the
-        /// accepted changes, timestamps match the status, a returned assignment never changes again.
+        /// accepted changes, timestamps match the status, a returned assignment never changes again,
+        /// the evidence it keeps stays within its bound.
         #[test]
         fn the_state_machine_stays_consistent(requires_on_site: bool, actions in proptest::collection::vec(action(), 0..24)) {
             let mut assignment = fresh(requires_on_site);
@@ -732,7 +809,7 @@ mod tests {
                 let changed = match action {
                     Action::Acknowledge(t) => assignment.acknowledge(at(t), "p".into(), String::new(), None).is_ok(),
                     Action::CheckIn(t, d) => assignment.check_in(at(t), d, 500.0).is_ok(),
-                    Action::Progress => assignment.progress().is_ok(),
+                    Action::Progress(items) => assignment.progress(vec![evidence(); items], 5).is_ok(),
                     Action::Resolve(t) => assignment.resolve(at(t), "r".into(), vec![]).is_ok(),
                     Action::Return(t) => assignment.return_to_street(at(t), "x".into(), String::new()).is_ok(),
                     Action::Reopen(t) => assignment.reopen(at(t), Duration::hours(1)),
@@ -740,6 +817,7 @@ mod tests {
                 if changed { changes += 1; } else { prop_assert_eq!(&assignment, &before); }
                 if before.status == AssignmentStatus::Returned { prop_assert_eq!(&assignment, &before); }
                 prop_assert_eq!(assignment.version, changes);
+                prop_assert!(assignment.evidence.len() <= 5, "evidence stays bounded");
                 match assignment.status {
                     AssignmentStatus::Whistled => prop_assert!(assignment.acknowledged_at.is_none()),
                     AssignmentStatus::Returned => {}

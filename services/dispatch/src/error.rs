@@ -1,38 +1,44 @@
 //! Dispatch's errors and their one mapping to gRPC status codes.
 
-use crate::domain::TransitionError;
-use sea_orm::DbErr;
+use crate::domain::{ProgressError, TransitionError};
+use sea_orm::{DbErr, SqlErr};
+use whistle_platform::validation::FieldError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DispatchError {
-    #[error("{field}: {reason}")]
-    InvalidArgument { field: String, reason: String },
+    #[error("{0}")]
+    InvalidArgument(FieldError),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
     PermissionDenied(String),
     #[error("{0}")]
     FailedPrecondition(String),
+    /// Another transaction changed what this one read; the use case is retried from the start
+    /// (`dispatch.conflict_retries`) before the caller sees ABORTED.
     #[error("{0} was changed concurrently, retry")]
     Conflict(String),
     #[error("{0}")]
     Unimplemented(&'static str),
     #[error("database error: {0}")]
-    Database(#[from] DbErr),
+    Database(DbErr),
     #[error("unexpected: {0}")]
     Unexpected(String),
 }
 
 impl DispatchError {
     pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self::InvalidArgument {
-            field: field.into(),
-            reason: reason.into(),
-        }
+        Self::InvalidArgument(FieldError::new(field, reason))
     }
 
     pub fn unexpected(error: impl std::fmt::Display) -> Self {
         Self::Unexpected(error.to_string())
+    }
+}
+
+impl From<FieldError> for DispatchError {
+    fn from(error: FieldError) -> Self {
+        Self::InvalidArgument(error)
     }
 }
 
@@ -42,12 +48,41 @@ impl From<TransitionError> for DispatchError {
     }
 }
 
+impl From<ProgressError> for DispatchError {
+    fn from(error: ProgressError) -> Self {
+        Self::FailedPrecondition(error.to_string())
+    }
+}
+
+/// A database error caused by a concurrent writer (a key written meanwhile, a PostgreSQL
+/// serialization failure or deadlock) is a [`DispatchError::Conflict`], worth a retry; the rest
+/// are [`DispatchError::Database`].
+impl From<DbErr> for DispatchError {
+    fn from(error: DbErr) -> Self {
+        let unique_violation =
+            matches!(error.sql_err(), Some(SqlErr::UniqueConstraintViolation(_)));
+        let serialization_failure = matches!(
+            &error,
+            DbErr::Exec(sea_orm::RuntimeErr::SqlxError(sqlx_error))
+                | DbErr::Query(sea_orm::RuntimeErr::SqlxError(sqlx_error))
+                if sqlx_error
+                    .as_database_error()
+                    .and_then(|database_error| database_error.code())
+                    .is_some_and(|code| matches!(code.as_ref(), "40001" | "40P01"))
+        );
+        if unique_violation || serialization_failure {
+            // the database's text stays in the log: it names tables and keys
+            tracing::debug!(%error, "concurrent write");
+            return Self::Conflict("a record".into());
+        }
+        Self::Database(error)
+    }
+}
+
 impl From<DispatchError> for tonic::Status {
     fn from(error: DispatchError) -> Self {
         match error {
-            DispatchError::InvalidArgument { .. } => {
-                tonic::Status::invalid_argument(error.to_string())
-            }
+            DispatchError::InvalidArgument(field) => field.to_status(),
             DispatchError::NotFound(message) => tonic::Status::not_found(message),
             DispatchError::PermissionDenied(message) => tonic::Status::permission_denied(message),
             DispatchError::FailedPrecondition(message) => {

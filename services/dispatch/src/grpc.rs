@@ -1,14 +1,13 @@
-//! `DispatchService` over gRPC: request validation and proto conversion around the use cases.
+//! `DispatchService` over gRPC: request checks (`requests`), proto conversion and the use cases,
+//! each retried from the start when a concurrent change of the same case got there first.
 
 use crate::catalogue;
 use crate::config::DispatchSettings;
-use crate::convert::{
-    assignment_to_proto, case_status_from_proto, case_status_to_proto, evidence_from_proto,
-    limits_from_proto, route_to_proto,
-};
+use crate::convert::{assignment_to_proto, case_status_to_proto, route_to_proto};
 use crate::domain::{self, Assignment, Route};
 use crate::error::DispatchError;
-use crate::service::{self, CaseState, DepartmentAction};
+use crate::requests;
+use crate::service::{self, ActionRules, CaseState};
 use crate::storage::{assignment, case, route};
 use prost::Message;
 use sea_orm::{
@@ -17,10 +16,11 @@ use sea_orm::{
 };
 use std::collections::HashMap;
 use tonic::{Request, Response, Status};
-use whistle_platform::clock::{SharedClock, from_proto_timestamp, to_millis, to_proto_timestamp};
+use whistle_platform::clock::{SharedClock, to_millis, to_proto_timestamp};
 use whistle_platform::outbox::OutboxSignal;
+use whistle_platform::validation::LimitsConfig;
+use whistle_proto::dispatch as pb;
 use whistle_proto::dispatch::dispatch_service_server::DispatchService;
-use whistle_proto::dispatch::{self as pb, record_department_action_request::Action};
 use whistle_proto::events::CaseReported;
 use whistle_proto::types as types_pb;
 
@@ -31,29 +31,8 @@ pub struct DispatchGrpc {
     pub clock: SharedClock,
     pub outbox_signal: OutboxSignal,
     pub settings: DispatchSettings,
-}
-
-fn required<'a>(field: &str, value: &'a str, max_chars: usize) -> Result<&'a str, DispatchError> {
-    if value.trim().is_empty() {
-        return Err(DispatchError::invalid(field, "required"));
-    }
-    if value.chars().count() > max_chars {
-        return Err(DispatchError::invalid(
-            field,
-            format!("at most {max_chars} characters"),
-        ));
-    }
-    Ok(value)
-}
-
-fn optional(field: &str, value: &str, max_chars: usize) -> Result<(), DispatchError> {
-    if value.chars().count() > max_chars {
-        return Err(DispatchError::invalid(
-            field,
-            format!("at most {max_chars} characters"),
-        ));
-    }
-    Ok(())
+    /// Lengths and counts every request field is held to.
+    pub limits: LimitsConfig,
 }
 
 fn case_to_proto(state: &CaseState, timeline: Vec<pb::TimelineEntry>) -> pb::Case {
@@ -98,20 +77,24 @@ impl DispatchGrpc {
         Ok(case_to_proto(&state, timeline))
     }
 
-    /// Loads a case, applies `change`, saves it with its events, and answers the new case.
+    /// Loads a case, applies `change`, saves it with its events, and answers the new case. A
+    /// conflict with a concurrent change retries the whole of it (`dispatch.conflict_retries`).
     async fn change_case(
         &self,
         case_id: &str,
-        change: impl FnOnce(&dyn whistle_platform::Clock, &mut CaseState) -> Result<(), DispatchError>,
+        change: impl Fn(&dyn whistle_platform::Clock, &mut CaseState) -> Result<(), DispatchError>,
     ) -> Result<pb::Case, DispatchError> {
-        required("case_id", case_id, 64)?;
-        let transaction = self.db.begin().await?;
-        let mut state = service::load_case(&transaction, case_id)
-            .await?
-            .ok_or_else(|| DispatchError::NotFound(format!("case {case_id} not found")))?;
-        change(self.clock.as_ref(), &mut state)?;
-        service::save_case(&transaction, self.clock.as_ref(), state).await?;
-        transaction.commit().await?;
+        service::retry_on_conflict(self.settings.conflict_retries, || async {
+            let transaction = self.db.begin().await?;
+            let mut state = service::load_case_for_change(&transaction, case_id)
+                .await?
+                .ok_or_else(|| DispatchError::NotFound(format!("case {case_id} not found")))?;
+            change(self.clock.as_ref(), &mut state)?;
+            service::save_case(&transaction, self.clock.as_ref(), state).await?;
+            transaction.commit().await?;
+            Ok(())
+        })
+        .await?;
         self.outbox_signal.notify();
         self.case_view(case_id).await
     }
@@ -120,15 +103,12 @@ impl DispatchGrpc {
         &self,
         request: pb::ListCasesRequest,
     ) -> Result<pb::ListCasesResponse, DispatchError> {
-        let page_size = match request.page_size {
-            0 => 50,
-            size @ 1..=500 => size as u64,
-            _ => return Err(DispatchError::invalid("page_size", "at most 500")),
-        };
+        let requests::CaseListing { status, page_size } =
+            requests::check_list_cases(&self.limits, &request)?;
         let mut query = case::Entity::find()
             .order_by_desc(case::Column::CaseId)
             .limit(page_size + 1);
-        if let Some(status) = case_status_from_proto(request.status)? {
+        if let Some(status) = status {
             query = query.filter(case::Column::Status.eq(status.as_str()));
         }
         if !request.street_slug.is_empty() {
@@ -214,120 +194,28 @@ impl DispatchGrpc {
         &self,
         request: pb::RecordDepartmentActionRequest,
     ) -> Result<types_pb::Assignment, DispatchError> {
-        let action_id = required("action_id", &request.action_id, 128)?;
-        let assignment_id = required("assignment_id", &request.assignment_id, 64)?;
-        domain::check_department_code(&request.department_code)
-            .map_err(|reason| DispatchError::invalid("department_code", reason))?;
-        let now = self.clock.now();
-        let action = match request.action {
-            None => {
-                return Err(DispatchError::invalid(
-                    "action",
-                    "required: one of acknowledge, check_in, progress, resolve, return_assignment, request_extension",
-                ));
-            }
-            Some(Action::Acknowledge(acknowledge)) => {
-                required(
-                    "acknowledge.responsible_person",
-                    &acknowledge.responsible_person,
-                    64,
-                )?;
-                optional("acknowledge.contact_phone", &acknowledge.contact_phone, 32)?;
-                let promised_at = match &acknowledge.promised_at {
-                    None => None,
-                    Some(timestamp) => {
-                        let promised = from_proto_timestamp(timestamp).ok_or_else(|| {
-                            DispatchError::invalid(
-                                "acknowledge.promised_at",
-                                "not a valid timestamp",
-                            )
-                        })?;
-                        if promised < now - chrono::Duration::minutes(5) {
-                            return Err(DispatchError::invalid(
-                                "acknowledge.promised_at",
-                                "must not be in the past",
-                            ));
-                        }
-                        Some(promised)
-                    }
-                };
-                DepartmentAction::Acknowledge {
-                    responsible_person: acknowledge.responsible_person,
-                    contact_phone: acknowledge.contact_phone,
-                    promised_at,
-                }
-            }
-            Some(Action::CheckIn(check_in)) => {
-                let valid = |value: f64, limit: f64| value.is_finite() && value.abs() <= limit;
-                if !valid(check_in.lat, 90.0) || (check_in.lat == 0.0 && check_in.lng == 0.0) {
-                    return Err(DispatchError::invalid(
-                        "check_in.lat",
-                        "required, between -90 and 90",
-                    ));
-                }
-                if !valid(check_in.lng, 180.0) {
-                    return Err(DispatchError::invalid(
-                        "check_in.lng",
-                        "required, between -180 and 180",
-                    ));
-                }
-                optional("check_in.person", &check_in.person, 64)?;
-                DepartmentAction::CheckIn {
-                    lat: check_in.lat,
-                    lng: check_in.lng,
-                    person: check_in.person,
-                }
-            }
-            Some(Action::Progress(progress)) => {
-                required("progress.note", &progress.note, 4000)?;
-                let evidence = evidence_from_proto("progress.evidence", &progress.evidence)?;
-                DepartmentAction::Progress {
-                    note: progress.note,
-                    evidence,
-                }
-            }
-            Some(Action::Resolve(resolve)) => {
-                required("resolve.resolution", &resolve.resolution, 4000)?;
-                let evidence = evidence_from_proto("resolve.evidence", &resolve.evidence)?;
-                DepartmentAction::Resolve {
-                    resolution: resolve.resolution,
-                    evidence,
-                }
-            }
-            Some(Action::ReturnAssignment(returned)) => {
-                required("return_assignment.reason", &returned.reason, 2000)?;
-                if !returned.suggested_department_code.is_empty() {
-                    domain::check_department_code(&returned.suggested_department_code).map_err(
-                        |reason| {
-                            DispatchError::invalid(
-                                "return_assignment.suggested_department_code",
-                                reason,
-                            )
-                        },
-                    )?;
-                }
-                DepartmentAction::Return {
-                    reason: returned.reason,
-                    suggested_department_code: returned.suggested_department_code,
-                }
-            }
-            Some(Action::RequestExtension(_)) => {
-                return Err(DispatchError::Unimplemented("request_extension"));
-            }
+        let action = requests::check_department_action(&self.limits, self.clock.now(), &request)?;
+        let acknowledging = matches!(action, service::DepartmentAction::Acknowledge { .. });
+        let rules = ActionRules {
+            check_in_radius_meters: self.settings.check_in_radius_meters,
+            evidence_per_assignment: self.limits.evidence_per_assignment,
         };
-        let acknowledging = matches!(action, DepartmentAction::Acknowledge { .. });
-        let transaction = self.db.begin().await?;
-        let recorded = service::record_department_action(
-            &transaction,
-            self.clock.as_ref(),
-            self.settings.check_in_radius_meters,
-            action_id,
-            assignment_id,
-            &request.department_code,
-            action,
-        )
+        let recorded = service::retry_on_conflict(self.settings.conflict_retries, || async {
+            let transaction = self.db.begin().await?;
+            let recorded = service::record_department_action(
+                &transaction,
+                self.clock.as_ref(),
+                rules,
+                &request.action_id,
+                &request.assignment_id,
+                &request.department_code,
+                action.clone(),
+            )
+            .await?;
+            transaction.commit().await?;
+            Ok(recorded)
+        })
         .await?;
-        transaction.commit().await?;
         self.outbox_signal.notify();
         let assignment = recorded.assignment;
         if acknowledging
@@ -352,27 +240,6 @@ impl DispatchGrpc {
     }
 }
 
-fn departments_from(
-    lead_field: &str,
-    lead: &str,
-    co_field: &str,
-    co: &[String],
-) -> Result<(), DispatchError> {
-    domain::check_department_code(lead)
-        .map_err(|reason| DispatchError::invalid(lead_field, reason))?;
-    for (index, code) in co.iter().enumerate() {
-        domain::check_department_code(code)
-            .map_err(|reason| DispatchError::invalid(format!("{co_field}[{index}]"), reason))?;
-        if code == lead || co[..index].contains(code) {
-            return Err(DispatchError::invalid(
-                format!("{co_field}[{index}]"),
-                "names a department twice",
-            ));
-        }
-    }
-    Ok(())
-}
-
 #[tonic::async_trait]
 impl DispatchService for DispatchGrpc {
     async fn get_case(
@@ -380,7 +247,7 @@ impl DispatchService for DispatchGrpc {
         request: Request<pb::GetCaseRequest>,
     ) -> Result<Response<pb::Case>, Status> {
         let request = request.into_inner();
-        required("case_id", &request.case_id, 64)?;
+        requests::check_get_case(&self.limits, &request)?;
         Ok(Response::new(self.case_view(&request.case_id).await?))
     }
 
@@ -398,10 +265,10 @@ impl DispatchService for DispatchGrpc {
         request: Request<pb::AcceptCaseRequest>,
     ) -> Result<Response<pb::Case>, Status> {
         let request = request.into_inner();
-        let operator = required("operator_id", &request.operator_id, 128)?.to_string();
+        requests::check_accept(&self.limits, &request)?;
         let case = self
             .change_case(&request.case_id, |clock, state| {
-                service::accept(clock, state, &operator)
+                service::accept(clock, state, &request.operator_id)
             })
             .await?;
         Ok(Response::new(case))
@@ -412,11 +279,10 @@ impl DispatchService for DispatchGrpc {
         request: Request<pb::RejectCaseRequest>,
     ) -> Result<Response<pb::Case>, Status> {
         let request = request.into_inner();
-        let operator = required("operator_id", &request.operator_id, 128)?.to_string();
-        let reason = required("reason", &request.reason, 2000)?.to_string();
+        requests::check_reject(&self.limits, &request)?;
         let case = self
             .change_case(&request.case_id, |clock, state| {
-                service::reject(clock, state, &operator, &reason)
+                service::reject(clock, state, &request.operator_id, &request.reason)
             })
             .await?;
         Ok(Response::new(case))
@@ -427,14 +293,7 @@ impl DispatchService for DispatchGrpc {
         request: Request<pb::WhistleCaseRequest>,
     ) -> Result<Response<pb::Case>, Status> {
         let request = request.into_inner();
-        let operator = required("operator_id", &request.operator_id, 128)?.to_string();
-        departments_from(
-            "lead_department_code",
-            &request.lead_department_code,
-            "co_department_codes",
-            &request.co_department_codes,
-        )?;
-        let overrides = limits_from_proto("limits", request.limits.as_ref())?;
+        let overrides = requests::check_whistle(&self.limits, &request)?;
         let category_routes = match case::Entity::find_by_id(request.case_id.as_str())
             .one(&self.db)
             .await
@@ -455,7 +314,7 @@ impl DispatchService for DispatchGrpc {
                 service::whistle(
                     clock,
                     state,
-                    &operator,
+                    &request.operator_id,
                     &request.lead_department_code,
                     &request.co_department_codes,
                     &limits,
@@ -472,11 +331,10 @@ impl DispatchService for DispatchGrpc {
         request: Request<pb::ResolveLocallyRequest>,
     ) -> Result<Response<pb::Case>, Status> {
         let request = request.into_inner();
-        let operator = required("operator_id", &request.operator_id, 128)?.to_string();
-        let resolution = required("resolution", &request.resolution, 4000)?.to_string();
+        requests::check_resolve_locally(&self.limits, &request)?;
         let case = self
             .change_case(&request.case_id, |clock, state| {
-                service::resolve_locally(clock, state, &operator, &resolution)
+                service::resolve_locally(clock, state, &request.operator_id, &request.resolution)
             })
             .await?;
         Ok(Response::new(case))
@@ -487,13 +345,16 @@ impl DispatchService for DispatchGrpc {
         request: Request<pb::VerifyCaseRequest>,
     ) -> Result<Response<pb::Case>, Status> {
         let request = request.into_inner();
-        let verifier = required("verifier_id", &request.verifier_id, 128)?.to_string();
-        if !request.passed {
-            required("note", &request.note, 2000)?;
-        }
+        requests::check_verify(&self.limits, &request)?;
         let case = self
             .change_case(&request.case_id, |clock, state| {
-                service::verify(clock, state, &verifier, request.passed, &request.note)
+                service::verify(
+                    clock,
+                    state,
+                    &request.verifier_id,
+                    request.passed,
+                    &request.note,
+                )
             })
             .await?;
         Ok(Response::new(case))
@@ -501,8 +362,9 @@ impl DispatchService for DispatchGrpc {
 
     async fn decide_extension(
         &self,
-        _request: Request<pb::DecideExtensionRequest>,
+        request: Request<pb::DecideExtensionRequest>,
     ) -> Result<Response<pb::Case>, Status> {
+        requests::check_decide_extension(&self.limits, request.get_ref())?;
         Err(DispatchError::Unimplemented("DecideExtension").into())
     }
 
@@ -510,23 +372,14 @@ impl DispatchService for DispatchGrpc {
         &self,
         request: Request<pb::PutRouteRequest>,
     ) -> Result<Response<pb::Route>, Status> {
-        let proto = request
-            .into_inner()
-            .route
-            .ok_or_else(|| DispatchError::invalid("route", "required"))?;
-        let route = Route {
-            route_id: proto.route_id,
-            category_code: proto.category_code,
-            area_code: proto.area_code,
-            lead_department_code: proto.lead_department_code,
-            co_department_codes: proto.co_department_codes,
-            auto_whistle: proto.auto_whistle,
-            requires_on_site: proto.requires_on_site,
-            limits: limits_from_proto("route.limits", proto.limits.as_ref())?,
-        };
-        let transaction = self.db.begin().await.map_err(DispatchError::from)?;
-        let version = catalogue::put_route(&transaction, &route).await?;
-        transaction.commit().await.map_err(DispatchError::from)?;
+        let route = requests::check_put_route(&self.limits, request.get_ref())?;
+        let version = service::retry_on_conflict(self.settings.conflict_retries, || async {
+            let transaction = self.db.begin().await?;
+            let version = catalogue::put_route(&transaction, &route, &self.limits).await?;
+            transaction.commit().await?;
+            Ok(version)
+        })
+        .await?;
         Ok(Response::new(route_to_proto(&route, version)))
     }
 
@@ -535,6 +388,7 @@ impl DispatchService for DispatchGrpc {
         request: Request<pb::ListRoutesRequest>,
     ) -> Result<Response<pb::ListRoutesResponse>, Status> {
         let request = request.into_inner();
+        requests::check_list_routes(&self.limits, &request)?;
         let mut query = route::Entity::find().order_by_asc(route::Column::RouteId);
         if !request.category_code.is_empty() {
             query = query.filter(route::Column::CategoryCode.eq(request.category_code.as_str()));

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod bounds;
 pub mod catalogue;
 pub mod config;
 pub mod consumer;
@@ -12,6 +13,7 @@ pub mod convert;
 pub mod domain;
 pub mod error;
 pub mod grpc;
+pub mod requests;
 pub mod service;
 pub mod storage;
 

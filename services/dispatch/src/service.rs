@@ -9,6 +9,7 @@ use crate::error::DispatchError;
 use crate::storage::{action, assignment, case, route, timeline};
 use chrono::{DateTime, Utc};
 use prost::Message;
+use sea_orm::QuerySelect;
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel,
     QueryFilter, QueryOrder,
@@ -124,12 +125,36 @@ impl CaseState {
     }
 }
 
-/// Loads a case and its assignments.
+/// Loads a case and its assignments, to read.
 pub async fn load_case<C: ConnectionTrait>(
     connection: &C,
     case_id: &str,
 ) -> Result<Option<CaseState>, DispatchError> {
-    let Some(model) = case::Entity::find_by_id(case_id).one(connection).await? else {
+    load(connection, case_id, false).await
+}
+
+/// Loads a case and its assignments to change them inside the caller's transaction. On
+/// PostgreSQL the case row is locked (`FOR UPDATE`) until the transaction ends, so concurrent
+/// changes of one case (several departments acting at once) queue instead of failing the version
+/// check of [`save_case`]; SQLite has a single writer and needs no lock.
+pub async fn load_case_for_change<C: ConnectionTrait>(
+    connection: &C,
+    case_id: &str,
+) -> Result<Option<CaseState>, DispatchError> {
+    load(connection, case_id, true).await
+}
+
+async fn load<C: ConnectionTrait>(
+    connection: &C,
+    case_id: &str,
+    for_change: bool,
+) -> Result<Option<CaseState>, DispatchError> {
+    let mut query = case::Entity::find_by_id(case_id);
+    if for_change {
+        // sea-query writes no lock clause for SQLite
+        query = query.lock_exclusive();
+    }
+    let Some(model) = query.one(connection).await? else {
         return Ok(None);
     };
     let rows = assignment::Entity::find()
@@ -248,76 +273,96 @@ pub async fn open_reported_case<C: ConnectionTrait>(
     {
         return Ok(false);
     }
-    let region = event.region.clone().unwrap_or_default();
-    let place = reported.place.clone().unwrap_or_default();
-    let reported_at = event
-        .occurred_at
-        .as_ref()
-        .and_then(whistle_platform::clock::from_proto_timestamp)
-        .unwrap_or_else(|| clock.now());
-    let mut state = CaseState {
-        model: case::Model {
-            case_id: event.case_id.clone(),
-            status: CaseStatus::Reported.as_str().to_string(),
-            version: event.case_version.max(1) as i64,
-            city_code: region.city_code,
-            district_code: region.district_code,
-            street_code: region.street_code,
-            street_slug: region.street_slug,
-            community_code: region.community_code,
-            grid_code: region.grid_code,
-            category_code: reported.category_code.clone(),
-            severity: reported.severity,
-            channel: reported.channel,
-            report_id: reported.report_id.clone(),
-            description: reported.description.clone(),
-            lat: place.lat,
-            lng: place.lng,
-            address: place.address,
-            reported: reported.encode_to_vec(),
-            reported_at_ms: to_millis(reported_at),
-            reject_reason: String::new(),
-            route_id: String::new(),
-            updated_at_ms: to_millis(clock.now()),
-        },
-        assignments: Vec::new(),
-        original_version: None,
-        original_assignment_versions: HashMap::new(),
-        events: Vec::new(),
-        timeline: Vec::new(),
-    };
-    state.note(
-        reported_at,
-        "case.reported",
-        &reported.reporter_id,
-        "",
-        reported.description.clone(),
-    );
-
+    let mut state = CaseState::open(clock, event, reported);
     let routes = routes_for_category(connection, &state.model.category_code).await?;
     match domain::select_route(&routes, &state.model.category_code, &state.model.grid_code) {
-        Some(route) => {
-            state.model.route_id = route.route_id.clone();
-            if route.auto_whistle {
-                let by = format!("route:{}", route.route_id);
-                accept(clock, &mut state, &by)?;
-                whistle(
-                    clock,
-                    &mut state,
-                    &by,
-                    &route.lead_department_code,
-                    &route.co_department_codes,
-                    &route.limits,
-                    route.requires_on_site,
-                )?;
-            }
-        }
+        Some(route) => apply_route(clock, &mut state, route)?,
         None => {
             tracing::info!(case_id = %state.model.case_id, category = %state.model.category_code, "no route matches, waiting for the street");
         }
     }
     save_case(connection, clock, state).await?;
     Ok(true)
+}
+
+impl CaseState {
+    /// A new case opened from intake's `case.reported`, not saved yet.
+    pub fn open(clock: &dyn Clock, event: &Event, reported: &CaseReported) -> Self {
+        let region = event.region.clone().unwrap_or_default();
+        let place = reported.place.clone().unwrap_or_default();
+        let reported_at = event
+            .occurred_at
+            .as_ref()
+            .and_then(whistle_platform::clock::from_proto_timestamp)
+            .unwrap_or_else(|| clock.now());
+        let mut state = CaseState {
+            model: case::Model {
+                case_id: event.case_id.clone(),
+                status: CaseStatus::Reported.as_str().to_string(),
+                version: event.case_version.max(1) as i64,
+                city_code: region.city_code,
+                district_code: region.district_code,
+                street_code: region.street_code,
+                street_slug: region.street_slug,
+                community_code: region.community_code,
+                grid_code: region.grid_code,
+                category_code: reported.category_code.clone(),
+                severity: reported.severity,
+                channel: reported.channel,
+                report_id: reported.report_id.clone(),
+                description: reported.description.clone(),
+                lat: place.lat,
+                lng: place.lng,
+                address: place.address,
+                reported: reported.encode_to_vec(),
+                reported_at_ms: to_millis(reported_at),
+                reject_reason: String::new(),
+                route_id: String::new(),
+                updated_at_ms: to_millis(clock.now()),
+            },
+            assignments: Vec::new(),
+            original_version: None,
+            original_assignment_versions: HashMap::new(),
+            events: Vec::new(),
+            timeline: Vec::new(),
+        };
+        state.note(
+            reported_at,
+            "case.reported",
+            &reported.reporter_id,
+            "",
+            reported.description.clone(),
+        );
+        state
+    }
+
+    /// The events this change adds, oldest first.
+    pub fn events(&self) -> &[Event] {
+        &self.events
+    }
+}
+
+/// Records the route that matched a new case; accepts and whistles when it says so.
+fn apply_route(
+    clock: &dyn Clock,
+    state: &mut CaseState,
+    route: &Route,
+) -> Result<(), DispatchError> {
+    state.model.route_id = route.route_id.clone();
+    if route.auto_whistle {
+        let by = format!("route:{}", route.route_id);
+        accept(clock, state, &by)?;
+        whistle(
+            clock,
+            state,
+            &by,
+            &route.lead_department_code,
+            &route.co_department_codes,
+            &route.limits,
+            route.requires_on_site,
+        )?;
+    }
+    Ok(())
 }
 
 /// Routes of one category, parsed.
@@ -600,15 +645,25 @@ impl DepartmentAction {
 #[derive(Debug, Clone)]
 pub struct RecordedAction {
     pub assignment: Assignment,
-    /// The `action_id` was seen before: nothing changed this time.
+    /// The department used this `action_id` before: nothing changed this time.
     pub repeated: bool,
 }
 
-/// Applies a department's action to its assignment; idempotent on `action_id`.
+/// The rules of department actions that come from configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct ActionRules {
+    /// How far from the case's place a check-in may be.
+    pub check_in_radius_meters: f64,
+    /// Evidence items one assignment keeps over all its actions (`limits.evidence_per_assignment`).
+    pub evidence_per_assignment: usize,
+}
+
+/// Applies a department's action to its assignment; idempotent on (department, `action_id`): each
+/// department has its own ids, and nothing in an answer tells of another department's actions.
 pub async fn record_department_action<C: ConnectionTrait>(
     connection: &C,
     clock: &dyn Clock,
-    check_in_radius_meters: f64,
+    rules: ActionRules,
     action_id: &str,
     assignment_id: &str,
     department_code: &str,
@@ -623,10 +678,19 @@ pub async fn record_department_action<C: ConnectionTrait>(
             "assignment {assignment_id} is not addressed to department {department_code}"
         )));
     }
-    if let Some(done) = action::Entity::find_by_id(action_id)
-        .one(connection)
+    // the case is locked before the action id is looked up, so a retry racing its first attempt
+    // waits for it, finds its record and answers as a repeat
+    let mut state = load_case_for_change(connection, &row.case_id)
         .await?
+        .ok_or_else(|| {
+            DispatchError::unexpected(format!("assignment {assignment_id} has no case"))
+        })?;
+    if let Some(done) =
+        action::Entity::find_by_id((department_code.to_string(), action_id.to_string()))
+            .one(connection)
+            .await?
     {
+        // the department's own earlier action: naming it tells nothing new
         if done.assignment_id != assignment_id || done.kind != department_action.name() {
             return Err(DispatchError::invalid(
                 "action_id",
@@ -636,15 +700,51 @@ pub async fn record_department_action<C: ConnectionTrait>(
                 ),
             ));
         }
-        let assignment = serde_json::from_str(&row.state).map_err(DispatchError::unexpected)?;
+        let assignment = state
+            .assignments
+            .iter()
+            .find(|assignment| assignment.assignment_id == assignment_id)
+            .cloned()
+            .ok_or_else(|| DispatchError::unexpected("assignment missing from its case"))?;
         return Ok(RecordedAction {
             assignment,
             repeated: true,
         });
     }
-    let mut state = load_case(connection, &row.case_id).await?.ok_or_else(|| {
-        DispatchError::unexpected(format!("assignment {assignment_id} has no case"))
-    })?;
+    let assignment = apply_department_action(
+        clock,
+        rules,
+        &mut state,
+        assignment_id,
+        department_code,
+        &department_action,
+    )?;
+    action::Entity::insert(action::ActiveModel {
+        department_code: Set(department_code.to_string()),
+        action_id: Set(action_id.to_string()),
+        assignment_id: Set(assignment_id.to_string()),
+        kind: Set(department_action.name().to_string()),
+        at_ms: Set(to_millis(clock.now())),
+    })
+    .exec_without_returning(connection)
+    .await?;
+    save_case(connection, clock, state).await?;
+    Ok(RecordedAction {
+        assignment,
+        repeated: false,
+    })
+}
+
+/// The rules of a department action on a loaded case: changes the assignment, adds its event and
+/// timeline entry, moves the case on when every assignment is done. Returns the assignment.
+pub fn apply_department_action(
+    clock: &dyn Clock,
+    rules: ActionRules,
+    state: &mut CaseState,
+    assignment_id: &str,
+    department_code: &str,
+    department_action: &DepartmentAction,
+) -> Result<Assignment, DispatchError> {
     let index = state
         .assignments
         .iter()
@@ -653,7 +753,7 @@ pub async fn record_department_action<C: ConnectionTrait>(
     let now = clock.now();
     let (case_lat, case_lng) = (state.model.lat, state.model.lng);
     let assignment = &mut state.assignments[index];
-    let (payload, detail) = match &department_action {
+    let (payload, detail) = match department_action {
         DepartmentAction::Acknowledge {
             responsible_person,
             contact_phone,
@@ -675,7 +775,7 @@ pub async fn record_department_action<C: ConnectionTrait>(
         }
         DepartmentAction::CheckIn { lat, lng, person } => {
             let distance = domain::distance_meters(*lat, *lng, case_lat, case_lng);
-            let within_limit = assignment.check_in(now, distance, check_in_radius_meters).map_err(|error| match error {
+            let within_limit = assignment.check_in(now, distance, rules.check_in_radius_meters).map_err(|error| match error {
                 CheckInError::Transition(error) => DispatchError::from(error),
                 CheckInError::TooFar { distance_meters, radius_meters } => DispatchError::FailedPrecondition(format!(
                     "cannot check in: {distance_meters:.0} m from the case's place, more than {radius_meters:.0} m"
@@ -691,8 +791,7 @@ pub async fn record_department_action<C: ConnectionTrait>(
             )
         }
         DepartmentAction::Progress { note, evidence } => {
-            assignment.progress()?;
-            assignment.evidence.extend(evidence.iter().cloned());
+            assignment.progress(evidence.clone(), rules.evidence_per_assignment)?;
             (
                 Payload::AssignmentProgressed(AssignmentProgressed {
                     assignment: Some(assignment_to_proto(assignment)),
@@ -705,6 +804,14 @@ pub async fn record_department_action<C: ConnectionTrait>(
             resolution,
             evidence,
         } => {
+            if evidence.len() > rules.evidence_per_assignment {
+                return Err(domain::ProgressError::TooMuchEvidence {
+                    kept: 0,
+                    adding: evidence.len(),
+                    max_evidence: rules.evidence_per_assignment,
+                }
+                .into());
+            }
             let within_limit = assignment.resolve(now, resolution.clone(), evidence.clone())?;
             (
                 Payload::AssignmentResolved(AssignmentResolved {
@@ -733,20 +840,37 @@ pub async fn record_department_action<C: ConnectionTrait>(
     if next != state.status() {
         state.set_status(next);
     }
-    action::Entity::insert(action::ActiveModel {
-        action_id: Set(action_id.to_string()),
-        assignment_id: Set(assignment_id.to_string()),
-        department_code: Set(department_code.to_string()),
-        kind: Set(department_action.name().to_string()),
-        at_ms: Set(to_millis(now)),
-    })
-    .exec_without_returning(connection)
-    .await?;
-    save_case(connection, clock, state).await?;
-    Ok(RecordedAction {
-        assignment: result,
-        repeated: false,
-    })
+    Ok(result)
+}
+
+/// Runs a use case (its own transaction: load, apply, save) and runs it again from the start when
+/// it fails with [`DispatchError::Conflict`], at most `retries` more times, after a short jittered
+/// pause that doubles each time (≈5 ms, 10 ms, … up to 200 ms), so callers acting on one case at
+/// once see ABORTED only for a conflict that persists.
+pub async fn retry_on_conflict<T, F, Fut>(retries: u32, mut use_case: F) -> Result<T, DispatchError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, DispatchError>>,
+{
+    let mut retried = 0;
+    loop {
+        match use_case().await {
+            Err(DispatchError::Conflict(what)) if retried < retries => {
+                retried += 1;
+                let ceiling_ms = (5u64 << (retried - 1).min(6)).min(200);
+                let pause = std::time::Duration::from_micros(fastrand::u64(
+                    ceiling_ms * 500..=ceiling_ms * 1000,
+                ));
+                tracing::debug!(%what, retried, pause_ms = pause.as_millis() as u64, "concurrent change, retrying");
+                tokio::time::sleep(pause).await;
+            }
+            Err(DispatchError::Conflict(what)) => {
+                tracing::warn!(%what, retried, "concurrent change persists, giving up");
+                return Err(DispatchError::Conflict(what));
+            }
+            outcome => return outcome,
+        }
+    }
 }
 
 /// The timeline of a case, oldest first.
@@ -764,4 +888,49 @@ pub async fn timeline_of<C: ConnectionTrait>(
 /// Milliseconds to a time; re-exported for the gRPC layer.
 pub fn time_of(millis: i64) -> DateTime<Utc> {
     from_millis(millis)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    #[tokio::test]
+    async fn conflicts_are_retried_until_they_clear_and_reported_when_they_persist() {
+        let attempts = AtomicU32::new(0);
+        let outcome = retry_on_conflict(5, || {
+            let attempt = attempts.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if attempt < 3 {
+                    Err(DispatchError::Conflict("case c1".into()))
+                } else {
+                    Ok(attempt)
+                }
+            }
+        })
+        .await;
+        assert_eq!(outcome.expect("cleared on the fourth run"), 3);
+
+        let attempts = AtomicU32::new(0);
+        let outcome: Result<(), _> = retry_on_conflict(2, || {
+            attempts.fetch_add(1, Ordering::SeqCst);
+            async { Err(DispatchError::Conflict("case c1".into())) }
+        })
+        .await;
+        assert!(matches!(outcome, Err(DispatchError::Conflict(_))));
+        assert_eq!(attempts.load(Ordering::SeqCst), 3, "once and two retries");
+
+        let attempts = AtomicU32::new(0);
+        let outcome: Result<(), _> = retry_on_conflict(5, || {
+            attempts.fetch_add(1, Ordering::SeqCst);
+            async { Err(DispatchError::FailedPrecondition("no".into())) }
+        })
+        .await;
+        assert!(matches!(outcome, Err(DispatchError::FailedPrecondition(_))));
+        assert_eq!(
+            attempts.load(Ordering::SeqCst),
+            1,
+            "only conflicts are retried"
+        );
+    }
 }

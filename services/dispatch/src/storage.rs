@@ -113,13 +113,16 @@ pub mod route {
 pub mod action {
     use sea_orm::entity::prelude::*;
 
+    /// A department action already recorded, keyed by the department and its own `action_id`:
+    /// each department chooses its ids without seeing any other department's.
     #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
     #[sea_orm(table_name = "dispatch_department_actions")]
     pub struct Model {
         #[sea_orm(primary_key, auto_increment = false)]
+        pub department_code: String,
+        #[sea_orm(primary_key, auto_increment = false)]
         pub action_id: String,
         pub assignment_id: String,
-        pub department_code: String,
         pub kind: String,
         pub at_ms: i64,
     }
@@ -136,7 +139,10 @@ pub struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        whistle_platform::db::migrations::with_platform(vec![Box::new(CreateDispatchTables)])
+        whistle_platform::db::migrations::with_platform(vec![
+            Box::new(CreateDispatchTables),
+            Box::new(ActionKeysPerDepartment),
+        ])
     }
 }
 
@@ -288,5 +294,68 @@ impl MigrationTrait for CreateDispatchTables {
                     .to_owned(),
             )
             .await
+    }
+}
+
+/// Department actions are keyed by (department, action_id) instead of action_id alone. Neither
+/// SQLite nor a portable statement changes a primary key in place, so the table is copied into
+/// one with the new key, in one transaction on both backends.
+#[derive(Debug)]
+struct ActionKeysPerDepartment;
+
+impl MigrationName for ActionKeysPerDepartment {
+    fn name(&self) -> &str {
+        "m20261201_000001_dispatch_action_keys_per_department"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for ActionKeysPerDepartment {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        use action::Column as D;
+        use sea_orm_migration::schema::*;
+        let rekeyed = Alias::new("dispatch_department_actions_rekeyed");
+        manager
+            .create_table(
+                Table::create()
+                    .table(rekeyed.clone())
+                    .col(string(D::DepartmentCode))
+                    .col(string(D::ActionId))
+                    .col(string(D::AssignmentId))
+                    .col(string(D::Kind))
+                    .col(big_integer(D::AtMs))
+                    .primary_key(Index::create().col(D::DepartmentCode).col(D::ActionId))
+                    .to_owned(),
+            )
+            .await?;
+        let columns = [
+            D::DepartmentCode,
+            D::ActionId,
+            D::AssignmentId,
+            D::Kind,
+            D::AtMs,
+        ];
+        let copy = Query::insert()
+            .into_table(rekeyed.clone())
+            .columns(columns)
+            .select_from(
+                Query::select()
+                    .columns(columns)
+                    .from(action::Entity)
+                    .to_owned(),
+            )
+            .map_err(|error| DbErr::Migration(error.to_string()))?
+            .to_owned();
+        manager.exec_stmt(copy).await?;
+        manager
+            .drop_table(Table::drop().table(action::Entity).to_owned())
+            .await?;
+        manager
+            .rename_table(Table::rename().table(rekeyed, action::Entity).to_owned())
+            .await
+    }
+
+    fn use_transaction(&self) -> Option<bool> {
+        Some(true)
     }
 }

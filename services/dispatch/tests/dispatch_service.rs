@@ -14,7 +14,7 @@ use whistle_proto::dispatch::dispatch_service_client::DispatchServiceClient;
 use whistle_proto::dispatch::record_department_action_request::Action;
 use whistle_proto::dispatch::{
     AcceptCaseRequest, AcknowledgeAction, CheckInAction, GetCaseRequest, ListCasesRequest,
-    RecordDepartmentActionRequest, RejectCaseRequest, ResolveAction, ReturnAction,
+    ProgressAction, RecordDepartmentActionRequest, RejectCaseRequest, ResolveAction, ReturnAction,
     VerifyCaseRequest, WhistleCaseRequest,
 };
 use whistle_proto::events::CaseReported;
@@ -31,9 +31,14 @@ struct Harness {
 }
 
 async fn start() -> Harness {
+    start_on(None).await
+}
+
+/// Dispatch on `database_url`, or on a fresh SQLite file when `None`.
+async fn start_on(database_url: Option<String>) -> Harness {
     let bed = TestBed::new().await;
     let mut config = DispatchConfig::default();
-    config.database.url = bed.sqlite_url("dispatch");
+    config.database.url = database_url.unwrap_or_else(|| bed.sqlite_url("dispatch"));
     config.nats.url = bed.nats.url();
     config.catalogue.file = Some(TestBed::demo_catalogue());
     let served = serve(|listener, shutdown| {
@@ -571,4 +576,410 @@ async fn a_poison_event_is_rejected_and_the_stream_moves_on() {
     let outcome: String = row.try_get("", "outcome").expect("outcome");
     assert!(outcome.starts_with("rejected:"), "{outcome}");
     h.served.stop().await;
+}
+
+fn acknowledge(who: &str) -> Action {
+    Action::Acknowledge(AcknowledgeAction {
+        responsible_person: who.into(),
+        contact_phone: String::new(),
+        promised_at: None,
+    })
+}
+
+fn evidence(count: usize) -> Vec<whistle_proto::types::Attachment> {
+    (0..count)
+        .map(|index| whistle_proto::types::Attachment {
+            uri: format!("https://files.example/{index}.jpg"),
+            ..Default::default()
+        })
+        .collect()
+}
+
+fn progress(note: &str, evidence: Vec<whistle_proto::types::Attachment>) -> Action {
+    Action::Progress(ProgressAction {
+        note: note.into(),
+        evidence,
+    })
+}
+
+/// `action_id`s belong to their department: another department may use the same one, and a reuse
+/// is explained with the department's own data only. Evidence is bounded per action and per
+/// assignment; fields and timestamps are held to the limits; a string that is not UTF-8 is
+/// INVALID_ARGUMENT.
+#[tokio::test]
+async fn department_actions_are_scoped_to_their_department_and_bounded() {
+    use tonic_types::StatusExt;
+    let mut h = start().await;
+    let case_id = report(&h.bed, "E-01-03", "420303003001001").await;
+    let case = wait_for_status(&mut h.client, &case_id, CaseStatus::Whistled).await;
+    let [lead, co] = [0, 1].map(|i| case.assignments[i].assignment_id.clone());
+
+    h.client
+        .record_department_action(action(
+            "shared-1",
+            &lead,
+            "zw-sanitation",
+            acknowledge("王"),
+        ))
+        .await
+        .expect("the lead acknowledges");
+    // the same id, chosen independently by another department, is its own
+    let co_acknowledged = h
+        .client
+        .record_department_action(action("shared-1", &co, "zw-enforcement", acknowledge("李")))
+        .await
+        .expect("another department's id does not collide")
+        .into_inner();
+    assert_eq!(
+        co_acknowledged.status,
+        AssignmentStatus::Acknowledged as i32
+    );
+    let again = h
+        .client
+        .record_department_action(action("shared-1", &co, "zw-enforcement", acknowledge("李")))
+        .await
+        .expect("a repeat answers the assignment")
+        .into_inner();
+    assert_eq!(again.version, co_acknowledged.version, "nothing changed");
+    let reused = h
+        .client
+        .record_department_action(action(
+            "shared-1",
+            &co,
+            "zw-enforcement",
+            progress("在路上", vec![]),
+        ))
+        .await
+        .expect_err("the department reused its own id");
+    assert_eq!(reused.code(), Code::InvalidArgument);
+    assert!(reused.message().starts_with("action_id:"), "{reused:?}");
+    assert!(
+        !reused.message().contains(&lead),
+        "another department's assignment is never named: {}",
+        reused.message()
+    );
+
+    // evidence: at most 10 per action, at most 50 kept by the assignment
+    let too_many = h
+        .client
+        .record_department_action(action(
+            "p-0",
+            &lead,
+            "zw-sanitation",
+            progress("x", evidence(11)),
+        ))
+        .await
+        .expect_err("11 items");
+    assert_eq!(too_many.code(), Code::InvalidArgument);
+    assert!(
+        too_many
+            .message()
+            .starts_with("progress.evidence: at most 10"),
+        "{too_many:?}"
+    );
+    let mut long_uri = evidence(4);
+    long_uri[3].uri = format!("https://files.example/{}", "好".repeat(2100));
+    let error = h
+        .client
+        .record_department_action(action(
+            "p-0",
+            &lead,
+            "zw-sanitation",
+            progress("x", long_uri),
+        ))
+        .await
+        .expect_err("uri too long");
+    let details = error.get_error_details();
+    let violation = &details.bad_request().expect("bad request").field_violations[0];
+    assert_eq!(violation.field, "progress.evidence[3].uri");
+    assert_eq!(violation.description, "at most 2048 characters");
+    for round in 1..=5 {
+        h.client
+            .record_department_action(action(
+                &format!("p-{round}"),
+                &lead,
+                "zw-sanitation",
+                progress("清运中", evidence(10)),
+            ))
+            .await
+            .expect("within the assignment's 50");
+    }
+    let full = h
+        .client
+        .record_department_action(action(
+            "p-6",
+            &lead,
+            "zw-sanitation",
+            progress("x", evidence(1)),
+        ))
+        .await
+        .expect_err("the 51st item");
+    assert_eq!(full.code(), Code::FailedPrecondition);
+    assert!(
+        full.message().contains("keeps 50 of at most 50"),
+        "{full:?}"
+    );
+
+    // timestamps and lists
+    let long_ago = Action::Acknowledge(AcknowledgeAction {
+        responsible_person: "张".into(),
+        contact_phone: String::new(),
+        promised_at: Some(prost_types::Timestamp {
+            seconds: 900_000_000,
+            nanos: 0,
+        }),
+    });
+    let error = h
+        .client
+        .record_department_action(action(
+            "t-1",
+            &case.assignments[2].assignment_id,
+            "pm-zhongyue",
+            long_ago,
+        ))
+        .await
+        .expect_err("1998");
+    assert!(
+        error.message().starts_with("acknowledge.promised_at:"),
+        "{error:?}"
+    );
+    let error = h
+        .client
+        .list_cases(ListCasesRequest {
+            page_size: 501,
+            ..Default::default()
+        })
+        .await
+        .expect_err("page too large");
+    assert_eq!(error.message(), "page_size: at most 500");
+    let error = h
+        .client
+        .whistle_case(WhistleCaseRequest {
+            case_id: case_id.clone(),
+            operator_id: "op".into(),
+            lead_department_code: "zw-housing".into(),
+            co_department_codes: (0..20).map(|i| format!("dept-{i}")).collect(),
+            limits: None,
+        })
+        .await
+        .expect_err("21 departments");
+    assert_eq!(error.message(), "co_department_codes: at most 19 items");
+
+    // action_id "u", assignment_id "a", department_code the bytes c3 28
+    let error = whistle_platform::testing::call_raw(
+        &h.served.url(),
+        "/whistle.dispatch.v1.DispatchService/RecordDepartmentAction",
+        vec![0x0a, 0x01, b'u', 0x12, 0x01, b'a', 0x1a, 0x02, 0xc3, 0x28],
+    )
+    .await
+    .expect_err("not UTF-8");
+    assert_eq!(error.code(), Code::InvalidArgument, "{error:?}");
+    assert!(
+        error
+            .message()
+            .starts_with("department_code: invalid string value"),
+        "{error:?}"
+    );
+    h.served.stop().await;
+}
+
+/// Many departments act on one case at the same moment: every action succeeds (no ABORTED), none
+/// is lost, and a request repeated at the same moment is applied once.
+async fn concurrent_actions_on_one_case(database_url: Option<String>) {
+    const DEPARTMENTS: usize = 12;
+    let mut h = start_on(database_url).await;
+    let case_id = report(&h.bed, "E-06-01", "420303003002001").await;
+    wait_for_status(&mut h.client, &case_id, CaseStatus::Reported).await;
+    let codes: Vec<String> = (0..DEPARTMENTS).map(|i| format!("dept-{i:02}")).collect();
+    let whistled = h
+        .client
+        .whistle_case(WhistleCaseRequest {
+            case_id: case_id.clone(),
+            operator_id: "chechenglu-dispatch".into(),
+            lead_department_code: codes[0].clone(),
+            co_department_codes: codes[1..].to_vec(),
+            limits: None,
+        })
+        .await
+        .expect("whistle")
+        .into_inner();
+    assert_eq!(whistled.assignments.len(), DEPARTMENTS);
+    let near = Action::CheckIn(CheckInAction {
+        lat: 32.6370,
+        lng: 110.7987,
+        person: "王".into(),
+    });
+    let steps: [(&str, Action); 4] = [
+        ("ack", acknowledge("负责人")),
+        ("check-in", near),
+        ("progress", progress("处理中", evidence(2))),
+        (
+            "resolve",
+            Action::Resolve(ResolveAction {
+                resolution: "已处理".into(),
+                evidence: evidence(1),
+            }),
+        ),
+    ];
+    for (step, step_action) in steps {
+        // the first department also sends its action four times at once, as a client retrying
+        // a timeout would: one applies, the others answer as repeats
+        let senders = whistled
+            .assignments
+            .iter()
+            .chain(std::iter::repeat_n(&whistled.assignments[0], 3));
+        let calls = senders.map(|assignment| {
+            let mut client = h.client.clone();
+            let request = action(
+                &format!("{step}-1"),
+                &assignment.assignment_id,
+                &assignment.department_code,
+                step_action.clone(),
+            );
+            tokio::spawn(async move { client.record_department_action(request).await })
+        });
+        let outcomes = futures::future::join_all(calls).await;
+        let refused: Vec<String> = outcomes
+            .into_iter()
+            .map(|joined| joined.expect("task"))
+            .filter_map(|outcome| outcome.err())
+            .map(|status| format!("{:?}: {}", status.code(), status.message()))
+            .collect();
+        assert!(
+            refused.is_empty(),
+            "{step}: {} of {} refused: {refused:?}",
+            refused.len(),
+            DEPARTMENTS + 3
+        );
+    }
+    let done = h
+        .client
+        .get_case(GetCaseRequest {
+            case_id: case_id.clone(),
+        })
+        .await
+        .expect("case")
+        .into_inner();
+    assert_eq!(done.status, CaseStatus::AwaitingVerification as i32);
+    assert_eq!(
+        done.version,
+        whistled.version + 4 * DEPARTMENTS as u64,
+        "every action counted once"
+    );
+    assert!(
+        done.assignments
+            .iter()
+            .all(|a| a.status == AssignmentStatus::Resolved as i32)
+    );
+    h.served.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_department_actions_all_succeed_on_sqlite() {
+    concurrent_actions_on_one_case(None).await;
+}
+
+#[tokio::test]
+async fn concurrent_department_actions_all_succeed_on_postgres() {
+    let database = whistle_platform::testing::TestPostgres::create().await;
+    concurrent_actions_on_one_case(Some(database.url.clone())).await;
+    database.drop_database().await;
+}
+
+/// The action table's key moves from `action_id` to (department, `action_id`) on a database that
+/// already holds actions, keeping them.
+async fn action_keys_migrate(database_url: &str) {
+    use sea_orm::{ConnectionTrait, Statement};
+    use sea_orm_migration::MigratorTrait;
+    use whistle_dispatch::storage::Migrator;
+    let db = sea_orm::Database::connect(database_url)
+        .await
+        .expect("database");
+    // the platform's two migrations and dispatch's first: the schema before this change
+    Migrator::up(&db, Some(3)).await.expect("old schema");
+    let insert = |department: &str, action_id: &str| {
+        format!(
+            "INSERT INTO dispatch_department_actions (action_id, assignment_id, department_code, kind, at_ms) \
+             VALUES ('{action_id}', 'a-{department}', '{department}', 'acknowledge', 1)"
+        )
+    };
+    db.execute_unprepared(&insert("zw-sanitation", "r-1"))
+        .await
+        .expect("old row");
+    db.execute_unprepared(&insert("zw-enforcement", "r-2"))
+        .await
+        .expect("old row");
+    assert!(
+        db.execute_unprepared(&insert("zw-enforcement", "r-1"))
+            .await
+            .is_err(),
+        "before: one namespace for every department"
+    );
+    Migrator::up(&db, None).await.expect("migrate");
+    db.execute_unprepared(&insert("zw-enforcement", "r-1"))
+        .await
+        .expect("after: the same id for another department");
+    assert!(
+        db.execute_unprepared(&insert("zw-enforcement", "r-1"))
+            .await
+            .is_err(),
+        "after: unique per department"
+    );
+    let rows = db
+        .query_all_raw(Statement::from_string(
+            db.get_database_backend(),
+            "SELECT department_code, action_id, assignment_id FROM dispatch_department_actions ORDER BY department_code, action_id",
+        ))
+        .await
+        .expect("rows");
+    let rows: Vec<(String, String, String)> = rows
+        .iter()
+        .map(|row| {
+            (
+                row.try_get("", "department_code").expect("department"),
+                row.try_get("", "action_id").expect("action"),
+                row.try_get("", "assignment_id").expect("assignment"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            (
+                "zw-enforcement".into(),
+                "r-1".into(),
+                "a-zw-enforcement".into()
+            ),
+            (
+                "zw-enforcement".into(),
+                "r-2".into(),
+                "a-zw-enforcement".into()
+            ),
+            (
+                "zw-sanitation".into(),
+                "r-1".into(),
+                "a-zw-sanitation".into()
+            ),
+        ]
+    );
+    // a second run finds nothing to do
+    Migrator::up(&db, None).await.expect("idempotent");
+    db.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn action_keys_migrate_on_an_existing_sqlite_database() {
+    let dir = tempfile::tempdir().expect("folder");
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("dispatch.sqlite").display()
+    );
+    action_keys_migrate(&url).await;
+}
+
+#[tokio::test]
+async fn action_keys_migrate_on_an_existing_postgres_database() {
+    let database = whistle_platform::testing::TestPostgres::create().await;
+    action_keys_migrate(&database.url).await;
+    database.drop_database().await;
 }

@@ -79,6 +79,7 @@ pub async fn run(
         clock,
         utc_offset,
         weights,
+        limits: config.limits.clone(),
     };
     let routes = tonic::service::Routes::new(
         EvaluationServiceServer::new(service)

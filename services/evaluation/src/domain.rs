@@ -4,29 +4,6 @@
 
 use chrono::NaiveDate;
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
-
-/// A field the caller got wrong, named the way it is named in the request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldError {
-    pub field: String,
-    pub reason: String,
-}
-
-impl FieldError {
-    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            reason: reason.into(),
-        }
-    }
-}
-
-impl fmt::Display for FieldError {
-    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(formatter, "{}: {}", self.field, self.reason)
-    }
-}
 
 const MILLIS_PER_HOUR: i64 = 3_600_000;
 
@@ -220,26 +197,14 @@ pub fn parse_department_code(value: &str) -> Result<String, String> {
     Ok(value.to_string())
 }
 
-/// An identifier the caller supplies (assignment, case, rater, call-back), 1..=128 characters.
+/// An identifier the caller supplies (assignment, case, rater, call-back): not empty, no control
+/// characters. Its length is held to `limits.id_chars` before.
 pub fn parse_identifier(value: &str) -> Result<String, String> {
     if value.is_empty() {
         return Err("required".into());
     }
-    let length = value.chars().count();
-    if length > 128 {
-        return Err(format!("at most 128 characters, got {length}"));
-    }
     if value.chars().any(char::is_control) {
         return Err("must not contain control characters".into());
-    }
-    Ok(value.to_string())
-}
-
-/// A free-text note or comment, at most `max_chars` characters.
-pub fn parse_note(value: &str, max_chars: usize) -> Result<String, String> {
-    let length = value.chars().count();
-    if length > max_chars {
-        return Err(format!("at most {max_chars} characters, got {length}"));
     }
     Ok(value.to_string())
 }
@@ -1218,7 +1183,8 @@ mod tests {
         assert!(parse_department_code("zw-sanitation").is_ok());
         assert!(parse_department_code("zw.sanitation").is_err());
         assert!(parse_department_code("").is_err());
-        assert!(parse_identifier(&"x".repeat(129)).is_err());
+        assert!(parse_identifier("").is_err());
+        assert!(parse_identifier("rater\u{0}").is_err());
         assert_eq!(Indicator::parse("on_time_rate"), Ok(Indicator::OnTimeRate));
         assert!(Indicator::parse("cooperation").is_err());
     }

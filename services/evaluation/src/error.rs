@@ -1,7 +1,7 @@
 //! Evaluation's errors and their one mapping to gRPC status codes.
 
-use crate::domain::FieldError;
 use sea_orm::DbErr;
+use whistle_platform::validation::FieldError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EvaluationError {
@@ -32,9 +32,7 @@ impl From<FieldError> for EvaluationError {
 impl From<EvaluationError> for tonic::Status {
     fn from(error: EvaluationError) -> Self {
         match error {
-            EvaluationError::InvalidArgument(field) => {
-                tonic::Status::invalid_argument(field.to_string())
-            }
+            EvaluationError::InvalidArgument(field) => field.to_status(),
             EvaluationError::NotFound(message) => tonic::Status::not_found(message),
             EvaluationError::AlreadyExists(message) => tonic::Status::already_exists(message),
             EvaluationError::Database(error) => {

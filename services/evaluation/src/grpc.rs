@@ -1,7 +1,7 @@
 //! `EvaluationService` over gRPC: request validation, proto <-> domain conversion.
 
 use crate::domain::{
-    self, AssignmentFacts, CallbackResult, FieldError, Indicator, Period, PeriodBounds,
+    self, AssignmentFacts, CallbackResult, DepartmentLevel, Indicator, Period, PeriodBounds,
     RankingCandidate, ScorecardFigures, UtcOffset, Weights,
 };
 use crate::error::EvaluationError;
@@ -10,6 +10,7 @@ use sea_orm::{DatabaseConnection, TransactionTrait};
 use std::collections::{BTreeMap, BTreeSet};
 use tonic::{Request, Response, Status};
 use whistle_platform::clock::{SharedClock, from_millis, to_millis, to_proto_timestamp};
+use whistle_platform::validation::{FieldError, LimitsConfig};
 use whistle_proto::evaluation::evaluation_service_server::EvaluationService;
 use whistle_proto::evaluation::{
     ExplainScoreRequest, ExplainScoreResponse, GetRankingRequest, GetScorecardRequest, Indicators,
@@ -21,9 +22,6 @@ use whistle_proto::evaluation::{
 /// Name of this service in events and traces.
 pub const SOURCE: &str = "whistle-evaluation";
 
-/// Longest cooperation comment or call-back note, in characters.
-const MAX_NOTE_CHARS: usize = 2000;
-
 /// The gRPC face of evaluation.
 #[derive(Debug, Clone)]
 pub struct EvaluationGrpc {
@@ -31,6 +29,8 @@ pub struct EvaluationGrpc {
     pub clock: SharedClock,
     pub utc_offset: UtcOffset,
     pub weights: Weights,
+    /// Lengths every request field is held to.
+    pub limits: LimitsConfig,
 }
 
 /// One department's period, scored.
@@ -45,8 +45,24 @@ fn field_error(name: &'static str) -> impl Fn(String) -> FieldError {
     move |reason| FieldError::new(name, reason)
 }
 
-fn parse_period(value: &str) -> Result<Period, FieldError> {
+fn parse_period(limits: &LimitsConfig, value: &str) -> Result<Period, FieldError> {
+    limits.check_code("period", value)?;
     Period::parse(value).map_err(field_error("period"))
+}
+
+fn parse_department_code(limits: &LimitsConfig, value: &str) -> Result<String, FieldError> {
+    limits.check_code("department_code", value)?;
+    domain::parse_department_code(value).map_err(field_error("department_code"))
+}
+
+/// Checks a caller's id against `limits.id_chars`, then its shape.
+fn parse_identifier(
+    limits: &LimitsConfig,
+    field: &'static str,
+    value: &str,
+) -> Result<String, FieldError> {
+    limits.check_id(field, value)?;
+    domain::parse_identifier(value).map_err(field_error(field))
 }
 
 fn scorecard_counts(counts: &domain::Counts) -> ScorecardCounts {
@@ -81,25 +97,124 @@ fn indicators(indicators: &domain::Indicators) -> Indicators {
     }
 }
 
+/// A cooperation rating that passed every check.
+#[derive(Debug)]
+pub struct CheckedRating {
+    pub assignment_id: String,
+    pub rater: domain::Rater,
+    pub rater_id: String,
+    pub score: u8,
+    pub comment: String,
+}
+
+/// Checks a `RateCooperation` against the limits and the contract.
+pub fn check_rating(
+    limits: &LimitsConfig,
+    request: &RateCooperationRequest,
+) -> Result<CheckedRating, FieldError> {
+    let assignment_id = parse_identifier(limits, "assignment_id", &request.assignment_id)?;
+    let rater = match Rater::try_from(request.rater) {
+        Ok(Rater::Street) => domain::Rater::Street,
+        Ok(Rater::Community) => domain::Rater::Community,
+        Ok(Rater::Unspecified) | Err(_) => {
+            return Err(FieldError::new(
+                "rater",
+                "required: RATER_STREET or RATER_COMMUNITY",
+            ));
+        }
+    };
+    let rater_id = parse_identifier(limits, "rater_id", &request.rater_id)?;
+    let score = domain::parse_cooperation_score(request.score).map_err(field_error("score"))?;
+    limits.check_text("comment", &request.comment)?;
+    Ok(CheckedRating {
+        assignment_id,
+        rater,
+        rater_id,
+        score,
+        comment: request.comment.clone(),
+    })
+}
+
+/// A resident call-back that passed every check.
+#[derive(Debug)]
+pub struct CheckedCallback {
+    pub case_id: String,
+    pub callback_id: String,
+    pub result: CallbackResult,
+    pub note: String,
+}
+
+/// Checks a `RecordSatisfaction` against the limits and the contract.
+pub fn check_callback(
+    limits: &LimitsConfig,
+    request: &RecordSatisfactionRequest,
+) -> Result<CheckedCallback, FieldError> {
+    let case_id = parse_identifier(limits, "case_id", &request.case_id)?;
+    let callback_id = parse_identifier(limits, "callback_id", &request.callback_id)?;
+    let result = match Satisfaction::try_from(request.result) {
+        Ok(Satisfaction::Satisfied) => CallbackResult::Satisfied,
+        Ok(Satisfaction::BasicallySatisfied) => CallbackResult::BasicallySatisfied,
+        Ok(Satisfaction::Dissatisfied) => CallbackResult::Dissatisfied,
+        Ok(Satisfaction::Unspecified) | Err(_) => {
+            return Err(FieldError::new(
+                "result",
+                "required: SATISFACTION_SATISFIED, SATISFACTION_BASICALLY_SATISFIED or SATISFACTION_DISSATISFIED",
+            ));
+        }
+    };
+    limits.check_text("note", &request.note)?;
+    Ok(CheckedCallback {
+        case_id,
+        callback_id,
+        result,
+        note: request.note.clone(),
+    })
+}
+
+/// Checks a `GetScorecard`: the department and the period.
+pub fn check_scorecard(
+    limits: &LimitsConfig,
+    request: &GetScorecardRequest,
+) -> Result<(String, Period), FieldError> {
+    let department_code = parse_department_code(limits, &request.department_code)?;
+    Ok((department_code, parse_period(limits, &request.period)?))
+}
+
+/// Checks a `GetRanking`: the period and the optional level and region filters.
+pub fn check_ranking(
+    limits: &LimitsConfig,
+    request: &GetRankingRequest,
+) -> Result<(Period, Option<DepartmentLevel>, Option<String>), FieldError> {
+    let period = parse_period(limits, &request.period)?;
+    limits.check_code("level", &request.level)?;
+    let level = domain::parse_level_filter(&request.level).map_err(field_error("level"))?;
+    limits.check_code("region_code", &request.region_code)?;
+    let region =
+        domain::parse_region_filter(&request.region_code).map_err(field_error("region_code"))?;
+    Ok((period, level, region))
+}
+
+/// Checks an `ExplainScore`: the department, the period and the indicator.
+pub fn check_explanation(
+    limits: &LimitsConfig,
+    request: &ExplainScoreRequest,
+) -> Result<(String, Period, Indicator), FieldError> {
+    let department_code = parse_department_code(limits, &request.department_code)?;
+    let period = parse_period(limits, &request.period)?;
+    limits.check_code("indicator", &request.indicator)?;
+    let indicator = Indicator::parse(&request.indicator).map_err(field_error("indicator"))?;
+    Ok((department_code, period, indicator))
+}
+
 impl EvaluationGrpc {
     async fn rate(&self, request: RateCooperationRequest) -> Result<(), EvaluationError> {
-        let assignment_id = domain::parse_identifier(&request.assignment_id)
-            .map_err(field_error("assignment_id"))?;
-        let rater = match Rater::try_from(request.rater) {
-            Ok(Rater::Street) => domain::Rater::Street,
-            Ok(Rater::Community) => domain::Rater::Community,
-            Ok(Rater::Unspecified) | Err(_) => {
-                return Err(EvaluationError::invalid(
-                    "rater",
-                    "required: RATER_STREET or RATER_COMMUNITY",
-                ));
-            }
-        };
-        let rater_id =
-            domain::parse_identifier(&request.rater_id).map_err(field_error("rater_id"))?;
-        let score = domain::parse_cooperation_score(request.score).map_err(field_error("score"))?;
-        let comment =
-            domain::parse_note(&request.comment, MAX_NOTE_CHARS).map_err(field_error("comment"))?;
+        let CheckedRating {
+            assignment_id,
+            rater,
+            rater_id,
+            score,
+            comment,
+        } = check_rating(&self.limits, &request)?;
 
         let transaction = self.db.begin().await?;
         if storage::find_assignment(&transaction, &assignment_id)
@@ -131,22 +246,12 @@ impl EvaluationGrpc {
         &self,
         request: RecordSatisfactionRequest,
     ) -> Result<(), EvaluationError> {
-        let case_id = domain::parse_identifier(&request.case_id).map_err(field_error("case_id"))?;
-        let callback_id =
-            domain::parse_identifier(&request.callback_id).map_err(field_error("callback_id"))?;
-        let result = match Satisfaction::try_from(request.result) {
-            Ok(Satisfaction::Satisfied) => CallbackResult::Satisfied,
-            Ok(Satisfaction::BasicallySatisfied) => CallbackResult::BasicallySatisfied,
-            Ok(Satisfaction::Dissatisfied) => CallbackResult::Dissatisfied,
-            Ok(Satisfaction::Unspecified) | Err(_) => {
-                return Err(EvaluationError::invalid(
-                    "result",
-                    "required: SATISFACTION_SATISFIED, SATISFACTION_BASICALLY_SATISFIED or SATISFACTION_DISSATISFIED",
-                ));
-            }
-        };
-        let note =
-            domain::parse_note(&request.note, MAX_NOTE_CHARS).map_err(field_error("note"))?;
+        let CheckedCallback {
+            case_id,
+            callback_id,
+            result,
+            note,
+        } = check_callback(&self.limits, &request)?;
 
         let transaction = self.db.begin().await?;
         if let Some(existing) = storage::find_callback(&transaction, &callback_id).await? {
@@ -226,9 +331,7 @@ impl EvaluationGrpc {
     }
 
     async fn scorecard(&self, request: GetScorecardRequest) -> Result<Scorecard, EvaluationError> {
-        let department_code = domain::parse_department_code(&request.department_code)
-            .map_err(field_error("department_code"))?;
-        let period = parse_period(&request.period)?;
+        let (department_code, period) = check_scorecard(&self.limits, &request)?;
         let scored = self.department_period(&department_code, period).await?;
         Ok(Scorecard {
             department_code,
@@ -243,8 +346,11 @@ impl EvaluationGrpc {
     }
 
     async fn ranking(&self, request: GetRankingRequest) -> Result<Ranking, EvaluationError> {
-        let period = parse_period(&request.period)?;
+        let period = parse_period(&self.limits, &request.period)?;
+        self.limits.check_code("level", &request.level)?;
         let level = domain::parse_level_filter(&request.level).map_err(field_error("level"))?;
+        self.limits
+            .check_code("region_code", &request.region_code)?;
         let region = domain::parse_region_filter(&request.region_code)
             .map_err(field_error("region_code"))?;
         let bounds = period.bounds(self.utc_offset);
@@ -333,10 +439,7 @@ impl EvaluationGrpc {
         &self,
         request: ExplainScoreRequest,
     ) -> Result<ExplainScoreResponse, EvaluationError> {
-        let department_code = domain::parse_department_code(&request.department_code)
-            .map_err(field_error("department_code"))?;
-        let period = parse_period(&request.period)?;
-        let indicator = Indicator::parse(&request.indicator).map_err(field_error("indicator"))?;
+        let (department_code, period, indicator) = check_explanation(&self.limits, &request)?;
         let scored = self.department_period(&department_code, period).await?;
         let explanation = domain::explain(indicator, &scored.assignments, scored.computed_at_ms);
         Ok(ExplainScoreResponse {
@@ -383,5 +486,155 @@ impl EvaluationService for EvaluationGrpc {
         request: Request<ExplainScoreRequest>,
     ) -> Result<Response<ExplainScoreResponse>, Status> {
         Ok(Response::new(self.explain(request.into_inner()).await?))
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+    use prost::Message;
+    use whistle_platform::testing::arbitrary::{mostly, one_of_or_text, text, wire_bytes};
+    use whistle_platform::testing::run_decoder_property;
+
+    /// Small limits, so generated values fall on both sides of every one.
+    fn limits() -> LimitsConfig {
+        LimitsConfig {
+            id_chars: 6,
+            code_chars: 14,
+            text_chars: 8,
+            ..LimitsConfig::default()
+        }
+    }
+
+    fn within(value: &str, limit: usize) -> bool {
+        value.chars().count() <= limit
+    }
+
+    #[test]
+    fn whatever_the_writes_accept_is_within_every_limit() {
+        let limits = limits();
+        let id = || mostly(&["a-1", "街道-1"], 6);
+        let rating = (
+            id(),
+            prop_oneof![3 => 1i32..3, 1 => -1i32..4],
+            id(),
+            prop_oneof![3 => 1u32..6, 1 => any::<u32>()],
+            text(8),
+        )
+            .prop_map(|(assignment_id, rater, rater_id, score, comment)| {
+                RateCooperationRequest {
+                    assignment_id,
+                    rater,
+                    rater_id,
+                    score,
+                    comment,
+                }
+            });
+        run_decoder_property("RateCooperation", 256, wire_bytes(rating), |bytes| {
+            let Ok(request) = RateCooperationRequest::decode(bytes) else {
+                return Ok(false);
+            };
+            if check_rating(&limits, &request).is_err() {
+                return Ok(false);
+            }
+            prop_assert!(within(&request.assignment_id, limits.id_chars));
+            prop_assert!(within(&request.rater_id, limits.id_chars));
+            prop_assert!(within(&request.comment, limits.text_chars));
+            Ok(true)
+        });
+        let callback = (
+            id(),
+            id(),
+            prop_oneof![3 => 1i32..4, 1 => -1i32..5],
+            text(8),
+        )
+            .prop_map(
+                |(case_id, callback_id, result, note)| RecordSatisfactionRequest {
+                    case_id,
+                    callback_id,
+                    result,
+                    note,
+                },
+            );
+        run_decoder_property("RecordSatisfaction", 256, wire_bytes(callback), |bytes| {
+            let Ok(request) = RecordSatisfactionRequest::decode(bytes) else {
+                return Ok(false);
+            };
+            if check_callback(&limits, &request).is_err() {
+                return Ok(false);
+            }
+            prop_assert!(within(&request.case_id, limits.id_chars));
+            prop_assert!(within(&request.callback_id, limits.id_chars));
+            prop_assert!(within(&request.note, limits.text_chars));
+            Ok(true)
+        });
+    }
+
+    #[test]
+    fn whatever_the_reads_accept_is_within_every_limit() {
+        let limits = limits();
+        let department = || one_of_or_text(&["zw-sanitation", "ZW_1"], 14);
+        let period = || one_of_or_text(&["2026-11", "2026-Q4", "2026"], 14);
+        let scorecard =
+            (department(), period()).prop_map(|(department_code, period)| GetScorecardRequest {
+                department_code,
+                period,
+            });
+        run_decoder_property("GetScorecard", 256, wire_bytes(scorecard), |bytes| {
+            let Ok(request) = GetScorecardRequest::decode(bytes) else {
+                return Ok(false);
+            };
+            if check_scorecard(&limits, &request).is_err() {
+                return Ok(false);
+            }
+            prop_assert!(within(&request.department_code, limits.code_chars));
+            prop_assert!(within(&request.period, limits.code_chars));
+            Ok(true)
+        });
+        let ranking = (
+            period(),
+            one_of_or_text(&["", "city", "district"], 14),
+            one_of_or_text(&["", "420303"], 16),
+        )
+            .prop_map(|(period, level, region_code)| GetRankingRequest {
+                period,
+                level,
+                region_code,
+            });
+        run_decoder_property("GetRanking", 256, wire_bytes(ranking), |bytes| {
+            let Ok(request) = GetRankingRequest::decode(bytes) else {
+                return Ok(false);
+            };
+            if check_ranking(&limits, &request).is_err() {
+                return Ok(false);
+            }
+            prop_assert!(within(&request.period, limits.code_chars));
+            prop_assert!(within(&request.level, limits.code_chars));
+            prop_assert!(within(&request.region_code, limits.code_chars));
+            Ok(true)
+        });
+        let explanation = (
+            department(),
+            period(),
+            one_of_or_text(&["report_rate", "rework_rate"], 14),
+        )
+            .prop_map(|(department_code, period, indicator)| ExplainScoreRequest {
+                department_code,
+                period,
+                indicator,
+            });
+        run_decoder_property("ExplainScore", 256, wire_bytes(explanation), |bytes| {
+            let Ok(request) = ExplainScoreRequest::decode(bytes) else {
+                return Ok(false);
+            };
+            if check_explanation(&limits, &request).is_err() {
+                return Ok(false);
+            }
+            prop_assert!(within(&request.department_code, limits.code_chars));
+            prop_assert!(within(&request.period, limits.code_chars));
+            prop_assert!(within(&request.indicator, limits.code_chars));
+            Ok(true)
+        });
     }
 }

@@ -874,5 +874,52 @@ async fn bad_requests_name_the_field() {
     assert_eq!(ranking.entries.len(), 10);
     assert!(ranking.entries.iter().all(|entry| entry.rank == 1));
 
+    // every field is bounded by the limits table; the field travels as a BadRequest detail
+    use tonic_types::StatusExt;
+    let error = harness
+        .client
+        .rate_cooperation(RateCooperationRequest {
+            assignment_id: "never-whistled".into(),
+            rater: Rater::Street as i32,
+            rater_id: "chechenglu-street".into(),
+            score: 4,
+            comment: "好".repeat(2001),
+        })
+        .await
+        .expect_err("comment too long");
+    assert_eq!(error.code(), Code::InvalidArgument);
+    let details = error.get_error_details();
+    let violation = &details.bad_request().expect("bad request").field_violations[0];
+    assert_eq!(violation.field, "comment");
+    assert_eq!(violation.description, "at most 2000 characters");
+    let error = harness
+        .client
+        .get_scorecard(GetScorecardRequest {
+            department_code: "d".repeat(65),
+            period: PERIOD.into(),
+        })
+        .await
+        .expect_err("department code too long");
+    assert!(
+        error.message() == "department_code: at most 64 characters",
+        "{error:?}"
+    );
+
+    // a department code that is not UTF-8 is INVALID_ARGUMENT naming it, not INTERNAL
+    let error = whistle_platform::testing::call_raw(
+        &harness.served.url(),
+        "/whistle.evaluation.v1.EvaluationService/GetScorecard",
+        vec![0x0a, 0x02, 0xc3, 0x28],
+    )
+    .await
+    .expect_err("not UTF-8");
+    assert_eq!(error.code(), Code::InvalidArgument, "{error:?}");
+    assert!(
+        error
+            .message()
+            .starts_with("department_code: invalid string value"),
+        "{error:?}"
+    );
+
     harness.stop().await;
 }

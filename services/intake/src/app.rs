@@ -47,6 +47,7 @@ pub async fn run(
         clock,
         outbox_signal,
         registry,
+        limits: config.limits.clone(),
     };
     let routes = tonic::service::Routes::new(
         IntakeServiceServer::new(service)

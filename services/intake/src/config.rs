@@ -62,6 +62,15 @@ impl ServiceConfig for IntakeConfig {
         self.telemetry.validate()?;
         self.grpc.validate()?;
         self.limits.validate()?;
+        let largest = crate::grpc::largest_event_bytes(&self.limits).map_err(|error| {
+            ConfigError::Invalid(format!("the limits leave no valid report: {error}"))
+        })?;
+        if largest > self.limits.max_event_bytes {
+            return Err(ConfigError::Invalid(format!(
+                "the limits allow a case.reported event of {largest} bytes, more than limits.max_event_bytes = {}; lower limits.text_chars, limits.uri_chars or limits.attachments",
+                self.limits.max_event_bytes
+            )));
+        }
         if let Some(file) = &self.catalogue.file
             && !file.is_file()
         {

@@ -1,29 +1,5 @@
 //! Intake's rules: what a valid report is. Pure: no I/O, no gRPC, no database.
 
-use std::fmt;
-
-/// A field the caller got wrong, named the way it is named in the request (`place.grid_code`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldError {
-    pub field: String,
-    pub reason: String,
-}
-
-impl FieldError {
-    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            reason: reason.into(),
-        }
-    }
-}
-
-impl fmt::Display for FieldError {
-    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(formatter, "{}: {}", self.field, self.reason)
-    }
-}
-
 /// A grid code: 6-digit district division code + 3-digit street + 3-digit community + 3-digit
 /// sequence (the Beijing DB11 layout), e.g. `420303003002001`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -93,28 +69,12 @@ impl CategoryCode {
     }
 }
 
-/// A client idempotency key.
-pub fn parse_request_id(value: &str) -> Result<String, String> {
-    bounded_text(value, 128)
-}
-
-/// Who reported.
-pub fn parse_reporter_id(value: &str) -> Result<String, String> {
-    bounded_text(value, 128)
-}
-
-/// The description, trimmed.
-pub fn parse_description(value: &str) -> Result<String, String> {
-    bounded_text(value.trim(), 4000)
-}
-
-fn bounded_text(value: &str, max_chars: usize) -> Result<String, String> {
-    if value.is_empty() {
+/// A caller's text that must be there (an id, the description): not blank, no control characters
+/// other than line breaks. Its length is checked against the limits before, so an error never
+/// echoes a long value.
+pub fn required_text(value: &str) -> Result<&str, String> {
+    if value.trim().is_empty() {
         return Err("required".into());
-    }
-    let length = value.chars().count();
-    if length > max_chars {
-        return Err(format!("at most {max_chars} characters, got {length}"));
     }
     if value
         .chars()
@@ -122,7 +82,7 @@ fn bounded_text(value: &str, max_chars: usize) -> Result<String, String> {
     {
         return Err("must not contain control characters".into());
     }
-    Ok(value.to_string())
+    Ok(value)
 }
 
 /// A WGS-84 position. `(0, 0)` is refused: it is what an unset position looks like on the wire.
@@ -147,46 +107,6 @@ impl Coordinates {
         Ok(Self { lat, lng })
     }
 }
-
-/// Checks one attachment; returns the failing sub-field and why.
-pub fn check_attachment(
-    uri: &str,
-    sha256: &str,
-    media_type: &str,
-    size_bytes: u64,
-) -> Result<(), (&'static str, String)> {
-    if uri.is_empty() || uri.len() > 2048 || !uri.contains("://") {
-        return Err((
-            "uri",
-            "must be an absolute URI of at most 2048 bytes".into(),
-        ));
-    }
-    if sha256.len() != 64
-        || !sha256
-            .bytes()
-            .all(|byte| byte.is_ascii_digit() || (b'a'..=b'f').contains(&byte))
-    {
-        return Err(("sha256", "must be 64 lowercase hex characters".into()));
-    }
-    let mut parts = media_type.split('/');
-    let valid_media_type = matches!((parts.next(), parts.next(), parts.next()), (Some(kind), Some(sub), None) if !kind.is_empty() && !sub.is_empty());
-    if !valid_media_type {
-        return Err((
-            "media_type",
-            format!("must look like image/jpeg, got {media_type:?}"),
-        ));
-    }
-    if size_bytes == 0 {
-        return Err(("size_bytes", "must be greater than 0".into()));
-    }
-    Ok(())
-}
-
-/// Most attachments one report may carry.
-pub const MAX_ATTACHMENTS: usize = 20;
-
-/// How far in the future `observed_at` may be (clock skew of the reporter's device).
-pub const MAX_CLOCK_SKEW_SECS: i64 = 300;
 
 #[cfg(test)]
 mod tests {
@@ -241,33 +161,13 @@ mod tests {
     }
 
     #[test]
-    fn attachments() {
-        let sha = "a".repeat(64);
-        assert!(check_attachment("https://x/y.jpg", &sha, "image/jpeg", 10).is_ok());
+    fn required_texts() {
         assert_eq!(
-            check_attachment("y.jpg", &sha, "image/jpeg", 10).map_err(|e| e.0),
-            Err("uri")
+            required_text("garbage\non the road"),
+            Ok("garbage\non the road")
         );
-        assert_eq!(
-            check_attachment("https://x", "AB", "image/jpeg", 10).map_err(|e| e.0),
-            Err("sha256")
-        );
-        assert_eq!(
-            check_attachment("https://x", &sha, "jpeg", 10).map_err(|e| e.0),
-            Err("media_type")
-        );
-        assert_eq!(
-            check_attachment("https://x", &sha, "image/jpeg", 0).map_err(|e| e.0),
-            Err("size_bytes")
-        );
-    }
-
-    #[test]
-    fn texts_are_bounded() {
-        assert_eq!(parse_description("  garbage  "), Ok("garbage".into()));
-        assert!(parse_description("   ").is_err());
-        assert!(parse_request_id(&"x".repeat(129)).is_err());
-        assert!(parse_reporter_id("grid\u{0007}worker").is_err());
+        assert!(required_text("   ").is_err());
+        assert!(required_text("grid\u{0007}worker").is_err());
     }
 
     proptest! {

@@ -1,7 +1,7 @@
 //! Intake's errors and their one mapping to gRPC status codes.
 
-use crate::domain::FieldError;
 use sea_orm::DbErr;
+use whistle_platform::validation::FieldError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IntakeError {
@@ -32,9 +32,7 @@ impl From<FieldError> for IntakeError {
 impl From<IntakeError> for tonic::Status {
     fn from(error: IntakeError) -> Self {
         match error {
-            IntakeError::InvalidArgument(field) => {
-                tonic::Status::invalid_argument(field.to_string())
-            }
+            IntakeError::InvalidArgument(field) => field.to_status(),
             IntakeError::NotFound(message) => tonic::Status::not_found(message),
             IntakeError::AlreadyExists(message) => tonic::Status::already_exists(message),
             IntakeError::Database(error) => {

@@ -227,6 +227,65 @@ async fn bad_reports_name_the_field() {
     harness.served.stop().await;
 }
 
+/// Every field is bounded by the limits table, and the error names the field (with its index)
+/// in a `google.rpc.BadRequest`; a request too large to decode is refused before it is read; a
+/// string that is not UTF-8 is INVALID_ARGUMENT naming the field, not INTERNAL.
+#[tokio::test]
+async fn limits_bound_every_field_and_undecodable_requests_are_invalid_arguments() {
+    use tonic_types::StatusExt;
+    let mut harness = start().await;
+    let attachment = |media_type: String| whistle_proto::types::Attachment {
+        uri: "https://files.example/1.jpg".into(),
+        sha256: "a".repeat(64),
+        media_type,
+        size_bytes: 1024,
+    };
+    let mut request = garbage_report("too-long-media-type");
+    request.attachments = vec![
+        attachment("image/jpeg".into()),
+        attachment(format!("image/{}", "好".repeat(200))),
+    ];
+    let error = harness
+        .client
+        .submit_report(request)
+        .await
+        .expect_err("media type too long");
+    assert_eq!(error.code(), Code::InvalidArgument);
+    let details = error.get_error_details();
+    let violation = &details.bad_request().expect("bad request").field_violations[0];
+    assert_eq!(violation.field, "attachments[1].media_type");
+    assert_eq!(violation.description, "at most 127 characters");
+
+    // issue 5: a 1.2 MB media type is refused before it is decoded
+    let mut request = garbage_report("huge-media-type");
+    request.attachments = vec![attachment(format!("image/{}", "x".repeat(1_200_000)))];
+    let error = harness
+        .client
+        .submit_report(request)
+        .await
+        .expect_err("too large");
+    assert_eq!(error.code(), Code::OutOfRange, "{error:?}");
+
+    // request_id "r-utf8", then an attachment whose media_type is the bytes ff fe
+    let attachment_bytes = [0x1a, 0x02, 0xff, 0xfe];
+    let mut body = vec![0x0a, 0x06];
+    body.extend_from_slice(b"r-utf8");
+    body.extend_from_slice(&[0x42, attachment_bytes.len() as u8]);
+    body.extend_from_slice(&attachment_bytes);
+    let error = whistle_platform::testing::call_raw(
+        &harness.served.url(),
+        "/whistle.intake.v1.IntakeService/SubmitReport",
+        body,
+    )
+    .await
+    .expect_err("not UTF-8");
+    assert_eq!(error.code(), Code::InvalidArgument, "{error:?}");
+    let details = error.get_error_details();
+    let violation = &details.bad_request().expect("bad request").field_violations[0];
+    assert_eq!(violation.field, "attachments.media_type");
+    harness.served.stop().await;
+}
+
 /// Intake keeps serving while NATS is down (readiness stays SERVING: its outbox holds the reports);
 /// a report made during the outage waits in the outbox and is published once NATS is back.
 #[tokio::test]

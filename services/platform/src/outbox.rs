@@ -55,6 +55,28 @@ pub struct OutboxEvent {
     pub headers: Vec<(String, String)>,
 }
 
+impl OutboxEvent {
+    /// What NATS counts against its `max_payload` when the relay publishes this event: payload,
+    /// subject and headers (with `Nats-Msg-Id`), as the relay measures it before publishing.
+    pub fn wire_bytes(&self) -> usize {
+        let headers = headers_for(&self.event_id, &self.headers);
+        self.payload.len() + headers_size(&headers) + self.subject.len()
+    }
+
+    /// [`OutboxEvent::wire_bytes`], counting a W3C `traceparent` header even when this event was
+    /// made outside a trace: the size the event has when a traced request causes it.
+    pub fn traced_wire_bytes(&self) -> usize {
+        const TRACEPARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let traced = self.headers.iter().any(|(name, _)| name == "traceparent");
+        let extra = if traced {
+            0
+        } else {
+            "traceparent".len() + TRACEPARENT.len() + 4
+        };
+        self.wire_bytes() + extra
+    }
+}
+
 /// Adds an event to the outbox inside the caller's transaction.
 pub async fn enqueue<C: ConnectionTrait>(
     connection: &C,
