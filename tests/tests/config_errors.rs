@@ -55,6 +55,9 @@ fn bad_configuration_exits_64_naming_the_setting() {
     assert_eq!(output.status.code(), Some(64));
 }
 
+/// A service, the environment that breaks it, and the setting its message must name.
+type ConfigCase = (&'static str, Vec<(&'static str, String)>, &'static str);
+
 /// Every kind of configuration that cannot work exits 64 naming the setting, before any migration
 /// runs (the SQLite file is never created), including those only found against the NATS server.
 #[test]
@@ -73,7 +76,7 @@ fn every_configuration_error_exits_64_before_migrating() {
     let garbage_credentials = dir.path().join("credentials.json");
     std::fs::write(&garbage_credentials, "zw-sanitation=secret").expect("write");
     let catalogue = format!("{}", whistle_e2e::demo_catalogue().display());
-    let cases: Vec<(&str, Vec<(&str, String)>, &str)> = vec![
+    let cases: Vec<ConfigCase> = vec![
         (
             "intake",
             vec![("WHISTLE_INTAKE__TELEMETRY__LOG_FILTER", "info,[[".into())],
