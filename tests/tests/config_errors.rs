@@ -301,3 +301,30 @@ async fn nats_credentials_come_from_the_url() {
         "the password leaked: {stderr}"
     );
 }
+
+/// A database that refuses connections is named with its cause, not as a pool time-out.
+#[test]
+fn a_refused_database_connection_says_so() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = whistle_e2e::LocalNatsServer::start(&dir.path().join("nats")).expect("nats-server");
+    // a port nobody listens on
+    let closed = whistle_e2e::free_port().expect("port");
+    let mut command = Command::new(binary("intake"));
+    command
+        .env("WHISTLE_INTAKE__GRPC__LISTEN", "127.0.0.1:0")
+        .env(
+            "WHISTLE_INTAKE__DATABASE__URL",
+            format!("postgres://whistle:s3cret@127.0.0.1:{closed}/whistle_intake"),
+        )
+        .env("WHISTLE_INTAKE__NATS__URL", nats.url());
+    let output = output_within(command, std::time::Duration::from_secs(60))
+        .expect("intake gives up on a refusing database");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("cannot connect to database") && stderr.contains("refused"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("s3cret"), "the password leaked: {stderr}");
+    assert!(!stderr.contains("timed out"), "{stderr}");
+}

@@ -105,7 +105,10 @@ async fn calls_fail_fast_while_the_database_is_down() {
         .database_url()
         .replace(&upstream.to_string(), &relay_address.to_string())
         .replace("localhost:5432", &relay_address.to_string());
-    assert!(through_relay.contains(&relay_address.to_string()), "{through_relay}");
+    assert!(
+        through_relay.contains(&relay_address.to_string()),
+        "{through_relay}"
+    );
     platform
         .intake
         .set_env("WHISTLE_INTAKE__DATABASE__URL", through_relay);
@@ -123,7 +126,10 @@ async fn calls_fail_fast_while_the_database_is_down() {
         .expect("connect");
     let mut intake = IntakeServiceClient::new(channel.clone());
     let mut health = HealthClient::new(channel);
-    intake.submit_report(report("before")).await.expect("accepted");
+    intake
+        .submit_report(report("before"))
+        .await
+        .expect("accepted");
 
     // the database goes away
     drop(relay);
@@ -135,10 +141,17 @@ async fn calls_fail_fast_while_the_database_is_down() {
         .await
         .expect_err("no database");
     assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
-    assert!(started.elapsed() < Duration::from_secs(15), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while readiness(&mut health, "").await != ServingStatus::NotServing as i32 {
-        assert!(tokio::time::Instant::now() < deadline, "readiness never NOT_SERVING");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "readiness never NOT_SERVING"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(
@@ -162,7 +175,10 @@ async fn calls_fail_fast_while_the_database_is_down() {
     let _relay = Relay::start(relay_address, upstream).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while readiness(&mut health, "").await != ServingStatus::Serving as i32 {
-        assert!(tokio::time::Instant::now() < deadline, "readiness never SERVING again");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "readiness never SERVING again"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     intake
