@@ -37,6 +37,38 @@ pub fn demo_catalogue() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/demo/catalogue.json")
 }
 
+/// A request carrying a department's bearer token, as department systems send it.
+pub fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("header"),
+    );
+    request
+}
+
+/// The demo's first report: a grid worker sees garbage overflowing at 中岳路2号 (routed to the
+/// sanitation office, auto-whistled).
+pub fn garbage_report(request_id: &str) -> whistle_proto::intake::SubmitReportRequest {
+    use whistle_proto::types::{Channel, Place, Severity};
+    whistle_proto::intake::SubmitReportRequest {
+        request_id: request_id.into(),
+        channel: Channel::GridPatrol as i32,
+        reporter_id: "grid-worker-17".into(),
+        category_code: "E-01-03".into(),
+        severity: Severity::Urgent as i32,
+        description: "中岳路2号大垃圾桶满溢，垃圾堆到路面，三个小区共用".into(),
+        place: Some(Place {
+            grid_code: "420303003001001".into(),
+            lat: 32.6369,
+            lng: 110.7986,
+            address: "中岳路2号".into(),
+        }),
+        attachments: vec![],
+        observed_at: None,
+    }
+}
+
 /// Which database the services use.
 #[derive(Debug, Clone)]
 pub enum Storage {

@@ -10,10 +10,9 @@ use tokio::task::JoinSet;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
-use whistle_e2e::{Platform, Storage, postgres_admin_url, wait_serving};
+use whistle_e2e::{Platform, Storage, garbage_report, postgres_admin_url, wait_serving};
 use whistle_proto::intake::SubmitReportRequest;
 use whistle_proto::intake::intake_service_client::IntakeServiceClient;
-use whistle_proto::types::{Channel, Place, Severity};
 
 /// Forwards every connection on `address` to PostgreSQL until dropped; dropping it closes the
 /// listener and every relayed connection, as a network partition would.
@@ -46,22 +45,7 @@ impl Drop for Relay {
 }
 
 fn report(request_id: &str) -> tonic::Request<SubmitReportRequest> {
-    let mut request = tonic::Request::new(SubmitReportRequest {
-        request_id: request_id.into(),
-        channel: Channel::GridPatrol as i32,
-        reporter_id: "grid-worker-17".into(),
-        category_code: "E-01-03".into(),
-        severity: Severity::Urgent as i32,
-        description: "中岳路2号垃圾满溢".into(),
-        place: Some(Place {
-            grid_code: "420303003001001".into(),
-            lat: 32.6369,
-            lng: 110.7986,
-            address: "中岳路2号".into(),
-        }),
-        attachments: vec![],
-        observed_at: None,
-    });
+    let mut request = tonic::Request::new(garbage_report(request_id));
     // far beyond how fast an outage must be reported
     request.set_timeout(Duration::from_secs(20));
     request

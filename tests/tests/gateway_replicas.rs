@@ -9,7 +9,9 @@ use futures::StreamExt;
 use sea_orm::{ConnectionTrait, Statement};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
-use whistle_e2e::{Platform, ServiceProcess, Storage, postgres_admin_url, wait_serving};
+use whistle_e2e::{
+    Platform, ServiceProcess, Storage, postgres_admin_url, wait_serving, with_token,
+};
 use whistle_platform::SystemClock;
 use whistle_platform::envelope::{self, Event, Payload};
 use whistle_platform::testing::publish_like_relay;
@@ -81,15 +83,6 @@ fn round_order(round: usize) -> Vec<&'static str> {
         order.reverse();
     }
     order
-}
-
-fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {token}").parse().expect("header"),
-    );
-    request
 }
 
 /// Follows a department's notices on `url` until `expected` arrived; returns the sequences seen.

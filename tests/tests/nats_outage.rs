@@ -7,31 +7,18 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
-use whistle_e2e::{Platform, Storage};
+use whistle_e2e::{Platform, Storage, garbage_report, with_token};
 use whistle_proto::gateway::SubscribeRequest;
 use whistle_proto::gateway::department_gateway_client::DepartmentGatewayClient;
 use whistle_proto::intake::SubmitReportRequest;
 use whistle_proto::intake::intake_service_client::IntakeServiceClient;
-use whistle_proto::types::{Channel, Place, Severity};
 
 const REPORTS: usize = 5;
 
 fn report(index: usize) -> SubmitReportRequest {
     SubmitReportRequest {
-        request_id: format!("outage-{index}"),
-        channel: Channel::GridPatrol as i32,
-        reporter_id: "grid-worker-17".into(),
-        category_code: "E-01-03".into(),
-        severity: Severity::Urgent as i32,
         description: format!("中岳路2号垃圾满溢 #{index}"),
-        place: Some(Place {
-            grid_code: "420303003001001".into(),
-            lat: 32.6369,
-            lng: 110.7986,
-            address: "中岳路2号".into(),
-        }),
-        attachments: vec![],
-        observed_at: None,
+        ..garbage_report(&format!("outage-{index}"))
     }
 }
 
@@ -77,14 +64,11 @@ async fn reports_made_while_nats_is_down_are_whistled_when_it_returns() {
     let mut gateway = DepartmentGatewayClient::connect(platform.gateway.url())
         .await
         .expect("gateway");
-    let mut request = tonic::Request::new(SubscribeRequest { after_sequence: 0 });
-    request.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {sanitation}").parse().expect("header"),
-    );
-    // the gateway may still be reconnecting its consumer: retry the stream until it answers
     let mut notices = gateway
-        .subscribe(request)
+        .subscribe(with_token(
+            SubscribeRequest { after_sequence: 0 },
+            &sanitation,
+        ))
         .await
         .expect("subscribe")
         .into_inner();

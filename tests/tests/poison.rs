@@ -5,44 +5,23 @@
 use futures::StreamExt;
 use std::time::Duration;
 use tonic::Code;
-use whistle_e2e::{Platform, Storage};
+use whistle_e2e::{Platform, Storage, garbage_report, with_token};
 use whistle_proto::gateway::department_gateway_client::DepartmentGatewayClient;
 use whistle_proto::gateway::{Notice, SubscribeRequest};
 use whistle_proto::intake::SubmitReportRequest;
 use whistle_proto::intake::intake_service_client::IntakeServiceClient;
-use whistle_proto::types::{Attachment, Channel, Place, Severity};
+use whistle_proto::types::Attachment;
 
 fn report(request_id: &str, media_type: String) -> SubmitReportRequest {
     SubmitReportRequest {
-        request_id: request_id.into(),
-        channel: Channel::ResidentApp as i32,
-        reporter_id: "resident-1".into(),
-        category_code: "E-01-03".into(),
-        severity: Severity::Urgent as i32,
-        description: "中岳路2号垃圾满溢".into(),
-        place: Some(Place {
-            grid_code: "420303003001001".into(),
-            lat: 32.6369,
-            lng: 110.7986,
-            address: "中岳路2号".into(),
-        }),
         attachments: vec![Attachment {
             uri: "https://photos.example/1.jpg".into(),
             sha256: "a".repeat(64),
             media_type,
             size_bytes: 1000,
         }],
-        observed_at: None,
+        ..garbage_report(request_id)
     }
-}
-
-fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {token}").parse().expect("header"),
-    );
-    request
 }
 
 /// Waits for the `whistle.issued` notice of `case_id` on a department's stream.

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tonic::Code;
 use tonic::transport::Channel;
-use whistle_e2e::{Platform, Storage, wait_serving};
+use whistle_e2e::{Platform, Storage, wait_serving, with_token};
 use whistle_proto::gateway::department_gateway_client::DepartmentGatewayClient;
 use whistle_proto::gateway::{ListAssignmentsRequest, Notice, SubscribeRequest};
 
@@ -35,15 +35,6 @@ const OTHER_CALLER_MAX: Duration = Duration::from_secs(1);
 /// CPU the gateway may use while 8 subscriptions wait for nothing, over the idle window.
 const IDLE_WINDOW: Duration = Duration::from_secs(2);
 const IDLE_CPU_MAX: Duration = Duration::from_millis(300);
-
-fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {token}").parse().expect("header"),
-    );
-    request
-}
 
 /// VmRSS of a process, in KiB.
 fn resident_kib(pid: u32) -> u64 {

@@ -6,7 +6,9 @@
 use futures::StreamExt;
 use std::time::Duration;
 use tonic::Code;
-use whistle_e2e::{Platform, Storage, postgres_admin_url, reflected_services};
+use whistle_e2e::{
+    Platform, Storage, garbage_report, postgres_admin_url, reflected_services, with_token,
+};
 use whistle_proto::dispatch::GetCaseRequest;
 use whistle_proto::dispatch::dispatch_service_client::DispatchServiceClient;
 use whistle_proto::evaluation::GetScorecardRequest;
@@ -16,18 +18,8 @@ use whistle_proto::gateway::department_gateway_client::DepartmentGatewayClient;
 use whistle_proto::gateway::{
     AcknowledgeRequest, CheckInRequest, Notice, ResolveRequest, SubscribeRequest,
 };
-use whistle_proto::intake::SubmitReportRequest;
 use whistle_proto::intake::intake_service_client::IntakeServiceClient;
-use whistle_proto::types::{AssignmentRole, AssignmentStatus, Channel, Place, Severity};
-
-fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {token}").parse().expect("header"),
-    );
-    request
-}
+use whistle_proto::types::{AssignmentRole, AssignmentStatus};
 
 async fn next_notice(notices: &mut tonic::Streaming<Notice>, kind: &str) -> Notice {
     loop {
@@ -39,25 +31,6 @@ async fn next_notice(notices: &mut tonic::Streaming<Notice>, kind: &str) -> Noti
         if notice.kind == kind {
             return notice;
         }
-    }
-}
-
-fn garbage_report(request_id: &str) -> SubmitReportRequest {
-    SubmitReportRequest {
-        request_id: request_id.into(),
-        channel: Channel::GridPatrol as i32,
-        reporter_id: "grid-worker-17".into(),
-        category_code: "E-01-03".into(),
-        severity: Severity::Urgent as i32,
-        description: "中岳路2号大垃圾桶满溢，垃圾堆到路面，三个小区共用".into(),
-        place: Some(Place {
-            grid_code: "420303003001001".into(),
-            lat: 32.6369,
-            lng: 110.7986,
-            address: "中岳路2号".into(),
-        }),
-        attachments: vec![],
-        observed_at: None,
     }
 }
 
