@@ -204,30 +204,22 @@ pub mod migrations {
         async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
             use crate::outbox::entity as outbox;
             // SQLite alters one column per statement
-            manager
-                .alter_table(
-                    Table::alter()
-                        .table(outbox::Entity)
-                        .add_column(integer(outbox::Column::Attempts).default(0))
-                        .to_owned(),
-                )
-                .await?;
-            manager
-                .alter_table(
-                    Table::alter()
-                        .table(outbox::Entity)
-                        .add_column(big_integer_null(outbox::Column::ParkedAtMs))
-                        .to_owned(),
-                )
-                .await?;
-            manager
-                .alter_table(
-                    Table::alter()
-                        .table(outbox::Entity)
-                        .add_column(text_null(outbox::Column::LastError))
-                        .to_owned(),
-                )
-                .await
+            let columns = [
+                integer(outbox::Column::Attempts).default(0).to_owned(),
+                big_integer_null(outbox::Column::ParkedAtMs),
+                text_null(outbox::Column::LastError),
+            ];
+            for column in columns {
+                manager
+                    .alter_table(
+                        Table::alter()
+                            .table(outbox::Entity)
+                            .add_column(column)
+                            .to_owned(),
+                    )
+                    .await?;
+            }
+            Ok(())
         }
     }
 }
