@@ -6,6 +6,7 @@
 
 pub mod app;
 pub mod bounds;
+pub mod calendar;
 pub mod catalogue;
 pub mod config;
 pub mod consumer;
