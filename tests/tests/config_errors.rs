@@ -33,6 +33,13 @@ fn bad_configuration_exits_64_naming_the_setting() {
         ),
     ] {
         let output = Command::new(binary(service))
+            .env(
+                format!(
+                    "{}__ADMIN__LISTEN",
+                    whistle_platform::config::env_prefix(service)
+                ),
+                "127.0.0.1:0",
+            )
             .env(variable, value)
             .output()
             .expect("run");
@@ -48,6 +55,7 @@ fn bad_configuration_exits_64_naming_the_setting() {
         );
     }
     let output = Command::new(binary("intake"))
+        .env("WHISTLE_INTAKE__ADMIN__LISTEN", "127.0.0.1:0")
         .arg("--config")
         .arg("/nonexistent/whistle.toml")
         .output()
@@ -168,6 +176,7 @@ fn every_configuration_error_exits_64_before_migrating() {
         let mut command = Command::new(binary(service));
         command
             .env(format!("{prefix}__GRPC__LISTEN"), "127.0.0.1:0")
+            .env(format!("{prefix}__ADMIN__LISTEN"), "127.0.0.1:0")
             .env(
                 format!("{prefix}__DATABASE__URL"),
                 format!("sqlite://{}", database.display()),
@@ -237,6 +246,7 @@ async fn nats_credentials_come_from_the_url() {
     let port = free_port().expect("port");
     let mut intake = std::process::Command::new(binary("intake"))
         .env("WHISTLE_INTAKE__GRPC__LISTEN", format!("127.0.0.1:{port}"))
+        .env("WHISTLE_INTAKE__ADMIN__LISTEN", "127.0.0.1:0")
         .env(
             "WHISTLE_INTAKE__DATABASE__URL",
             format!("sqlite://{}", dir.path().join("intake.sqlite").display()),
@@ -278,6 +288,7 @@ async fn nats_credentials_come_from_the_url() {
         .url()
         .replace("nats://", "nats://intake:wrong-password@");
     let output = std::process::Command::new(binary("intake"))
+        .env("WHISTLE_INTAKE__ADMIN__LISTEN", "127.0.0.1:0")
         .env(
             "WHISTLE_INTAKE__GRPC__LISTEN",
             format!("127.0.0.1:{}", free_port().expect("port")),
