@@ -309,3 +309,38 @@ async fn nats_credentials_come_from_the_url() {
         "the password leaked: {stderr}"
     );
 }
+
+/// Logs go to stderr, without colour escapes when stderr is not a terminal; stdout stays empty.
+#[test]
+fn logs_go_to_stderr_without_colour() {
+    use whistle_e2e::free_port;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port().expect("port");
+    let output = std::process::Command::new(binary("intake"))
+        .env("WHISTLE_INTAKE__ADMIN__LISTEN", "127.0.0.1:0")
+        .env("WHISTLE_INTAKE__GRPC__LISTEN", "127.0.0.1:0")
+        .env(
+            "WHISTLE_INTAKE__DATABASE__URL",
+            format!("sqlite://{}", dir.path().join("intake.sqlite").display()),
+        )
+        .env(
+            "WHISTLE_INTAKE__NATS__URL",
+            format!("nats://127.0.0.1:{port}"),
+        )
+        .env("WHISTLE_INTAKE__NATS__CONNECT_TIMEOUT_SECS", "1")
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("intake starting"), "{stderr}");
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "colour escapes in a pipe: {stderr}"
+    );
+    assert!(
+        output.stdout.is_empty(),
+        "stdout: {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+}
