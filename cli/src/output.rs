@@ -438,7 +438,21 @@ mod tests {
             ..Default::default()
         };
         let text = super::assignment(&assignment, Format::Text);
-        assert!(text.contains("status          ACKNOWLEDGED"), "{text}");
+        let status_line = text
+            .lines()
+            .find(|line| line.starts_with("status "))
+            .expect("a status line");
+        assert!(status_line.ends_with(" ACKNOWLEDGED"), "{text}");
+        let columns: std::collections::BTreeSet<usize> = text
+            .lines()
+            .filter(|line| line.is_ascii())
+            .map(|line| {
+                line.find("  ").map_or(0, |at| {
+                    at + line[at..].len() - line[at..].trim_start().len()
+                })
+            })
+            .collect();
+        assert_eq!(columns.len(), 1, "values start in one column: {text}");
         assert!(!text.contains("Assignment {"), "{text}");
         let json: Value =
             serde_json::from_str(&super::assignment(&assignment, Format::Json)).expect("json");
