@@ -127,7 +127,7 @@ async fn one_case_is_one_trace_across_the_four_services() {
         &mut platform.evaluation,
     ] {
         process.set_env(
-            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
             format!("http://{receiver_address}"),
         );
         process.set_env("OTEL_BSP_SCHEDULE_DELAY", "100");

@@ -66,12 +66,17 @@ pub fn render_prometheus() -> String {
 /// Logs go to stderr (colour only on a terminal, JSON with `log_format = "json"`) filtered by
 /// `log_filter` (or `RUST_LOG`); spans go to OpenTelemetry filtered by `trace_filter` alone, so a
 /// quiet log level never drops spans. Traces always get ids (so `traceparent` flows between
-/// services); they leave the process only when an OTLP endpoint is configured. Metrics are always
-/// readable in the Prometheus format ([`render_prometheus`], the admin port's `/metrics`) and also
-/// pushed over OTLP when an endpoint is configured.
+/// services); they leave the process only when `OTEL_EXPORTER_OTLP_ENDPOINT` or
+/// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set. Metrics are always readable in the Prometheus
+/// format ([`render_prometheus`], the admin port's `/metrics`) and are also pushed over OTLP when
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT` is set.
 pub fn init(service_name: &str, config: &TelemetryConfig) -> anyhow::Result<Telemetry> {
-    let otlp = std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some()
-        || std::env::var_os("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_some();
+    let set = |name: &str| std::env::var_os(name).is_some_and(|value| !value.is_empty());
+    let otlp_traces =
+        set("OTEL_EXPORTER_OTLP_ENDPOINT") || set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
+    let otlp_metrics =
+        set("OTEL_EXPORTER_OTLP_ENDPOINT") || set("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT");
+    let otlp = otlp_traces || otlp_metrics;
     let resource = Resource::builder()
         .with_service_name(service_name.to_string())
         .build();
@@ -86,11 +91,13 @@ pub fn init(service_name: &str, config: &TelemetryConfig) -> anyhow::Result<Tele
     let mut meter_builder = SdkMeterProvider::builder()
         .with_reader(prometheus_reader)
         .with_resource(resource);
-    if otlp {
+    if otlp_traces {
         let span_exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
             .build()?;
         tracer_builder = tracer_builder.with_batch_exporter(span_exporter);
+    }
+    if otlp_metrics {
         let metric_exporter = opentelemetry_otlp::MetricExporter::builder()
             .with_tonic()
             .build()?;
