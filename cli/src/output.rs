@@ -109,7 +109,7 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 }
 
 pub fn assignment_json(assignment: &Assignment) -> Value {
-    let deadlines = assignment.deadlines.clone().unwrap_or_default();
+    let deadlines = assignment.deadlines.unwrap_or_default();
     json!({
         "assignment_id": assignment.assignment_id,
         "case_id": assignment.case_id,
@@ -141,7 +141,7 @@ pub fn assignment(assignment: &Assignment, format: Format) -> String {
     if format == Format::Json {
         return assignment_json(assignment).to_string() + "\n";
     }
-    let deadlines = assignment.deadlines.clone().unwrap_or_default();
+    let deadlines = assignment.deadlines.unwrap_or_default();
     fields(&[
         ("assignment", assignment.assignment_id.clone()),
         ("case", assignment.case_id.clone()),
@@ -215,7 +215,7 @@ pub fn case(case: &Case, format: Format) -> String {
         .assignments
         .iter()
         .map(|assignment| {
-            let deadlines = assignment.deadlines.clone().unwrap_or_default();
+            let deadlines = assignment.deadlines.unwrap_or_default();
             vec![
                 assignment.assignment_id.clone(),
                 assignment.department_code.clone(),
@@ -258,8 +258,8 @@ pub fn case(case: &Case, format: Format) -> String {
 
 /// A department's scorecard: indicators, composite and counts.
 pub fn scorecard(scorecard: &Scorecard, format: Format) -> String {
-    let counts = scorecard.counts.clone().unwrap_or_default();
-    let indicators = scorecard.indicators.clone().unwrap_or_default();
+    let counts = scorecard.counts.unwrap_or_default();
+    let indicators = scorecard.indicators.unwrap_or_default();
     let percent = |value: Option<f64>| value.map(|value| format!("{:.1}%", value * 100.0));
     let score = |value: Option<f64>| value.map(|value| format!("{value:.1}"));
     if format == Format::Json {

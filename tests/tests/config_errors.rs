@@ -81,7 +81,9 @@ fn every_configuration_error_exits_64_before_migrating() {
     let garbage_credentials = dir.path().join("credentials.json");
     std::fs::write(&garbage_credentials, "zw-sanitation=secret").expect("write");
     let catalogue = format!("{}", whistle_e2e::demo_catalogue().display());
-    let cases: Vec<(&str, Vec<(&str, String)>, &str)> = vec![
+    // (service, environment, the setting the message must name)
+    type Case<'a> = (&'a str, Vec<(&'a str, String)>, &'a str);
+    let cases: Vec<Case> = vec![
         (
             "intake",
             vec![("WHISTLE_INTAKE__TELEMETRY__LOG_FILTER", "info,[[".into())],
