@@ -346,3 +346,24 @@ fn logs_go_to_stderr_without_colour() {
         String::from_utf8_lossy(&output.stdout)
     );
 }
+
+/// An admin port in use is a configuration error: exit 64 naming admin.listen.
+#[test]
+fn an_admin_port_in_use_exits_64() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = taken.local_addr().expect("address");
+    let output = Command::new(binary("dispatch"))
+        .env("WHISTLE_DISPATCH__ADMIN__LISTEN", address.to_string())
+        .env("WHISTLE_DISPATCH__GRPC__LISTEN", "127.0.0.1:0")
+        .env(
+            "WHISTLE_DISPATCH__DATABASE__URL",
+            format!("sqlite://{}", dir.path().join("dispatch.sqlite").display()),
+        )
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("admin.listen"), "{stderr}");
+    assert!(stderr.contains(&address.to_string()), "{stderr}");
+}

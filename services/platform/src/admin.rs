@@ -155,3 +155,28 @@ async fn answer<B>(request: Request<B>) -> Result<Response<Full<Bytes>>, Infalli
         ),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get(path: &str) -> Request<()> {
+        Request::builder().uri(path).body(()).expect("request")
+    }
+
+    #[tokio::test]
+    async fn readiness_follows_every_service_of_the_process() {
+        set_ready("whistle.test.v1.A", true);
+        set_ready("whistle.test.v1.B", false);
+        let answer_for = |path| async move { answer(get(path)).await.expect("answer") };
+        assert_eq!(
+            answer_for("/readyz").await.status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        set_ready("whistle.test.v1.B", true);
+        assert_eq!(answer_for("/readyz").await.status(), StatusCode::OK);
+        assert_eq!(answer_for("/healthz").await.status(), StatusCode::OK);
+        assert_eq!(answer_for("/metrics").await.status(), StatusCode::OK);
+        assert_eq!(answer_for("/other").await.status(), StatusCode::NOT_FOUND);
+    }
+}
