@@ -17,9 +17,15 @@ lint:
 bench:
     cargo run --release -p whistle -- bench
 
-# compile the contract (protoc checks every file; the generated code must build)
+# the contract: buf lint (STANDARD + comments, proto/buf.yaml), buf format, and the generated code builds
 proto-lint:
+    npx --yes @bufbuild/buf@1.75.0 lint proto
+    npx --yes @bufbuild/buf@1.75.0 format --diff --exit-code proto
     cargo build -p whistle-proto
+
+# everything CI checks (tools installed pinned from npm and PyPI into target/ci-tools), then the tests
+ci:
+    bash .ci/run
 
 # one department's live whistles, e.g. `just watch zw-sanitation`
 watch department:

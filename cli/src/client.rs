@@ -1,7 +1,7 @@
 //! Client commands: report as a grid worker, act as a department, look at cases and scores.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use tonic::Request;
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
@@ -65,6 +65,34 @@ pub fn with_token<T>(message: T, token: &str) -> anyhow::Result<Request<T>> {
     Ok(request)
 }
 
+/// Where the department tokens of a running `whistle up` are: `--credentials` when given, else
+/// `<data-dir>/demo-credentials.json`.
+pub fn credentials_path(data_dir: &Path, credentials: Option<&Path>) -> PathBuf {
+    match credentials {
+        Some(path) => path.to_path_buf(),
+        None => data_dir.join("demo-credentials.json"),
+    }
+}
+
+/// The department tokens in a credentials file, with an error naming where it looked.
+pub fn read_credentials(path: &Path) -> anyhow::Result<BTreeMap<String, String>> {
+    let shown = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let text = std::fs::read_to_string(path).map_err(|error| {
+        anyhow::anyhow!(
+            "cannot read the department credentials at {}: {error}; `whistle up` writes them to \
+             <data-dir>/demo-credentials.json: start it, or point --data-dir (or --credentials) \
+             at the folder of the running one",
+            shown.display()
+        )
+    })?;
+    serde_json::from_str(&text).map_err(|error| {
+        anyhow::anyhow!(
+            "{} is not a credentials file (a JSON object of department code to token): {error}",
+            shown.display()
+        )
+    })
+}
+
 /// A department's token: given directly, or read from a credentials file.
 pub fn department_token(
     department: &str,
@@ -74,13 +102,7 @@ pub fn department_token(
     if let Some(token) = token {
         return Ok(token.to_string());
     }
-    let text = std::fs::read_to_string(credentials_file).map_err(|error| {
-        anyhow::anyhow!(
-            "no --token given and cannot read {}: {error}",
-            credentials_file.display()
-        )
-    })?;
-    let tokens: BTreeMap<String, String> = serde_json::from_str(&text)?;
+    let tokens = read_credentials(credentials_file)?;
     tokens.get(department).cloned().ok_or_else(|| {
         anyhow::anyhow!(
             "{} has no token for department {department}",

@@ -8,3 +8,4 @@ pub mod client;
 pub mod demo;
 pub mod local;
 pub mod outbox;
+pub mod output;

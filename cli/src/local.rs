@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use whistle_platform::SystemClock;
+use whistle_platform::admin::AdminListener;
 use whistle_platform::grpc::GrpcListener;
 use whistle_platform::local_nats::LocalNatsServer;
 use whistle_platform::service::ServiceConfig;
@@ -25,6 +26,9 @@ pub struct LocalOptions {
     pub dispatch_port: u16,
     pub gateway_port: u16,
     pub evaluation_port: u16,
+    /// Admin HTTP ports (/metrics, /healthz, /readyz) of intake, dispatch, gateway, evaluation;
+    /// 0 picks a free port. One process: each serves the same metrics.
+    pub admin_ports: [u16; 4],
 }
 
 impl Default for LocalOptions {
@@ -37,6 +41,7 @@ impl Default for LocalOptions {
             dispatch_port: 50052,
             gateway_port: 50053,
             evaluation_port: 50054,
+            admin_ports: [9101, 9102, 9103, 9104],
         }
     }
 }
@@ -50,6 +55,8 @@ pub struct LocalPlatform {
     pub evaluation: SocketAddr,
     pub nats_url: String,
     pub credentials_file: PathBuf,
+    /// The admin ports of intake, dispatch, gateway and evaluation.
+    pub admin: [SocketAddr; 4],
     shutdown: CancellationToken,
     services: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)>,
     nats: Option<LocalNatsServer>,
@@ -80,7 +87,10 @@ impl LocalPlatform {
         })?;
         let data_dir = std::fs::canonicalize(&options.data_dir)?;
         let (nats, nats_url) = match &options.nats_url {
-            Some(url) => (None, url.clone()),
+            Some(url) => {
+                check_nats(url).await?;
+                (None, url.clone())
+            }
             None => {
                 let server = LocalNatsServer::start(&data_dir.join("nats"))?;
                 let url = server.url();
@@ -99,6 +109,18 @@ impl LocalPlatform {
         let dispatch = dispatch_listener.local_addr();
         let gateway = gateway_listener.local_addr();
         let evaluation = evaluation_listener.local_addr();
+        let mut admin = Vec::new();
+        for (port, flag) in options.admin_ports.into_iter().zip([
+            "intake-admin-port",
+            "dispatch-admin-port",
+            "gateway-admin-port",
+            "evaluation-admin-port",
+        ]) {
+            let address = SocketAddr::new(options.bind, port);
+            admin.push(AdminListener::bind(address).map_err(|error| {
+                anyhow::anyhow!("{error:#} (is another `whistle up` running? choose another port with --{flag}, 0 for any)")
+            })?);
+        }
 
         // defaults < WHISTLE_<SERVICE>__* environment, then what `up` decides
         let mut intake_config = whistle_intake::IntakeConfig::load(None)?;
@@ -128,6 +150,13 @@ impl LocalPlatform {
         evaluation_config.catalogue.file = Some(catalogue.clone());
 
         let shutdown = CancellationToken::new();
+        let admin_addresses: Vec<SocketAddr> = admin
+            .iter()
+            .map(|listener| connectable(listener.local_addr()))
+            .collect();
+        for listener in admin {
+            tokio::spawn(whistle_platform::admin::serve(listener, shutdown.clone()));
+        }
         let clock = Arc::new(SystemClock);
         let services = vec![
             (
@@ -174,6 +203,9 @@ impl LocalPlatform {
             evaluation: connectable(evaluation),
             nats_url,
             credentials_file,
+            admin: admin_addresses
+                .try_into()
+                .map_err(|_| anyhow::anyhow!("four admin ports"))?,
             shutdown,
             services,
             nats,
@@ -278,6 +310,28 @@ impl LocalPlatform {
         if let Some(mut nats) = self.nats.take() {
             nats.stop();
         }
+    }
+}
+
+/// Fails at once, naming the URL, when no NATS server answers there (instead of four services
+/// retrying for the connect timeout).
+async fn check_nats(url: &str) -> anyhow::Result<()> {
+    let options = async_nats::ConnectOptions::new()
+        .connection_timeout(std::time::Duration::from_secs(3))
+        .max_reconnects(Some(0));
+    match tokio::time::timeout(std::time::Duration::from_secs(5), options.connect(url)).await {
+        Ok(Ok(client)) => {
+            drop(client);
+            Ok(())
+        }
+        Ok(Err(error)) => Err(anyhow::anyhow!(
+            "cannot reach NATS at {}: {error} (is the server running? leave out --nats-url to start a private one)",
+            whistle_platform::config::redact_url(url)
+        )),
+        Err(_) => Err(anyhow::anyhow!(
+            "cannot reach NATS at {}: no answer within 5 s (leave out --nats-url to start a private one)",
+            whistle_platform::config::redact_url(url)
+        )),
     }
 }
 

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use whistle::bench::{self, BenchOptions};
 use whistle::client::{Endpoints, department_token, status_error, with_token};
 use whistle::local::{LocalOptions, LocalPlatform};
+use whistle::output::{self, Format};
 use whistle_proto::dispatch::{GetCaseRequest, VerifyCaseRequest};
 use whistle_proto::evaluation::GetScorecardRequest;
 use whistle_proto::gateway::{
@@ -22,6 +23,9 @@ struct Cli {
     command: Command,
     #[command(flatten)]
     endpoints: EndpointArgs,
+    /// Print JSON (one object per line) instead of text.
+    #[arg(long, global = true)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -61,11 +65,27 @@ struct DepartmentArgs {
     /// The department acting, e.g. zw-sanitation.
     #[arg(long)]
     department: String,
-    /// Its bearer token; read from --credentials when absent.
+    /// Its bearer token; read from the credentials of `whistle up` when absent.
     #[arg(long, env = "WHISTLE_TOKEN")]
     token: Option<String>,
-    #[arg(long, default_value = "data/demo-credentials.json")]
-    credentials: PathBuf,
+    #[command(flatten)]
+    credentials: CredentialsArgs,
+}
+
+#[derive(Debug, Args)]
+struct CredentialsArgs {
+    /// The data folder of the running `whistle up`; its demo-credentials.json holds the tokens.
+    #[arg(long, env = "WHISTLE_DATA_DIR", default_value = "data")]
+    data_dir: PathBuf,
+    /// The credentials file itself, instead of <data-dir>/demo-credentials.json.
+    #[arg(long)]
+    credentials: Option<PathBuf>,
+}
+
+impl CredentialsArgs {
+    fn path(&self) -> PathBuf {
+        whistle::client::credentials_path(&self.data_dir, self.credentials.as_deref())
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -88,6 +108,18 @@ enum Command {
         gateway_port: u16,
         #[arg(long, default_value_t = 50054)]
         evaluation_port: u16,
+        /// Admin HTTP port (/metrics, /healthz, /readyz) of intake; 0 picks a free one.
+        #[arg(long, default_value_t = 9101)]
+        intake_admin_port: u16,
+        #[arg(long, default_value_t = 9102)]
+        dispatch_admin_port: u16,
+        #[arg(long, default_value_t = 9103)]
+        gateway_admin_port: u16,
+        #[arg(long, default_value_t = 9104)]
+        evaluation_admin_port: u16,
+        /// Logs on stderr as `text` (colour only on a terminal) or `json`, one object per line.
+        #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+        log_format: String,
         /// Also play the demo scenario (garbage overflow, fire lane, property management).
         #[arg(long)]
         demo: bool,
@@ -99,8 +131,8 @@ enum Command {
     },
     /// Play the demo scenario against running services.
     Demo {
-        #[arg(long, default_value = "data/demo-credentials.json")]
-        credentials: PathBuf,
+        #[command(flatten)]
+        credentials: CredentialsArgs,
     },
     /// Submit a report as a grid worker.
     Report {
@@ -221,6 +253,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    let format = if cli.json { Format::Json } else { Format::Text };
     let endpoints = Endpoints {
         intake: cli.endpoints.intake_url,
         dispatch: cli.endpoints.dispatch_url,
@@ -236,11 +269,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             dispatch_port,
             gateway_port,
             evaluation_port,
+            intake_admin_port,
+            dispatch_admin_port,
+            gateway_admin_port,
+            evaluation_admin_port,
+            log_format,
             demo,
         } => {
             // quiet by default so the addresses (and the demo) stay readable; RUST_LOG=info for more
             let telemetry_config = whistle_platform::config::TelemetryConfig {
                 log_filter: "warn".into(),
+                log_format,
                 ..Default::default()
             };
             let _telemetry = whistle_platform::telemetry::init("whistle", &telemetry_config)?;
@@ -252,6 +291,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 dispatch_port,
                 gateway_port,
                 evaluation_port,
+                admin_ports: [
+                    intake_admin_port,
+                    dispatch_admin_port,
+                    gateway_admin_port,
+                    evaluation_admin_port,
+                ],
             };
             let mut platform = LocalPlatform::start(&options).await?;
             platform.wait_ready().await?;
@@ -262,6 +307,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("  department-gateway  {}", platform.gateway);
             println!("  evaluation          {}", platform.evaluation);
             println!("  nats                {}", platform.nats_url);
+            let [
+                intake_admin,
+                dispatch_admin,
+                gateway_admin,
+                evaluation_admin,
+            ] = platform.admin;
+            println!(
+                "  metrics             http://{intake_admin}/metrics (also {dispatch_admin}, {gateway_admin}, {evaluation_admin}: one process, the same metrics)"
+            );
             println!(
                 "  department tokens   {}",
                 platform.credentials_file.display()
@@ -288,13 +342,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Outbox { command } => whistle::outbox::run(command).await?,
         Command::Demo { credentials } => {
-            let text = std::fs::read_to_string(&credentials).map_err(|error| {
-                anyhow::anyhow!(
-                    "cannot read {}: {error} (is `whistle up` running?)",
-                    credentials.display()
-                )
-            })?;
-            whistle::demo::play(&endpoints, serde_json::from_str(&text)?).await?;
+            let tokens = whistle::client::read_credentials(&credentials.path())?;
+            whistle::demo::play(&endpoints, tokens).await?;
         }
         Command::Report {
             category,
@@ -328,7 +377,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            println!("report {} -> case {}", response.report_id, response.case_id);
+            print!("{}", output::submitted(&response, format));
         }
         Command::Case { case_id } => {
             let mut dispatch = endpoints.dispatch().await?;
@@ -337,13 +386,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            println!("{case:#?}");
+            print!("{}", output::case(&case, format));
         }
         Command::Watch { department, after } => {
             let token = department_token(
                 &department.department,
                 department.token.as_deref(),
-                &department.credentials,
+                &department.credentials.path(),
             )?;
             let mut gateway = endpoints.gateway().await?;
             let mut notices = gateway
@@ -358,14 +407,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .into_inner();
             while let Some(notice) = notices.next().await {
                 let notice = notice.map_err(status_error)?;
-                println!(
-                    "#{} {} case {} assignment {} ({})",
-                    notice.sequence,
-                    notice.kind,
-                    notice.case_id,
-                    notice.assignment_id,
-                    notice.subject
-                );
+                print!("{}", output::notice(&notice, format));
             }
         }
         Command::Ack {
@@ -376,7 +418,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let token = department_token(
                 &department.department,
                 department.token.as_deref(),
-                &department.credentials,
+                &department.credentials.path(),
             )?;
             let request = AcknowledgeRequest {
                 assignment_id,
@@ -390,7 +432,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            println!("{assignment:#?}");
+            print!("{}", output::assignment(&assignment, format));
         }
         Command::CheckIn {
             assignment_id,
@@ -401,7 +443,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let token = department_token(
                 &department.department,
                 department.token.as_deref(),
-                &department.credentials,
+                &department.credentials.path(),
             )?;
             let request = CheckInRequest {
                 assignment_id,
@@ -416,7 +458,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            println!("{assignment:#?}");
+            print!("{}", output::assignment(&assignment, format));
         }
         Command::Resolve {
             assignment_id,
@@ -426,7 +468,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let token = department_token(
                 &department.department,
                 department.token.as_deref(),
-                &department.credentials,
+                &department.credentials.path(),
             )?;
             let request = ResolveRequest {
                 assignment_id,
@@ -440,7 +482,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            println!("{assignment:#?}");
+            print!("{}", output::assignment(&assignment, format));
         }
         Command::Verify {
             case_id,
@@ -459,7 +501,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            println!("{case:#?}");
+            print!("{}", output::case(&case, format));
         }
         Command::Scorecard { department, period } => {
             let period = period.unwrap_or_else(|| {
@@ -476,7 +518,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            println!("{scorecard:#?}");
+            print!("{}", output::scorecard(&scorecard, format));
         }
         Command::Bench {
             reports,

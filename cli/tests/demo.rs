@@ -16,6 +16,7 @@ async fn the_demo_scenario_plays_to_the_end() {
         dispatch_port: 0,
         gateway_port: 0,
         evaluation_port: 0,
+        admin_ports: [0; 4],
         ..LocalOptions::default()
     })
     .await

@@ -90,6 +90,8 @@ pub fn postgres_admin_url() -> String {
 pub struct ServiceProcess {
     pub service: &'static str,
     pub address: SocketAddr,
+    /// The admin HTTP port: `/metrics`, `/healthz`, `/readyz`.
+    pub admin_address: SocketAddr,
     env: BTreeMap<String, String>,
     log: PathBuf,
     child: Option<Child>,
@@ -103,8 +105,8 @@ impl ServiceProcess {
             .open(&self.log)
             .expect("log file");
         let child = Command::new(binary(self.service))
-            .envs(&self.env)
             .env("RUST_LOG", "info")
+            .envs(&self.env)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -182,14 +184,20 @@ impl ServiceProcess {
     /// log file (`<service>-<name>.log`). Not started.
     pub fn replica(&self, name: &str) -> ServiceProcess {
         let port = free_port().expect("port");
+        let admin_port = free_port().expect("port");
         let mut env = self.env.clone();
         env.insert(
             format!("{}__GRPC__LISTEN", env_prefix(self.service)),
             format!("127.0.0.1:{port}"),
         );
+        env.insert(
+            format!("{}__ADMIN__LISTEN", env_prefix(self.service)),
+            format!("127.0.0.1:{admin_port}"),
+        );
         ServiceProcess {
             service: self.service,
             address: SocketAddr::from(([127, 0, 0, 1], port)),
+            admin_address: SocketAddr::from(([127, 0, 0, 1], admin_port)),
             env,
             log: self
                 .log
@@ -288,11 +296,16 @@ impl Platform {
         let mut processes = Vec::new();
         for service in SERVICES {
             let port = free_port().expect("port");
+            let admin_port = free_port().expect("port");
             let prefix = env_prefix(service);
             let mut env = BTreeMap::new();
             env.insert(
                 format!("{prefix}__GRPC__LISTEN"),
                 format!("127.0.0.1:{port}"),
+            );
+            env.insert(
+                format!("{prefix}__ADMIN__LISTEN"),
+                format!("127.0.0.1:{admin_port}"),
             );
             env.insert(
                 format!("{prefix}__DATABASE__URL"),
@@ -307,6 +320,7 @@ impl Platform {
             processes.push(ServiceProcess {
                 service,
                 address: SocketAddr::from(([127, 0, 0, 1], port)),
+                admin_address: SocketAddr::from(([127, 0, 0, 1], admin_port)),
                 env,
                 log: dir.path().join(format!("{service}.log")),
                 child: None,
@@ -337,18 +351,23 @@ impl Platform {
     /// Starts every service and waits until each answers health checks with SERVING.
     pub async fn start(storage: Storage) -> Platform {
         let mut platform = Self::prepare(storage).await;
-        for process in platform.processes_mut() {
+        platform.start_all().await;
+        platform
+    }
+
+    /// Starts every service of a prepared platform and waits until each is SERVING.
+    pub async fn start_all(&mut self) {
+        for process in self.processes_mut() {
             process.start();
         }
         for process in [
-            &platform.intake,
-            &platform.dispatch,
-            &platform.gateway,
-            &platform.evaluation,
+            &self.intake,
+            &self.dispatch,
+            &self.gateway,
+            &self.evaluation,
         ] {
             wait_serving(process).await;
         }
-        platform
     }
 
     fn processes_mut(&mut self) -> [&mut ServiceProcess; 4] {

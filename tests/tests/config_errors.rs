@@ -33,6 +33,13 @@ fn bad_configuration_exits_64_naming_the_setting() {
         ),
     ] {
         let output = Command::new(binary(service))
+            .env(
+                format!(
+                    "{}__ADMIN__LISTEN",
+                    whistle_platform::config::env_prefix(service)
+                ),
+                "127.0.0.1:0",
+            )
             .env(variable, value)
             .output()
             .expect("run");
@@ -48,6 +55,7 @@ fn bad_configuration_exits_64_naming_the_setting() {
         );
     }
     let output = Command::new(binary("intake"))
+        .env("WHISTLE_INTAKE__ADMIN__LISTEN", "127.0.0.1:0")
         .arg("--config")
         .arg("/nonexistent/whistle.toml")
         .output()
@@ -171,6 +179,8 @@ fn every_configuration_error_exits_64_before_migrating() {
         let mut command = Command::new(binary(service));
         command
             .env(format!("{prefix}__GRPC__LISTEN"), "127.0.0.1:0")
+            .env(format!("{prefix}__ADMIN__LISTEN"), "127.0.0.1:0")
+            .env(format!("{prefix}__ADMIN__LISTEN"), "127.0.0.1:0")
             .env(
                 format!("{prefix}__DATABASE__URL"),
                 format!("sqlite://{}", database.display()),
@@ -240,6 +250,7 @@ async fn nats_credentials_come_from_the_url() {
     let port = free_port().expect("port");
     let mut intake = std::process::Command::new(binary("intake"))
         .env("WHISTLE_INTAKE__GRPC__LISTEN", format!("127.0.0.1:{port}"))
+        .env("WHISTLE_INTAKE__ADMIN__LISTEN", "127.0.0.1:0")
         .env(
             "WHISTLE_INTAKE__DATABASE__URL",
             format!("sqlite://{}", dir.path().join("intake.sqlite").display()),
@@ -281,6 +292,7 @@ async fn nats_credentials_come_from_the_url() {
         .url()
         .replace("nats://", "nats://intake:wrong-password@");
     let output = std::process::Command::new(binary("intake"))
+        .env("WHISTLE_INTAKE__ADMIN__LISTEN", "127.0.0.1:0")
         .env(
             "WHISTLE_INTAKE__GRPC__LISTEN",
             format!("127.0.0.1:{}", free_port().expect("port")),
@@ -312,6 +324,7 @@ fn a_refused_database_connection_says_so() {
     let mut command = Command::new(binary("intake"));
     command
         .env("WHISTLE_INTAKE__GRPC__LISTEN", "127.0.0.1:0")
+        .env("WHISTLE_INTAKE__ADMIN__LISTEN", "127.0.0.1:0")
         .env(
             "WHISTLE_INTAKE__DATABASE__URL",
             format!("postgres://whistle:s3cret@127.0.0.1:{closed}/whistle_intake"),
@@ -327,4 +340,60 @@ fn a_refused_database_connection_says_so() {
     );
     assert!(!stderr.contains("s3cret"), "the password leaked: {stderr}");
     assert!(!stderr.contains("timed out"), "{stderr}");
+}
+
+/// Logs go to stderr, without colour escapes when stderr is not a terminal; stdout stays empty.
+#[test]
+fn logs_go_to_stderr_without_colour() {
+    use whistle_e2e::free_port;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port().expect("port");
+    let output = std::process::Command::new(binary("intake"))
+        .env("WHISTLE_INTAKE__ADMIN__LISTEN", "127.0.0.1:0")
+        .env("WHISTLE_INTAKE__GRPC__LISTEN", "127.0.0.1:0")
+        .env(
+            "WHISTLE_INTAKE__DATABASE__URL",
+            format!("sqlite://{}", dir.path().join("intake.sqlite").display()),
+        )
+        .env(
+            "WHISTLE_INTAKE__NATS__URL",
+            format!("nats://127.0.0.1:{port}"),
+        )
+        .env("WHISTLE_INTAKE__NATS__CONNECT_TIMEOUT_SECS", "1")
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("intake starting"), "{stderr}");
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "colour escapes in a pipe: {stderr}"
+    );
+    assert!(
+        output.stdout.is_empty(),
+        "stdout: {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+}
+
+/// An admin port in use is a configuration error: exit 64 naming admin.listen.
+#[test]
+fn an_admin_port_in_use_exits_64() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = taken.local_addr().expect("address");
+    let output = Command::new(binary("dispatch"))
+        .env("WHISTLE_DISPATCH__ADMIN__LISTEN", address.to_string())
+        .env("WHISTLE_DISPATCH__GRPC__LISTEN", "127.0.0.1:0")
+        .env(
+            "WHISTLE_DISPATCH__DATABASE__URL",
+            format!("sqlite://{}", dir.path().join("dispatch.sqlite").display()),
+        )
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("admin.listen"), "{stderr}");
+    assert!(stderr.contains(&address.to_string()), "{stderr}");
 }

@@ -41,3 +41,42 @@ fn catalogue_codes_are_subject_tokens() {
         );
     }
 }
+
+/// Prometheus in deploy/compose scrapes each service on the admin port that compose configures,
+/// which is the service's default; Grafana there provisions the dashboards of deploy/grafana.
+#[test]
+fn compose_scrapes_the_admin_ports_and_provisions_the_dashboards() {
+    let compose = repository_file("deploy/compose/compose.yaml");
+    let prometheus = repository_file("deploy/compose/prometheus.yml");
+    for (service, prefix, port) in [
+        ("intake", "WHISTLE_INTAKE", 9101),
+        ("dispatch", "WHISTLE_DISPATCH", 9102),
+        ("department-gateway", "WHISTLE_DEPARTMENT_GATEWAY", 9103),
+        ("evaluation", "WHISTLE_EVALUATION", 9104),
+    ] {
+        assert!(
+            compose.contains(&format!("{prefix}__ADMIN__LISTEN: 0.0.0.0:{port}")),
+            "compose: {service} admin port {port}"
+        );
+        assert!(
+            prometheus.contains(&format!("targets: [\"{service}:{port}\"]")),
+            "prometheus.yml scrapes {service}:{port}"
+        );
+        assert!(
+            prometheus.contains(&format!("job_name: whistle-{service}")),
+            "prometheus.yml job whistle-{service}"
+        );
+    }
+    assert!(compose.contains("../grafana:/var/lib/grafana/dashboards/whistle:ro"));
+    let provider = repository_file("deploy/compose/grafana/dashboards/whistle.yaml");
+    assert!(provider.contains("path: /var/lib/grafana/dashboards/whistle"));
+    for dashboard in ["whistle-operations.json", "whistle-supervision.json"] {
+        let text = repository_file(&format!("deploy/grafana/{dashboard}"));
+        let json: serde_json::Value = serde_json::from_str(&text).expect("dashboard json");
+        assert!(json["uid"].is_string(), "{dashboard} has a uid");
+        assert!(
+            !text.to_lowercase().contains("planned"),
+            "{dashboard} has a planned panel"
+        );
+    }
+}

@@ -53,6 +53,14 @@ async fn walk_the_whistle(storage: Storage) {
             "{} lists {services:?}",
             process.service
         );
+        // only what this port serves: its API, health and reflection
+        assert!(
+            services.iter().all(|name| name == api
+                || name == "grpc.health.v1.Health"
+                || name.starts_with("grpc.reflection.")),
+            "{} lists services it does not serve: {services:?}",
+            process.service
+        );
         assert!(
             services.iter().any(|name| name == "grpc.health.v1.Health"),
             "{} lists {services:?}",

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
+use whistle_platform::admin::AdminConfig;
 use whistle_platform::config::{
     ConfigError, DatabaseConfig, GrpcConfig, NatsConfig, OutboxConfig, TelemetryConfig,
 };
@@ -18,6 +19,8 @@ pub struct GatewayConfig {
     /// relay settings are validated but unused.
     pub outbox: OutboxConfig,
     pub telemetry: TelemetryConfig,
+    /// The HTTP port of `/metrics`, `/healthz` and `/readyz`.
+    pub admin: AdminConfig,
     /// Lengths and counts of request fields (see docs/operations.md).
     #[serde(default)]
     pub limits: LimitsConfig,
@@ -106,6 +109,7 @@ impl Default for GatewayConfig {
             nats: NatsConfig::default(),
             outbox: OutboxConfig::default(),
             telemetry: TelemetryConfig::default(),
+            admin: AdminConfig::on(9103),
             limits: LimitsConfig::default(),
             dispatch: DispatchConfig::default(),
             catalogue: CatalogueConfig::default(),
@@ -123,6 +127,10 @@ impl ServiceConfig for GatewayConfig {
 
     fn telemetry(&self) -> &TelemetryConfig {
         &self.telemetry
+    }
+
+    fn admin(&self) -> &AdminConfig {
+        &self.admin
     }
 
     fn validate(&self) -> Result<(), ConfigError> {

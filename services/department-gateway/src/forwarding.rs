@@ -15,8 +15,11 @@ use whistle_proto::types::Assignment;
 /// (and serves subscriptions) while dispatch is down.
 #[derive(Debug, Clone)]
 pub struct DispatchForwarder {
-    client: DispatchServiceClient<Channel>,
+    client: DispatchServiceClient<TracedChannel>,
 }
+
+/// A channel whose calls get a client span and carry its `traceparent`.
+type TracedChannel = tonic_tracing_opentelemetry::middleware::client::OtelGrpcService<Channel>;
 
 impl DispatchForwarder {
     pub fn new(config: &DispatchConfig) -> Result<Self, tonic::transport::Error> {
@@ -25,7 +28,11 @@ impl DispatchForwarder {
             .timeout(Duration::from_millis(config.request_timeout_ms))
             .tcp_nodelay(true);
         Ok(Self {
-            client: DispatchServiceClient::new(endpoint.connect_lazy()),
+            client: DispatchServiceClient::new(
+                tower::ServiceBuilder::new()
+                    .layer(whistle_platform::grpc::client_trace_layer())
+                    .service(endpoint.connect_lazy()),
+            ),
         })
     }
 
@@ -41,17 +48,12 @@ impl DispatchForwarder {
             Some(request_id) => crate::domain::action_id(department_code, request_id),
             None => uuid::Uuid::now_v7().to_string(),
         };
-        let mut request = tonic::Request::new(RecordDepartmentActionRequest {
+        let request = tonic::Request::new(RecordDepartmentActionRequest {
             action_id,
             assignment_id: action.assignment_id,
             department_code: department_code.to_string(),
             action: Some(action.action),
         });
-        if let Some(traceparent) = whistle_platform::telemetry::current_traceparent()
-            && let Ok(value) = traceparent.parse()
-        {
-            request.metadata_mut().insert("traceparent", value);
-        }
         let mut client = self.client.clone();
         match client.record_department_action(request).await {
             Ok(response) => Ok(response.into_inner()),

@@ -42,26 +42,36 @@ impl GatewayGrpc {
     }
 
     /// Authenticates, checks the action, forwards it to dispatch, in a span that continues the
-    /// caller's trace (its `traceparent` metadata) and is passed on to dispatch.
+    /// case's trace (the trace the assignment's first notice was consumed in) and is passed on to
+    /// dispatch; the call's own server span (the department's trace, when it sent `traceparent`)
+    /// is linked to it.
     async fn act<T>(
         &self,
         request: Request<T>,
         check: impl FnOnce(&LimitsConfig, T) -> Result<CheckedAction, FieldError>,
     ) -> Result<Response<Assignment>, Status> {
         let department_code = self.authenticate(&request).await?;
-        let traceparent = request
-            .metadata()
-            .get("traceparent")
-            .and_then(|value| value.to_str().ok())
-            .map(str::to_string);
         let action = check(&self.limits, request.into_inner()).map_err(GatewayError::from)?;
         let span = tracing::info_span!(
             "department_action",
+            otel.name = format!("department {}", action.name()),
             action = action.name(),
             department = %department_code,
             assignment_id = %action.assignment_id,
         );
-        whistle_platform::telemetry::set_parent_from_traceparent(&span, traceparent.as_deref());
+        let case_trace = crate::storage::assignment_traceparent(&self.db, &action.assignment_id)
+            .await
+            .map_err(GatewayError::from)?;
+        if case_trace.is_some() {
+            use tracing_opentelemetry::OpenTelemetrySpanExt;
+            let call = tracing::Span::current().context();
+            whistle_platform::telemetry::set_parent_from_traceparent(&span, case_trace.as_deref());
+            span.add_link(
+                opentelemetry::trace::TraceContextExt::span(&call)
+                    .span_context()
+                    .clone(),
+            );
+        }
         async {
             let action_name = action.name();
             let assignment_id = action.assignment_id.clone();

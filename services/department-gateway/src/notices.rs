@@ -162,6 +162,14 @@ impl EventHandler for NoticeRecorder {
         })
         .exec_without_returning(transaction)
         .await?;
+        if let Some(traceparent) = whistle_platform::telemetry::current_traceparent() {
+            storage::remember_assignment_trace(
+                transaction,
+                &assignment.assignment_id,
+                &traceparent,
+            )
+            .await?;
+        }
         let case_id = if assignment.case_id.is_empty() {
             event.case_id.clone()
         } else {

@@ -121,6 +121,57 @@ pub mod assignment {
     impl ActiveModelBehavior for ActiveModel {}
 }
 
+pub mod assignment_trace {
+    use sea_orm::entity::prelude::*;
+
+    /// The trace an assignment's first notice was consumed in (a W3C `traceparent`), so the
+    /// department's actions on it continue the case's trace even when the department system sends
+    /// no trace context of its own.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "gateway_assignment_traces")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub assignment_id: String,
+        pub traceparent: String,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// Remembers the trace of an assignment's first notice; later ones keep the first.
+pub async fn remember_assignment_trace<C: ConnectionTrait>(
+    connection: &C,
+    assignment_id: &str,
+    traceparent: &str,
+) -> Result<(), DbErr> {
+    assignment_trace::Entity::insert(assignment_trace::ActiveModel {
+        assignment_id: Set(assignment_id.to_string()),
+        traceparent: Set(traceparent.to_string()),
+    })
+    .on_conflict(
+        OnConflict::column(assignment_trace::Column::AssignmentId)
+            .do_nothing()
+            .to_owned(),
+    )
+    .exec_without_returning(connection)
+    .await?;
+    Ok(())
+}
+
+/// The `traceparent` remembered for an assignment, if any.
+pub async fn assignment_traceparent<C: ConnectionTrait>(
+    connection: &C,
+    assignment_id: &str,
+) -> Result<Option<String>, DbErr> {
+    Ok(assignment_trace::Entity::find_by_id(assignment_id)
+        .one(connection)
+        .await?
+        .map(|row| row.traceparent))
+}
+
 pub mod delivery_cursor {
     use sea_orm::entity::prelude::*;
 
@@ -318,7 +369,47 @@ pub struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        whistle_platform::db::migrations::with_platform(vec![Box::new(CreateGatewayTables)])
+        whistle_platform::db::migrations::with_platform(vec![
+            Box::new(CreateGatewayTables),
+            Box::new(CreateAssignmentTraces),
+        ])
+    }
+}
+
+#[derive(Debug)]
+struct CreateAssignmentTraces;
+
+impl MigrationName for CreateAssignmentTraces {
+    fn name(&self) -> &str {
+        "m20261129_000001_gateway_assignment_traces"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for CreateAssignmentTraces {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        use sea_orm_migration::schema::*;
+        manager
+            .create_table(
+                Table::create()
+                    .table(assignment_trace::Entity)
+                    .if_not_exists()
+                    .col(string(assignment_trace::Column::AssignmentId).primary_key())
+                    .col(string(assignment_trace::Column::Traceparent))
+                    .to_owned(),
+            )
+            .await
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .drop_table(
+                Table::drop()
+                    .table(assignment_trace::Entity)
+                    .if_exists()
+                    .to_owned(),
+            )
+            .await
     }
 }
 

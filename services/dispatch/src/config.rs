@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
+use whistle_platform::admin::AdminConfig;
 use whistle_platform::config::{
     ConfigError, DatabaseConfig, GrpcConfig, NatsConfig, OutboxConfig, TelemetryConfig,
 };
@@ -16,6 +17,8 @@ pub struct DispatchConfig {
     pub nats: NatsConfig,
     pub outbox: OutboxConfig,
     pub telemetry: TelemetryConfig,
+    /// The HTTP port of `/metrics`, `/healthz` and `/readyz`.
+    pub admin: AdminConfig,
     /// Lengths and counts of request fields (see docs/operations.md).
     #[serde(default)]
     pub limits: LimitsConfig,
@@ -62,6 +65,7 @@ impl Default for DispatchConfig {
             nats: NatsConfig::default(),
             outbox: OutboxConfig::default(),
             telemetry: TelemetryConfig::default(),
+            admin: AdminConfig::on(9102),
             limits: LimitsConfig::default(),
             catalogue: CatalogueConfig::default(),
             dispatch: DispatchSettings::default(),
@@ -78,6 +82,10 @@ impl ServiceConfig for DispatchConfig {
 
     fn telemetry(&self) -> &TelemetryConfig {
         &self.telemetry
+    }
+
+    fn admin(&self) -> &AdminConfig {
+        &self.admin
     }
 
     fn validate(&self) -> Result<(), ConfigError> {

@@ -3,6 +3,7 @@
 use crate::domain::{UtcOffset, Weights};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
+use whistle_platform::admin::AdminConfig;
 use whistle_platform::config::{
     ConfigError, DatabaseConfig, GrpcConfig, NatsConfig, OutboxConfig, TelemetryConfig,
 };
@@ -17,6 +18,8 @@ pub struct EvaluationConfig {
     pub nats: NatsConfig,
     pub outbox: OutboxConfig,
     pub telemetry: TelemetryConfig,
+    /// The HTTP port of `/metrics`, `/healthz` and `/readyz`.
+    pub admin: AdminConfig,
     /// Lengths and counts of request fields (see docs/operations.md).
     #[serde(default)]
     pub limits: LimitsConfig,
@@ -110,6 +113,7 @@ impl Default for EvaluationConfig {
             nats: NatsConfig::default(),
             outbox: OutboxConfig::default(),
             telemetry: TelemetryConfig::default(),
+            admin: AdminConfig::on(9104),
             limits: LimitsConfig::default(),
             catalogue: CatalogueConfig::default(),
             evaluation: EvaluationSettings::default(),
@@ -126,6 +130,10 @@ impl ServiceConfig for EvaluationConfig {
 
     fn telemetry(&self) -> &TelemetryConfig {
         &self.telemetry
+    }
+
+    fn admin(&self) -> &AdminConfig {
+        &self.admin
     }
 
     fn validate(&self) -> Result<(), ConfigError> {

@@ -330,6 +330,13 @@ pub struct TelemetryConfig {
     pub log_filter: String,
     /// `text` or `json`.
     pub log_format: String,
+    /// `tracing` filter of the spans exported to OpenTelemetry, independent of `log_filter`.
+    #[serde(default = "default_trace_filter")]
+    pub trace_filter: String,
+}
+
+fn default_trace_filter() -> String {
+    "info,sqlx=warn,sea_orm=warn,sea_orm_migration=warn,h2=warn,hyper=warn,tower=warn,async_nats=warn".into()
 }
 
 impl Default for TelemetryConfig {
@@ -337,6 +344,7 @@ impl Default for TelemetryConfig {
         Self {
             log_filter: "info".into(),
             log_format: "text".into(),
+            trace_filter: default_trace_filter(),
         }
     }
 }
@@ -353,6 +361,12 @@ impl TelemetryConfig {
             return Err(ConfigError::Invalid(format!(
                 "telemetry.log_filter {:?} is not a valid filter: {error}",
                 self.log_filter
+            )));
+        }
+        if let Err(error) = tracing_subscriber::EnvFilter::try_new(&self.trace_filter) {
+            return Err(ConfigError::Invalid(format!(
+                "telemetry.trace_filter {:?} is not a valid filter: {error}",
+                self.trace_filter
             )));
         }
         Ok(())

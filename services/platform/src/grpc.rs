@@ -10,6 +10,7 @@
 use crate::config::GrpcConfig;
 use futures::Stream;
 use sea_orm::DatabaseConnection;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -99,20 +100,32 @@ pub async fn serve(
     reporter
         .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
         .await;
+    let served_services = probe.services.clone();
     let watcher = tokio::spawn(watch_health(
         reporter,
         probe,
         database_up.clone(),
         shutdown.clone(),
     ));
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(whistle_proto::FILE_DESCRIPTOR_SET)
+    // reflection lists and describes only what this port serves: its own services, their
+    // dependencies, health and reflection
+    let descriptors = descriptors_of(&served_services)?;
+    let mut reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_file_descriptor_set(descriptors.clone())
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(whistle_proto::FILE_DESCRIPTOR_SET)
+        .with_service_name("grpc.health.v1.Health")
+        .with_service_name("grpc.reflection.v1.ServerReflection");
+    let mut reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_file_descriptor_set(descriptors)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+        .with_service_name("grpc.health.v1.Health")
+        .with_service_name("grpc.reflection.v1alpha.ServerReflection");
+    for service in &served_services {
+        reflection_v1 = reflection_v1.with_service_name(*service);
+        reflection_v1alpha = reflection_v1alpha.with_service_name(*service);
+    }
+    let reflection_v1 = reflection_v1.build_v1()?;
+    let reflection_v1alpha = reflection_v1alpha.build_v1alpha()?;
     let routes = routes
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -134,6 +147,8 @@ pub async fn serve(
         .http2_keepalive_interval(Some(keepalive))
         .http2_keepalive_timeout(Some(keepalive))
         .max_concurrent_streams(config.max_concurrent_streams)
+        .layer(server_trace_layer())
+        .layer(tower::layer::layer_fn(|inner| RpcMetrics { inner }))
         .layer(tower::layer::layer_fn(move |inner| DatabaseGate {
             inner,
             database_up: database_up.clone(),
@@ -155,6 +170,112 @@ pub async fn serve(
     };
     watcher.abort();
     result.map_err(Into::into)
+}
+
+/// The server span of every call except health and reflection: continues the caller's
+/// `traceparent`, named `<service>/<method>`, with the `rpc.*` semantic-convention attributes.
+pub fn server_trace_layer() -> tonic_tracing_opentelemetry::middleware::server::OtelGrpcLayer {
+    tonic_tracing_opentelemetry::middleware::server::OtelGrpcLayer::default()
+        .filter(|path| !path.starts_with("/grpc."))
+}
+
+/// The client span of every call made through a channel wrapped in this layer: a child of the
+/// current span, whose context goes to the server as `traceparent`.
+pub fn client_trace_layer() -> tonic_tracing_opentelemetry::middleware::client::OtelGrpcLayer {
+    tonic_tracing_opentelemetry::middleware::client::OtelGrpcLayer
+}
+
+/// The file descriptors that describe `services`: the files declaring them and every file those
+/// import, transitively.
+fn descriptors_of(services: &[&str]) -> anyhow::Result<prost_types::FileDescriptorSet> {
+    use prost::Message;
+    let all = prost_types::FileDescriptorSet::decode(whistle_proto::FILE_DESCRIPTOR_SET)?;
+    let declares = |file: &prost_types::FileDescriptorProto, wanted: &str| {
+        file.service
+            .iter()
+            .any(|service| format!("{}.{}", file.package(), service.name()) == wanted)
+    };
+    let mut needed: Vec<String> = all
+        .file
+        .iter()
+        .filter(|file| services.iter().any(|wanted| declares(file, wanted)))
+        .map(|file| file.name().to_string())
+        .collect();
+    let mut index = 0;
+    while index < needed.len() {
+        if let Some(file) = all.file.iter().find(|file| file.name() == needed[index]) {
+            for dependency in &file.dependency {
+                if !needed.contains(dependency) {
+                    needed.push(dependency.clone());
+                }
+            }
+        }
+        index += 1;
+    }
+    Ok(prost_types::FileDescriptorSet {
+        file: all
+            .file
+            .into_iter()
+            .filter(|file| needed.iter().any(|name| name == file.name()))
+            .collect(),
+    })
+}
+
+/// Records `rpc.server.duration` (milliseconds to the response headers) for every call except
+/// health and reflection, by service, method and gRPC status (the `grpc-status` of a trailers-only
+/// answer, which is how a handler's error travels; 0 otherwise).
+#[derive(Debug, Clone)]
+struct RpcMetrics<S> {
+    inner: S,
+}
+
+impl<S, B, ResponseBody> tower::Service<http::Request<B>> for RpcMetrics<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<ResponseBody>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, context: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(context)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let path = request.uri().path().to_string();
+        let future = self.inner.call(request);
+        if path.starts_with("/grpc.") {
+            return Box::pin(future);
+        }
+        let started = std::time::Instant::now();
+        Box::pin(async move {
+            let result = future.await;
+            let status = match &result {
+                Ok(response) => response
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|value| value.to_str().ok())
+                    .and_then(|value| value.parse::<i64>().ok())
+                    .unwrap_or(0),
+                Err(_) => tonic::Code::Unknown as i64,
+            };
+            let (service, method) = path
+                .trim_start_matches('/')
+                .split_once('/')
+                .unwrap_or(("", ""));
+            crate::metrics::metrics().rpc_server_duration.record(
+                started.elapsed().as_secs_f64() * 1000.0,
+                &[
+                    crate::metrics::attribute("rpc.system", "grpc"),
+                    crate::metrics::attribute("rpc.service", service.to_string()),
+                    crate::metrics::attribute("rpc.method", method.to_string()),
+                    crate::metrics::attribute("rpc.grpc.status_code", status),
+                ],
+            );
+            result
+        })
+    }
 }
 
 async fn watch_health(
@@ -184,6 +305,7 @@ async fn watch_health(
             reporter.set_service_status("", status).await;
             for service in &probe.services {
                 reporter.set_service_status(*service, status).await;
+                crate::admin::set_ready(service, ready);
             }
             last = Some(status);
         }
@@ -195,6 +317,7 @@ async fn watch_health(
                 reporter.set_service_status("", ServingStatus::NotServing).await;
                 for service in &probe.services {
                     reporter.set_service_status(*service, ServingStatus::NotServing).await;
+                    crate::admin::set_ready(service, false);
                 }
                 return;
             }

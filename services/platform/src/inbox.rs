@@ -211,6 +211,12 @@ async fn consume<H: EventHandler>(
             },
         )
         .await?;
+    let metrics = crate::metrics::metrics();
+    metrics.initialise_consumer(&spec.durable);
+    metrics.consumer_pending.record(
+        consumer.cached_info().num_pending,
+        &[crate::metrics::attribute("consumer", spec.durable.clone())],
+    );
     let mut batches = consumer
         .stream()
         .max_messages_per_batch(spec.max_batch)
@@ -231,6 +237,7 @@ async fn consume<H: EventHandler>(
         for message in batch {
             messages.push(message.map_err(|error| anyhow::anyhow!(error))?);
         }
+        record_delivery(&spec.durable, &messages);
         apply_batch(db, clock, &spec.durable, handler, &messages).await?;
         handler.after_commit();
         if backoff.succeeded() {
@@ -241,6 +248,28 @@ async fn consume<H: EventHandler>(
                 tracing::warn!(%error, "ack failed, the event will be redelivered and skipped");
             }
         }
+    }
+}
+
+/// Records redeliveries and, from the batch's last message, how many messages still wait.
+fn record_delivery(consumer: &str, messages: &[jetstream::Message]) {
+    let metrics = crate::metrics::metrics();
+    let attributes = [crate::metrics::attribute("consumer", consumer.to_string())];
+    let mut redelivered = 0;
+    let mut pending = None;
+    for message in messages {
+        if let Ok(info) = message.info() {
+            if info.delivered > 1 {
+                redelivered += 1;
+            }
+            pending = Some(info.pending);
+        }
+    }
+    if redelivered > 0 {
+        metrics.consumer_redeliveries.add(redelivered, &attributes);
+    }
+    if let Some(pending) = pending {
+        metrics.consumer_pending.record(pending, &attributes);
     }
 }
 
@@ -364,7 +393,21 @@ async fn apply_batch_isolated<H: EventHandler>(
             .await?;
             continue;
         };
-        let span = tracing::info_span!("consume", consumer, subject, event_id = %event.event_id, case_id = %event.case_id);
+        let span = tracing::info_span!(
+            "consume",
+            otel.name = format!("{consumer} process {}", crate::outbox::kind_of_subject(subject)),
+            otel.kind = "consumer",
+            messaging.system = "nats",
+            messaging.operation.type = "process",
+            messaging.destination.name = subject,
+            messaging.consumer.group.name = consumer,
+            messaging.message.id = %event.event_id,
+            consumer,
+            subject,
+            event_id = %event.event_id,
+            case_id = %event.case_id,
+            department = crate::outbox::department_of_subject(subject).unwrap_or_default(),
+        );
         crate::telemetry::set_parent_from_traceparent(&span, inbound.traceparent);
         let outcome = apply_event(
             &transaction,

@@ -2,6 +2,7 @@
 //! database connection and migrations, the transactional outbox, the idempotent inbox, event envelopes
 //! and the clock. Domain types, entities of a service and business rules never live here (see README.md).
 
+pub mod admin;
 pub mod clock;
 pub mod config;
 pub mod db;

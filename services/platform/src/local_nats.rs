@@ -17,6 +17,10 @@ pub enum LocalNatsError {
     NotFound,
     #[error("cannot start nats-server: {0}")]
     Io(#[from] std::io::Error),
+    #[error("cannot create the NATS store folder {dir}: {error}")]
+    StoreDir { dir: String, error: std::io::Error },
+    #[error("nats-server exited at start ({status}): {output}")]
+    Exited { status: String, output: String },
     #[error(
         "nats-server did not accept connections on port {port} within {seconds}s; its log is {log}"
     )]
@@ -82,7 +86,10 @@ impl LocalNatsServer {
 
     fn spawn_new(store_dir: &Path, port: u16, extra_args: &[&str]) -> Result<Self, LocalNatsError> {
         let binary = Self::find_binary()?;
-        std::fs::create_dir_all(store_dir)?;
+        std::fs::create_dir_all(store_dir).map_err(|error| LocalNatsError::StoreDir {
+            dir: store_dir.display().to_string(),
+            error,
+        })?;
         let mut server = Self {
             child: None,
             binary,
@@ -96,6 +103,7 @@ impl LocalNatsServer {
 
     fn spawn(&mut self) -> Result<(), LocalNatsError> {
         let log = self.log_path();
+        let logged_before = std::fs::metadata(&log).map_or(0, |metadata| metadata.len() as usize);
         let child = Command::new(&self.binary)
             .args([
                 "-a",
@@ -111,7 +119,9 @@ impl LocalNatsServer {
             .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            // with -l the server logs to the file; what it cannot write there (the log file
+            // itself unwritable) comes here and is shown if it exits at start
+            .stderr(Stdio::piped())
             .spawn()?;
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(15);
@@ -120,9 +130,19 @@ impl LocalNatsServer {
                 return Ok(());
             }
             if let Some(child) = self.child.as_mut()
-                && let Ok(Some(_exited)) = child.try_wait()
+                && let Ok(Some(status)) = child.try_wait()
             {
-                break;
+                let mut output = String::new();
+                if let Some(mut stderr) = child.stderr.take() {
+                    use std::io::Read;
+                    let _ = stderr.read_to_string(&mut output);
+                }
+                let logged = std::fs::read_to_string(&log).unwrap_or_default();
+                self.child = None;
+                return Err(LocalNatsError::Exited {
+                    status: status.to_string(),
+                    output: server_errors(logged.get(logged_before..).unwrap_or(&logged), &output),
+                });
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -184,6 +204,33 @@ impl LocalNatsServer {
 impl Drop for LocalNatsServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// The server's own error lines (`[FTL]`, `[ERR]`, or anything on stderr), without the pid and
+/// time prefix; the last log lines when there are none.
+fn server_errors(log: &str, stderr: &str) -> String {
+    let lines: Vec<&str> = log
+        .lines()
+        .chain(stderr.lines())
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect();
+    let errors: Vec<&str> = lines
+        .iter()
+        .filter_map(|line| {
+            ["[FTL] ", "[ERR] "]
+                .iter()
+                .find_map(|level| line.find(level).map(|at| &line[at + level.len()..]))
+        })
+        .chain(stderr.lines().map(str::trim).filter(|line| {
+            !line.is_empty() && !line.contains("[FTL] ") && !line.contains("[ERR] ")
+        }))
+        .collect();
+    if errors.is_empty() {
+        lines[lines.len().saturating_sub(3)..].join(" | ")
+    } else {
+        errors.join("; ")
     }
 }
 

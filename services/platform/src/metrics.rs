@@ -1,5 +1,7 @@
-//! Business and plumbing counters, recorded through the global OpenTelemetry meter (exported over
-//! OTLP when telemetry is configured, free no-ops otherwise). Names are listed in docs/operations.md.
+//! Business and plumbing counters, recorded through the global OpenTelemetry meter: scraped from the
+//! admin port's `/metrics` and pushed over OTLP when an endpoint is configured (free no-ops before
+//! `telemetry::init`). Names are listed in docs/operations.md; the dashboards in deploy/grafana
+//! query them, and the end-to-end metrics test checks that every queried name is served.
 
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Gauge, Histogram};
@@ -20,9 +22,46 @@ pub struct Metrics {
     pub outbox_backlog: Gauge<u64>,
     pub outbox_oldest_unsent_age: Gauge<f64>,
     pub dependency_up: Gauge<u64>,
+    /// Messages of a stream not yet delivered to a consumer, from the last delivered message.
+    pub consumer_pending: Gauge<u64>,
+    /// Messages JetStream delivered again (an earlier delivery was not acknowledged in time).
+    pub consumer_redeliveries: Counter<u64>,
+    /// gRPC calls served, by `rpc.service`, `rpc.method` and `rpc.grpc.status_code`.
+    pub rpc_server_duration: Histogram<f64>,
 }
 
 impl Metrics {
+    /// Puts every counter at 0 before its first event, so a dashboard shows 0 rather than
+    /// "No data". Counters with labels get their labelled series when the label is known (a
+    /// consumer's name when it starts: [`Metrics::initialise_consumer`]).
+    pub fn initialise(&self) {
+        for counter in [
+            &self.notices_delivered,
+            &self.outbox_published,
+            &self.outbox_publish_failures,
+            &self.outbox_parked,
+            &self.events_applied,
+            &self.events_duplicate,
+            &self.events_rejected,
+            &self.consumer_redeliveries,
+        ] {
+            counter.add(0, &[]);
+        }
+    }
+
+    /// Puts a consumer's counters at 0 when it starts.
+    pub fn initialise_consumer(&self, consumer: &str) {
+        let attributes = [attribute("consumer", consumer.to_string())];
+        for counter in [
+            &self.events_applied,
+            &self.events_duplicate,
+            &self.events_rejected,
+            &self.consumer_redeliveries,
+        ] {
+            counter.add(0, &attributes);
+        }
+    }
+
     /// Records whether the database and NATS answered the last health probe (1 up, 0 down).
     pub fn set_dependencies_up(&self, database: bool, nats: bool) {
         self.dependency_up
@@ -94,6 +133,22 @@ pub fn metrics() -> &'static Metrics {
             dependency_up: meter
                 .u64_gauge("whistle.dependency.up")
                 .with_description("1 while a dependency (database, nats) answered the last health probe")
+                .build(),
+            consumer_pending: meter
+                .u64_gauge("whistle.consumer.pending")
+                .with_description("messages of the stream not yet delivered to the consumer")
+                .build(),
+            consumer_redeliveries: meter
+                .u64_counter("whistle.consumer.redeliveries")
+                .with_description("messages delivered again because an earlier delivery was not acknowledged")
+                .build(),
+            rpc_server_duration: meter
+                .f64_histogram("rpc.server.duration")
+                .with_unit("ms")
+                .with_description("gRPC calls served: time to the response headers (OpenTelemetry RPC semantic conventions)")
+                .with_boundaries(vec![
+                    1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
+                ])
                 .build(),
         }
     })

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// The `whistle_outbox` table.
 pub mod entity {
@@ -248,7 +249,13 @@ impl OutboxRelay {
         let mut failed: Vec<(&entity::Model, String)> = Vec::new();
         let mut outage = None;
         for row in &rows {
-            let headers = nats_headers(row);
+            let mut headers = nats_headers(row);
+            // the relay's producer span continues the trace of the transaction that committed the
+            // event, and the consumers continue the relay's span
+            let span = publish_span(row, &headers);
+            if let Some(traceparent) = span.in_scope(crate::telemetry::current_traceparent) {
+                headers.insert("traceparent", traceparent.as_str());
+            }
             let size = row.payload.len() + headers_size(&headers) + row.subject.len();
             if max_payload > 0 && size > max_payload {
                 self.park(
@@ -262,6 +269,7 @@ impl OutboxRelay {
             match self
                 .jetstream
                 .publish_with_headers(row.subject.clone(), headers, row.payload.clone().into())
+                .instrument(span)
                 .await
             {
                 Ok(ack) => pending.push((row, ack)),
@@ -436,6 +444,39 @@ pub async fn retry_parked(db: &DatabaseConnection, ids: &[i64]) -> Result<u64, D
         update = update.filter(entity::Column::Id.is_in(ids.to_vec()));
     }
     Ok(update.exec(db).await?.rows_affected)
+}
+
+/// A producer span for publishing `row`, child of the trace its `traceparent` header names.
+fn publish_span(row: &entity::Model, headers: &async_nats::HeaderMap) -> tracing::Span {
+    let header = |name: &str| headers.get(name).map(|value| value.as_str().to_string());
+    let case_id = header("ce-subject").unwrap_or_default();
+    let department = department_of_subject(&row.subject).unwrap_or_default();
+    let span = tracing::info_span!(
+        "publish",
+        otel.name = format!("publish {}", kind_of_subject(&row.subject)),
+        otel.kind = "producer",
+        messaging.system = "nats",
+        messaging.operation.type = "send",
+        messaging.destination.name = %row.subject,
+        messaging.message.id = %row.event_id,
+        case_id = %case_id,
+        department = %department,
+    );
+    crate::telemetry::set_parent_from_traceparent(&span, header("traceparent").as_deref());
+    span
+}
+
+/// `whistle.issued` from `whistle.v1.<city>.<district>.<street>.<department>.issued`.
+pub(crate) fn kind_of_subject(subject: &str) -> String {
+    let family = subject.split('.').next().unwrap_or_default();
+    let name = subject.rsplit('.').next().unwrap_or_default();
+    format!("{family}.{name}")
+}
+
+/// The department of a whistle subject, `None` for case subjects.
+pub(crate) fn department_of_subject(subject: &str) -> Option<String> {
+    let tokens: Vec<&str> = subject.split('.').collect();
+    (tokens.first() == Some(&"whistle") && tokens.len() == 7).then(|| tokens[5].to_string())
 }
 
 fn headers_size(headers: &async_nats::HeaderMap) -> usize {

@@ -1,5 +1,6 @@
 //! The shape every service binary shares: arguments -> configuration -> telemetry -> `run`.
 
+use crate::admin::{AdminConfig, AdminListener};
 use crate::config::{ConfigError, EXIT_BAD_CONFIG, GrpcConfig, TelemetryConfig};
 use crate::grpc::GrpcListener;
 use serde::{Serialize, de::DeserializeOwned};
@@ -14,6 +15,8 @@ pub trait ServiceConfig: Serialize + DeserializeOwned + Default {
     const SERVICE: &'static str;
     fn grpc(&self) -> &GrpcConfig;
     fn telemetry(&self) -> &TelemetryConfig;
+    /// `[admin]`: the HTTP port of `/metrics`, `/healthz` and `/readyz`.
+    fn admin(&self) -> &AdminConfig;
     /// Refuses values that would fail later, naming the setting.
     fn validate(&self) -> Result<(), ConfigError>;
 
@@ -112,6 +115,16 @@ where
             return ExitCode::from(EXIT_BAD_CONFIG as u8);
         }
     };
+    let admin_listen = config.admin().listen;
+    let admin_listener = match AdminListener::bind(admin_listen) {
+        Ok(listener) => listener,
+        Err(error) => {
+            eprintln!(
+                "{binary}: invalid configuration: admin.listen {admin_listen} cannot be used: {error:#}"
+            );
+            return ExitCode::from(EXIT_BAD_CONFIG as u8);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -124,9 +137,13 @@ where
     };
     let result = runtime.block_on(async move {
         let _telemetry = crate::telemetry::init(binary, config.telemetry())?;
-        tracing::info!(address = %listener.local_addr(), "{binary} starting");
+        tracing::info!(address = %listener.local_addr(), admin = %admin_listener.local_addr(), "{binary} starting");
         let shutdown = crate::shutdown::cancel_on_signals();
-        run(config, listener, shutdown).await
+        let admin = tokio::spawn(crate::admin::serve(admin_listener, shutdown.clone()));
+        let result = run(config, listener, shutdown.clone()).await;
+        shutdown.cancel();
+        let _ = admin.await;
+        result
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
