@@ -289,6 +289,7 @@ async fn a_whistle_flows_into_the_scorecard_once() {
                     verified_by: "zhongyue-community".into(),
                     passed: true,
                     note: String::new(),
+                    verdicts: Vec::new(),
                 }),
             ),
             &event(
@@ -518,6 +519,7 @@ async fn case_events_before_whistle_events_rework_and_returns() {
                     verified_by: "jingtan-community".into(),
                     passed: false,
                     note: "未整改到位".into(),
+                    verdicts: Vec::new(),
                 }),
             ),
             &reopened,
@@ -528,6 +530,7 @@ async fn case_events_before_whistle_events_rework_and_returns() {
                     verified_by: "jingtan-community".into(),
                     passed: true,
                     note: String::new(),
+                    verdicts: Vec::new(),
                 }),
             ),
         ],

@@ -20,6 +20,8 @@ pub struct Metrics {
     pub outbox_backlog: Gauge<u64>,
     pub outbox_oldest_unsent_age: Gauge<f64>,
     pub dependency_up: Gauge<u64>,
+    pub assignments_overdue: Counter<u64>,
+    pub cases_escalated: Counter<u64>,
 }
 
 impl Metrics {
@@ -94,6 +96,14 @@ pub fn metrics() -> &'static Metrics {
             dependency_up: meter
                 .u64_gauge("whistle.dependency.up")
                 .with_description("1 while a dependency (database, nats) answered the last health probe")
+                .build(),
+            assignments_overdue: meter
+                .u64_counter("whistle.assignments.overdue")
+                .with_description("clocks that passed their deadline unmet, by clock and department")
+                .build(),
+            cases_escalated: meter
+                .u64_counter("whistle.cases.escalated")
+                .with_description("escalations to supervision (督办), by department and supervision department")
                 .build(),
         }
     })
