@@ -194,6 +194,7 @@ impl Demo {
                 verifier_id: "社区-核查员".into(),
                 passed,
                 note: note.into(),
+                failed_assignment_ids: vec![],
             })
             .await?
             .into_inner();
