@@ -36,12 +36,15 @@ impl ScanReport {
     }
 }
 
-/// One fired step, counted once committed.
+/// One fired step, logged and counted once committed.
 struct Fired {
     escalation: bool,
+    case_id: String,
+    assignment_id: String,
     clock: ClockKind,
     department_code: String,
     supervision_department_code: String,
+    late_ms: i64,
 }
 
 /// Claims up to `batch_size` due clock rows and fires what is due on their cases, in one
@@ -87,29 +90,30 @@ pub async fn scan_once(
                     clock,
                     late_by,
                     ..
-                } => {
-                    tracing::info!(case_id = %case_id, assignment_id = %assignment.assignment_id, department = %assignment.department_code, clock = clock.as_str(), late_ms = late_by.num_milliseconds(), "clock overdue");
-                    fired.push(Fired {
-                        escalation: false,
-                        clock: *clock,
-                        department_code: assignment.department_code.clone(),
-                        supervision_department_code: String::new(),
-                    });
-                }
+                } => fired.push(Fired {
+                    escalation: false,
+                    case_id: case_id.clone(),
+                    assignment_id: assignment.assignment_id.clone(),
+                    clock: *clock,
+                    department_code: assignment.department_code.clone(),
+                    supervision_department_code: String::new(),
+                    late_ms: late_by.num_milliseconds(),
+                }),
                 CaseEvent::Escalated {
                     assignment,
                     clock,
                     supervision_department_code,
+                    overdue_by,
                     ..
-                } => {
-                    tracing::info!(case_id = %case_id, assignment_id = %assignment.assignment_id, department = %assignment.department_code, clock = clock.as_str(), supervision = %supervision_department_code, "case escalated");
-                    fired.push(Fired {
-                        escalation: true,
-                        clock: *clock,
-                        department_code: assignment.department_code.clone(),
-                        supervision_department_code: supervision_department_code.clone(),
-                    });
-                }
+                } => fired.push(Fired {
+                    escalation: true,
+                    case_id: case_id.clone(),
+                    assignment_id: assignment.assignment_id.clone(),
+                    clock: *clock,
+                    department_code: assignment.department_code.clone(),
+                    supervision_department_code: supervision_department_code.clone(),
+                    late_ms: overdue_by.num_milliseconds(),
+                }),
                 _ => {}
             }
         }
@@ -118,6 +122,7 @@ pub async fn scan_once(
     transaction.commit().await?;
     for step in fired {
         if step.escalation {
+            tracing::info!(case_id = %step.case_id, assignment_id = %step.assignment_id, department = %step.department_code, clock = step.clock.as_str(), supervision = %step.supervision_department_code, overdue_ms = step.late_ms, "case escalated");
             report.escalated += 1;
             metrics().cases_escalated.add(
                 1,
@@ -127,6 +132,7 @@ pub async fn scan_once(
                 ],
             );
         } else {
+            tracing::info!(case_id = %step.case_id, assignment_id = %step.assignment_id, department = %step.department_code, clock = step.clock.as_str(), late_ms = step.late_ms, "clock overdue");
             report.overdue += 1;
             metrics().assignments_overdue.add(
                 1,
