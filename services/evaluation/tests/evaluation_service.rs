@@ -875,7 +875,11 @@ async fn bad_requests_name_the_field() {
         .expect("ranking")
         .into_inner();
     assert_eq!(ranking.period, "2026");
-    assert_eq!(ranking.entries.len(), 12, "the demo catalogue's departments");
+    assert_eq!(
+        ranking.entries.len(),
+        12,
+        "the demo catalogue's departments"
+    );
     assert!(ranking.entries.iter().all(|entry| entry.rank == 1));
 
     // every field is bounded by the limits table; the field travels as a BadRequest detail
