@@ -1,6 +1,8 @@
 //! The demo scenario of docs (DOMAIN.md): Chechenglu street, Zhangwan district, Shiyan city.
-//! Plays three cases through the real services, as the grid worker, the street, the departments
-//! and the community would, and prints what happens.
+//! Plays five cases through the real services, as the grid worker, the street, the departments,
+//! the community and district supervision (督办) would, and prints what happens: three worked to
+//! closure (one with a return the street upholds and a failed verification), one whose department
+//! does not report and is escalated within seconds, one with an approved extension (延期).
 
 use crate::client::{Endpoints, with_token};
 use std::collections::BTreeMap;
@@ -8,26 +10,37 @@ use std::time::Duration;
 use tonic::transport::Channel;
 use whistle_proto::dispatch::dispatch_service_client::DispatchServiceClient;
 use whistle_proto::dispatch::{
-    AcceptCaseRequest, Case, GetCaseRequest, VerifyCaseRequest, WhistleCaseRequest,
+    AcceptCaseRequest, Case, DecideExtensionRequest, DecideReturnRequest, GetCaseRequest,
+    LimitOverrides, VerifyCaseRequest, WhistleCaseRequest,
 };
 use whistle_proto::evaluation::evaluation_service_client::EvaluationServiceClient;
 use whistle_proto::evaluation::{
     GetScorecardRequest, RateCooperationRequest, Rater, RecordSatisfactionRequest, Satisfaction,
 };
 use whistle_proto::gateway::department_gateway_client::DepartmentGatewayClient;
-use whistle_proto::gateway::{AcknowledgeRequest, CheckInRequest, ResolveRequest, ReturnRequest};
+use whistle_proto::gateway::{
+    AcknowledgeRequest, CheckInRequest, RequestExtensionRequest, ResolveRequest, ReturnRequest,
+    SubscribeRequest,
+};
 use whistle_proto::intake::SubmitReportRequest;
 use whistle_proto::intake::intake_service_client::IntakeServiceClient;
 use whistle_proto::types::{
-    AssignmentStatus, CaseStatus, Channel as ReportChannel, Place, Severity,
+    AssignmentFlag, AssignmentStatus, CaseStatus, Channel as ReportChannel, Place, Severity,
 };
 
 /// What the demo left behind, for tests and the summary.
 #[derive(Debug, Clone)]
 pub struct DemoOutcome {
+    /// The five cases, in the order played.
     pub case_ids: Vec<String>,
     pub scorecards: BTreeMap<String, Option<f64>>,
+    /// The notice district supervision received for the escalated case: its kind and sequence.
+    pub supervision_notice: Option<(String, u64)>,
 }
+
+/// The limits of the case whose department does not report: 报到 within 5 s, 督办 5 s later.
+const IGNORED_ACKNOWLEDGE_SECS: i64 = 5;
+const IGNORED_ESCALATE_AFTER_SECS: i64 = 5;
 
 struct Demo {
     intake: IntakeServiceClient<Channel>,
@@ -123,50 +136,72 @@ impl Demo {
             })
     }
 
-    /// 报到, 到场 and 办结 by one department.
-    async fn work(
+    fn status_of(case: &Case, assignment_id: &str) -> i32 {
+        case.assignments
+            .iter()
+            .find(|a| a.assignment_id == assignment_id)
+            .map(|a| a.status)
+            .unwrap_or_default()
+    }
+
+    /// 报到 and 到场 by one department (when it has not yet reported).
+    async fn report_for_duty(
         &mut self,
         case: &Case,
         department: &str,
         person: &str,
+    ) -> anyhow::Result<()> {
+        let assignment_id = Self::assignment_of(case, department)?;
+        if Self::status_of(case, &assignment_id) != AssignmentStatus::Whistled as i32 {
+            return Ok(());
+        }
+        let token = self.token(department)?.to_string();
+        let place = case.place.clone().unwrap_or_default();
+        let acknowledged = self
+            .gateway
+            .acknowledge(with_token(
+                AcknowledgeRequest {
+                    assignment_id: assignment_id.clone(),
+                    request_id: format!("{assignment_id}-ack"),
+                    responsible_person: person.into(),
+                    ..Default::default()
+                },
+                &token,
+            )?)
+            .await?
+            .into_inner();
+        let late = acknowledged
+            .flags
+            .contains(&(AssignmentFlag::AckOverdue as i32));
+        println!(
+            "    {department} 报到: {person} is responsible{}",
+            if late { " (late)" } else { "" }
+        );
+        self.gateway
+            .check_in(with_token(
+                CheckInRequest {
+                    assignment_id: assignment_id.clone(),
+                    request_id: format!("{assignment_id}-in"),
+                    lat: place.lat + 0.0002,
+                    lng: place.lng,
+                    person: person.into(),
+                },
+                &token,
+            )?)
+            .await?;
+        println!("    {department} 到场 at {}", place.address);
+        Ok(())
+    }
+
+    /// 办结 by one department.
+    async fn resolve(
+        &mut self,
+        case: &Case,
+        department: &str,
         resolution: &str,
     ) -> anyhow::Result<()> {
         let assignment_id = Self::assignment_of(case, department)?;
         let token = self.token(department)?.to_string();
-        let place = case.place.clone().unwrap_or_default();
-        let current = case
-            .assignments
-            .iter()
-            .find(|a| a.assignment_id == assignment_id)
-            .map(|a| a.status)
-            .unwrap_or_default();
-        if current == AssignmentStatus::Whistled as i32 {
-            self.gateway
-                .acknowledge(with_token(
-                    AcknowledgeRequest {
-                        assignment_id: assignment_id.clone(),
-                        request_id: format!("{assignment_id}-ack"),
-                        responsible_person: person.into(),
-                        ..Default::default()
-                    },
-                    &token,
-                )?)
-                .await?;
-            println!("    {department} 报到: {person} is responsible");
-            self.gateway
-                .check_in(with_token(
-                    CheckInRequest {
-                        assignment_id: assignment_id.clone(),
-                        request_id: format!("{assignment_id}-in"),
-                        lat: place.lat + 0.0002,
-                        lng: place.lng,
-                        person: person.into(),
-                    },
-                    &token,
-                )?)
-                .await?;
-            println!("    {department} 到场 at {}", place.address);
-        }
         self.gateway
             .resolve(with_token(
                 ResolveRequest {
@@ -182,7 +217,55 @@ impl Demo {
         Ok(())
     }
 
-    async fn verify(&mut self, case_id: &str, passed: bool, note: &str) -> anyhow::Result<Case> {
+    /// 报到, 到场 and 办结 by one department.
+    async fn work(
+        &mut self,
+        case: &Case,
+        department: &str,
+        person: &str,
+        resolution: &str,
+    ) -> anyhow::Result<()> {
+        self.report_for_duty(case, department, person).await?;
+        self.resolve(case, department, resolution).await
+    }
+
+    /// Waits on a supervision department's notice stream for the escalation of `case_id`.
+    async fn supervision_notice(
+        &mut self,
+        supervision: &str,
+        case_id: &str,
+    ) -> anyhow::Result<(String, u64)> {
+        let token = self.token(supervision)?.to_string();
+        let mut notices = self
+            .gateway
+            .subscribe(with_token(SubscribeRequest { after_sequence: 0 }, &token)?)
+            .await?
+            .into_inner();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let notice = tokio::time::timeout_at(deadline, notices.message())
+                .await
+                .map_err(|_| {
+                    anyhow::anyhow!(
+                        "{supervision} received no escalation of case {case_id} within {WAIT:?}"
+                    )
+                })?
+                .map_err(crate::client::status_error)?
+                .ok_or_else(|| anyhow::anyhow!("{supervision}'s notice stream ended"))?;
+            if notice.case_id == case_id && notice.kind == "case.escalated" {
+                return Ok((notice.kind, notice.sequence));
+            }
+        }
+    }
+
+    /// 核查; a failed verification names the assignments whose work failed.
+    async fn verify(
+        &mut self,
+        case_id: &str,
+        passed: bool,
+        note: &str,
+        failed: &[String],
+    ) -> anyhow::Result<Case> {
         self.case_when(case_id, "awaiting verification", |case| {
             case.status == CaseStatus::AwaitingVerification as i32
         })
@@ -194,6 +277,7 @@ impl Demo {
                 verifier_id: "社区-核查员".into(),
                 passed,
                 note: note.into(),
+                failed_assignment_ids: failed.to_vec(),
             })
             .await?
             .into_inner();
@@ -267,7 +351,7 @@ where
     }
 }
 
-/// Plays the three cases of the demo scenario and prints the scorecards.
+/// Plays the five cases of the demo scenario and prints the scorecards.
 pub async fn play(
     endpoints: &Endpoints,
     tokens: BTreeMap<String, String>,
@@ -323,7 +407,7 @@ pub async fn play(
         "物业与业主分担清运费用",
     )
     .await?;
-    let case = demo.verify(&garbage, true, "").await?;
+    let case = demo.verify(&garbage, true, "", &[]).await?;
     demo.rate(
         &case,
         &[
@@ -358,7 +442,7 @@ pub async fn play(
         "通知车主挪车，设置禁停标识",
     )
     .await?;
-    let case = demo.verify(&fire_lane, true, "").await?;
+    let case = demo.verify(&fire_lane, true, "", &[]).await?;
     demo.rate(&case, &[("zw-fire-rescue", 5)]).await?;
 
     println!("\n== 3. 金鼎凤凰城: chaotic property management and parking ==");
@@ -399,7 +483,7 @@ pub async fn play(
     demo.gateway
         .r#return(with_token(
             ReturnRequest {
-                assignment_id: police,
+                assignment_id: police.clone(),
                 request_id: String::new(),
                 reason: "小区内部道路停车属物业管理范围".into(),
                 suggested_department_code: "pm-jinding".into(),
@@ -410,6 +494,16 @@ pub async fn play(
     println!(
         "    zw-traffic-police 退回: inside the compound, parking is the property company's business"
     );
+    demo.dispatch
+        .decide_return(DecideReturnRequest {
+            case_id: property.clone(),
+            assignment_id: police,
+            operator_id: "车城路调度中心".into(),
+            upheld: true,
+            note: "退回成立: 小区内部道路由物业管理".into(),
+        })
+        .await?;
+    println!("  街道 upholds the return (退回成立): not the traffic police's case");
     let case = demo
         .dispatch
         .whistle_case(WhistleCaseRequest {
@@ -426,14 +520,11 @@ pub async fn play(
         .await?;
     demo.work(&case, "pm-jinding", "金鼎物业 周经理", "划定停车位")
         .await?;
-    let case = demo.verify(&property, false, "停车依旧混乱").await?;
-    demo.work(
-        &case,
-        "zw-housing",
-        "住建局 孙科长",
-        "召开三方协商会，业委会监督整改",
-    )
-    .await?;
+    // the parking is still a mess: the property company's work failed, the housing bureau's held
+    let jinding = Demo::assignment_of(&case, "pm-jinding")?;
+    let case = demo
+        .verify(&property, false, "停车依旧混乱", &[jinding])
+        .await?;
     demo.work(
         &case,
         "pm-jinding",
@@ -441,9 +532,163 @@ pub async fn play(
         "增设道闸，专人管理停车",
     )
     .await?;
-    let case = demo.verify(&property, true, "").await?;
+    let case = demo.verify(&property, true, "", &[]).await?;
     demo.rate(&case, &[("zw-housing", 4), ("pm-jinding", 3)])
         .await?;
+
+    println!("\n== 4. 蓝山郡: street vendors block the gate, and nobody reports ==");
+    let vendors = demo
+        .report(
+            "vendors",
+            "E-04-02",
+            Severity::Urgent,
+            "420303003003002",
+            (32.6410, 110.8031, "蓝山郡北门"),
+            "蓝山郡北门流动摊贩占道经营，堵塞小区出入口",
+        )
+        .await?;
+    demo.case_when(&vendors, "the report", |case| {
+        case.status == CaseStatus::Reported as i32
+    })
+    .await?;
+    let seconds = |value: i64| prost_types::Duration {
+        seconds: value,
+        nanos: 0,
+    };
+    let case = demo
+        .dispatch
+        .whistle_case(WhistleCaseRequest {
+            case_id: vendors.clone(),
+            operator_id: "车城路调度中心".into(),
+            lead_department_code: "zw-enforcement".into(),
+            co_department_codes: vec![],
+            limits: Some(LimitOverrides {
+                acknowledge_within: Some(seconds(IGNORED_ACKNOWLEDGE_SECS)),
+                acknowledge_escalate_after: Some(seconds(IGNORED_ESCALATE_AFTER_SECS)),
+                ..Default::default()
+            }),
+        })
+        .await?
+        .into_inner();
+    println!(
+        "  街道 立案 and 吹哨: {} must report (报到) within {IGNORED_ACKNOWLEDGE_SECS} s … and does not",
+        departments(&case)
+    );
+    let has_flag = |flag: AssignmentFlag| {
+        move |case: &Case| {
+            case.assignments
+                .iter()
+                .any(|assignment| assignment.flags.contains(&(flag as i32)))
+        }
+    };
+    demo.case_when(
+        &vendors,
+        "the overdue",
+        has_flag(AssignmentFlag::AckOverdue),
+    )
+    .await?;
+    println!(
+        "  超期: zw-enforcement missed its {IGNORED_ACKNOWLEDGE_SECS} s; whistle.overdue notifies it again and tells the street"
+    );
+    let case = demo
+        .case_when(
+            &vendors,
+            "the escalation",
+            has_flag(AssignmentFlag::Escalated),
+        )
+        .await?;
+    let supervision = case
+        .assignments
+        .first()
+        .map(|assignment| assignment.supervision_department_code.clone())
+        .unwrap_or_default();
+    println!(
+        "  督办: still nothing {IGNORED_ESCALATE_AFTER_SECS} s later — case.escalated to {supervision}"
+    );
+    let supervision_notice = demo.supervision_notice(&supervision, &vendors).await?;
+    println!(
+        "  {supervision} receives notice #{} ({}) on its stream",
+        supervision_notice.1, supervision_notice.0
+    );
+    demo.work(
+        &case,
+        "zw-enforcement",
+        "执法局 刘中队长",
+        "清理占道摊贩，设置便民疏导点",
+    )
+    .await?;
+    let case = demo.verify(&vendors, true, "", &[]).await?;
+    demo.rate(&case, &[("zw-enforcement", 3)]).await?;
+
+    println!("\n== 5. 幸福里: a broken manhole cover, and a spare part two days away ==");
+    let manhole = demo
+        .report(
+            "manhole",
+            "C-01-01",
+            Severity::Urgent,
+            "420303003002002",
+            (32.6348, 110.7922, "幸福里3栋前"),
+            "幸福里3栋前上水井盖破损，存在安全隐患",
+        )
+        .await?;
+    let case = demo.case_when(&manhole, "the whistle", whistled).await?;
+    println!(
+        "  街道 吹哨 (route {}): {}",
+        case.route_id,
+        departments(&case)
+    );
+    demo.report_for_duty(&case, "sy-water", "水务集团 吴工")
+        .await?;
+    let water = Demo::assignment_of(&case, "sy-water")?;
+    let token = demo.token("sy-water")?.to_string();
+    demo.gateway
+        .request_extension(with_token(
+            RequestExtensionRequest {
+                assignment_id: water.clone(),
+                request_id: format!("{water}-extension"),
+                extra: Some(seconds(48 * 3600)),
+                reason: "需更换井座，备件两天后到货；已设置临时围挡".into(),
+            },
+            &token,
+        )?)
+        .await?;
+    println!(
+        "    sy-water 申请延期 48 h: the frame must be replaced, the part arrives in two days"
+    );
+    let case = demo
+        .dispatch
+        .decide_extension(DecideExtensionRequest {
+            case_id: manhole.clone(),
+            assignment_id: water,
+            operator_id: "车城路调度中心".into(),
+            approved: true,
+            note: "同意延期，临时围挡须保持到位".into(),
+        })
+        .await?
+        .into_inner();
+    let resolve_by = case
+        .assignments
+        .iter()
+        .find(|assignment| assignment.department_code == "sy-water")
+        .and_then(|assignment| assignment.deadlines)
+        .and_then(|deadlines| deadlines.resolve_by)
+        .map(|at| {
+            chrono::DateTime::from_timestamp(at.seconds, 0)
+                .map(|at| {
+                    (at + chrono::Duration::hours(8))
+                        .format("%m-%d %H:%M")
+                        .to_string()
+                })
+                .unwrap_or_default()
+        })
+        .unwrap_or_default();
+    println!(
+        "  街道 approves (同意延期): 办结 now due {resolve_by} (China time); the old deadline will not fire"
+    );
+    demo.resolve(&case, "sy-water", "更换井座及井盖，恢复通行")
+        .await?;
+    let case = demo.verify(&manhole, true, "", &[]).await?;
+    demo.rate(&case, &[("sy-water", 4)]).await?;
 
     println!("\n== scorecards this month ==");
     let period = (chrono::Utc::now() + chrono::Duration::hours(8))
@@ -458,6 +703,7 @@ pub async fn play(
         "zw-housing",
         "zw-traffic-police",
         "pm-jinding",
+        "sy-water",
     ] {
         let deadline = tokio::time::Instant::now() + WAIT;
         let scorecard = loop {
@@ -494,8 +740,9 @@ pub async fn play(
         scorecards.insert(department.to_string(), composite);
     }
     Ok(DemoOutcome {
-        case_ids: vec![garbage, fire_lane, property],
+        case_ids: vec![garbage, fire_lane, property, vendors, manhole],
         scorecards,
+        supervision_notice: Some(supervision_notice),
     })
 }
 

@@ -497,6 +497,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     verifier_id: verifier,
                     passed: !failed,
                     note,
+                    ..Default::default()
                 })
                 .await
                 .map_err(status_error)?

@@ -1,11 +1,13 @@
 //! `whistle up --demo` in-process: the platform on free ports with SQLite and a private NATS in a
-//! temporary folder, and the three cases of the demo scenario played to the end.
+//! temporary folder, and the five cases of the demo scenario played to the end: the fourth's
+//! department does not report, goes overdue and is escalated to district supervision within
+//! seconds; the fifth gets an approved extension.
 
 use tokio_util::sync::CancellationToken;
 use whistle::client::Endpoints;
 use whistle::local::{LocalOptions, LocalPlatform};
 use whistle_proto::dispatch::GetCaseRequest;
-use whistle_proto::types::{AssignmentStatus, CaseStatus};
+use whistle_proto::types::{AssignmentFlag, AssignmentStatus, CaseStatus, ReturnDecision};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_scenario_plays_to_the_end() {
@@ -35,7 +37,9 @@ async fn the_demo_scenario_plays_to_the_end() {
         "the JetStream store lives in the data folder"
     );
 
+    let started = std::time::Instant::now();
     let outcome = whistle::demo::play(&endpoints, tokens).await.expect("demo");
+    assert_eq!(outcome.case_ids.len(), 5);
     let mut dispatch = endpoints.dispatch().await.expect("dispatch");
     for case_id in &outcome.case_ids {
         let case = dispatch
@@ -67,12 +71,77 @@ async fn the_demo_scenario_plays_to_the_end() {
         .map(|a| a.department_code.as_str())
         .collect();
     assert_eq!(returned, vec!["zw-traffic-police"]);
+    let police = property
+        .assignments
+        .iter()
+        .find(|a| a.department_code == "zw-traffic-police")
+        .expect("police");
+    assert_eq!(
+        police.return_decision,
+        ReturnDecision::Upheld as i32,
+        "the street upheld the return"
+    );
     assert!(
         property
             .timeline
             .iter()
             .any(|entry| entry.kind == "case.reopened")
     );
+    let timeline_of = |case: &whistle_proto::dispatch::Case| -> Vec<String> {
+        case.timeline
+            .iter()
+            .map(|entry| entry.kind.clone())
+            .collect()
+    };
+
+    // the vendors case: nobody reported, so it went overdue and was escalated to 督办
+    let vendors = dispatch
+        .get_case(GetCaseRequest {
+            case_id: outcome.case_ids[3].clone(),
+        })
+        .await
+        .expect("case")
+        .into_inner();
+    let enforcement = &vendors.assignments[0];
+    assert_eq!(enforcement.department_code, "zw-enforcement");
+    for flag in [AssignmentFlag::AckOverdue, AssignmentFlag::Escalated] {
+        assert!(enforcement.flags.contains(&(flag as i32)), "{flag:?}");
+    }
+    let kinds = timeline_of(&vendors);
+    let position = |kind: &str| kinds.iter().position(|seen| seen == kind);
+    assert!(
+        position("whistle.overdue") < position("case.escalated")
+            && position("case.escalated") < position("whistle.acknowledged"),
+        "{kinds:?}"
+    );
+    assert_eq!(
+        outcome
+            .supervision_notice
+            .as_ref()
+            .map(|notice| notice.0.as_str()),
+        Some("case.escalated"),
+        "district supervision's stream carried the escalation"
+    );
+    // the manhole case: an approved extension
+    let manhole = dispatch
+        .get_case(GetCaseRequest {
+            case_id: outcome.case_ids[4].clone(),
+        })
+        .await
+        .expect("case")
+        .into_inner();
+    let kinds = timeline_of(&manhole);
+    assert!(
+        kinds.contains(&"whistle.extension_requested".to_string())
+            && kinds.contains(&"whistle.extended".to_string()),
+        "{kinds:?}"
+    );
+    assert!(
+        manhole.assignments[0]
+            .flags
+            .contains(&(AssignmentFlag::Extended as i32))
+    );
+    println!("the demo took {:?}", started.elapsed());
 
     // every department that worked has a composite; the sanitation office's is a perfect record
     for department in [

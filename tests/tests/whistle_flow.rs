@@ -9,8 +9,8 @@ use tonic::Code;
 use whistle_e2e::{
     Platform, Storage, garbage_report, postgres_admin_url, reflected_services, with_token,
 };
-use whistle_proto::dispatch::GetCaseRequest;
 use whistle_proto::dispatch::dispatch_service_client::DispatchServiceClient;
+use whistle_proto::dispatch::{DecideExtensionRequest, GetCaseRequest};
 use whistle_proto::evaluation::GetScorecardRequest;
 use whistle_proto::evaluation::evaluation_service_client::EvaluationServiceClient;
 use whistle_proto::gateway::RequestExtensionRequest;
@@ -200,6 +200,65 @@ async fn walk_the_whistle(storage: Storage) {
         ))
         .await
         .expect("check in");
+    // 延期: the department asks for more time; the street approves; the deadline moves
+    let requested = gateway
+        .request_extension(with_token(
+            RequestExtensionRequest {
+                assignment_id: assignment_id.clone(),
+                request_id: "ext-1".into(),
+                extra: Some(prost_types::Duration {
+                    seconds: 3600,
+                    nanos: 0,
+                }),
+                reason: "需要协调物业".into(),
+            },
+            &sanitation,
+        ))
+        .await
+        .expect("extension requested")
+        .into_inner();
+    let resolve_by = |assignment: &whistle_proto::types::Assignment| {
+        assignment
+            .deadlines
+            .and_then(|deadlines| deadlines.resolve_by)
+            .expect("resolve_by")
+            .seconds
+    };
+    let before = resolve_by(&requested);
+    let case = dispatch
+        .decide_extension(DecideExtensionRequest {
+            case_id: submitted.case_id.clone(),
+            assignment_id: assignment_id.clone(),
+            operator_id: "chechenglu-dispatch".into(),
+            approved: true,
+            note: "同意".into(),
+        })
+        .await
+        .expect("approve")
+        .into_inner();
+    let extended = case
+        .assignments
+        .iter()
+        .find(|a| a.assignment_id == assignment_id)
+        .expect("lead");
+    assert_eq!(resolve_by(extended), before + 3600);
+    let again = gateway
+        .request_extension(with_token(
+            RequestExtensionRequest {
+                assignment_id: assignment_id.clone(),
+                request_id: "ext-2".into(),
+                extra: Some(prost_types::Duration {
+                    seconds: 60,
+                    nanos: 0,
+                }),
+                reason: "再延一次".into(),
+            },
+            &sanitation,
+        ))
+        .await
+        .expect_err("one request per clock");
+    assert_eq!(again.code(), Code::FailedPrecondition, "{again:?}");
+
     let resolved = gateway
         .resolve(with_token(
             ResolveRequest {
@@ -215,28 +274,12 @@ async fn walk_the_whistle(storage: Storage) {
         .into_inner();
     assert_eq!(resolved.status, AssignmentStatus::Resolved as i32);
 
-    // extensions are not built yet, and say so
-    let extension = gateway
-        .request_extension(with_token(
-            RequestExtensionRequest {
-                assignment_id: assignment_id.clone(),
-                extra: Some(prost_types::Duration {
-                    seconds: 3600,
-                    nanos: 0,
-                }),
-                reason: "需要协调".into(),
-                ..Default::default()
-            },
-            &sanitation,
-        ))
-        .await
-        .expect_err("not built");
-    assert_eq!(extension.code(), Code::Unimplemented, "{extension:?}");
-
-    // the department's stream carries its own actions back, in order
+    // the department's stream carries its own actions and the street's decision back, in order
     let acknowledged_notice = next_notice(&mut notices, "whistle.acknowledged").await;
+    let extended_notice = next_notice(&mut notices, "whistle.extended").await;
     let resolved_notice = next_notice(&mut notices, "whistle.resolved").await;
-    assert!(acknowledged_notice.sequence < resolved_notice.sequence);
+    assert!(acknowledged_notice.sequence < extended_notice.sequence);
+    assert!(extended_notice.sequence < resolved_notice.sequence);
 
     // dispatch recorded both
     let case = dispatch

@@ -1,5 +1,5 @@
-//! Wiring: database, department registry and credentials, the whistle consumer, the dispatch
-//! client and the gRPC server, run until shutdown.
+//! Wiring: database, department registry and credentials, the whistle and case consumers, the
+//! dispatch client and the gRPC server, run until shutdown.
 
 use crate::config::GatewayConfig;
 use crate::credentials::CredentialCache;
@@ -52,8 +52,9 @@ pub async fn run(
 
     let shutdown = shutdown.child_token();
     let signal = NoticeSignal::default();
+    let recorder = Arc::new(NoticeRecorder::new(clock.clone(), signal.clone()));
     let consumer_task = tokio::spawn(inbox::run_consumer(
-        jetstream,
+        jetstream.clone(),
         db.clone(),
         clock.clone(),
         ConsumerSpec {
@@ -62,7 +63,21 @@ pub async fn run(
             filter_subject: notices::FILTER_SUBJECT.to_string(),
             max_batch: CONSUMER_BATCH,
         },
-        Arc::new(NoticeRecorder::new(clock.clone(), signal.clone())),
+        recorder.clone(),
+        shutdown.clone(),
+    ));
+    // escalations to supervision and deferrals are case events, addressed by the payload
+    let cases_task = tokio::spawn(inbox::run_consumer(
+        jetstream,
+        db.clone(),
+        clock.clone(),
+        ConsumerSpec {
+            stream: nats::CASES_STREAM.to_string(),
+            durable: notices::CASES_CONSUMER.to_string(),
+            filter_subject: notices::CASES_FILTER_SUBJECT.to_string(),
+            max_batch: CONSUMER_BATCH,
+        },
+        recorder,
         shutdown.clone(),
     ));
 
@@ -99,6 +114,7 @@ pub async fn run(
     let served = grpc::serve(listener, &config.grpc, routes, probe, shutdown.clone()).await;
     shutdown.cancel();
     let _ = consumer_task.await;
+    let _ = cases_task.await;
     let _ = counters_task.await;
     db.close().await?;
     served

@@ -1,6 +1,9 @@
-//! Consuming the whistle events: each event addressed to a department is appended to that
-//! department's notice log and updates the assignments projection, in the inbox's transaction.
-//! And telling waiting subscriptions how far each department's log has been committed.
+//! Consuming the events: each event addressed to a department is appended to that department's
+//! notice log (and updates its assignments projection), in the inbox's transaction. A `whistle.*`
+//! event is addressed to the department of its assignment; a `case.escalated` to the supervision
+//! department (督办) and to the department escalated; `case.deferred` / `case.resumed` to the
+//! department of each assignment whose clocks stopped or continued. And telling waiting
+//! subscriptions how far each department's log has been committed.
 
 use crate::storage::{self, assignment, notice};
 use prost::Message;
@@ -11,13 +14,74 @@ use std::time::Duration;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use whistle_platform::clock::{SharedClock, to_millis};
-use whistle_platform::envelope::{self, Event, assignment_of};
+use whistle_platform::envelope::{self, Event, Payload, assignment_of};
 use whistle_platform::inbox::{BatchEvent, EventHandler, HandleError};
+use whistle_proto::events::{CaseDeferred, CaseResumed};
+use whistle_proto::types::Assignment;
 
-/// Durable consumer name, shared by every gateway replica.
+/// Durable consumer name on the whistles stream, shared by every gateway replica.
 pub const CONSUMER: &str = "department-gateway";
 /// Every whistle event; those not addressed to a department are skipped.
 pub const FILTER_SUBJECT: &str = "whistle.v1.>";
+/// Durable consumer name on the cases stream, shared by every gateway replica.
+pub const CASES_CONSUMER: &str = "department-gateway-cases";
+/// Every case event; those addressed to no department (most) are skipped.
+pub const CASES_FILTER_SUBJECT: &str = "case.v1.>";
+
+/// One department a notice of an event goes to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Addressee {
+    pub department_code: String,
+    pub assignment_id: String,
+    /// The department's assignment as the event carries it, for its projection.
+    pub assignment: Option<Assignment>,
+}
+
+/// The departments an event is addressed to, each once, in the order notices are written.
+pub fn addressees(payload: &Payload) -> Vec<Addressee> {
+    let mut addressees: Vec<Addressee> = Vec::new();
+    let mut add = |department_code: &str, assignment_id: &str, assignment: Option<&Assignment>| {
+        if department_code.is_empty()
+            || addressees
+                .iter()
+                .any(|known| known.department_code == department_code)
+        {
+            return;
+        }
+        addressees.push(Addressee {
+            department_code: department_code.to_string(),
+            assignment_id: assignment_id.to_string(),
+            assignment: assignment.cloned(),
+        });
+    };
+    match payload {
+        Payload::CaseEscalated(escalated) => {
+            add(&escalated.supervisor_code, &escalated.assignment_id, None);
+            add(
+                &escalated.department_code,
+                &escalated.assignment_id,
+                escalated.assignment.as_ref(),
+            );
+        }
+        Payload::CaseDeferred(CaseDeferred { assignments, .. })
+        | Payload::CaseResumed(CaseResumed { assignments, .. }) => {
+            for clocks in assignments {
+                add(&clocks.department_code, &clocks.assignment_id, None);
+            }
+        }
+        payload if envelope::kind(payload).family == "whistle" => {
+            if let Some(assignment) = assignment_of(payload) {
+                add(
+                    &assignment.department_code,
+                    &assignment.assignment_id,
+                    Some(assignment),
+                );
+            }
+        }
+        _ => {}
+    }
+    addressees
+}
 
 /// The last committed sequence of each department's notice log, as far as this process knows:
 /// what idle subscriptions wait on. Kept current by [`follow_notice_counters`].
@@ -112,10 +176,14 @@ impl EventHandler for NoticeRecorder {
         transaction: &DatabaseTransaction,
         events: &[BatchEvent<'_>],
     ) -> Result<(), DbErr> {
-        let departments: BTreeSet<&str> = events
+        let addressed: Vec<Addressee> = events
             .iter()
             .filter_map(|batch_event| batch_event.event.payload.as_ref())
-            .filter_map(envelope::department_of)
+            .flat_map(addressees)
+            .collect();
+        let departments: BTreeSet<&str> = addressed
+            .iter()
+            .map(|addressee| addressee.department_code.as_str())
             .filter(|code| envelope::is_subject_token(code))
             .collect();
         storage::lock_notice_counters(transaction, &departments).await
@@ -130,72 +198,80 @@ impl EventHandler for NoticeRecorder {
         let Some(payload) = event.payload.as_ref() else {
             return Err(HandleError::Rejected("event has no payload".into()));
         };
-        let Some(department_code) = envelope::department_of(payload) else {
+        let addressed = addressees(payload);
+        if addressed.is_empty() {
             tracing::debug!(subject, event_id = %event.event_id, "event addressed to no department");
             return Ok(());
-        };
-        if !envelope::is_subject_token(department_code) {
-            return Err(HandleError::Rejected(format!(
-                "department_code {department_code:?} is not a valid department code"
-            )));
         }
-        let assignment = assignment_of(payload).cloned().unwrap_or_default();
-        if assignment.assignment_id.is_empty() {
-            return Err(HandleError::Rejected(
-                "assignment has no assignment_id".into(),
-            ));
+        for addressee in &addressed {
+            if !envelope::is_subject_token(&addressee.department_code) {
+                return Err(HandleError::Rejected(format!(
+                    "department_code {:?} is not a valid department code",
+                    addressee.department_code
+                )));
+            }
+            if addressee.assignment_id.is_empty() {
+                return Err(HandleError::Rejected(
+                    "assignment has no assignment_id".into(),
+                ));
+            }
         }
         let now_ms = to_millis(self.clock.now());
-        let sequence = storage::next_notice_sequence(transaction, department_code).await?;
         let kind = envelope::kind(payload).label();
-        notice::Entity::insert(notice::ActiveModel {
-            department_code: Set(department_code.to_string()),
-            sequence: Set(sequence),
-            event_id: Set(event.event_id.clone()),
-            subject: Set(subject.to_string()),
-            kind: Set(kind.clone()),
-            case_id: Set(event.case_id.clone()),
-            assignment_id: Set(assignment.assignment_id.clone()),
-            event: Set(event.encode_to_vec()),
-            created_at_ms: Set(now_ms),
-            ..Default::default()
-        })
-        .exec_without_returning(transaction)
-        .await?;
-        if let Some(traceparent) = whistle_platform::telemetry::current_traceparent() {
-            storage::remember_assignment_trace(
-                transaction,
-                &assignment.assignment_id,
-                &traceparent,
-            )
+        for addressee in addressed {
+            let department_code = addressee.department_code.as_str();
+            let sequence = storage::next_notice_sequence(transaction, department_code).await?;
+            notice::Entity::insert(notice::ActiveModel {
+                department_code: Set(department_code.to_string()),
+                sequence: Set(sequence),
+                event_id: Set(event.event_id.clone()),
+                subject: Set(subject.to_string()),
+                kind: Set(kind.clone()),
+                case_id: Set(event.case_id.clone()),
+                assignment_id: Set(addressee.assignment_id.clone()),
+                event: Set(event.encode_to_vec()),
+                created_at_ms: Set(now_ms),
+                ..Default::default()
+            })
+            .exec_without_returning(transaction)
             .await?;
+            if let Some(traceparent) = whistle_platform::telemetry::current_traceparent() {
+                storage::remember_assignment_trace(
+                    transaction,
+                    &addressee.assignment_id,
+                    &traceparent,
+                )
+                .await?;
+            }
+            if let Some(assignment) = &addressee.assignment {
+                let case_id = if assignment.case_id.is_empty() {
+                    event.case_id.clone()
+                } else {
+                    assignment.case_id.clone()
+                };
+                storage::upsert_assignment(
+                    transaction,
+                    assignment::Model {
+                        assignment_id: assignment.assignment_id.clone(),
+                        department_code: department_code.to_string(),
+                        case_id,
+                        status: assignment.status,
+                        version: i64::try_from(assignment.version).unwrap_or(i64::MAX),
+                        assignment: assignment.encode_to_vec(),
+                        updated_at_ms: now_ms,
+                    },
+                )
+                .await?;
+            }
+            tracing::info!(
+                department = %department_code,
+                sequence,
+                kind = %kind,
+                case_id = %event.case_id,
+                assignment_id = %addressee.assignment_id,
+                "notice recorded"
+            );
         }
-        let case_id = if assignment.case_id.is_empty() {
-            event.case_id.clone()
-        } else {
-            assignment.case_id.clone()
-        };
-        storage::upsert_assignment(
-            transaction,
-            assignment::Model {
-                assignment_id: assignment.assignment_id.clone(),
-                department_code: department_code.to_string(),
-                case_id,
-                status: assignment.status,
-                version: i64::try_from(assignment.version).unwrap_or(i64::MAX),
-                assignment: assignment.encode_to_vec(),
-                updated_at_ms: now_ms,
-            },
-        )
-        .await?;
-        tracing::info!(
-            department = %department_code,
-            sequence,
-            kind = %kind,
-            case_id = %event.case_id,
-            assignment_id = %assignment.assignment_id,
-            "notice recorded"
-        );
         Ok(())
     }
 

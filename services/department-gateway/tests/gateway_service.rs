@@ -17,7 +17,10 @@ use whistle_platform::SystemClock;
 use whistle_platform::envelope::{self, Event, Payload};
 use whistle_platform::local_nats::{LocalNatsServer, free_port};
 use whistle_platform::testing::{TestBed, publish_like_relay, serve};
-use whistle_proto::events::{AssignmentAcknowledged, AssignmentProgressed, WhistleIssued};
+use whistle_proto::events::{
+    AssignmentAcknowledged, AssignmentClock, AssignmentProgressed, CaseDeferred, CaseEscalated,
+    WhistleIssued,
+};
 use whistle_proto::gateway::department_gateway_client::DepartmentGatewayClient;
 use whistle_proto::gateway::{
     AcknowledgeRequest, CheckInRequest, ListAssignmentsRequest, Notice, ReportProgressRequest,
@@ -225,7 +228,7 @@ async fn credentials_are_issued_once_and_authenticate() {
     let mut gateway = start(config(dir.path(), &nats, closed_dispatch_url())).await;
 
     let tokens = read_tokens(&credentials_path(dir.path()));
-    assert_eq!(tokens.len(), 10, "one token per demo department");
+    assert_eq!(tokens.len(), 12, "one token per demo department");
     let sanitation = tokens
         .get("zw-sanitation")
         .expect("sanitation token")
@@ -463,6 +466,141 @@ async fn notices_are_per_department_in_order_without_duplicates_and_resumable() 
         ])
     );
     db.close().await.expect("close");
+}
+
+/// `case.escalated` reaches the supervision department's stream (督办) and the escalated
+/// department's own, whose assignments list shows the flag; `case.deferred` reaches the department
+/// of every assignment whose clocks stopped; other case events reach nobody.
+#[tokio::test]
+async fn escalations_reach_the_supervision_department_and_deferrals_the_departments() {
+    use whistle_proto::types::{AssignmentFlag, Clock};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = LocalNatsServer::start(&dir.path().join("nats")).expect("nats-server");
+    let mut gateway = start(config(dir.path(), &nats, closed_dispatch_url())).await;
+    let tokens = read_tokens(&credentials_path(dir.path()));
+    let sanitation = tokens["zw-sanitation"].clone();
+    let supervision = tokens["zw-supervision"].clone();
+    let js = jetstream_of(&nats).await;
+
+    let whistled = assignment(
+        "a-sanitation",
+        "case-9",
+        "zw-sanitation",
+        AssignmentStatus::Whistled,
+        1,
+    );
+    let issued = whistle_issued(whistled.clone());
+    publish(&js, &issued, &issued.event_id).await;
+    let mut escalated_assignment = whistled.clone();
+    escalated_assignment.version = 3;
+    escalated_assignment.flags = vec![
+        AssignmentFlag::AckOverdue as i32,
+        AssignmentFlag::Escalated as i32,
+    ];
+    escalated_assignment.supervision_department_code = "zw-supervision".into();
+    let escalated = envelope::new_event(
+        &SystemClock,
+        "whistle-dispatch",
+        "case-9",
+        4,
+        Some(region()),
+        Payload::CaseEscalated(CaseEscalated {
+            assignment_id: "a-sanitation".into(),
+            department_code: "zw-sanitation".into(),
+            supervisor_code: "zw-supervision".into(),
+            reason: "zw-sanitation 报到 not met".into(),
+            clock: Clock::Acknowledge as i32,
+            assignment: Some(escalated_assignment),
+            ..Default::default()
+        }),
+    );
+    let accepted = envelope::new_event(
+        &SystemClock,
+        "whistle-dispatch",
+        "case-9",
+        5,
+        Some(region()),
+        Payload::CaseAccepted(whistle_proto::events::CaseAccepted {
+            accepted_by: "op".into(),
+        }),
+    );
+    let deferred = envelope::new_event(
+        &SystemClock,
+        "whistle-dispatch",
+        "case-9",
+        6,
+        Some(region()),
+        Payload::CaseDeferred(CaseDeferred {
+            deferred_by: "op".into(),
+            reason: "等待预算".into(),
+            until: None,
+            assignments: vec![AssignmentClock {
+                assignment_id: "a-sanitation".into(),
+                department_code: "zw-sanitation".into(),
+                deadlines: None,
+            }],
+        }),
+    );
+    for event in [&escalated, &accepted, &deferred] {
+        publish(&js, event, &event.event_id).await;
+    }
+    assert_eq!(
+        envelope::subject(&escalated).expect("subject"),
+        "case.v1.420300.420303.chechenglu.escalated"
+    );
+
+    let mut supervising = subscribe(&mut gateway.client, &supervision, 0).await;
+    let notice = next_notice(&mut supervising).await;
+    assert_eq!(notice.sequence, 1);
+    assert_eq!(notice.kind, "case.escalated");
+    assert_eq!(notice.subject, "case.v1.420300.420303.chechenglu.escalated");
+    assert_eq!(notice.case_id, "case-9");
+    assert_eq!(notice.assignment_id, "a-sanitation");
+    assert!(matches!(
+        notice.event.expect("event").payload,
+        Some(Payload::CaseEscalated(ref escalated)) if escalated.department_code == "zw-sanitation"
+    ));
+
+    let mut own = subscribe(&mut gateway.client, &sanitation, 0).await;
+    let kinds = [
+        next_notice(&mut own).await,
+        next_notice(&mut own).await,
+        next_notice(&mut own).await,
+    ]
+    .map(|notice| (notice.sequence, notice.kind));
+    assert_eq!(
+        kinds,
+        [
+            (1, "whistle.issued".to_string()),
+            (2, "case.escalated".to_string()),
+            (3, "case.deferred".to_string())
+        ]
+    );
+    let listed = gateway
+        .client
+        .list_assignments(authed(ListAssignmentsRequest::default(), &sanitation))
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(listed.assignments.len(), 1);
+    assert!(
+        listed.assignments[0]
+            .flags
+            .contains(&(AssignmentFlag::Escalated as i32))
+    );
+    let supervised = gateway
+        .client
+        .list_assignments(authed(ListAssignmentsRequest::default(), &supervision))
+        .await
+        .expect("list")
+        .into_inner();
+    assert!(
+        supervised.assignments.is_empty(),
+        "supervision sees the notice, not another department's assignment"
+    );
+    drop(supervising);
+    drop(own);
+    gateway.stop().await;
 }
 
 #[tokio::test]

@@ -1,12 +1,15 @@
-//! Wiring: database, NATS, the case consumer, the outbox relay and the gRPC server.
+//! Wiring: database, NATS, the case consumer, the deadline scanner, the outbox relay and the gRPC
+//! server.
 
 use crate::config::DispatchConfig;
 use crate::consumer::ReportedCases;
+use crate::domain::{CalendarTime, DeadlinePolicy};
 use crate::grpc::DispatchGrpc;
+use crate::scanner::Scanner;
 use crate::storage::Migrator;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
-use whistle_platform::clock::SharedClock;
+use whistle_platform::clock::{SharedClock, to_millis};
 use whistle_platform::grpc::{GrpcListener, HealthProbe};
 use whistle_platform::inbox::{ConsumerSpec, run_consumer};
 use whistle_platform::outbox::{OutboxRelay, OutboxSignal};
@@ -30,8 +33,11 @@ pub async fn run(
     let db = db::connect(&config.database).await?;
     db::migrate::<Migrator>(&db).await?;
     if let Some(file) = &config.catalogue.file {
-        crate::catalogue::load(&db, file, &config.limits).await?;
+        crate::catalogue::load(&db, file, &config.limits, to_millis(clock.now())).await?;
     }
+
+    // the seam for a working-hour calendar: every deadline is computed by this policy
+    let policy: Arc<dyn DeadlinePolicy> = Arc::new(CalendarTime);
 
     let shutdown = shutdown.child_token();
     let outbox_signal = OutboxSignal::default();
@@ -55,14 +61,26 @@ pub async fn run(
         },
         Arc::new(ReportedCases {
             clock: clock.clone(),
+            policy: policy.clone(),
             outbox_signal: outbox_signal.clone(),
         }),
         shutdown.clone(),
     ));
+    let scanner_task = tokio::spawn(
+        Scanner {
+            db: db.clone(),
+            clock: clock.clone(),
+            policy: policy.clone(),
+            outbox_signal: outbox_signal.clone(),
+            config: config.scanner.clone(),
+        }
+        .run(shutdown.clone()),
+    );
 
     let service = DispatchGrpc {
         db: db.clone(),
         clock,
+        policy,
         outbox_signal,
         settings: config.dispatch.clone(),
         limits: config.limits.clone(),
@@ -80,6 +98,7 @@ pub async fn run(
     let served = grpc::serve(listener, &config.grpc, routes, probe, shutdown.clone()).await;
     shutdown.cancel();
     let _ = consumer_task.await;
+    let _ = scanner_task.await;
     let _ = relay_task.await;
     db.close().await?;
     served

@@ -1,16 +1,21 @@
 //! The largest events dispatch can publish under a limits table, found by playing the largest
-//! case through the real rules: a report at the limits (intake runs with the same table), whistled
-//! to the most departments a whistle may name, every department acting with every field at its
-//! limit in 4-byte characters until its evidence is full, then returning or resolving, the case
-//! failing verification and being reworked before it closes. Checked at start (an event larger
-//! than `limits.max_event_bytes` refuses the configuration) and by a unit test with room to spare.
+//! case through the real aggregate: a report at the limits (intake runs with the same table),
+//! whistled to the most departments a whistle may name, deferred and resumed, every department
+//! acting with every field at its limit in 4-byte characters until its evidence is full, asking for
+//! more time, then returning (upheld) or resolving, the case failing verification and being
+//! reworked, every clock going overdue and escalating with the fullest assignments, before it
+//! closes. Checked at start (an event larger than `limits.max_event_bytes` refuses the
+//! configuration) and by a unit test with room to spare.
 
-use crate::domain::{Evidence, LimitOverrides};
+use crate::domain::{
+    ActionRules, CalendarTime, Command, DepartmentAction, Evidence, Role, WhistleTarget,
+};
 use crate::error::DispatchError;
-use crate::service::{self, ActionRules, CaseState, DepartmentAction};
+use crate::storage::CaseRecord;
 use chrono::{DateTime, Utc};
 use std::collections::BTreeMap;
 use whistle_platform::ManualClock;
+use whistle_platform::clock::Clock;
 use whistle_platform::clock::to_proto_timestamp;
 use whistle_platform::envelope::{self, Event, Payload};
 use whistle_platform::validation::LimitsConfig;
@@ -41,9 +46,18 @@ pub fn largest_events(
         }
         Ok(())
     };
-    keep(largest_case(limits, &clock)?.events())?;
-    keep(rejected_case(limits, &clock)?.events())?;
+    keep(&events_of(&largest_case(limits, &clock)?))?;
+    keep(&events_of(&rejected_case(limits, &clock)?))?;
+    keep(&events_of(&locally_resolved_case(limits, &clock)?))?;
     Ok(largest)
+}
+
+fn events_of(record: &CaseRecord) -> Vec<Event> {
+    record
+        .emitted()
+        .iter()
+        .map(|emitted| crate::events::to_event(record, emitted))
+        .collect()
 }
 
 /// `chars` 4-byte characters.
@@ -119,53 +133,85 @@ fn reported_event(limits: &LimitsConfig, clock: &ManualClock) -> (Event, CaseRep
     (event, reported)
 }
 
-fn largest_case(limits: &LimitsConfig, clock: &ManualClock) -> Result<CaseState, DispatchError> {
+fn largest_case(limits: &LimitsConfig, clock: &ManualClock) -> Result<CaseRecord, DispatchError> {
     let (event, reported) = reported_event(limits, clock);
-    let mut state = CaseState::open(clock, &event, &reported);
+    let mut record = CaseRecord::open(&event, &reported, clock.now());
     let operator = text(limits.id_chars);
-    let departments: Vec<String> = (0..limits.list_items.max(1))
-        .map(|index| department(limits, index))
+    let policy = CalendarTime;
+    let run = |record: &mut CaseRecord, command: Command| -> Result<(), DispatchError> {
+        record.execute(command, clock.now(), &policy)?;
+        Ok(())
+    };
+    let targets: Vec<WhistleTarget> = (0..limits.list_items.max(1))
+        .map(|index| WhistleTarget {
+            assignment_id: uuid::Uuid::now_v7().to_string(),
+            department_code: department(limits, index),
+            supervision_department_code: department(limits, 98),
+            role: if index == 0 { Role::Lead } else { Role::Co },
+        })
         .collect();
-    service::accept(clock, &mut state, &operator)?;
-    service::whistle(
-        clock,
-        &mut state,
-        &operator,
-        &departments[0],
-        &departments[1..],
-        &LimitOverrides::default(),
-        true,
+    run(
+        &mut record,
+        Command::Accept {
+            by: operator.clone(),
+        },
+    )?;
+    run(
+        &mut record,
+        Command::Whistle {
+            by: operator.clone(),
+            targets: targets.clone(),
+            limits: crate::domain::Severity::Complex.default_limits(),
+            requires_on_site: true,
+        },
+    )?;
+    run(
+        &mut record,
+        Command::Defer {
+            by: operator.clone(),
+            reason: text(limits.text_chars),
+            until: Some(latest_instant()),
+        },
+    )?;
+    run(
+        &mut record,
+        Command::Resume {
+            by: operator.clone(),
+            note: text(limits.text_chars),
+        },
     )?;
     let rules = ActionRules {
         check_in_radius_meters: 500.0,
         evidence_per_assignment: limits.evidence_per_assignment,
     };
-    let assignments: Vec<(String, String)> = state
-        .assignments
+    let assignments: Vec<(String, String)> = targets
         .iter()
-        .map(|assignment| {
-            (
-                assignment.assignment_id.clone(),
-                assignment.department_code.clone(),
-            )
-        })
+        .map(|target| (target.assignment_id.clone(), target.department_code.clone()))
         .collect();
-    let act = |state: &mut CaseState, index: usize, action: DepartmentAction| {
+    let act = |record: &mut CaseRecord, index: usize, action: DepartmentAction| {
         let (assignment_id, department_code) = &assignments[index];
-        service::apply_department_action(
-            clock,
-            rules,
-            state,
-            assignment_id,
-            department_code,
-            &action,
-        )
-        .map(|_| ())
+        record
+            .execute(
+                Command::Act {
+                    assignment_id: assignment_id.clone(),
+                    department_code: department_code.clone(),
+                    action,
+                    rules,
+                },
+                clock.now(),
+                &policy,
+            )
+            .map(|_| ())
+            .map_err(DispatchError::from)
     };
-    let (lat, lng) = (state.model.lat, state.model.lng);
+    let (lat, lng) = (record.row.lat, record.row.lng);
+    let extension = || DepartmentAction::RequestExtension {
+        extra: chrono::Duration::days(366),
+        reason: text(limits.text_chars),
+    };
     for index in 0..assignments.len() {
         act(
-            &mut state,
+            &mut record,
             index,
             DepartmentAction::Acknowledge {
                 responsible_person: text(limits.name_chars),
@@ -177,7 +223,7 @@ fn largest_case(limits: &LimitsConfig, clock: &ManualClock) -> Result<CaseState,
         let returns = index == 0 && assignments.len() > 1;
         if !returns {
             act(
-                &mut state,
+                &mut record,
                 index,
                 DepartmentAction::CheckIn {
                     lat,
@@ -186,7 +232,7 @@ fn largest_case(limits: &LimitsConfig, clock: &ManualClock) -> Result<CaseState,
                 },
             )?;
         }
-        fill_evidence(&mut state, limits, &act, index)?;
+        fill_evidence(&mut record, limits, &act, index)?;
         let last = if returns {
             DepartmentAction::Return {
                 reason: text(limits.text_chars),
@@ -198,21 +244,51 @@ fn largest_case(limits: &LimitsConfig, clock: &ManualClock) -> Result<CaseState,
                 evidence: largest_evidence(limits, limits.attachments),
             }
         };
-        act(&mut state, index, last)?;
+        act(&mut record, index, last)?;
     }
-    // verification fails: the resolved assignments go back to work and fill their evidence again
-    service::verify(
-        clock,
-        &mut state,
-        &operator,
-        false,
-        &text(limits.text_chars),
+    if assignments.len() > 1 {
+        run(
+            &mut record,
+            Command::DecideReturn {
+                by: operator.clone(),
+                assignment_id: assignments[0].0.clone(),
+                upheld: true,
+                note: text(limits.text_chars),
+                route_departments: Vec::new(),
+                fallback: None,
+            },
+        )?;
+    }
+    // verification fails: the resolved assignments go back to work, fill their evidence again,
+    // ask for more time (approved for one, refused for the others), and let every clock pass
+    run(
+        &mut record,
+        Command::Verify {
+            by: operator.clone(),
+            passed: false,
+            note: text(limits.text_chars),
+            failed_assignment_ids: Vec::new(),
+        },
     )?;
     let returned = usize::from(assignments.len() > 1);
+    for (index, (assignment_id, _)) in assignments.iter().enumerate().skip(returned) {
+        fill_evidence(&mut record, limits, &act, index)?;
+        act(&mut record, index, extension())?;
+        run(
+            &mut record,
+            Command::DecideExtension {
+                by: operator.clone(),
+                assignment_id: assignment_id.clone(),
+                approved: index == returned,
+                note: text(limits.text_chars),
+            },
+        )?;
+    }
+    clock.advance(chrono::Duration::days(3 * 366));
+    run(&mut record, Command::Tick)?;
     for index in returned..assignments.len() {
-        fill_evidence(&mut state, limits, &act, index)?;
         act(
-            &mut state,
+            &mut record,
             index,
             DepartmentAction::Resolve {
                 resolution: text(limits.text_chars),
@@ -220,23 +296,31 @@ fn largest_case(limits: &LimitsConfig, clock: &ManualClock) -> Result<CaseState,
             },
         )?;
     }
-    service::verify(clock, &mut state, &operator, true, &text(limits.text_chars))?;
-    Ok(state)
+    run(
+        &mut record,
+        Command::Verify {
+            by: operator,
+            passed: true,
+            note: text(limits.text_chars),
+            failed_assignment_ids: Vec::new(),
+        },
+    )?;
+    Ok(record)
 }
 
 /// Progress at the limits until the assignment keeps all the evidence it may.
 fn fill_evidence(
-    state: &mut CaseState,
+    record: &mut CaseRecord,
     limits: &LimitsConfig,
-    act: &impl Fn(&mut CaseState, usize, DepartmentAction) -> Result<(), DispatchError>,
+    act: &impl Fn(&mut CaseRecord, usize, DepartmentAction) -> Result<(), DispatchError>,
     index: usize,
 ) -> Result<(), DispatchError> {
     loop {
-        let kept = state.assignments[index].evidence.len();
+        let kept = record.case.assignments[index].evidence.len();
         let room = limits.evidence_per_assignment.saturating_sub(kept);
         let adding = room.min(limits.attachments);
         act(
-            state,
+            record,
             index,
             DepartmentAction::Progress {
                 note: text(limits.text_chars),
@@ -250,16 +334,36 @@ fn fill_evidence(
 }
 
 /// A case the street rejects with the longest reason.
-fn rejected_case(limits: &LimitsConfig, clock: &ManualClock) -> Result<CaseState, DispatchError> {
+fn rejected_case(limits: &LimitsConfig, clock: &ManualClock) -> Result<CaseRecord, DispatchError> {
     let (event, reported) = reported_event(limits, clock);
-    let mut state = CaseState::open(clock, &event, &reported);
-    service::reject(
-        clock,
-        &mut state,
-        &text(limits.id_chars),
-        &text(limits.text_chars),
+    let mut record = CaseRecord::open(&event, &reported, clock.now());
+    record.execute(
+        Command::Reject {
+            by: text(limits.id_chars),
+            reason: text(limits.text_chars),
+        },
+        clock.now(),
+        &CalendarTime,
     )?;
-    Ok(state)
+    Ok(record)
+}
+
+/// A case the community solves itself (自办) with the longest resolution.
+fn locally_resolved_case(
+    limits: &LimitsConfig,
+    clock: &ManualClock,
+) -> Result<CaseRecord, DispatchError> {
+    let (event, reported) = reported_event(limits, clock);
+    let mut record = CaseRecord::open(&event, &reported, clock.now());
+    record.execute(
+        Command::ResolveLocally {
+            by: text(limits.id_chars),
+            resolution: text(limits.text_chars),
+        },
+        clock.now(),
+        &CalendarTime,
+    )?;
+    Ok(record)
 }
 
 #[cfg(test)]
@@ -296,6 +400,15 @@ mod tests {
             "case.verified",
             "case.reopened",
             "case.closed",
+            "case.deferred",
+            "case.resumed",
+            "case.resolved_locally",
+            "case.escalated",
+            "whistle.overdue",
+            "whistle.extension_requested",
+            "whistle.extended",
+            "whistle.extension_refused",
+            "whistle.return_decided",
         ] {
             assert!(largest.contains_key(kind), "{kind} not played");
         }

@@ -1,8 +1,10 @@
-//! The responsibility catalogue: checking routes, storing them, loading them from a file.
+//! The responsibility catalogue: checking routes, storing them, loading them from a file with the
+//! department registry and the fallback owners dispatch keeps.
 
-use crate::domain::{LimitOverrides, Route, check_department_code};
+use crate::domain::{Department, FallbackOwner, LimitOverrides, Route, check_department_code};
 use crate::error::DispatchError;
-use crate::storage::route;
+use crate::storage::{department, fallback_owner, route};
+use sea_orm::sea_query::OnConflict;
 use sea_orm::{
     ActiveValue::Set, ConnectionTrait, DatabaseConnection, EntityTrait, TransactionTrait,
 };
@@ -112,6 +114,36 @@ pub async fn put_route<C: ConnectionTrait>(
 struct CatalogueFile {
     #[serde(default)]
     routes: Vec<RouteEntry>,
+    #[serde(default)]
+    departments: Vec<DepartmentEntry>,
+    #[serde(default)]
+    fallback_owners: Vec<FallbackOwner>,
+}
+
+#[derive(Debug, Deserialize)]
+struct DepartmentEntry {
+    code: String,
+    name: String,
+    level: String,
+    region_code: String,
+    #[serde(default)]
+    supervision_department_code: Option<String>,
+    #[serde(default)]
+    supervises: bool,
+    #[serde(default = "active_by_default")]
+    active: bool,
+}
+
+fn active_by_default() -> bool {
+    true
+}
+
+/// What dispatch takes from a catalogue file.
+#[derive(Debug, Clone, Default)]
+pub struct Catalogue {
+    pub routes: Vec<Route>,
+    pub departments: Vec<Department>,
+    pub fallback_owners: Vec<FallbackOwner>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -132,17 +164,25 @@ struct RouteEntry {
     on_site_within_minutes: Option<i64>,
     #[serde(default)]
     resolve_within_minutes: Option<i64>,
+    #[serde(default)]
+    acknowledge_escalate_after_minutes: Option<i64>,
+    #[serde(default)]
+    on_site_escalate_after_minutes: Option<i64>,
+    #[serde(default)]
+    resolve_escalate_after_minutes: Option<i64>,
 }
 
-/// Upserts the `routes` of a catalogue file (unchanged routes keep their version).
+/// Upserts the routes, departments and fallback owners of a catalogue file (unchanged routes keep
+/// their version). Departments and fallback owners missing from the file are kept.
 pub async fn load(
     db: &DatabaseConnection,
     file: &Path,
     limits: &LimitsConfig,
+    now_ms: i64,
 ) -> anyhow::Result<()> {
-    let routes = check(file, limits)?;
+    let catalogue = check(file, limits)?;
     let transaction = db.begin().await?;
-    for route in routes {
+    for route in &catalogue.routes {
         let unchanged = route::Entity::find_by_id(route.route_id.as_str())
             .one(&transaction)
             .await?
@@ -150,22 +190,58 @@ pub async fn load(
                 serde_json::from_str::<Route>(&existing.definition)
                     .ok()
                     .as_ref()
-                    == Some(&route)
+                    == Some(route)
             });
         if unchanged {
             continue;
         }
-        put_route(&transaction, &route, limits)
+        put_route(&transaction, route, limits)
             .await
             .map_err(|error| anyhow::anyhow!("catalogue route {}: {error}", route.route_id))?;
     }
+    for entry in &catalogue.departments {
+        department::Entity::insert(department::ActiveModel {
+            code: Set(entry.code.clone()),
+            definition: Set(serde_json::to_string(entry)?),
+            updated_at_ms: Set(now_ms),
+        })
+        .on_conflict(
+            OnConflict::column(department::Column::Code)
+                .update_columns([
+                    department::Column::Definition,
+                    department::Column::UpdatedAtMs,
+                ])
+                .to_owned(),
+        )
+        .exec_without_returning(&transaction)
+        .await?;
+    }
+    for owner in &catalogue.fallback_owners {
+        fallback_owner::Entity::insert(fallback_owner::ActiveModel {
+            area_code: Set(owner.area_code.clone()),
+            department_code: Set(owner.department_code.clone()),
+        })
+        .on_conflict(
+            OnConflict::column(fallback_owner::Column::AreaCode)
+                .update_column(fallback_owner::Column::DepartmentCode)
+                .to_owned(),
+        )
+        .exec_without_returning(&transaction)
+        .await?;
+    }
     transaction.commit().await?;
+    tracing::info!(
+        routes = catalogue.routes.len(),
+        departments = catalogue.departments.len(),
+        fallback_owners = catalogue.fallback_owners.len(),
+        "catalogue loaded"
+    );
     Ok(())
 }
 
-/// Reads and checks the routes of a catalogue file without touching a database (also done at
-/// start, so a malformed file is a configuration error found before any migration).
-pub fn check(file: &Path, limits: &LimitsConfig) -> anyhow::Result<Vec<Route>> {
+/// Reads and checks a catalogue file without touching a database (also done at start, so a
+/// malformed file is a configuration error found before any migration).
+pub fn check(file: &Path, limits: &LimitsConfig) -> anyhow::Result<Catalogue> {
     let text = std::fs::read_to_string(file)
         .map_err(|error| anyhow::anyhow!("cannot read catalogue {}: {error}", file.display()))?;
     let catalogue: CatalogueFile = serde_json::from_str(&text)
@@ -185,11 +261,68 @@ pub fn check(file: &Path, limits: &LimitsConfig) -> anyhow::Result<Vec<Route>> {
                 acknowledge_within: minutes(entry.acknowledge_within_minutes),
                 on_site_within: minutes(entry.on_site_within_minutes),
                 resolve_within: minutes(entry.resolve_within_minutes),
+                acknowledge_escalate_after: minutes(entry.acknowledge_escalate_after_minutes),
+                on_site_escalate_after: minutes(entry.on_site_escalate_after_minutes),
+                resolve_escalate_after: minutes(entry.resolve_escalate_after_minutes),
             },
         };
         check_route(&route, limits)
             .map_err(|error| anyhow::anyhow!("catalogue route {}: {error}", route.route_id))?;
         routes.push(route);
     }
-    Ok(routes)
+    let mut departments = Vec::with_capacity(catalogue.departments.len());
+    for entry in catalogue.departments {
+        check_department_code(&entry.code)
+            .map_err(|reason| anyhow::anyhow!("department {:?}: code {reason}", entry.code))?;
+        if entry.name.trim().is_empty() || entry.level.trim().is_empty() {
+            anyhow::bail!("department {}: name and level are required", entry.code);
+        }
+        if entry.region_code.len() < 6
+            || !entry.region_code.bytes().all(|byte| byte.is_ascii_digit())
+        {
+            anyhow::bail!(
+                "department {}: region_code must be a division code of at least 6 digits, got {:?}",
+                entry.code,
+                entry.region_code
+            );
+        }
+        if let Some(code) = &entry.supervision_department_code {
+            check_department_code(code).map_err(|reason| {
+                anyhow::anyhow!(
+                    "department {}: supervision_department_code {reason}",
+                    entry.code
+                )
+            })?;
+        }
+        departments.push(Department {
+            code: entry.code,
+            name: entry.name,
+            level: entry.level,
+            region_code: entry.region_code,
+            supervision_department_code: entry.supervision_department_code,
+            supervises: entry.supervises,
+            active: entry.active,
+        });
+    }
+    for owner in &catalogue.fallback_owners {
+        let valid_area = matches!(owner.area_code.len(), 6 | 9 | 12 | 15)
+            && owner.area_code.bytes().all(|byte| byte.is_ascii_digit());
+        if !valid_area {
+            anyhow::bail!(
+                "fallback owner {:?}: area_code must be a city/district (6 digits), street (9), community (12) or grid (15) code",
+                owner.area_code
+            );
+        }
+        check_department_code(&owner.department_code).map_err(|reason| {
+            anyhow::anyhow!(
+                "fallback owner {}: department_code {reason}",
+                owner.area_code
+            )
+        })?;
+    }
+    Ok(Catalogue {
+        routes,
+        departments,
+        fallback_owners: catalogue.fallback_owners,
+    })
 }

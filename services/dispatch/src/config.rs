@@ -24,6 +24,37 @@ pub struct DispatchConfig {
     pub limits: LimitsConfig,
     pub catalogue: CatalogueConfig,
     pub dispatch: DispatchSettings,
+    /// The deadline scanner (docs/operations.md, "Deadlines").
+    #[serde(default)]
+    pub scanner: ScannerConfig,
+}
+
+/// How often dispatch looks for clocks whose deadline or escalation time has come, and how many
+/// it fires per transaction.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScannerConfig {
+    /// Whether this process scans (every replica may; turning it off leaves deadlines to others).
+    #[serde(default = "scanning_by_default")]
+    pub enabled: bool,
+    /// Pause between scans while nothing is due; a due step fires at most this late.
+    pub interval_ms: u64,
+    /// Clock steps claimed and fired per transaction; a full batch is followed by the next at once.
+    pub batch_size: u64,
+}
+
+fn scanning_by_default() -> bool {
+    true
+}
+
+impl Default for ScannerConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval_ms: 1000,
+            batch_size: 100,
+        }
+    }
 }
 
 /// Where the responsibility catalogue (routes) comes from.
@@ -69,6 +100,7 @@ impl Default for DispatchConfig {
             limits: LimitsConfig::default(),
             catalogue: CatalogueConfig::default(),
             dispatch: DispatchSettings::default(),
+            scanner: ScannerConfig::default(),
         }
     }
 }
@@ -100,7 +132,8 @@ impl ServiceConfig for DispatchConfig {
         })?;
         if let Some((kind, (bytes, _))) = largest
             .iter()
-            .find(|(_, (bytes, _))| *bytes > self.limits.max_event_bytes)
+            .filter(|(_, (bytes, _))| *bytes > self.limits.max_event_bytes)
+            .max_by_key(|(_, (bytes, _))| *bytes)
         {
             return Err(ConfigError::Invalid(format!(
                 "the limits allow a {kind} event of {bytes} bytes, more than limits.max_event_bytes = {}; lower limits.evidence_per_assignment, limits.uri_chars or limits.text_chars",
@@ -117,6 +150,16 @@ impl ServiceConfig for DispatchConfig {
         if !(1..=1000).contains(&self.dispatch.consumer_batch) {
             return Err(ConfigError::Invalid(
                 "dispatch.consumer_batch must be between 1 and 1000".into(),
+            ));
+        }
+        if !(10..=60_000).contains(&self.scanner.interval_ms) {
+            return Err(ConfigError::Invalid(
+                "scanner.interval_ms must be between 10 and 60000".into(),
+            ));
+        }
+        if !(1..=10_000).contains(&self.scanner.batch_size) {
+            return Err(ConfigError::Invalid(
+                "scanner.batch_size must be between 1 and 10000".into(),
             ));
         }
         if self.dispatch.conflict_retries > 20 {
@@ -150,6 +193,13 @@ mod tests {
         assert!(config.validate().is_ok());
         config.limits.uri_chars = 8192;
         let error = config.validate().expect_err("evidence too large");
-        assert!(error.to_string().contains("whistle.progressed"), "{error}");
+        // the largest: an assignment with all its evidence and texts, and the street's note
+        assert!(
+            error.to_string().contains("the limits allow a whistle.")
+                && error
+                    .to_string()
+                    .contains("limits.max_event_bytes = 524288"),
+            "{error}"
+        );
     }
 }

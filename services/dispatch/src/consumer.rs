@@ -1,8 +1,10 @@
 //! Consuming `case.reported`: every reported case is opened, routed and, when its route says so,
 //! whistled, in the inbox's transaction.
 
+use crate::domain::DeadlinePolicy;
 use crate::service;
 use sea_orm::DatabaseTransaction;
+use std::sync::Arc;
 use whistle_platform::clock::SharedClock;
 use whistle_platform::envelope::{Event, Payload};
 use whistle_platform::inbox::{EventHandler, HandleError};
@@ -12,6 +14,8 @@ use whistle_platform::outbox::OutboxSignal;
 #[derive(Debug, Clone)]
 pub struct ReportedCases {
     pub clock: SharedClock,
+    /// How deadlines count (calendar time, or a working-hour calendar).
+    pub policy: Arc<dyn DeadlinePolicy>,
     pub outbox_signal: OutboxSignal,
 }
 
@@ -30,7 +34,15 @@ impl EventHandler for ReportedCases {
                 "case.reported without case id or region".into(),
             ));
         }
-        match service::open_reported_case(transaction, self.clock.as_ref(), event, reported).await {
+        let opened = service::open_reported_case(
+            transaction,
+            self.clock.now(),
+            self.policy.as_ref(),
+            event,
+            reported,
+        )
+        .await;
+        match opened {
             Ok(opened) => {
                 if !opened {
                     tracing::debug!(case_id = %event.case_id, "case already open");

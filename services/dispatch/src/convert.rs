@@ -1,10 +1,11 @@
 //! Conversions between dispatch's domain and the protobuf contract.
 
 use crate::domain::{
-    Assignment, AssignmentStatus, CaseStatus, Evidence, Flag, LimitOverrides, Role, Route, Severity,
+    Assignment, AssignmentStatus, CaseStatus, ClockKind, Evidence, Flag, LimitOverrides, Role,
+    Route, Severity,
 };
 use crate::error::DispatchError;
-use chrono::Duration;
+use chrono::{DateTime, Duration, Utc};
 use whistle_platform::clock::to_proto_timestamp;
 use whistle_platform::validation::{AttachmentContent, LimitsConfig};
 use whistle_proto::dispatch as pb;
@@ -59,7 +60,7 @@ fn assignment_status_to_proto(status: AssignmentStatus) -> types_pb::AssignmentS
     }
 }
 
-fn flag_to_proto(flag: Flag) -> types_pb::AssignmentFlag {
+pub fn flag_to_proto(flag: Flag) -> types_pb::AssignmentFlag {
     match flag {
         Flag::AckOverdue => types_pb::AssignmentFlag::AckOverdue,
         Flag::ArrivalOverdue => types_pb::AssignmentFlag::ArrivalOverdue,
@@ -67,6 +68,26 @@ fn flag_to_proto(flag: Flag) -> types_pb::AssignmentFlag {
         Flag::Escalated => types_pb::AssignmentFlag::Escalated,
         Flag::Extended => types_pb::AssignmentFlag::Extended,
         Flag::Deferred => types_pb::AssignmentFlag::Deferred,
+    }
+}
+
+pub fn clock_to_proto(kind: ClockKind) -> types_pb::Clock {
+    match kind {
+        ClockKind::Acknowledge => types_pb::Clock::Acknowledge,
+        ClockKind::OnSite => types_pb::Clock::OnSite,
+        ClockKind::Resolve => types_pb::Clock::Resolve,
+    }
+}
+
+pub fn deadlines_to_proto(
+    acknowledge_by: DateTime<Utc>,
+    on_site_by: DateTime<Utc>,
+    resolve_by: DateTime<Utc>,
+) -> types_pb::Deadlines {
+    types_pb::Deadlines {
+        acknowledge_by: Some(to_proto_timestamp(acknowledge_by)),
+        on_site_by: Some(to_proto_timestamp(on_site_by)),
+        resolve_by: Some(to_proto_timestamp(resolve_by)),
     }
 }
 
@@ -102,6 +123,11 @@ pub fn evidence_from_proto(
 }
 
 pub fn assignment_to_proto(assignment: &Assignment) -> types_pb::Assignment {
+    let return_decision = match &assignment.return_decision {
+        None => types_pb::ReturnDecision::Unspecified,
+        Some(decision) if decision.granted => types_pb::ReturnDecision::Upheld,
+        Some(_) => types_pb::ReturnDecision::Rejected,
+    };
     types_pb::Assignment {
         assignment_id: assignment.assignment_id.clone(),
         case_id: assignment.case_id.clone(),
@@ -117,11 +143,11 @@ pub fn assignment_to_proto(assignment: &Assignment) -> types_pb::Assignment {
             .map(|flag| flag_to_proto(*flag) as i32)
             .collect(),
         whistled_at: Some(to_proto_timestamp(assignment.whistled_at)),
-        deadlines: Some(types_pb::Deadlines {
-            acknowledge_by: Some(to_proto_timestamp(assignment.acknowledge_by)),
-            on_site_by: Some(to_proto_timestamp(assignment.on_site_by)),
-            resolve_by: Some(to_proto_timestamp(assignment.resolve_by)),
-        }),
+        deadlines: Some(deadlines_to_proto(
+            assignment.acknowledge_by,
+            assignment.on_site_by,
+            assignment.resolve_by,
+        )),
         requires_on_site: assignment.requires_on_site,
         acknowledged_at: assignment.acknowledged_at.map(to_proto_timestamp),
         responsible_person: assignment.responsible_person.clone(),
@@ -135,25 +161,61 @@ pub fn assignment_to_proto(assignment: &Assignment) -> types_pb::Assignment {
         return_reason: assignment.return_reason.clone(),
         suggested_department_code: assignment.suggested_department_code.clone(),
         version: assignment.version,
+        return_decision: return_decision as i32,
+        return_decided_at: assignment
+            .return_decision
+            .as_ref()
+            .map(|decision| to_proto_timestamp(decision.at)),
+        rejected_returns: assignment.rejected_returns,
+        supervision_department_code: assignment.supervision_department_code.clone(),
+        extension: assignment
+            .extension
+            .as_ref()
+            .map(|extension| types_pb::ExtensionRequest {
+                extra: Some(duration_to_proto(extension.extra)),
+                requested_at: Some(to_proto_timestamp(extension.requested_at)),
+                decision: match &extension.decision {
+                    None => types_pb::ExtensionDecision::Unspecified,
+                    Some(decision) if decision.granted => types_pb::ExtensionDecision::Approved,
+                    Some(_) => types_pb::ExtensionDecision::Refused,
+                } as i32,
+                decided_at: extension
+                    .decision
+                    .as_ref()
+                    .map(|decision| to_proto_timestamp(decision.at)),
+                decided_by: extension
+                    .decision
+                    .as_ref()
+                    .map(|decision| decision.by.clone())
+                    .unwrap_or_default(),
+            }),
+        overdue: assignment.is_overdue(),
     }
 }
 
-fn duration_to_proto(duration: Duration) -> prost_types::Duration {
+pub fn duration_to_proto(duration: Duration) -> prost_types::Duration {
     prost_types::Duration {
         seconds: duration.num_seconds(),
-        nanos: 0,
+        nanos: duration.subsec_nanos(),
     }
 }
 
-fn duration_from_proto(
+/// A positive duration of at most 366 days (a limit, a second interval, an extension).
+pub fn duration_from_proto(
     field: &str,
     duration: &prost_types::Duration,
 ) -> Result<Duration, DispatchError> {
-    if duration.seconds <= 0 || duration.nanos != 0 && duration.nanos < 0 {
+    let positive = duration.seconds > 0 || (duration.seconds == 0 && duration.nanos > 0);
+    if !positive || !(0..1_000_000_000).contains(&duration.nanos) {
         return Err(DispatchError::invalid(field, "must be a positive duration"));
     }
-    Duration::try_seconds(duration.seconds)
-        .ok_or_else(|| DispatchError::invalid(field, "out of range"))
+    let value = Duration::try_seconds(duration.seconds)
+        .map(|seconds| seconds + Duration::nanoseconds(i64::from(duration.nanos)))
+        .ok_or_else(|| DispatchError::invalid(field, "out of range"))?;
+    if value > Duration::days(crate::domain::limits::LONGEST_LIMIT_DAYS) {
+        return Err(DispatchError::invalid(field, "at most 366 days"));
+    }
+    Ok(value)
 }
 
 pub fn limits_to_proto(limits: &LimitOverrides) -> pb::LimitOverrides {
@@ -161,6 +223,9 @@ pub fn limits_to_proto(limits: &LimitOverrides) -> pb::LimitOverrides {
         acknowledge_within: limits.acknowledge_within.map(duration_to_proto),
         on_site_within: limits.on_site_within.map(duration_to_proto),
         resolve_within: limits.resolve_within.map(duration_to_proto),
+        acknowledge_escalate_after: limits.acknowledge_escalate_after.map(duration_to_proto),
+        on_site_escalate_after: limits.on_site_escalate_after.map(duration_to_proto),
+        resolve_escalate_after: limits.resolve_escalate_after.map(duration_to_proto),
     }
 }
 
@@ -181,6 +246,12 @@ pub fn limits_from_proto(
         acknowledge_within: convert("acknowledge_within", &limits.acknowledge_within)?,
         on_site_within: convert("on_site_within", &limits.on_site_within)?,
         resolve_within: convert("resolve_within", &limits.resolve_within)?,
+        acknowledge_escalate_after: convert(
+            "acknowledge_escalate_after",
+            &limits.acknowledge_escalate_after,
+        )?,
+        on_site_escalate_after: convert("on_site_escalate_after", &limits.on_site_escalate_after)?,
+        resolve_escalate_after: convert("resolve_escalate_after", &limits.resolve_escalate_after)?,
     };
     overrides
         .check()

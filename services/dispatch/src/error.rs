@@ -1,6 +1,6 @@
 //! Dispatch's errors and their one mapping to gRPC status codes.
 
-use crate::domain::{ProgressError, TransitionError};
+use crate::domain::{CaseError, ProgressError, TransitionError};
 use sea_orm::{DbErr, SqlErr};
 use whistle_platform::validation::FieldError;
 
@@ -45,6 +45,22 @@ impl From<FieldError> for DispatchError {
 impl From<TransitionError> for DispatchError {
     fn from(error: TransitionError) -> Self {
         Self::FailedPrecondition(error.to_string())
+    }
+}
+
+/// The aggregate's refusals: a state that does not allow the command is FAILED_PRECONDITION, an
+/// assignment not on the case NOT_FOUND, another department's assignment PERMISSION_DENIED, a
+/// field naming what the case cannot accept INVALID_ARGUMENT.
+impl From<CaseError> for DispatchError {
+    fn from(error: CaseError) -> Self {
+        match error {
+            CaseError::Refused(message) => Self::FailedPrecondition(message),
+            CaseError::UnknownAssignment(id) => {
+                Self::NotFound(format!("assignment {id} not found"))
+            }
+            error @ CaseError::NotAddressed { .. } => Self::PermissionDenied(error.to_string()),
+            CaseError::Invalid { field, reason } => Self::invalid(field, reason),
+        }
     }
 }
 

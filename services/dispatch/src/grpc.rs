@@ -1,27 +1,27 @@
-//! `DispatchService` over gRPC: request checks (`requests`), proto conversion and the use cases,
-//! each retried from the start when a concurrent change of the same case got there first.
+//! `DispatchService` over gRPC: request checks (`requests`), proto conversion, and the use cases
+//! (`service`), each retried from the start when a concurrent change of the same case got there
+//! first. Handlers only convert: every rule is the aggregate's.
 
 use crate::catalogue;
 use crate::config::DispatchSettings;
 use crate::convert::{assignment_to_proto, case_status_to_proto, route_to_proto};
-use crate::domain::{self, Assignment, Route};
+use crate::domain::{ActionRules, Assignment, Command, DeadlinePolicy, Route};
 use crate::error::DispatchError;
 use crate::requests;
-use crate::service::{self, ActionRules, CaseState};
-use crate::storage::{assignment, case, route};
-use prost::Message;
+use crate::service;
+use crate::storage::{self, CaseRecord, Lock, assignment, case, route};
 use sea_orm::{
     ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
     TransactionTrait,
 };
 use std::collections::HashMap;
+use std::sync::Arc;
 use tonic::{Request, Response, Status};
-use whistle_platform::clock::{SharedClock, to_millis, to_proto_timestamp};
+use whistle_platform::clock::{SharedClock, to_proto_timestamp};
 use whistle_platform::outbox::OutboxSignal;
 use whistle_platform::validation::LimitsConfig;
 use whistle_proto::dispatch as pb;
 use whistle_proto::dispatch::dispatch_service_server::DispatchService;
-use whistle_proto::events::CaseReported;
 use whistle_proto::types as types_pb;
 
 /// The gRPC face of dispatch.
@@ -29,68 +29,99 @@ use whistle_proto::types as types_pb;
 pub struct DispatchGrpc {
     pub db: DatabaseConnection,
     pub clock: SharedClock,
+    /// How deadlines count (calendar time, or a working-hour calendar).
+    pub policy: Arc<dyn DeadlinePolicy>,
     pub outbox_signal: OutboxSignal,
     pub settings: DispatchSettings,
     /// Lengths and counts every request field is held to.
     pub limits: LimitsConfig,
 }
 
-fn case_to_proto(state: &CaseState, timeline: Vec<pb::TimelineEntry>) -> pb::Case {
-    let reported = CaseReported::decode(state.model.reported.as_slice()).unwrap_or_default();
+fn case_to_proto(record: &CaseRecord, timeline: Vec<pb::TimelineEntry>) -> pb::Case {
+    let row = &record.row;
+    let deferral = record.case.deferral.as_ref();
     pb::Case {
-        case_id: state.model.case_id.clone(),
-        status: case_status_to_proto(state.status()) as i32,
-        region: Some(state.region()),
-        category_code: state.model.category_code.clone(),
-        severity: state.model.severity,
-        description: state.model.description.clone(),
-        place: reported.place,
-        channel: state.model.channel,
-        report_id: state.model.report_id.clone(),
-        reported_at: Some(to_proto_timestamp(service::time_of(
-            state.model.reported_at_ms,
+        case_id: row.case_id.clone(),
+        status: case_status_to_proto(record.case.status) as i32,
+        region: Some(record.region()),
+        category_code: row.category_code.clone(),
+        severity: row.severity,
+        description: row.description.clone(),
+        place: record.reported().place,
+        channel: row.channel,
+        report_id: row.report_id.clone(),
+        reported_at: Some(to_proto_timestamp(whistle_platform::clock::from_millis(
+            row.reported_at_ms,
         ))),
-        version: state.model.version as u64,
-        assignments: state.assignments.iter().map(assignment_to_proto).collect(),
+        version: record.case.version,
+        assignments: record
+            .case
+            .assignments
+            .iter()
+            .map(assignment_to_proto)
+            .collect(),
         timeline,
-        reject_reason: state.model.reject_reason.clone(),
-        route_id: state.model.route_id.clone(),
+        reject_reason: record.case.reject_reason.clone(),
+        route_id: row.route_id.clone(),
+        deferred_at: deferral.map(|deferral| to_proto_timestamp(deferral.since)),
+        defer_reason: deferral
+            .map(|deferral| deferral.reason.clone())
+            .unwrap_or_default(),
+        deferred_by: deferral
+            .map(|deferral| deferral.by.clone())
+            .unwrap_or_default(),
+        deferred_until: deferral
+            .and_then(|deferral| deferral.until)
+            .map(to_proto_timestamp),
     }
 }
 
 impl DispatchGrpc {
     async fn case_view(&self, case_id: &str) -> Result<pb::Case, DispatchError> {
-        let state = service::load_case(&self.db, case_id)
+        let record = storage::load(&self.db, case_id, Lock::None)
             .await?
             .ok_or_else(|| DispatchError::NotFound(format!("case {case_id} not found")))?;
-        let timeline = service::timeline_of(&self.db, case_id)
+        let timeline = storage::timeline_of(&self.db, case_id)
             .await?
             .into_iter()
             .map(|entry| pb::TimelineEntry {
-                at: Some(to_proto_timestamp(service::time_of(entry.at_ms))),
+                at: Some(to_proto_timestamp(whistle_platform::clock::from_millis(
+                    entry.at_ms,
+                ))),
                 kind: entry.kind,
                 actor: entry.actor,
                 assignment_id: entry.assignment_id,
                 detail: entry.detail,
             })
             .collect();
-        Ok(case_to_proto(&state, timeline))
+        Ok(case_to_proto(&record, timeline))
     }
 
-    /// Loads a case, applies `change`, saves it with its events, and answers the new case. A
+    /// The case's row as stored, to look up what a command needs before it runs.
+    async fn case_row(&self, case_id: &str) -> Result<case::Model, DispatchError> {
+        case::Entity::find_by_id(case_id)
+            .one(&self.db)
+            .await?
+            .ok_or_else(|| DispatchError::NotFound(format!("case {case_id} not found")))
+    }
+
+    /// Runs `command` on the case (locked), saves it with its events, and answers the new case. A
     /// conflict with a concurrent change retries the whole of it (`dispatch.conflict_retries`).
     async fn change_case(
         &self,
         case_id: &str,
-        change: impl Fn(&dyn whistle_platform::Clock, &mut CaseState) -> Result<(), DispatchError>,
+        command: Command,
     ) -> Result<pb::Case, DispatchError> {
         service::retry_on_conflict(self.settings.conflict_retries, || async {
             let transaction = self.db.begin().await?;
-            let mut state = service::load_case_for_change(&transaction, case_id)
-                .await?
-                .ok_or_else(|| DispatchError::NotFound(format!("case {case_id} not found")))?;
-            change(self.clock.as_ref(), &mut state)?;
-            service::save_case(&transaction, self.clock.as_ref(), state).await?;
+            service::change_case(
+                &transaction,
+                self.clock.now(),
+                self.policy.as_ref(),
+                case_id,
+                command.clone(),
+            )
+            .await?;
             transaction.commit().await?;
             Ok(())
         })
@@ -127,24 +158,7 @@ impl DispatchGrpc {
                 );
             }
             if request.overdue_only {
-                let now = to_millis(self.clock.now());
-                assignments = assignments.filter(
-                    sea_orm::Condition::any()
-                        .add(
-                            sea_orm::Condition::all()
-                                .add(assignment::Column::Status.eq("WHISTLED"))
-                                .add(assignment::Column::AcknowledgeByMs.lt(now)),
-                        )
-                        .add(
-                            sea_orm::Condition::all()
-                                .add(assignment::Column::Status.is_in([
-                                    "WHISTLED",
-                                    "ACKNOWLEDGED",
-                                    "ON_SITE",
-                                ]))
-                                .add(assignment::Column::ResolveByMs.lt(now)),
-                        ),
-                );
+                assignments = assignments.filter(assignment::Column::Overdue.eq(true));
             }
             query = query.filter(
                 case::Column::CaseId.in_subquery(sea_orm::QueryTrait::into_query(assignments)),
@@ -164,26 +178,22 @@ impl DispatchGrpc {
         for row in assignment::Entity::find()
             .filter(assignment::Column::CaseId.is_in(case_ids))
             .order_by_asc(assignment::Column::WhistledAtMs)
+            .order_by_asc(assignment::Column::AssignmentId)
             .all(&self.db)
             .await?
         {
-            let parsed: Assignment =
-                serde_json::from_str(&row.state).map_err(DispatchError::unexpected)?;
+            let parsed = storage::decode_assignment(&row)?;
             assignments_by_case
                 .entry(row.case_id)
                 .or_default()
                 .push(parsed);
         }
-        let cases = rows
-            .into_iter()
-            .map(|model| {
-                let assignments = assignments_by_case
-                    .remove(&model.case_id)
-                    .unwrap_or_default();
-                let state = service::CaseState::view(model, assignments);
-                case_to_proto(&state, Vec::new())
-            })
-            .collect();
+        let mut cases = Vec::with_capacity(rows.len());
+        for row in rows {
+            let assignments = assignments_by_case.remove(&row.case_id).unwrap_or_default();
+            let record = CaseRecord::stored(row, assignments)?;
+            cases.push(case_to_proto(&record, Vec::new()));
+        }
         Ok(pb::ListCasesResponse {
             cases,
             next_page_token,
@@ -195,7 +205,7 @@ impl DispatchGrpc {
         request: pb::RecordDepartmentActionRequest,
     ) -> Result<types_pb::Assignment, DispatchError> {
         let action = requests::check_department_action(&self.limits, self.clock.now(), &request)?;
-        let acknowledging = matches!(action, service::DepartmentAction::Acknowledge { .. });
+        let acknowledging = matches!(action, crate::domain::DepartmentAction::Acknowledge { .. });
         let rules = ActionRules {
             check_in_radius_meters: self.settings.check_in_radius_meters,
             evidence_per_assignment: self.limits.evidence_per_assignment,
@@ -204,7 +214,8 @@ impl DispatchGrpc {
             let transaction = self.db.begin().await?;
             let recorded = service::record_department_action(
                 &transaction,
-                self.clock.as_ref(),
+                self.clock.now(),
+                self.policy.as_ref(),
                 rules,
                 &request.action_id,
                 &request.assignment_id,
@@ -266,12 +277,12 @@ impl DispatchService for DispatchGrpc {
     ) -> Result<Response<pb::Case>, Status> {
         let request = request.into_inner();
         requests::check_accept(&self.limits, &request)?;
-        let case = self
-            .change_case(&request.case_id, |clock, state| {
-                service::accept(clock, state, &request.operator_id)
-            })
-            .await?;
-        Ok(Response::new(case))
+        let command = Command::Accept {
+            by: request.operator_id,
+        };
+        Ok(Response::new(
+            self.change_case(&request.case_id, command).await?,
+        ))
     }
 
     async fn reject_case(
@@ -280,12 +291,13 @@ impl DispatchService for DispatchGrpc {
     ) -> Result<Response<pb::Case>, Status> {
         let request = request.into_inner();
         requests::check_reject(&self.limits, &request)?;
-        let case = self
-            .change_case(&request.case_id, |clock, state| {
-                service::reject(clock, state, &request.operator_id, &request.reason)
-            })
-            .await?;
-        Ok(Response::new(case))
+        let command = Command::Reject {
+            by: request.operator_id,
+            reason: request.reason,
+        };
+        Ok(Response::new(
+            self.change_case(&request.case_id, command).await?,
+        ))
     }
 
     async fn whistle_case(
@@ -294,36 +306,23 @@ impl DispatchService for DispatchGrpc {
     ) -> Result<Response<pb::Case>, Status> {
         let request = request.into_inner();
         let overrides = requests::check_whistle(&self.limits, &request)?;
-        let category_routes = match case::Entity::find_by_id(request.case_id.as_str())
-            .one(&self.db)
-            .await
-            .map_err(DispatchError::from)?
-        {
-            Some(model) => {
-                let routes = service::routes_for_category(&self.db, &model.category_code).await?;
-                domain::select_route(&routes, &model.category_code, &model.grid_code).cloned()
-            }
-            None => None,
+        let row = self.case_row(&request.case_id).await?;
+        let (limits, requires_on_site) = service::whistle_terms(&self.db, &row, &overrides).await?;
+        let targets = service::whistle_targets(
+            &self.db,
+            &request.lead_department_code,
+            &request.co_department_codes,
+        )
+        .await?;
+        let command = Command::Whistle {
+            by: request.operator_id,
+            targets,
+            limits,
+            requires_on_site,
         };
-        let (limits, requires_on_site) = match &category_routes {
-            Some(route) => (overrides.or(&route.limits), route.requires_on_site),
-            None => (overrides, true),
-        };
-        let case = self
-            .change_case(&request.case_id, |clock, state| {
-                service::whistle(
-                    clock,
-                    state,
-                    &request.operator_id,
-                    &request.lead_department_code,
-                    &request.co_department_codes,
-                    &limits,
-                    requires_on_site,
-                )
-                .map(|_| ())
-            })
-            .await?;
-        Ok(Response::new(case))
+        Ok(Response::new(
+            self.change_case(&request.case_id, command).await?,
+        ))
     }
 
     async fn resolve_locally(
@@ -332,12 +331,13 @@ impl DispatchService for DispatchGrpc {
     ) -> Result<Response<pb::Case>, Status> {
         let request = request.into_inner();
         requests::check_resolve_locally(&self.limits, &request)?;
-        let case = self
-            .change_case(&request.case_id, |clock, state| {
-                service::resolve_locally(clock, state, &request.operator_id, &request.resolution)
-            })
-            .await?;
-        Ok(Response::new(case))
+        let command = Command::ResolveLocally {
+            by: request.operator_id,
+            resolution: request.resolution,
+        };
+        Ok(Response::new(
+            self.change_case(&request.case_id, command).await?,
+        ))
     }
 
     async fn verify_case(
@@ -346,26 +346,84 @@ impl DispatchService for DispatchGrpc {
     ) -> Result<Response<pb::Case>, Status> {
         let request = request.into_inner();
         requests::check_verify(&self.limits, &request)?;
-        let case = self
-            .change_case(&request.case_id, |clock, state| {
-                service::verify(
-                    clock,
-                    state,
-                    &request.verifier_id,
-                    request.passed,
-                    &request.note,
-                )
-            })
-            .await?;
-        Ok(Response::new(case))
+        let command = Command::Verify {
+            by: request.verifier_id,
+            passed: request.passed,
+            note: request.note,
+            failed_assignment_ids: request.failed_assignment_ids,
+        };
+        Ok(Response::new(
+            self.change_case(&request.case_id, command).await?,
+        ))
     }
 
     async fn decide_extension(
         &self,
         request: Request<pb::DecideExtensionRequest>,
     ) -> Result<Response<pb::Case>, Status> {
-        requests::check_decide_extension(&self.limits, request.get_ref())?;
-        Err(DispatchError::Unimplemented("DecideExtension").into())
+        let request = request.into_inner();
+        requests::check_decide_extension(&self.limits, &request)?;
+        let command = Command::DecideExtension {
+            by: request.operator_id,
+            assignment_id: request.assignment_id,
+            approved: request.approved,
+            note: request.note,
+        };
+        Ok(Response::new(
+            self.change_case(&request.case_id, command).await?,
+        ))
+    }
+
+    async fn decide_return(
+        &self,
+        request: Request<pb::DecideReturnRequest>,
+    ) -> Result<Response<pb::Case>, Status> {
+        let request = request.into_inner();
+        requests::check_decide_return(&self.limits, &request)?;
+        let row = self.case_row(&request.case_id).await?;
+        let (route_departments, fallback) = service::return_terms(&self.db, &row).await?;
+        let command = Command::DecideReturn {
+            by: request.operator_id,
+            assignment_id: request.assignment_id,
+            upheld: request.upheld,
+            note: request.note,
+            route_departments,
+            fallback,
+        };
+        Ok(Response::new(
+            self.change_case(&request.case_id, command).await?,
+        ))
+    }
+
+    async fn defer_case(
+        &self,
+        request: Request<pb::DeferCaseRequest>,
+    ) -> Result<Response<pb::Case>, Status> {
+        let request = request.into_inner();
+        let until = requests::check_defer(&self.limits, self.clock.now(), &request)?;
+        let command = Command::Defer {
+            by: request.operator_id,
+            reason: request.reason,
+            until,
+        };
+        Ok(Response::new(
+            self.change_case(&request.case_id, command).await?,
+        ))
+    }
+
+    async fn resume_case(
+        &self,
+        request: Request<pb::ResumeCaseRequest>,
+    ) -> Result<Response<pb::Case>, Status> {
+        let request = request.into_inner();
+        requests::check_resume(&self.limits, &request)?;
+        let command = Command::Resume {
+            by: request.operator_id,
+            note: request.note,
+        };
+        Ok(Response::new(
+            self.change_case(&request.case_id, command).await?,
+        ))
     }
 
     async fn put_route(

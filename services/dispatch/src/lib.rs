@@ -13,8 +13,10 @@ pub mod consumer;
 pub mod convert;
 pub mod domain;
 pub mod error;
+pub mod events;
 pub mod grpc;
 pub mod requests;
+pub mod scanner;
 pub mod service;
 pub mod storage;
 

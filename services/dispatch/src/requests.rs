@@ -3,10 +3,11 @@
 //! and the bound on events. The first field that fails is named (`progress.evidence[2].uri`).
 
 use crate::catalogue;
-use crate::convert::{case_status_from_proto, evidence_from_proto, limits_from_proto};
-use crate::domain::{self, CaseStatus, LimitOverrides, Route};
+use crate::convert::{
+    case_status_from_proto, duration_from_proto, evidence_from_proto, limits_from_proto,
+};
+use crate::domain::{self, CaseStatus, DepartmentAction, LimitOverrides, Route};
 use crate::error::DispatchError;
-use crate::service::DepartmentAction;
 use chrono::{DateTime, Utc};
 use whistle_platform::validation::LimitsConfig;
 use whistle_proto::dispatch::{self as pb, record_department_action_request::Action};
@@ -142,7 +143,8 @@ pub fn check_resolve_locally(
     Ok(())
 }
 
-/// A failed verification needs a note saying what is still wrong.
+/// A failed verification needs a note saying what is still wrong, and may name the assignments
+/// whose work failed; a passed one names none.
 pub fn check_verify(
     limits: &LimitsConfig,
     request: &pb::VerifyCaseRequest,
@@ -154,6 +156,64 @@ pub fn check_verify(
     } else {
         required_text(limits, "note", &request.note)?;
     }
+    LimitsConfig::check_items(
+        "failed_assignment_ids",
+        request.failed_assignment_ids.len(),
+        limits.list_items,
+    )?;
+    for (index, id) in request.failed_assignment_ids.iter().enumerate() {
+        required_id(limits, &format!("failed_assignment_ids[{index}]"), id)?;
+    }
+    if request.passed && !request.failed_assignment_ids.is_empty() {
+        return Err(DispatchError::invalid(
+            "failed_assignment_ids",
+            "must be empty when the verification passed",
+        ));
+    }
+    Ok(())
+}
+
+pub fn check_decide_return(
+    limits: &LimitsConfig,
+    request: &pb::DecideReturnRequest,
+) -> Result<(), DispatchError> {
+    required_id(limits, "case_id", &request.case_id)?;
+    required_id(limits, "assignment_id", &request.assignment_id)?;
+    required_id(limits, "operator_id", &request.operator_id)?;
+    limits.check_text("note", &request.note)?;
+    Ok(())
+}
+
+/// 缓办 needs a reason; the expected end, when given, is not in the past and at most 366 days ahead.
+pub fn check_defer(
+    limits: &LimitsConfig,
+    now: DateTime<Utc>,
+    request: &pb::DeferCaseRequest,
+) -> Result<Option<DateTime<Utc>>, DispatchError> {
+    required_id(limits, "case_id", &request.case_id)?;
+    required_id(limits, "operator_id", &request.operator_id)?;
+    required_text(limits, "reason", &request.reason)?;
+    Ok(request
+        .until
+        .as_ref()
+        .map(|until| {
+            limits.check_future_timestamp(
+                "until",
+                until,
+                now,
+                chrono::Duration::days(PROMISE_HORIZON_DAYS),
+            )
+        })
+        .transpose()?)
+}
+
+pub fn check_resume(
+    limits: &LimitsConfig,
+    request: &pb::ResumeCaseRequest,
+) -> Result<(), DispatchError> {
+    required_id(limits, "case_id", &request.case_id)?;
+    required_id(limits, "operator_id", &request.operator_id)?;
+    limits.check_text("note", &request.note)?;
     Ok(())
 }
 
@@ -200,7 +260,7 @@ pub fn check_list_routes(
     Ok(())
 }
 
-/// Returns the action to record; a `request_extension` is checked and then UNIMPLEMENTED.
+/// Returns the action to record.
 pub fn check_department_action(
     limits: &LimitsConfig,
     now: DateTime<Utc>,
@@ -296,8 +356,15 @@ pub fn check_department_action(
             }
         }
         Some(Action::RequestExtension(extension)) => {
-            limits.check_text("request_extension.reason", &extension.reason)?;
-            return Err(DispatchError::Unimplemented("request_extension"));
+            required_text(limits, "request_extension.reason", &extension.reason)?;
+            let extra = extension
+                .extra
+                .as_ref()
+                .ok_or_else(|| DispatchError::invalid("request_extension.extra", "required"))?;
+            DepartmentAction::RequestExtension {
+                extra: duration_from_proto("request_extension.extra", extra)?,
+                reason: extension.reason.clone(),
+            }
         }
     };
     Ok(action)
@@ -421,7 +488,7 @@ mod properties {
         });
         let operator_request = (text(6), text(6), text(8), any::<bool>());
         run_decoder_property(
-            "AcceptCase, RejectCase, ResolveLocally, VerifyCase, DecideExtension",
+            "AcceptCase, RejectCase, ResolveLocally, VerifyCase, DecideExtension, DecideReturn, DeferCase, ResumeCase",
             256,
             wire_bytes(
                 operator_request
@@ -458,7 +525,13 @@ mod properties {
                 let verify = property(
                     bytes,
                     |r: &pb::VerifyCaseRequest| check_verify(&l, r).is_ok(),
-                    |r| holds(&r.case_id, &r.verifier_id, &r.note),
+                    |r| {
+                        prop_assert!(r.failed_assignment_ids.len() <= l.list_items);
+                        for id in &r.failed_assignment_ids {
+                            prop_assert!(within(id, l.id_chars));
+                        }
+                        holds(&r.case_id, &r.verifier_id, &r.note)
+                    },
                 )?;
                 let extension = property(
                     bytes,
@@ -468,7 +541,32 @@ mod properties {
                         holds(&r.case_id, &r.operator_id, &r.note)
                     },
                 )?;
-                Ok(accept || reject || local || verify || extension)
+                let decided_return = property(
+                    bytes,
+                    |r: &pb::DecideReturnRequest| check_decide_return(&l, r).is_ok(),
+                    |r| {
+                        prop_assert!(within(&r.assignment_id, l.id_chars));
+                        holds(&r.case_id, &r.operator_id, &r.note)
+                    },
+                )?;
+                let deferred = property(
+                    bytes,
+                    |r: &pb::DeferCaseRequest| check_defer(&l, now(), r).is_ok(),
+                    |r| holds(&r.case_id, &r.operator_id, &r.reason),
+                )?;
+                let resumed = property(
+                    bytes,
+                    |r: &pb::ResumeCaseRequest| check_resume(&l, r).is_ok(),
+                    |r| holds(&r.case_id, &r.operator_id, &r.note),
+                )?;
+                Ok(accept
+                    || reject
+                    || local
+                    || verify
+                    || extension
+                    || decided_return
+                    || deferred
+                    || resumed)
             },
         );
     }
@@ -603,12 +701,17 @@ mod properties {
                     suggested_department_code: code,
                 })
             )),
-            text(8).prop_map(
-                |reason| Some(Action::RequestExtension(pb::ExtensionRequestAction {
-                    extra: None,
-                    reason
-                }))
-            ),
+            (
+                text(8),
+                proptest::option::of((-10i64..40_000_000, -5i32..1_000_000_005))
+            )
+                .prop_map(|(reason, extra)| Some(Action::RequestExtension(
+                    pb::ExtensionRequestAction {
+                        extra: extra
+                            .map(|(seconds, nanos)| prost_types::Duration { seconds, nanos }),
+                        reason
+                    }
+                ))),
         ];
         (id(), id(), department(), action)
             .prop_map(|(action_id, assignment_id, department_code, action)| {
@@ -681,6 +784,11 @@ mod properties {
                     } => {
                         prop_assert!(within(&reason, l.text_chars));
                         prop_assert!(within(&suggested_department_code, l.code_chars));
+                    }
+                    DepartmentAction::RequestExtension { extra, reason } => {
+                        prop_assert!(within(&reason, l.text_chars));
+                        prop_assert!(extra > chrono::Duration::zero());
+                        prop_assert!(extra <= chrono::Duration::days(366));
                     }
                 }
                 Ok(true)

@@ -1,7 +1,24 @@
-//! Dispatch's tables: cases, assignments, timeline, routes and processed department actions.
-//! Assignments keep their full state as JSON next to the columns that are queried.
+//! Dispatch's tables and how the case aggregate is loaded and saved: cases, assignments, their
+//! running clocks (indexed by due time, for the scanner), timeline, routes, the department registry,
+//! fallback owners and processed department actions. Assignments keep their full state as JSON
+//! next to the columns that are queried.
 
+use crate::domain::{self, Assignment, Case, CaseStatus, Command, DeadlinePolicy, Emitted};
+use crate::error::DispatchError;
+use chrono::{DateTime, Utc};
+use prost::Message;
+use sea_orm::sea_query::{LockBehavior, LockType};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel,
+    QueryFilter, QueryOrder, QuerySelect,
+};
 use sea_orm_migration::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use whistle_platform::clock::{from_millis, to_millis};
+use whistle_platform::outbox;
+use whistle_proto::events::CaseReported;
+use whistle_proto::types::Region;
 
 pub mod case {
     use sea_orm::entity::prelude::*;
@@ -33,6 +50,8 @@ pub mod case {
         pub reject_reason: String,
         pub route_id: String,
         pub updated_at_ms: i64,
+        /// `super::CaseState` as JSON: what the aggregate keeps beyond the columns (a deferral).
+        pub state: String,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -59,6 +78,8 @@ pub mod assignment {
         pub resolve_by_ms: i64,
         /// `domain::Assignment` as JSON.
         pub state: String,
+        /// A clock of the assignment runs past its deadline (`ListCases(overdue_only)`).
+        pub overdue: bool,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -133,6 +154,71 @@ pub mod action {
     impl ActiveModelBehavior for ActiveModel {}
 }
 
+pub mod clock {
+    use sea_orm::entity::prelude::*;
+
+    /// A running clock with a step still to fire: the scanner's index. Rows follow the aggregate:
+    /// they are rewritten whenever their assignment is saved, and a clock with nothing left to fire
+    /// (met, stopped, paused, or escalated) has none.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "dispatch_clocks")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub assignment_id: String,
+        /// `acknowledge`, `on_site` or `resolve`.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub clock: String,
+        pub case_id: String,
+        pub department_code: String,
+        /// `overdue` or `escalation`.
+        pub step: String,
+        pub due_at_ms: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod department {
+    use sea_orm::entity::prelude::*;
+
+    /// A department of the registry, from the catalogue.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "dispatch_departments")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub code: String,
+        /// `domain::Department` as JSON.
+        pub definition: String,
+        pub updated_at_ms: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod fallback_owner {
+    use sea_orm::entity::prelude::*;
+
+    /// Who is whistled in an area when nobody the route names is responsible.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "dispatch_fallback_owners")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub area_code: String,
+        pub department_code: String,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
 /// Dispatch's migrations, oldest first.
 #[derive(Debug)]
 pub struct Migrator;
@@ -142,6 +228,7 @@ impl MigratorTrait for Migrator {
         whistle_platform::db::migrations::with_platform(vec![
             Box::new(CreateDispatchTables),
             Box::new(ActionKeysPerDepartment),
+            Box::new(LifecycleTables),
         ])
     }
 }
@@ -358,4 +445,617 @@ impl MigrationTrait for ActionKeysPerDepartment {
     fn use_transaction(&self) -> Option<bool> {
         Some(true)
     }
+}
+
+/// Adds what the full lifecycle needs: the case's own state (a deferral), the assignments'
+/// `overdue` column, the clocks the scanner reads, the department registry and the fallback owners.
+/// Assignments stored before clocks existed get theirs from their deadlines and status
+/// (`Assignment::upgrade`), with a row for each clock still to fire.
+#[derive(Debug)]
+struct LifecycleTables;
+
+impl MigrationName for LifecycleTables {
+    fn name(&self) -> &str {
+        "m20261210_000001_dispatch_lifecycle"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for LifecycleTables {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        use sea_orm_migration::schema::*;
+        manager
+            .alter_table(
+                Table::alter()
+                    .table(case::Entity)
+                    .add_column(text(case::Column::State).default("{}"))
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .alter_table(
+                Table::alter()
+                    .table(assignment::Entity)
+                    .add_column(boolean(assignment::Column::Overdue).default(false))
+                    .to_owned(),
+            )
+            .await?;
+        use clock::Column as K;
+        manager
+            .create_table(
+                Table::create()
+                    .table(clock::Entity)
+                    .if_not_exists()
+                    .col(string(K::AssignmentId))
+                    .col(string(K::Clock))
+                    .col(string(K::CaseId))
+                    .col(string(K::DepartmentCode))
+                    .col(string(K::Step))
+                    .col(big_integer(K::DueAtMs))
+                    .primary_key(Index::create().col(K::AssignmentId).col(K::Clock))
+                    .to_owned(),
+            )
+            .await?;
+        for (name, column) in [
+            ("dispatch_clocks_due", K::DueAtMs),
+            ("dispatch_clocks_case", K::CaseId),
+        ] {
+            manager
+                .create_index(
+                    Index::create()
+                        .name(name)
+                        .table(clock::Entity)
+                        .col(column)
+                        .if_not_exists()
+                        .to_owned(),
+                )
+                .await?;
+        }
+        manager
+            .create_table(
+                Table::create()
+                    .table(department::Entity)
+                    .if_not_exists()
+                    .col(string(department::Column::Code).primary_key())
+                    .col(text(department::Column::Definition))
+                    .col(big_integer(department::Column::UpdatedAtMs))
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table(fallback_owner::Entity)
+                    .if_not_exists()
+                    .col(string(fallback_owner::Column::AreaCode).primary_key())
+                    .col(string(fallback_owner::Column::DepartmentCode))
+                    .to_owned(),
+            )
+            .await?;
+        // clocks for the assignments already stored
+        let connection = manager.get_connection();
+        for row in assignment::Entity::find().all(connection).await? {
+            let mut assignment: Assignment = serde_json::from_str(&row.state).map_err(|error| {
+                DbErr::Migration(format!("assignment {}: {error}", row.assignment_id))
+            })?;
+            assignment.upgrade();
+            let state = serde_json::to_string(&assignment)
+                .map_err(|error| DbErr::Migration(error.to_string()))?;
+            assignment::Entity::update_many()
+                .col_expr(assignment::Column::State, state.into())
+                .filter(assignment::Column::AssignmentId.eq(row.assignment_id.as_str()))
+                .exec(connection)
+                .await?;
+            let rows = clock_rows(&assignment);
+            if !rows.is_empty() {
+                clock::Entity::insert_many(rows)
+                    .exec_without_returning(connection)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn use_transaction(&self) -> Option<bool> {
+        Some(true)
+    }
+}
+
+/// What a case keeps beyond its columns. Decodes from `{}` (rows written before it existed).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CaseState {
+    #[serde(default)]
+    pub deferral: Option<domain::Deferral>,
+    #[serde(default)]
+    pub resolved_locally: bool,
+}
+
+/// How a case is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lock {
+    /// To look at.
+    None,
+    /// To change: the row stays locked until the transaction ends (PostgreSQL; SQLite has one
+    /// writer), so concurrent changes of one case queue.
+    ForUpdate,
+    /// To change unless another transaction holds it (the scanner): `None` when it does.
+    SkipLocked,
+}
+
+/// A case as stored: its row (place, category, description, the report) and its aggregate, with
+/// what a change adds until it is saved.
+#[derive(Debug)]
+pub struct CaseRecord {
+    pub row: case::Model,
+    pub case: Case,
+    original_version: Option<i64>,
+    original_state: String,
+    original_assignments: HashMap<String, u64>,
+    emitted: Vec<Emitted>,
+    notes: Vec<timeline::ActiveModel>,
+    rewrite_clocks: bool,
+}
+
+impl CaseRecord {
+    /// A new case from intake's `case.reported`, not saved yet.
+    pub fn open(
+        event: &whistle_proto::events::Event,
+        reported: &CaseReported,
+        now: DateTime<Utc>,
+    ) -> Self {
+        let region = event.region.clone().unwrap_or_default();
+        let place = reported.place.clone().unwrap_or_default();
+        let reported_at = event
+            .occurred_at
+            .as_ref()
+            .and_then(whistle_platform::clock::from_proto_timestamp)
+            .unwrap_or(now);
+        let version = std::cmp::max(event.case_version, 1);
+        let severity = crate::convert::severity_from_proto(reported.severity)
+            .unwrap_or(domain::Severity::Routine);
+        let row = case::Model {
+            case_id: event.case_id.clone(),
+            status: CaseStatus::Reported.as_str().to_string(),
+            version: version as i64,
+            city_code: region.city_code,
+            district_code: region.district_code,
+            street_code: region.street_code,
+            street_slug: region.street_slug,
+            community_code: region.community_code,
+            grid_code: region.grid_code,
+            category_code: reported.category_code.clone(),
+            severity: reported.severity,
+            channel: reported.channel,
+            report_id: reported.report_id.clone(),
+            description: reported.description.clone(),
+            lat: place.lat,
+            lng: place.lng,
+            address: place.address,
+            reported: reported.encode_to_vec(),
+            reported_at_ms: to_millis(reported_at),
+            reject_reason: String::new(),
+            route_id: String::new(),
+            updated_at_ms: to_millis(now),
+            state: "{}".into(),
+        };
+        let case = Case::reported(&event.case_id, version, severity, place.lat, place.lng);
+        let note = timeline::ActiveModel {
+            case_id: Set(event.case_id.clone()),
+            at_ms: Set(to_millis(reported_at)),
+            kind: Set("case.reported".into()),
+            actor: Set(reported.reporter_id.clone()),
+            assignment_id: Set(String::new()),
+            detail: Set(reported.description.clone()),
+            ..Default::default()
+        };
+        Self {
+            row,
+            case,
+            original_version: None,
+            original_state: String::new(),
+            original_assignments: HashMap::new(),
+            emitted: Vec::new(),
+            notes: vec![note],
+            rewrite_clocks: true,
+        }
+    }
+
+    /// A stored case from its row and its assignments.
+    pub fn stored(row: case::Model, assignments: Vec<Assignment>) -> Result<Self, DispatchError> {
+        let state: CaseState = if row.state.trim().is_empty() {
+            CaseState::default()
+        } else {
+            serde_json::from_str(&row.state).map_err(DispatchError::unexpected)?
+        };
+        let status = CaseStatus::parse(&row.status).ok_or_else(|| {
+            DispatchError::unexpected(format!("case {} has status {:?}", row.case_id, row.status))
+        })?;
+        let case = Case {
+            case_id: row.case_id.clone(),
+            status,
+            version: <u64 as TryFrom<i64>>::try_from(row.version).unwrap_or_default(),
+            severity: crate::convert::severity_from_proto(row.severity)
+                .unwrap_or(domain::Severity::Routine),
+            lat: row.lat,
+            lng: row.lng,
+            reject_reason: row.reject_reason.clone(),
+            deferral: state.deferral,
+            resolved_locally: state.resolved_locally,
+            assignments,
+        };
+        Ok(Self {
+            original_version: Some(row.version),
+            original_state: row.state.clone(),
+            original_assignments: case
+                .assignments
+                .iter()
+                .map(|assignment| (assignment.assignment_id.clone(), assignment.version))
+                .collect(),
+            row,
+            case,
+            emitted: Vec::new(),
+            notes: Vec::new(),
+            rewrite_clocks: false,
+        })
+    }
+
+    /// Runs a command on the aggregate at `now`; its events are saved with the case. Returns how
+    /// many events it caused.
+    pub fn execute(
+        &mut self,
+        command: Command,
+        now: DateTime<Utc>,
+        policy: &dyn DeadlinePolicy,
+    ) -> Result<usize, domain::CaseError> {
+        let events = self.case.execute(command, now, policy)?;
+        let count = events.len();
+        self.emitted.extend(events);
+        Ok(count)
+    }
+
+    /// The events of this change, oldest first.
+    pub fn emitted(&self) -> &[Emitted] {
+        &self.emitted
+    }
+
+    /// Rewrites every clock row of the case when saved (the scanner makes sure stale rows go).
+    pub fn rewrite_clocks(&mut self) {
+        self.rewrite_clocks = true;
+    }
+
+    pub fn region(&self) -> Region {
+        Region {
+            city_code: self.row.city_code.clone(),
+            district_code: self.row.district_code.clone(),
+            street_code: self.row.street_code.clone(),
+            street_slug: self.row.street_slug.clone(),
+            community_code: self.row.community_code.clone(),
+            grid_code: self.row.grid_code.clone(),
+        }
+    }
+
+    /// The report as intake published it (attachments, place).
+    pub fn reported(&self) -> CaseReported {
+        CaseReported::decode(self.row.reported.as_slice()).unwrap_or_default()
+    }
+}
+
+/// Loads a case and its assignments.
+pub async fn load<C: ConnectionTrait>(
+    connection: &C,
+    case_id: &str,
+    lock: Lock,
+) -> Result<Option<CaseRecord>, DispatchError> {
+    let mut query = case::Entity::find_by_id(case_id);
+    // sea-query writes no lock clause for SQLite, which has a single writer anyway
+    if whistle_platform::db::is_postgres(connection) {
+        query = match lock {
+            Lock::None => query,
+            Lock::ForUpdate => query.lock_exclusive(),
+            Lock::SkipLocked => {
+                query.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked)
+            }
+        };
+    }
+    let Some(row) = query.one(connection).await? else {
+        return Ok(None);
+    };
+    let rows = assignment::Entity::find()
+        .filter(assignment::Column::CaseId.eq(case_id))
+        .order_by_asc(assignment::Column::WhistledAtMs)
+        .order_by_asc(assignment::Column::AssignmentId)
+        .all(connection)
+        .await?;
+    let assignments = rows
+        .iter()
+        .map(decode_assignment)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Some(CaseRecord::stored(row, assignments)?))
+}
+
+/// An assignment from its row, upgraded when it was stored before clocks were kept.
+pub fn decode_assignment(row: &assignment::Model) -> Result<Assignment, DispatchError> {
+    let mut assignment: Assignment = serde_json::from_str(&row.state).map_err(|error| {
+        DispatchError::unexpected(format!(
+            "assignment {} does not decode: {error}",
+            row.assignment_id
+        ))
+    })?;
+    assignment.upgrade();
+    Ok(assignment)
+}
+
+/// The scanner's rows for an assignment: one per clock with a step still to fire.
+fn clock_rows(assignment: &Assignment) -> Vec<clock::ActiveModel> {
+    if !assignment.status.is_open() {
+        return Vec::new();
+    }
+    assignment
+        .pending_steps()
+        .into_iter()
+        .map(|(kind, step, due)| clock::ActiveModel {
+            assignment_id: Set(assignment.assignment_id.clone()),
+            clock: Set(kind.as_str().to_string()),
+            case_id: Set(assignment.case_id.clone()),
+            department_code: Set(assignment.department_code.clone()),
+            step: Set(step.as_str().to_string()),
+            due_at_ms: Set(to_millis(due)),
+        })
+        .collect()
+}
+
+/// Saves a changed case: version-checked, so a concurrent change makes this one fail with
+/// Conflict; its changed assignments, their clock rows, the timeline and the events (outbox), all
+/// in the caller's transaction.
+pub async fn save<C: ConnectionTrait>(
+    connection: &C,
+    mut record: CaseRecord,
+    now: DateTime<Utc>,
+) -> Result<(), DispatchError> {
+    let now_ms = to_millis(now);
+    let case = &record.case;
+    record.row.status = case.status.as_str().to_string();
+    record.row.version = case.version as i64;
+    record.row.reject_reason = case.reject_reason.clone();
+    record.row.state = serde_json::to_string(&CaseState {
+        deferral: case.deferral.clone(),
+        resolved_locally: case.resolved_locally,
+    })
+    .map_err(DispatchError::unexpected)?;
+    let row_changed = record.original_version != Some(record.row.version)
+        || record.original_state != record.row.state;
+    if row_changed {
+        record.row.updated_at_ms = now_ms;
+    }
+    match record.original_version {
+        None => {
+            case::Entity::insert(record.row.clone().into_active_model())
+                .exec_without_returning(connection)
+                .await?;
+        }
+        Some(original) if row_changed => {
+            let active = record.row.clone().into_active_model().reset_all();
+            let updated = case::Entity::update_many()
+                .set(active)
+                .filter(case::Column::CaseId.eq(record.row.case_id.as_str()))
+                .filter(case::Column::Version.eq(original))
+                .exec(connection)
+                .await?;
+            if updated.rows_affected != 1 {
+                return Err(DispatchError::Conflict(format!(
+                    "case {}",
+                    record.row.case_id
+                )));
+            }
+        }
+        Some(_) => {}
+    }
+    if record.rewrite_clocks {
+        clock::Entity::delete_many()
+            .filter(clock::Column::CaseId.eq(record.row.case_id.as_str()))
+            .exec(connection)
+            .await?;
+    }
+    let mut clocks = Vec::new();
+    for assignment in &record.case.assignments {
+        let original = record
+            .original_assignments
+            .get(&assignment.assignment_id)
+            .copied();
+        let changed = original != Some(assignment.version);
+        if changed || record.rewrite_clocks {
+            clocks.extend(clock_rows(assignment));
+        }
+        if !changed {
+            continue;
+        }
+        if !record.rewrite_clocks && original.is_some() {
+            clock::Entity::delete_many()
+                .filter(clock::Column::AssignmentId.eq(assignment.assignment_id.as_str()))
+                .exec(connection)
+                .await?;
+        }
+        let row = assignment::Model {
+            assignment_id: assignment.assignment_id.clone(),
+            case_id: assignment.case_id.clone(),
+            department_code: assignment.department_code.clone(),
+            status: assignment.status.as_str().to_string(),
+            version: assignment.version as i64,
+            whistled_at_ms: to_millis(assignment.whistled_at),
+            acknowledge_by_ms: to_millis(assignment.acknowledge_by),
+            on_site_by_ms: to_millis(assignment.on_site_by),
+            resolve_by_ms: to_millis(assignment.resolve_by),
+            state: serde_json::to_string(assignment).map_err(DispatchError::unexpected)?,
+            overdue: assignment.is_overdue(),
+        };
+        match original {
+            None => {
+                assignment::Entity::insert(row.into_active_model())
+                    .exec_without_returning(connection)
+                    .await?;
+            }
+            Some(original) => {
+                let active = row.into_active_model().reset_all();
+                let updated = assignment::Entity::update_many()
+                    .set(active)
+                    .filter(assignment::Column::AssignmentId.eq(assignment.assignment_id.as_str()))
+                    .filter(assignment::Column::Version.eq(original as i64))
+                    .exec(connection)
+                    .await?;
+                if updated.rows_affected != 1 {
+                    return Err(DispatchError::Conflict(format!(
+                        "assignment {}",
+                        assignment.assignment_id
+                    )));
+                }
+            }
+        }
+    }
+    if record.case.deferral.is_some() {
+        clocks.clear();
+    }
+    if !clocks.is_empty() {
+        clock::Entity::insert_many(clocks)
+            .exec_without_returning(connection)
+            .await?;
+    }
+    let mut notes = std::mem::take(&mut record.notes);
+    let mut events = Vec::with_capacity(record.emitted.len());
+    for emitted in &record.emitted {
+        let event = crate::events::to_event(&record, emitted);
+        let kind = event
+            .payload
+            .as_ref()
+            .map(|payload| whistle_platform::envelope::kind(payload).label())
+            .unwrap_or_default();
+        notes.push(timeline::ActiveModel {
+            case_id: Set(record.row.case_id.clone()),
+            at_ms: Set(to_millis(emitted.at)),
+            kind: Set(kind),
+            actor: Set(emitted.actor.clone()),
+            assignment_id: Set(emitted
+                .event
+                .assignment()
+                .map(|assignment| assignment.assignment_id.clone())
+                .unwrap_or_default()),
+            detail: Set(crate::events::timeline_detail(&emitted.event)),
+            ..Default::default()
+        });
+        events.push(event);
+    }
+    if !notes.is_empty() {
+        timeline::Entity::insert_many(notes)
+            .exec_without_returning(connection)
+            .await?;
+    }
+    for event in &events {
+        let outbox_event =
+            whistle_platform::envelope::to_outbox(event).map_err(DispatchError::unexpected)?;
+        outbox::enqueue(connection, outbox_event, now_ms).await?;
+    }
+    Ok(())
+}
+
+/// Clock rows due at `now`, earliest first, at most `limit`: on PostgreSQL claimed with
+/// `FOR UPDATE SKIP LOCKED`, so replicas scanning at once take different rows.
+pub async fn claim_due_clocks<C: ConnectionTrait>(
+    connection: &C,
+    now: DateTime<Utc>,
+    limit: u64,
+) -> Result<Vec<clock::Model>, DispatchError> {
+    let mut query = clock::Entity::find()
+        .filter(clock::Column::DueAtMs.lte(to_millis(now)))
+        .order_by_asc(clock::Column::DueAtMs)
+        .order_by_asc(clock::Column::AssignmentId)
+        .limit(limit);
+    if whistle_platform::db::is_postgres(connection) {
+        query = query.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked);
+    }
+    Ok(query.all(connection).await?)
+}
+
+/// The earliest time a stored clock is due, if any.
+pub async fn next_clock_due<C: ConnectionTrait>(
+    connection: &C,
+) -> Result<Option<DateTime<Utc>>, DispatchError> {
+    Ok(clock::Entity::find()
+        .order_by_asc(clock::Column::DueAtMs)
+        .one(connection)
+        .await?
+        .map(|row| from_millis(row.due_at_ms)))
+}
+
+/// Every department of the registry.
+pub async fn departments<C: ConnectionTrait>(
+    connection: &C,
+) -> Result<Vec<domain::Department>, DispatchError> {
+    department::Entity::find()
+        .order_by_asc(department::Column::Code)
+        .all(connection)
+        .await?
+        .iter()
+        .map(|row| {
+            serde_json::from_str::<domain::Department>(&row.definition)
+                .map_err(DispatchError::unexpected)
+        })
+        .collect()
+}
+
+/// Every fallback owner.
+pub async fn fallback_owners<C: ConnectionTrait>(
+    connection: &C,
+) -> Result<Vec<domain::FallbackOwner>, DispatchError> {
+    Ok(fallback_owner::Entity::find()
+        .all(connection)
+        .await?
+        .into_iter()
+        .map(|row| domain::FallbackOwner {
+            area_code: row.area_code,
+            department_code: row.department_code,
+        })
+        .collect())
+}
+
+/// One route, if it exists.
+pub async fn route_by_id<C: ConnectionTrait>(
+    connection: &C,
+    route_id: &str,
+) -> Result<Option<domain::Route>, DispatchError> {
+    route::Entity::find_by_id(route_id)
+        .one(connection)
+        .await?
+        .map(|row| {
+            serde_json::from_str::<domain::Route>(&row.definition)
+                .map_err(DispatchError::unexpected)
+        })
+        .transpose()
+}
+
+/// Routes of one category, parsed.
+pub async fn routes_for_category<C: ConnectionTrait>(
+    connection: &C,
+    category_code: &str,
+) -> Result<Vec<domain::Route>, DispatchError> {
+    route::Entity::find()
+        .filter(route::Column::CategoryCode.eq(category_code))
+        .all(connection)
+        .await?
+        .iter()
+        .map(|row| {
+            serde_json::from_str::<domain::Route>(&row.definition)
+                .map_err(DispatchError::unexpected)
+        })
+        .collect()
+}
+
+/// The timeline of a case, oldest first.
+pub async fn timeline_of<C: ConnectionTrait>(
+    connection: &C,
+    case_id: &str,
+) -> Result<Vec<timeline::Model>, DispatchError> {
+    Ok(timeline::Entity::find()
+        .filter(timeline::Column::CaseId.eq(case_id))
+        .order_by_asc(timeline::Column::Id)
+        .all(connection)
+        .await?)
 }

@@ -13,9 +13,9 @@ use whistle_platform::testing::{Served, TestBed, serve};
 use whistle_proto::dispatch::dispatch_service_client::DispatchServiceClient;
 use whistle_proto::dispatch::record_department_action_request::Action;
 use whistle_proto::dispatch::{
-    AcceptCaseRequest, AcknowledgeAction, CheckInAction, GetCaseRequest, ListCasesRequest,
-    ProgressAction, RecordDepartmentActionRequest, RejectCaseRequest, ResolveAction, ReturnAction,
-    VerifyCaseRequest, WhistleCaseRequest,
+    AcceptCaseRequest, AcknowledgeAction, CheckInAction, DecideReturnRequest, GetCaseRequest,
+    ListCasesRequest, ProgressAction, RecordDepartmentActionRequest, RejectCaseRequest,
+    ResolveAction, ReturnAction, VerifyCaseRequest, WhistleCaseRequest,
 };
 use whistle_proto::events::CaseReported;
 use whistle_proto::types::{
@@ -40,7 +40,7 @@ async fn start_on(database_url: Option<String>) -> Harness {
     let mut config = DispatchConfig::default();
     config.database.url = database_url.unwrap_or_else(|| bed.sqlite_url("dispatch"));
     config.nats.url = bed.nats.url();
-    config.catalogue.file = Some(TestBed::demo_catalogue());
+    config.catalogue.file = Some(catalogue_with_test_departments(&bed));
     let served = serve(|listener, shutdown| {
         whistle_dispatch::run(config, listener, Arc::new(SystemClock), shutdown)
     })
@@ -53,6 +53,27 @@ async fn start_on(database_url: Option<String>) -> Harness {
         client,
         served,
     }
+}
+
+/// The demo catalogue with departments `dept-00` … `dept-19` added to the registry, for tests
+/// that whistle many departments at once.
+fn catalogue_with_test_departments(bed: &TestBed) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(TestBed::demo_catalogue()).expect("demo catalogue");
+    let mut catalogue: serde_json::Value = serde_json::from_str(&text).expect("json");
+    let departments = catalogue["departments"]
+        .as_array_mut()
+        .expect("departments");
+    for index in 0..20 {
+        departments.push(serde_json::json!({
+            "code": format!("dept-{index:02}"),
+            "name": format!("测试部门 {index}"),
+            "level": "district",
+            "region_code": "420303",
+        }));
+    }
+    let path = bed.dir.path().join("catalogue.json");
+    std::fs::write(&path, catalogue.to_string()).expect("write catalogue");
+    path
 }
 
 fn region(grid: &str) -> Region {
@@ -296,6 +317,17 @@ async fn a_routed_report_is_whistled_and_worked_to_closure() {
         .record_department_action(action("b-1", &co, "zw-enforcement", returned))
         .await
         .expect("return");
+    // the street decides the return before it verifies: upheld, enforcement was not responsible
+    h.client
+        .decide_return(DecideReturnRequest {
+            case_id: case_id.clone(),
+            assignment_id: co.clone(),
+            operator_id: "chechenglu-dispatch".into(),
+            upheld: true,
+            note: "清运属环卫职责".into(),
+        })
+        .await
+        .expect("uphold the return");
     h.client
         .record_department_action(action(
             "c-1",
@@ -349,6 +381,7 @@ async fn a_routed_report_is_whistled_and_worked_to_closure() {
             verifier_id: "jingtan".into(),
             passed: false,
             note: "路面仍有垃圾".into(),
+            failed_assignment_ids: vec![],
         })
         .await
         .expect("verify")
@@ -369,6 +402,7 @@ async fn a_routed_report_is_whistled_and_worked_to_closure() {
             verifier_id: "jingtan".into(),
             passed: true,
             note: String::new(),
+            failed_assignment_ids: vec![],
         })
         .await
         .expect("verify")

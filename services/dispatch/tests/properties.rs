@@ -32,6 +32,7 @@ fn arbitrary_event_bytes_never_panic_the_case_consumer() {
             &database,
             &TestBed::demo_catalogue(),
             &LimitsConfig::default(),
+            0,
         )
         .await
         .expect("routes");
@@ -39,6 +40,7 @@ fn arbitrary_event_bytes_never_panic_the_case_consumer() {
     });
     let handler = ReportedCases {
         clock: Arc::new(SystemClock),
+        policy: Arc::new(whistle_dispatch::domain::CalendarTime),
         outbox_signal: OutboxSignal::default(),
     };
     let applied = std::sync::atomic::AtomicUsize::new(0);

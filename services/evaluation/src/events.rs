@@ -71,6 +71,17 @@ impl EventHandler for EvaluationEvents {
             Payload::AssignmentReturned(returned) => {
                 (&returned.assignment, WhistleExtras::default())
             }
+            // the facts these carry (extension requests, the street's decisions) are not scored
+            // yet; the assignment they carry keeps the snapshot current
+            Payload::AssignmentExtensionRequested(requested) => {
+                (&requested.assignment, WhistleExtras::default())
+            }
+            Payload::AssignmentExtensionRefused(refused) => {
+                (&refused.assignment, WhistleExtras::default())
+            }
+            Payload::AssignmentReturnDecided(decided) => {
+                (&decided.assignment, WhistleExtras::default())
+            }
             Payload::AssignmentOverdue(overdue) => (
                 &overdue.assignment,
                 WhistleExtras {
@@ -119,7 +130,10 @@ impl EventHandler for EvaluationEvents {
             | Payload::CaseMerged(_)
             | Payload::CaseAccepted(_)
             | Payload::CaseRejected(_)
-            | Payload::CaseEscalated(_) => return remember(transaction, event, now_ms).await,
+            | Payload::CaseEscalated(_)
+            | Payload::CaseResolvedLocally(_)
+            | Payload::CaseDeferred(_)
+            | Payload::CaseResumed(_) => return remember(transaction, event, now_ms).await,
             Payload::EvaluationPeriodClosed(_) => return Ok(()),
         };
         let Some(assignment) = assignment else {

@@ -289,6 +289,7 @@ async fn a_whistle_flows_into_the_scorecard_once() {
                     verified_by: "zhongyue-community".into(),
                     passed: true,
                     note: String::new(),
+                    verdicts: Vec::new(),
                 }),
             ),
             &event(
@@ -467,6 +468,7 @@ async fn a_whistle_flows_into_the_scorecard_once() {
             (1, "zw-sanitation", 1),
             (2, "zw-enforcement", 1),
             (3, "zw-fire-rescue", 0),
+            (3, "zw-government", 0),
             (3, "zw-housing", 0),
             (3, "zw-supervision", 0),
             (3, "zw-traffic-police", 0),
@@ -518,6 +520,7 @@ async fn case_events_before_whistle_events_rework_and_returns() {
                     verified_by: "jingtan-community".into(),
                     passed: false,
                     note: "未整改到位".into(),
+                    verdicts: Vec::new(),
                 }),
             ),
             &reopened,
@@ -528,6 +531,7 @@ async fn case_events_before_whistle_events_rework_and_returns() {
                     verified_by: "jingtan-community".into(),
                     passed: true,
                     note: String::new(),
+                    verdicts: Vec::new(),
                 }),
             ),
         ],
@@ -871,7 +875,11 @@ async fn bad_requests_name_the_field() {
         .expect("ranking")
         .into_inner();
     assert_eq!(ranking.period, "2026");
-    assert_eq!(ranking.entries.len(), 10);
+    assert_eq!(
+        ranking.entries.len(),
+        12,
+        "the demo catalogue's departments"
+    );
     assert!(ranking.entries.iter().all(|entry| entry.rank == 1));
 
     // every field is bounded by the limits table; the field travels as a BadRequest detail

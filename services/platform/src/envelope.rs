@@ -55,6 +55,12 @@ pub fn kind(payload: &Payload) -> Kind {
         Payload::AssignmentOverdue(_) => ("whistle", "overdue"),
         Payload::AssignmentExtended(_) => ("whistle", "extended"),
         Payload::EvaluationPeriodClosed(_) => ("evaluation", "period_closed"),
+        Payload::CaseResolvedLocally(_) => ("case", "resolved_locally"),
+        Payload::CaseDeferred(_) => ("case", "deferred"),
+        Payload::CaseResumed(_) => ("case", "resumed"),
+        Payload::AssignmentExtensionRequested(_) => ("whistle", "extension_requested"),
+        Payload::AssignmentExtensionRefused(_) => ("whistle", "extension_refused"),
+        Payload::AssignmentReturnDecided(_) => ("whistle", "return_decided"),
     };
     Kind { family, name }
 }
@@ -70,6 +76,9 @@ pub fn assignment_of(payload: &Payload) -> Option<&Assignment> {
         Payload::AssignmentReturned(event) => event.assignment.as_ref(),
         Payload::AssignmentOverdue(event) => event.assignment.as_ref(),
         Payload::AssignmentExtended(event) => event.assignment.as_ref(),
+        Payload::AssignmentExtensionRequested(event) => event.assignment.as_ref(),
+        Payload::AssignmentExtensionRefused(event) => event.assignment.as_ref(),
+        Payload::AssignmentReturnDecided(event) => event.assignment.as_ref(),
         _ => None,
     }
 }

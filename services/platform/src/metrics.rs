@@ -28,6 +28,8 @@ pub struct Metrics {
     pub consumer_redeliveries: Counter<u64>,
     /// gRPC calls served, by `rpc.service`, `rpc.method` and `rpc.grpc.status_code`.
     pub rpc_server_duration: Histogram<f64>,
+    pub assignments_overdue: Counter<u64>,
+    pub cases_escalated: Counter<u64>,
 }
 
 impl Metrics {
@@ -44,6 +46,8 @@ impl Metrics {
             &self.events_duplicate,
             &self.events_rejected,
             &self.consumer_redeliveries,
+            &self.assignments_overdue,
+            &self.cases_escalated,
         ] {
             counter.add(0, &[]);
         }
@@ -149,6 +153,14 @@ pub fn metrics() -> &'static Metrics {
                 .with_boundaries(vec![
                     1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
                 ])
+                .build(),
+            assignments_overdue: meter
+                .u64_counter("whistle.assignments.overdue")
+                .with_description("clocks that passed their deadline unmet, by clock and department")
+                .build(),
+            cases_escalated: meter
+                .u64_counter("whistle.cases.escalated")
+                .with_description("escalations to supervision (督办), by department and supervision department")
                 .build(),
         }
     })

@@ -485,6 +485,7 @@ pub mod arbitrary {
                     return_reason,
                     suggested_department_code: suggested,
                     version,
+                    ..Assignment::default()
                 },
             )
             .boxed()
@@ -570,10 +571,15 @@ pub mod arbitrary {
                             within_limit,
                         }),
                         5 => Payload::AssignmentReturned(AssignmentReturned { assignment }),
-                        6 => Payload::AssignmentOverdue(AssignmentOverdue { assignment, flag }),
+                        6 => Payload::AssignmentOverdue(AssignmentOverdue {
+                            assignment,
+                            flag,
+                            ..AssignmentOverdue::default()
+                        }),
                         _ => Payload::AssignmentExtended(AssignmentExtended {
                             assignment,
                             new_resolve_by: at,
+                            ..AssignmentExtended::default()
                         }),
                     })
                 },
@@ -599,6 +605,7 @@ pub mod arbitrary {
                     verified_by: text.clone(),
                     passed,
                     note: text,
+                    verdicts: Vec::new(),
                 })),
                 5 => Some(Payload::CaseClosed(CaseClosed {})),
                 6 => Some(Payload::CaseReopened(CaseReopened {
