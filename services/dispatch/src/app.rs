@@ -3,7 +3,7 @@
 
 use crate::config::DispatchConfig;
 use crate::consumer::ReportedCases;
-use crate::domain::{CalendarTime, DeadlinePolicy};
+use crate::domain::DeadlinePolicy;
 use crate::grpc::DispatchGrpc;
 use crate::scanner::Scanner;
 use crate::storage::Migrator;
@@ -36,8 +36,8 @@ pub async fn run(
         crate::catalogue::load(&db, file, &config.limits, to_millis(clock.now())).await?;
     }
 
-    // the seam for a working-hour calendar: every deadline is computed by this policy
-    let policy: Arc<dyn DeadlinePolicy> = Arc::new(CalendarTime);
+    // every deadline is computed by this policy: calendar time, or a working-hour calendar
+    let policy: Arc<dyn DeadlinePolicy> = config.deadline_policy()?;
 
     let shutdown = shutdown.child_token();
     let outbox_signal = OutboxSignal::default();

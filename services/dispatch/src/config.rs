@@ -27,6 +27,28 @@ pub struct DispatchConfig {
     /// The deadline scanner (docs/operations.md, "Deadlines").
     #[serde(default)]
     pub scanner: ScannerConfig,
+    /// An optional working-hour calendar: limits of a day or more then count working days
+    /// (docs/calendar.md).
+    #[serde(default)]
+    pub calendar: crate::calendar::CalendarConfig,
+}
+
+impl DispatchConfig {
+    /// How deadlines are counted: calendar time, or the working days of `[calendar] file`.
+    pub fn deadline_policy(
+        &self,
+    ) -> Result<std::sync::Arc<dyn crate::domain::DeadlinePolicy>, ConfigError> {
+        match &self.calendar.file {
+            None => Ok(std::sync::Arc::new(crate::domain::CalendarTime)),
+            Some(file) => {
+                let calendar = crate::calendar::Calendar::load(file)
+                    .map_err(|error| ConfigError::Invalid(format!("calendar.file: {error}")))?;
+                Ok(std::sync::Arc::new(crate::domain::WorkingHours::new(
+                    calendar,
+                )))
+            }
+        }
+    }
 }
 
 /// How often dispatch looks for clocks whose deadline or escalation time has come, and how many
@@ -101,6 +123,7 @@ impl Default for DispatchConfig {
             catalogue: CatalogueConfig::default(),
             dispatch: DispatchSettings::default(),
             scanner: ScannerConfig::default(),
+            calendar: crate::calendar::CalendarConfig::default(),
         }
     }
 }
@@ -127,6 +150,7 @@ impl ServiceConfig for DispatchConfig {
         self.telemetry.validate()?;
         self.grpc.validate()?;
         self.limits.validate()?;
+        self.deadline_policy()?;
         let largest = crate::bounds::largest_events(&self.limits).map_err(|error| {
             ConfigError::Invalid(format!("the limits cannot be checked: {error}"))
         })?;

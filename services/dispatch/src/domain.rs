@@ -19,7 +19,7 @@ pub use case::{
     DepartmentAction, Emitted, Fallback, SYSTEM, Verdict,
 };
 pub use clock::{ClockKind, ClockState, ClockStep, DeadlineClock};
-pub use deadline::{CalendarTime, DeadlinePolicy};
+pub use deadline::{CalendarTime, DeadlinePolicy, WorkingHours};
 pub use limits::{LimitOverrides, Limits, Severity};
 pub use registry::{Department, FallbackOwner, fallback_owner_for, supervisor_of};
 pub use routing::{Route, check_department_code, select_route};

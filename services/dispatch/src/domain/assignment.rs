@@ -306,6 +306,7 @@ impl Assignment {
                 overdue_at: None,
                 escalated_at: None,
                 extension_requested: false,
+                counts_working_time: false,
             });
         }
         self.clocks = clocks;
@@ -698,12 +699,12 @@ impl Assignment {
     }
 
     /// 缓办: every running clock stops with the time it has left. Returns whether it changed.
-    pub fn pause(&mut self, at: DateTime<Utc>) -> bool {
+    pub fn pause(&mut self, at: DateTime<Utc>, policy: &dyn DeadlinePolicy) -> bool {
         if !self.status.is_open() {
             return false;
         }
         for clock in &mut self.clocks {
-            clock.pause(at);
+            clock.pause(at, policy);
         }
         self.flags.insert(Flag::Deferred);
         self.version += 1;

@@ -681,7 +681,7 @@ impl Case {
                 }
                 let mut stopped = Vec::new();
                 for assignment in &mut self.assignments {
-                    if assignment.pause(now) {
+                    if assignment.pause(now, policy) {
                         stopped.push(AssignmentClocks::of(assignment));
                     }
                 }

@@ -61,6 +61,9 @@ pub enum ClockState {
     /// deadline had passed).
     Paused {
         remaining: Duration,
+        /// `remaining` is working time of the calendar (the clock counts working time).
+        #[serde(default)]
+        working_time: bool,
     },
     /// The duty was done.
     Met {
@@ -106,6 +109,10 @@ pub struct DeadlineClock {
     /// The department asked for more time on this clock (at most once per clock).
     #[serde(default)]
     pub extension_requested: bool,
+    /// The clock counts working time (a limit of a day or more under a working-hour calendar), so
+    /// a deferral keeps the working time it had left.
+    #[serde(default)]
+    pub counts_working_time: bool,
 }
 
 impl DeadlineClock {
@@ -128,6 +135,7 @@ impl DeadlineClock {
             overdue_at: None,
             escalated_at: None,
             extension_requested: false,
+            counts_working_time: policy.counts_working_time(within),
         }
     }
 
@@ -179,11 +187,19 @@ impl DeadlineClock {
         }
     }
 
-    /// Stops the clock with the time it has left (缓办).
-    pub fn pause(&mut self, now: DateTime<Utc>) {
+    /// Stops the clock with the time it has left (缓办): working time when it counts working time
+    /// and its deadline is ahead, calendar time otherwise.
+    pub fn pause(&mut self, now: DateTime<Utc>, policy: &dyn DeadlinePolicy) {
         if self.is_running() {
+            let working_time = self.counts_working_time && now < self.due_at;
+            let remaining = if working_time {
+                policy.working_time_between(now, self.due_at)
+            } else {
+                self.due_at - now
+            };
             self.state = ClockState::Paused {
-                remaining: self.due_at - now,
+                remaining,
+                working_time,
             };
         }
     }
@@ -191,11 +207,15 @@ impl DeadlineClock {
     /// Continues a paused clock from `now` with the time it had left; its escalation time moves
     /// with its deadline.
     pub fn resume(&mut self, now: DateTime<Utc>, policy: &dyn DeadlinePolicy) {
-        let ClockState::Paused { remaining } = self.state else {
+        let ClockState::Paused {
+            remaining,
+            working_time,
+        } = self.state
+        else {
             return;
         };
-        self.due_at = if remaining > Duration::zero() {
-            policy.due_at(now, remaining)
+        self.due_at = if working_time {
+            policy.add_working_time(now, remaining)
         } else {
             now + remaining
         };
@@ -241,7 +261,7 @@ mod tests {
             Duration::minutes(30),
             &CalendarTime,
         );
-        clock.pause(at(20));
+        clock.pause(at(20), &CalendarTime);
         assert_eq!(clock.next_step(), None);
         assert_eq!(clock.fire(at(1000)), None, "a paused clock never fires");
         clock.resume(at(200), &CalendarTime);
