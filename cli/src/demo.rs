@@ -74,6 +74,7 @@ impl Demo {
                 }),
                 attachments: vec![],
                 observed_at: None,
+                ..Default::default()
             })
             .await?
             .into_inner();

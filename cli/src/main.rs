@@ -324,6 +324,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     }),
                     attachments: vec![],
                     observed_at: None,
+                    ..Default::default()
                 })
                 .await
                 .map_err(status_error)?

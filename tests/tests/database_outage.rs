@@ -61,6 +61,7 @@ fn report(request_id: &str) -> tonic::Request<SubmitReportRequest> {
         }),
         attachments: vec![],
         observed_at: None,
+        ..Default::default()
     });
     // far beyond how fast an outage must be reported
     request.set_timeout(Duration::from_secs(20));

@@ -32,6 +32,7 @@ fn report(index: usize) -> SubmitReportRequest {
         }),
         attachments: vec![],
         observed_at: None,
+        ..Default::default()
     }
 }
 

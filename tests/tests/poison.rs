@@ -33,6 +33,7 @@ fn report(request_id: &str, media_type: String) -> SubmitReportRequest {
             size_bytes: 1000,
         }],
         observed_at: None,
+        ..Default::default()
     }
 }
 

@@ -119,7 +119,10 @@ impl EventHandler for EvaluationEvents {
             | Payload::CaseMerged(_)
             | Payload::CaseAccepted(_)
             | Payload::CaseRejected(_)
-            | Payload::CaseEscalated(_) => return remember(transaction, event, now_ms).await,
+            | Payload::CaseEscalated(_)
+            | Payload::CaseEvidenceAttached(_)
+            | Payload::CaseRecurrent(_)
+            | Payload::ReportSplit(_) => return remember(transaction, event, now_ms).await,
             Payload::EvaluationPeriodClosed(_) => return Ok(()),
         };
         let Some(assignment) = assignment else {
