@@ -65,6 +65,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
         dispatch_port: 0,
         gateway_port: 0,
         evaluation_port: 0,
+        open311_port: 0,
         ..LocalOptions::default()
     })
     .await?;

@@ -88,6 +88,9 @@ enum Command {
         gateway_port: u16,
         #[arg(long, default_value_t = 50054)]
         evaluation_port: u16,
+        /// Intake's Open311 GeoReport v2 HTTP port.
+        #[arg(long, default_value_t = 50055)]
+        open311_port: u16,
         /// Also play the demo scenario (garbage overflow, fire lane, property management).
         #[arg(long)]
         demo: bool,
@@ -236,6 +239,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             dispatch_port,
             gateway_port,
             evaluation_port,
+            open311_port,
             demo,
         } => {
             // quiet by default so the addresses (and the demo) stay readable; RUST_LOG=info for more
@@ -252,6 +256,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 dispatch_port,
                 gateway_port,
                 evaluation_port,
+                open311_port,
             };
             let mut platform = LocalPlatform::start(&options).await?;
             platform.wait_ready().await?;
@@ -261,6 +266,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("  dispatch            {}", platform.dispatch);
             println!("  department-gateway  {}", platform.gateway);
             println!("  evaluation          {}", platform.evaluation);
+            println!(
+                "  open311 (HTTP)      http://{} (api key in {})",
+                platform.open311,
+                platform.open311_api_key_file.display()
+            );
             println!("  nats                {}", platform.nats_url);
             println!(
                 "  department tokens   {}",

@@ -152,6 +152,10 @@ impl Node {
         match self {
             Node::Null => Value::Null,
             Node::Text(value) => Value::String(value.clone()),
+            // whole numbers (codes, orders) as integers, as XML shows them
+            Node::Number(value) if value.fract() == 0.0 && value.abs() < 9.0e15 => {
+                Value::Number((*value as i64).into())
+            }
             Node::Number(value) => serde_json::Number::from_f64(*value)
                 .map(Value::Number)
                 .unwrap_or(Value::Null),
