@@ -95,6 +95,11 @@ enum Command {
         #[arg(long)]
         demo: bool,
     },
+    /// Grid boundaries: import them, find the grid of a position, report by position.
+    Grid {
+        #[command(subcommand)]
+        command: whistle::grid::GridCommand,
+    },
     /// A service's outbox: events it could not publish and parked.
     Outbox {
         #[command(subcommand)]
@@ -296,6 +301,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             platform.run_until(stop).await?;
             println!("whistle stopped");
         }
+        Command::Grid { command } => whistle::grid::run(&endpoints, command).await?,
         Command::Outbox { command } => whistle::outbox::run(command).await?,
         Command::Demo { credentials } => {
             let text = std::fs::read_to_string(&credentials).map_err(|error| {
