@@ -58,12 +58,14 @@ pub enum GridCommand {
 }
 
 fn datum(name: &str) -> anyhow::Result<Datum> {
-    Ok(match name.to_ascii_lowercase().replace(['-', '_'], "").as_str() {
-        "wgs84" => Datum::Wgs84,
-        "gcj02" => Datum::Gcj02,
-        "bd09" => Datum::Bd09,
-        other => anyhow::bail!("--datum must be wgs84, gcj02 or bd09, got {other:?}"),
-    })
+    Ok(
+        match name.to_ascii_lowercase().replace(['-', '_'], "").as_str() {
+            "wgs84" => Datum::Wgs84,
+            "gcj02" => Datum::Gcj02,
+            "bd09" => Datum::Bd09,
+            other => anyhow::bail!("--datum must be wgs84, gcj02 or bd09, got {other:?}"),
+        },
+    )
 }
 
 fn severity(name: &str) -> anyhow::Result<Severity> {
@@ -72,9 +74,9 @@ fn severity(name: &str) -> anyhow::Result<Severity> {
         "urgent" => Severity::Urgent,
         "emergency" => Severity::Emergency,
         "complex" => Severity::Complex,
-        other => anyhow::bail!(
-            "--severity must be routine, urgent, emergency or complex, got {other:?}"
-        ),
+        other => {
+            anyhow::bail!("--severity must be routine, urgent, emergency or complex, got {other:?}")
+        }
     })
 }
 
@@ -85,7 +87,11 @@ pub async fn run(endpoints: &Endpoints, command: GridCommand) -> anyhow::Result<
             let summary = import(endpoints, areas).await?;
             println!(
                 "imported {} streets, {} communities, {} grids in {} request(s); registry version {}",
-                summary.streets, summary.communities, summary.grids, summary.requests, summary.version
+                summary.streets,
+                summary.communities,
+                summary.grids,
+                summary.requests,
+                summary.version
             );
         }
         GridCommand::Locate {
@@ -148,7 +154,10 @@ pub async fn run(endpoints: &Endpoints, command: GridCommand) -> anyhow::Result<
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            let grid = answer.region.map(|region| region.grid_code).unwrap_or_default();
+            let grid = answer
+                .region
+                .map(|region| region.grid_code)
+                .unwrap_or_default();
             println!(
                 "report {} -> case {} in grid {grid}{}{}",
                 answer.report_id,
@@ -192,7 +201,10 @@ pub async fn import(endpoints: &Endpoints, mut areas: Vec<Area>) -> anyhow::Resu
     let mut intake = endpoints.intake().await?;
     let mut summary = ImportSummary::default();
     for (index, chunk) in chunks(areas).into_iter().enumerate() {
-        let first = chunk.first().map(|area| area.code.clone()).unwrap_or_default();
+        let first = chunk
+            .first()
+            .map(|area| area.code.clone())
+            .unwrap_or_default();
         let answer = intake
             .import_grids(ImportGridsRequest { areas: chunk })
             .await
@@ -219,8 +231,7 @@ fn chunks(areas: Vec<Area>) -> Vec<Vec<Area>> {
     let mut bytes = 0;
     for area in areas {
         let size = area.encoded_len() + 8;
-        if !current.is_empty() && (bytes + size > REQUEST_BYTES || current.len() >= REQUEST_AREAS)
-        {
+        if !current.is_empty() && (bytes + size > REQUEST_BYTES || current.len() >= REQUEST_AREAS) {
             chunks.push(std::mem::take(&mut current));
             bytes = 0;
         }
@@ -332,8 +343,15 @@ mod tests {
         let areas = areas_from_geojson(text).expect("areas");
         assert_eq!(areas.len(), 2);
         assert_eq!(areas[0].parent_code, "420303003");
-        assert!(areas[0].boundary_wkt.starts_with("POLYGON((110.807 32.63"), "{}", areas[0].boundary_wkt);
-        assert_eq!(areas[1].code, "420303003004001", "numbers are read as codes");
+        assert!(
+            areas[0].boundary_wkt.starts_with("POLYGON((110.807 32.63"),
+            "{}",
+            areas[0].boundary_wkt
+        );
+        assert_eq!(
+            areas[1].code, "420303003004001",
+            "numbers are read as codes"
+        );
         assert_eq!(areas[1].parent_code, "420303003004");
         assert!(areas[1].boundary_wkt.starts_with("MULTIPOLYGON"));
         assert!(areas_from_geojson(r#"{"type": "FeatureCollection", "features": [{"type": "Feature", "properties": {}, "geometry": null}]}"#)
@@ -365,7 +383,9 @@ mod tests {
         assert!(chunks.len() >= 3);
         assert_eq!(chunks.iter().map(Vec::len).sum::<usize>(), 3000);
         for chunk in &chunks {
-            let request = ImportGridsRequest { areas: chunk.clone() };
+            let request = ImportGridsRequest {
+                areas: chunk.clone(),
+            };
             assert!(request.encoded_len() <= REQUEST_BYTES + 16);
             assert!(chunk.len() <= REQUEST_AREAS);
         }

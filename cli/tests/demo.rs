@@ -39,7 +39,10 @@ async fn the_demo_scenario_plays_to_the_end() {
     assert_eq!(key.trim().len(), 32, "{key:?}");
     let services = open311_get(platform.open311, "/services.json").await;
     assert!(services.starts_with("HTTP/1.1 200"), "{services}");
-    assert!(services.contains("\"service_code\":\"E-01-03\""), "{services}");
+    assert!(
+        services.contains("\"service_code\":\"E-01-03\""),
+        "{services}"
+    );
 
     let outcome = whistle::demo::play(&endpoints, tokens).await.expect("demo");
     let mut dispatch = endpoints.dispatch().await.expect("dispatch");
@@ -114,7 +117,10 @@ async fn open311_get(address: std::net::SocketAddr, path: &str) -> String {
         .await
         .expect("open311");
     stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").as_bytes())
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
         .await
         .expect("send");
     let mut answer = Vec::new();

@@ -40,8 +40,14 @@ async fn imported_boundaries_locate_reports_at_once() {
     )
     .expect("write");
     let areas = whistle::grid::read_areas(&geojson, None).expect("read");
-    let summary = whistle::grid::import(&endpoints, areas).await.expect("import");
-    assert_eq!((summary.communities, summary.grids), (1, 1), "the community is sent first");
+    let summary = whistle::grid::import(&endpoints, areas)
+        .await
+        .expect("import");
+    assert_eq!(
+        (summary.communities, summary.grids),
+        (1, 1),
+        "the community is sent first"
+    );
 
     let csv = folder.path().join("dongyue.csv");
     std::fs::write(
@@ -50,7 +56,9 @@ async fn imported_boundaries_locate_reports_at_once() {
     )
     .expect("write");
     let areas = whistle::grid::read_areas(&csv, None).expect("read");
-    whistle::grid::import(&endpoints, areas).await.expect("import");
+    whistle::grid::import(&endpoints, areas)
+        .await
+        .expect("import");
 
     let mut intake = endpoints.intake().await.expect("intake");
     for (lat, grid) in [(32.635, "420303003004001"), (32.642, "420303003004002")] {

@@ -37,7 +37,8 @@ mod tests {
 
     fn close(actual: (f64, f64), expected: (f64, f64), tolerance: f64) {
         assert!(
-            (actual.0 - expected.0).abs() <= tolerance && (actual.1 - expected.1).abs() <= tolerance,
+            (actual.0 - expected.0).abs() <= tolerance
+                && (actual.1 - expected.1).abs() <= tolerance,
             "{actual:?} is not within {tolerance} of {expected:?}"
         );
     }

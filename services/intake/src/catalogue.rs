@@ -398,11 +398,7 @@ pub(crate) async fn bump_version<C: ConnectionTrait>(connection: &C) -> Result<i
         OnConflict::column(registry_version::Column::Id)
             .value(
                 registry_version::Column::Version,
-                Expr::col((
-                    registry_version::Entity,
-                    registry_version::Column::Version,
-                ))
-                .add(1),
+                Expr::col((registry_version::Entity, registry_version::Column::Version)).add(1),
             )
             .to_owned(),
     )
@@ -582,11 +578,13 @@ impl Registry {
                 .and_then(|index| index.locate(position))
                 .map(str::to_string)
         };
-        Err(match (within(&self.community_index), within(&self.street_index)) {
-            (Some(community), _) => Unlocated::InCommunity(community),
-            (None, Some(street)) => Unlocated::InStreet(street),
-            (None, None) => Unlocated::Nowhere,
-        })
+        Err(
+            match (within(&self.community_index), within(&self.street_index)) {
+                (Some(community), _) => Unlocated::InCommunity(community),
+                (None, Some(street)) => Unlocated::InStreet(street),
+                (None, None) => Unlocated::Nowhere,
+            },
+        )
     }
 }
 

@@ -64,7 +64,9 @@ impl Default for CatalogueConfig {
 impl CatalogueConfig {
     /// The longest WKT text accepted: a vertex is two numbers of at most ~24 characters each.
     pub fn max_wkt_chars(&self) -> usize {
-        self.max_boundary_points.saturating_mul(52).saturating_add(64)
+        self.max_boundary_points
+            .saturating_mul(52)
+            .saturating_add(64)
     }
 }
 
@@ -308,7 +310,10 @@ impl IntakeConfig {
             crate::domain::CategoryCode::parse(code)
                 .map_err(|reason| invalid(format!("merging.categories: {code:?}: {reason}")))?;
             if let Some(meters) = category.distance_meters {
-                check_distance(&format!("merging.categories.{code}.distance_meters"), meters)?;
+                check_distance(
+                    &format!("merging.categories.{code}.distance_meters"),
+                    meters,
+                )?;
             }
             if let Some(hours) = category.window_hours {
                 check_window(&format!("merging.categories.{code}.window_hours"), hours)?;

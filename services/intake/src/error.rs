@@ -38,9 +38,7 @@ impl From<IntakeError> for tonic::Status {
             IntakeError::InvalidArgument(field) => field.to_status(),
             IntakeError::NotFound(message) => tonic::Status::not_found(message),
             IntakeError::AlreadyExists(message) => tonic::Status::already_exists(message),
-            IntakeError::FailedPrecondition(message) => {
-                tonic::Status::failed_precondition(message)
-            }
+            IntakeError::FailedPrecondition(message) => tonic::Status::failed_precondition(message),
             IntakeError::Database(error) => {
                 tracing::error!(%error, "database error");
                 tonic::Status::unavailable("storage unavailable, retry later")

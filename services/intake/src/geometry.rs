@@ -21,8 +21,8 @@ impl Boundary {
     /// off the globe, more than `max_points` vertices and invalid polygons (self-intersections,
     /// unclosed or too short rings, holes outside their shell), saying which.
     pub fn parse(text: &str, max_points: usize) -> Result<Self, String> {
-        let geometry = Geometry::<f64>::try_from_wkt_str(text)
-            .map_err(|error| format!("not WKT: {error}"))?;
+        let geometry =
+            Geometry::<f64>::try_from_wkt_str(text).map_err(|error| format!("not WKT: {error}"))?;
         let multi_polygon = match geometry {
             Geometry::Polygon(polygon) => MultiPolygon(vec![polygon]),
             Geometry::MultiPolygon(multi_polygon) => multi_polygon,
@@ -59,7 +59,8 @@ impl Boundary {
 
     /// Where a position lies relative to the boundary.
     pub fn position_of(&self, position: Position) -> CoordPos {
-        self.0.coordinate_position(&coord! { x: position.lng, y: position.lat })
+        self.0
+            .coordinate_position(&coord! { x: position.lng, y: position.lat })
     }
 
     /// A position inside the boundary (not on it), to stand for the area when a caller names the
@@ -266,7 +267,10 @@ mod tests {
     fn concave_and_multi_polygons() {
         // an L: the notch at (1.5, 1.5) is outside
         let l_shape = AreaIndex::new(vec![
-            ("l".into(), boundary("POLYGON ((0 0, 2 0, 2 1, 1 1, 1 2, 0 2, 0 0))")),
+            (
+                "l".into(),
+                boundary("POLYGON ((0 0, 2 0, 2 1, 1 1, 1 2, 0 2, 0 0))"),
+            ),
             (
                 "islands".into(),
                 boundary("MULTIPOLYGON (((5 5, 6 5, 6 6, 5 6, 5 5)), ((8 8, 9 8, 9 9, 8 9, 8 8)))"),
@@ -286,8 +290,10 @@ mod tests {
         assert!(refused("POLYGON ((0 0, 2 2, 2 0, 0 2, 0 0))").contains("self-intersection"));
         assert!(refused("POLYGON ((0 0, 1 0, 0 0))").contains("invalid"));
         assert!(refused("POLYGON ((0 0, 200 0, 200 1, 0 1, 0 0))").contains("off the globe"));
-        assert!(refused("POLYGON ((0 0, 1 0, 1 1, 0 1, 0 0), (5 5, 6 5, 6 6, 5 6, 5 5))")
-            .contains("exterior"));
+        assert!(
+            refused("POLYGON ((0 0, 1 0, 1 1, 0 1, 0 0), (5 5, 6 5, 6 6, 5 6, 5 5))")
+                .contains("exterior")
+        );
         let many = Boundary::parse("POLYGON ((0 0, 1 0, 1 1, 0 1, 0 0))", 4).expect_err("5 > 4");
         assert!(many.contains("at most 4"), "{many}");
     }
@@ -303,7 +309,8 @@ mod tests {
 
     #[test]
     fn boundaries_survive_their_wkt() {
-        let original = boundary("POLYGON ((110.796 32.635, 110.8 32.635, 110.8 32.639, 110.796 32.635))");
+        let original =
+            boundary("POLYGON ((110.796 32.635, 110.8 32.635, 110.8 32.639, 110.796 32.635))");
         assert_eq!(Boundary::parse(&original.to_wkt(), 1000), Ok(original));
     }
 

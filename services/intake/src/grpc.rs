@@ -24,14 +24,18 @@ impl IntakeService for IntakeGrpc {
         &self,
         request: Request<SubmitReportRequest>,
     ) -> Result<Response<SubmitReportResponse>, Status> {
-        Ok(Response::new(self.intake.submit(request.into_inner()).await?))
+        Ok(Response::new(
+            self.intake.submit(request.into_inner()).await?,
+        ))
     }
 
     async fn get_report(
         &self,
         request: Request<GetReportRequest>,
     ) -> Result<Response<Report>, Status> {
-        Ok(Response::new(self.intake.report(request.into_inner()).await?))
+        Ok(Response::new(
+            self.intake.report(request.into_inner()).await?,
+        ))
     }
 
     async fn list_categories(
@@ -54,7 +58,9 @@ impl IntakeService for IntakeGrpc {
         &self,
         request: Request<ImportGridsRequest>,
     ) -> Result<Response<ImportGridsResponse>, Status> {
-        Ok(Response::new(self.intake.import(request.into_inner()).await?))
+        Ok(Response::new(
+            self.intake.import(request.into_inner()).await?,
+        ))
     }
 
     async fn list_reports(
@@ -70,7 +76,9 @@ impl IntakeService for IntakeGrpc {
         &self,
         request: Request<SplitReportRequest>,
     ) -> Result<Response<SplitReportResponse>, Status> {
-        Ok(Response::new(self.intake.split(request.into_inner()).await?))
+        Ok(Response::new(
+            self.intake.split(request.into_inner()).await?,
+        ))
     }
 
     async fn attach_evidence(
@@ -198,14 +206,14 @@ mod tests {
 mod properties {
     use crate::requests::{check_get_report, check_list_categories, check_report};
     use chrono::{DateTime, Utc};
+    use proptest::prelude::*;
     use prost::Message;
     use whistle_platform::clock::from_millis;
+    use whistle_platform::testing::arbitrary::{attachment, mostly, text, timestamp, wire_bytes};
+    use whistle_platform::testing::run_decoder_property;
     use whistle_platform::validation::LimitsConfig;
     use whistle_proto::intake::{GetReportRequest, ListCategoriesRequest, SubmitReportRequest};
     use whistle_proto::types::Place;
-    use proptest::prelude::*;
-    use whistle_platform::testing::arbitrary::{attachment, mostly, text, timestamp, wire_bytes};
-    use whistle_platform::testing::run_decoder_property;
 
     /// Small limits, so generated values fall on both sides of every one.
     fn limits() -> LimitsConfig {

@@ -76,8 +76,8 @@ impl EventHandler for CaseLifecycle {
             .and_then(from_proto_timestamp)
             .map(to_millis)
             .ok_or_else(|| HandleError::Rejected("event has no valid occurred_at".into()))?;
-        let mut update = case::Entity::update_many()
-            .filter(case::Column::CaseId.eq(event.case_id.as_str()));
+        let mut update =
+            case::Entity::update_many().filter(case::Column::CaseId.eq(event.case_id.as_str()));
         match change {
             Change::State {
                 state,
@@ -94,6 +94,7 @@ impl EventHandler for CaseLifecycle {
             }
             Change::Note(note) => {
                 update = update
+                    .col_expr(case::Column::StateChangedAtMs, Expr::value(at_ms))
                     .col_expr(case::Column::StateNote, Expr::value(note))
                     .filter(case::Column::State.eq(CaseState::Open as i32));
             }
@@ -114,7 +115,11 @@ mod tests {
     fn closing_rejecting_and_reopening() {
         assert!(matches!(
             change_of(&Payload::CaseClosed(CaseClosed {})),
-            Some(Change::State { state: CaseState::Closed, only_from: None, .. })
+            Some(Change::State {
+                state: CaseState::Closed,
+                only_from: None,
+                ..
+            })
         ));
         let rejected = change_of(&Payload::CaseRejected(CaseRejected {
             rejected_by: "street".into(),

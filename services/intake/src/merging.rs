@@ -186,10 +186,24 @@ mod tests {
         assert!((29.0..31.0).contains(&meters), "{meters}");
         assert!(choose_case(rule, &[open("far", north(60.0), now - HOUR)], HERE, now).is_none());
         assert!(
-            choose_case(rule, &[open("old", north(10.0), now - 25 * HOUR)], HERE, now).is_none()
+            choose_case(
+                rule,
+                &[open("old", north(10.0), now - 25 * HOUR)],
+                HERE,
+                now
+            )
+            .is_none()
         );
         // exactly at the limits still joins
-        assert!(choose_case(rule, &[open("edge", north(49.9), now - 24 * HOUR)], HERE, now).is_some());
+        assert!(
+            choose_case(
+                rule,
+                &[open("edge", north(49.9), now - 24 * HOUR)],
+                HERE,
+                now
+            )
+            .is_some()
+        );
     }
 
     #[test]
@@ -227,7 +241,10 @@ mod tests {
             Some(vec!["c1".into(), "c2".into(), "c3".into()])
         );
         // two are not enough
-        assert_eq!(recurrence(&config, 50.0, &history[1..], HERE, now, 20), None);
+        assert_eq!(
+            recurrence(&config, 50.0, &history[1..], HERE, now, 20),
+            None
+        );
         // one of them too far away
         let far = [
             history[0].clone(),

@@ -22,7 +22,9 @@ pub fn metrics() -> &'static IntakeMetrics {
         IntakeMetrics {
             reports_merged: meter
                 .u64_counter("whistle.reports.merged")
-                .with_description("reports that joined an open duplicate case instead of opening one")
+                .with_description(
+                    "reports that joined an open duplicate case instead of opening one",
+                )
                 .build(),
             reports_recurrent: meter
                 .u64_counter("whistle.reports.recurrent")

@@ -15,8 +15,7 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use sea_orm::{
-    ColumnTrait, EntityTrait, JoinType, QueryFilter, QueryOrder, QuerySelect,
-    sea_query::Condition,
+    ColumnTrait, EntityTrait, JoinType, QueryFilter, QueryOrder, QuerySelect, sea_query::Condition,
 };
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -106,13 +105,11 @@ pub async fn serve(
 
 /// The Open311 routes, every one through one handler that reads the format from the path.
 pub fn router(intake: Intake, keys: ApiKeys, config: Open311Config) -> Router {
-    Router::new()
-        .fallback(handle)
-        .with_state(Open311 {
-            intake,
-            keys: Arc::new(keys),
-            config,
-        })
+    Router::new().fallback(handle).with_state(Open311 {
+        intake,
+        keys: Arc::new(keys),
+        config,
+    })
 }
 
 /// The two formats of the spec.
@@ -131,7 +128,10 @@ pub enum Node {
     Number(f64),
     Bool(bool),
     Object(Vec<(&'static str, Node)>),
-    List { item: &'static str, items: Vec<Node> },
+    List {
+        item: &'static str,
+        items: Vec<Node>,
+    },
 }
 
 fn text(value: impl Into<String>) -> Node {
@@ -301,11 +301,9 @@ fn parameter_of(field: &str) -> &str {
 impl From<IntakeError> for Open311Error {
     fn from(error: IntakeError) -> Self {
         match error {
-            IntakeError::InvalidArgument(field) => Self::bad_request(format!(
-                "{}: {}",
-                parameter_of(&field.field),
-                field.reason
-            )),
+            IntakeError::InvalidArgument(field) => {
+                Self::bad_request(format!("{}: {}", parameter_of(&field.field), field.reason))
+            }
             IntakeError::NotFound(message) => Self::not_found(message),
             IntakeError::AlreadyExists(message) | IntakeError::FailedPrecondition(message) => {
                 Self::bad_request(message)
@@ -475,7 +473,10 @@ impl Open311 {
                 })?;
                 let form = Parameters::parse(&bytes);
                 self.check_jurisdiction(&form)?;
-                Ok(("service_requests", self.post_request(&form, headers, &bytes).await?))
+                Ok((
+                    "service_requests",
+                    self.post_request(&form, headers, &bytes).await?,
+                ))
             }
             (&Method::GET, Resource::Requests) => {
                 self.check_jurisdiction(query)?;
@@ -497,7 +498,10 @@ impl Open311 {
     }
 
     fn check_jurisdiction(&self, parameters: &Parameters) -> Result<(), Open311Error> {
-        match (&self.config.jurisdiction_id, parameters.get("jurisdiction_id")) {
+        match (
+            &self.config.jurisdiction_id,
+            parameters.get("jurisdiction_id"),
+        ) {
             (Some(ours), Some(theirs)) if ours != theirs => Err(Open311Error::not_found(format!(
                 "jurisdiction_id {theirs:?} is not served here"
             ))),
@@ -865,12 +869,9 @@ impl Open311 {
         {
             notes.push(case.state_note.clone());
         }
-        let updated_ms = view
-            .case
-            .as_ref()
-            .map_or(model.received_at_ms, |case| {
-                case.state_changed_at_ms.max(model.received_at_ms)
-            });
+        let updated_ms = view.case.as_ref().map_or(model.received_at_ms, |case| {
+            case.state_changed_at_ms.max(model.received_at_ms)
+        });
         let media_url = attachments_of(model)
             .into_iter()
             .map(|attachment| attachment.uri)
@@ -903,11 +904,9 @@ impl Open311 {
             .limits
             .check_id("service_request_id", id)
             .map_err(|error| Open311Error::bad_request(error.to_string()))?;
-        let view = self
-            .intake
-            .report_view(id)
-            .await?
-            .ok_or_else(|| Open311Error::not_found(format!("service_request_id {id:?} not found")))?;
+        let view = self.intake.report_view(id).await?.ok_or_else(|| {
+            Open311Error::not_found(format!("service_request_id {id:?} not found"))
+        })?;
         Ok(Node::List {
             item: "request",
             items: vec![self.service_request(&view)],
@@ -1036,10 +1035,10 @@ impl Open311 {
                             states = states.add(case::Column::State.eq(CaseState::Open as i32))
                         }
                         "closed" => {
-                            states = states.add(case::Column::State.is_in([
-                                CaseState::Closed as i32,
-                                CaseState::Rejected as i32,
-                            ]))
+                            states = states.add(
+                                case::Column::State
+                                    .is_in([CaseState::Closed as i32, CaseState::Rejected as i32]),
+                            )
                         }
                         other => {
                             return Err(Open311Error::bad_request(format!(

@@ -104,7 +104,10 @@ fn check_optional_uri(limits: &LimitsConfig, field: &str, value: &str) -> Result
         ));
     }
     if value.chars().any(char::is_control) {
-        return Err(FieldError::new(field, "must not contain control characters"));
+        return Err(FieldError::new(
+            field,
+            "must not contain control characters",
+        ));
     }
     Ok(())
 }
@@ -270,7 +273,10 @@ pub fn check_import(
             ));
         }
         if !seen.insert(area.code.as_str()) {
-            return Err(FieldError::new(field("code"), "appears twice in the import"));
+            return Err(FieldError::new(
+                field("code"),
+                "appears twice in the import",
+            ));
         }
         let boundary = if area.boundary_wkt.trim().is_empty() {
             None
@@ -329,9 +335,7 @@ pub fn check_list_reports(
             .page_token
             .split_once(':')
             .and_then(|(at, id)| Some((at.parse::<i64>().ok()?, id)))
-            .ok_or_else(|| {
-                FieldError::new("page_token", "not a token this service gave out")
-            })?;
+            .ok_or_else(|| FieldError::new("page_token", "not a token this service gave out"))?;
         Some((at, id.to_string()))
     };
     Ok(ReportQuery {

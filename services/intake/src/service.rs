@@ -103,15 +103,16 @@ fn region_of_entry(entry: &GridEntry) -> Region {
 
 /// The report's attachments, then its media URL as an attachment that carries only the URI.
 pub fn attachments_of(model: &report::Model) -> Vec<Attachment> {
-    let mut attachments: Vec<Attachment> =
-        serde_json::from_str::<Vec<StoredAttachment>>(&model.attachments)
-            .unwrap_or_else(|error| {
-                tracing::error!(report_id = %model.report_id, %error, "stored attachments are unreadable");
-                Vec::new()
-            })
-            .into_iter()
-            .map(Attachment::from)
-            .collect();
+    let mut attachments: Vec<Attachment> = serde_json::from_str::<Vec<StoredAttachment>>(
+        &model.attachments,
+    )
+    .unwrap_or_else(|error| {
+        tracing::error!(report_id = %model.report_id, %error, "stored attachments are unreadable");
+        Vec::new()
+    })
+    .into_iter()
+    .map(Attachment::from)
+    .collect();
     if !model.media_url.is_empty() {
         attachments.push(Attachment {
             uri: model.media_url.clone(),
@@ -262,13 +263,16 @@ fn opening_events(
     model: &report::Model,
     config: &IntakeConfig,
 ) -> Result<Vec<whistle_platform::outbox::OutboxEvent>, IntakeError> {
-    [Some(case_reported(clock, model)), case_recurrent(clock, model, config)]
-        .into_iter()
-        .flatten()
-        .map(|event| {
-            envelope::to_outbox(&event).map_err(|error| IntakeError::Unexpected(error.to_string()))
-        })
-        .collect()
+    [
+        Some(case_reported(clock, model)),
+        case_recurrent(clock, model, config),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|event| {
+        envelope::to_outbox(&event).map_err(|error| IntakeError::Unexpected(error.to_string()))
+    })
+    .collect()
 }
 
 /// `case.merged` for a report that joined an open case (envelope case id: that case).
@@ -400,10 +404,7 @@ pub fn largest_event_bytes(limits: &LimitsConfig) -> Result<usize, FieldError> {
 
 /// Why a position found no grid, in words for the caller.
 fn unlocated_reason(position: Position, why: Unlocated, located_grids: usize) -> String {
-    let at = format!(
-        "position {:.6}, {:.6} (WGS-84)",
-        position.lat, position.lng
-    );
+    let at = format!("position {:.6}, {:.6} (WGS-84)", position.lat, position.lng);
     match why {
         Unlocated::InCommunity(community) => format!(
             "{at} lies in community {community} but in none of its grids; give place.grid_code"
@@ -521,7 +522,10 @@ impl Intake {
         {
             // the same request_id committed by a concurrent call (not serialized by a merge lock)
             Err(IntakeError::Database(error)) if is_unique_violation(&error) => {
-                match self.existing_answer(&self.db, &checked, &fingerprint).await? {
+                match self
+                    .existing_answer(&self.db, &checked, &fingerprint)
+                    .await?
+                {
                     Some(answer) => answer,
                     None => Err(IntakeError::Database(error)),
                 }
@@ -663,7 +667,9 @@ impl Intake {
             crate::metrics::metrics().reports_merged.add(1, &category);
         }
         if recurrent {
-            crate::metrics::metrics().reports_recurrent.add(1, &category);
+            crate::metrics::metrics()
+                .reports_recurrent
+                .add(1, &category);
         }
         tracing::info!(report_id = %report_id, case_id = %case_id, merged, recurrent, "report received");
         Ok(response)
@@ -779,7 +785,10 @@ impl Intake {
         &self,
         reports: Vec<report::Model>,
     ) -> Result<Vec<ReportView>, IntakeError> {
-        let ids: Vec<String> = reports.iter().map(|report| report.case_id.clone()).collect();
+        let ids: Vec<String> = reports
+            .iter()
+            .map(|report| report.case_id.clone())
+            .collect();
         let cases: HashMap<String, case::Model> = if ids.is_empty() {
             HashMap::new()
         } else {
@@ -913,7 +922,9 @@ impl Intake {
                             format!("unknown street {}", area.parent_code),
                         ));
                     }
-                    let known = registry.community(&area.code).map(|known| known.name.as_str());
+                    let known = registry
+                        .community(&area.code)
+                        .map(|known| known.name.as_str());
                     crate::catalogue::upsert_community(
                         &transaction,
                         community::ActiveModel {
@@ -941,7 +952,9 @@ impl Intake {
                             format!("unknown street {street_code}"),
                         ));
                     }
-                    let known = registry.grid(&area.code).map(|known| known.grid.name.as_str());
+                    let known = registry
+                        .grid(&area.code)
+                        .map(|known| known.grid.name.as_str());
                     crate::catalogue::upsert_grid(
                         &transaction,
                         grid::ActiveModel {
@@ -1086,7 +1099,9 @@ impl Intake {
             .filter(case::Column::ReportCount.gt(1))
             .exec(&transaction)
             .await?;
-        let left = old_case.map_or(1, |case| std::cmp::max(case.report_count.saturating_sub(1), 1));
+        let left = old_case.map_or(1, |case| {
+            std::cmp::max(case.report_count.saturating_sub(1), 1)
+        });
         let split = envelope::new_event(
             self.clock.as_ref(),
             SOURCE,
@@ -1157,7 +1172,8 @@ impl Intake {
                 .await?;
             return Ok(AttachEvidenceResponse {
                 case_id: earlier.case_id,
-                evidence_count: case.map_or(0, |case| u32::try_from(case.evidence_count).unwrap_or(0)),
+                evidence_count: case
+                    .map_or(0, |case| u32::try_from(case.evidence_count).unwrap_or(0)),
             });
         }
         let case = case::Entity::find_by_id(checked.case_id.as_str())

@@ -184,6 +184,8 @@ pub mod case {
         pub opened_at_ms: i64,
         /// `whistle.intake.v1.CaseState` number.
         pub state: i32,
+        /// When dispatch last changed the case (its state or its note); for a closed case, when it
+        /// closed.
         pub state_changed_at_ms: i64,
         /// Why the state is what it is (a rejection's reason), for Open311's status_notes.
         pub state_note: String,

@@ -74,11 +74,7 @@ async fn a_report_by_position_lands_in_its_grid_whatever_the_datum() {
     ] {
         let located = harness
             .client
-            .locate_grid(LocateGridRequest {
-                lat,
-                lng,
-                datum: 0,
-            })
+            .locate_grid(LocateGridRequest { lat, lng, datum: 0 })
             .await
             .expect("locate")
             .into_inner();
@@ -138,10 +134,9 @@ async fn imported_grids_are_used_by_every_replica_without_a_restart() {
     let mut config = first.config.clone();
     config.catalogue.file = None;
     let clock = first.clock.clone();
-    let second = serve(move |listener, shutdown| {
-        whistle_intake::run(config, listener, clock, shutdown)
-    })
-    .await;
+    let second =
+        serve(move |listener, shutdown| whistle_intake::run(config, listener, clock, shutdown))
+            .await;
     let mut second_client = IntakeServiceClient::connect(second.url())
         .await
         .expect("connect");
@@ -188,7 +183,9 @@ async fn imported_grids_are_used_by_every_replica_without_a_restart() {
     ];
     // refused whole when one area is wrong, naming it
     let mut wrong = areas.clone();
-    wrong[2].boundary_wkt = "POLYGON ((110.807 32.64, 110.815 32.645, 110.815 32.64, 110.807 32.645, 110.807 32.64))".into();
+    wrong[2].boundary_wkt =
+        "POLYGON ((110.807 32.64, 110.815 32.645, 110.815 32.64, 110.807 32.645, 110.807 32.64))"
+            .into();
     let error = first
         .client
         .import_grids(ImportGridsRequest { areas: wrong })
@@ -214,7 +211,10 @@ async fn imported_grids_are_used_by_every_replica_without_a_restart() {
         "{}",
         error.message()
     );
-    assert!(second_client.locate_grid(east.clone()).await.is_err(), "nothing was stored");
+    assert!(
+        second_client.locate_grid(east.clone()).await.is_err(),
+        "nothing was stored"
+    );
 
     let imported = first
         .client

@@ -27,7 +27,10 @@ async fn intake_events(harness: &Harness) -> Vec<whistle_platform::envelope::Eve
         .collect()
 }
 
-async fn submit(harness: &mut Harness, request: whistle_proto::intake::SubmitReportRequest) -> SubmitReportResponse {
+async fn submit(
+    harness: &mut Harness,
+    request: whistle_proto::intake::SubmitReportRequest,
+) -> SubmitReportResponse {
     harness
         .client
         .submit_report(request)
@@ -88,7 +91,10 @@ async fn duplicates_join_an_open_case_within_distance_and_window() {
         .wait_case_state(&late.report_id, CaseState::Rejected)
         .await;
     let after_rejection = submit(&mut harness, garbage_report_north("after-rejection", 5.0)).await;
-    assert!(!after_rejection.merged, "a rejected case takes no duplicates");
+    assert!(
+        !after_rejection.merged,
+        "a rejected case takes no duplicates"
+    );
 
     let events = intake_events(&harness).await;
     assert_eq!(
@@ -113,7 +119,11 @@ async fn duplicates_join_an_open_case_within_distance_and_window() {
     assert_eq!(merged.reporter_id, "resident-42");
     assert_eq!(merged.category_code, "E-01-03");
     assert_eq!(merged.report_count, 2);
-    assert!((29.0..31.0).contains(&merged.distance_meters), "{}", merged.distance_meters);
+    assert!(
+        (29.0..31.0).contains(&merged.distance_meters),
+        "{}",
+        merged.distance_meters
+    );
     assert_eq!(merged.attachments.len(), 1);
     assert_eq!(
         merged.place.as_ref().expect("place").grid_code,
@@ -135,19 +145,33 @@ async fn concurrent_duplicates_make_one_case(database_url: Option<String>) {
         let mut request = garbage_report_north(&format!("at-once-{index}"), f64::from(index));
         request.reporter_id = format!("grid-worker-{index}");
         calls.push(tokio::spawn(async move {
-            client.submit_report(request).await.map(|answer| answer.into_inner())
+            client
+                .submit_report(request)
+                .await
+                .map(|answer| answer.into_inner())
         }));
     }
     let mut answers = Vec::new();
     for call in calls {
         answers.push(call.await.expect("task").expect("submit"));
     }
-    let cases: BTreeSet<&str> = answers.iter().map(|answer| answer.case_id.as_str()).collect();
+    let cases: BTreeSet<&str> = answers
+        .iter()
+        .map(|answer| answer.case_id.as_str())
+        .collect();
     assert_eq!(cases.len(), 1, "{answers:?}");
     assert_eq!(answers.iter().filter(|answer| answer.merged).count(), 7);
     let kinds = kinds(&harness.case_events().await);
-    assert_eq!(kinds.iter().filter(|kind| *kind == "case.reported").count(), 1, "{kinds:?}");
-    assert_eq!(kinds.iter().filter(|kind| *kind == "case.merged").count(), 7, "{kinds:?}");
+    assert_eq!(
+        kinds.iter().filter(|kind| *kind == "case.reported").count(),
+        1,
+        "{kinds:?}"
+    );
+    assert_eq!(
+        kinds.iter().filter(|kind| *kind == "case.merged").count(),
+        7,
+        "{kinds:?}"
+    );
     let mut client = harness.client.clone();
     let on_case = client
         .list_reports(ListReportsRequest {
@@ -220,7 +244,10 @@ async fn a_problem_closed_three_times_in_a_month_recurs() {
         .iter()
         .position(|event| matches!(event.payload, Some(Payload::CaseRecurrent(_))))
         .expect("case.recurrent");
-    assert!(matches!(events[position - 1].payload, Some(Payload::CaseReported(_))));
+    assert!(matches!(
+        events[position - 1].payload,
+        Some(Payload::CaseReported(_))
+    ));
     assert_eq!(events[position - 1].case_id, again.case_id);
     assert_eq!(events[position].case_id, again.case_id);
     let Some(Payload::CaseRecurrent(flag)) = &events[position].payload else {
@@ -242,12 +269,21 @@ async fn a_problem_closed_three_times_in_a_month_recurs() {
     harness
         .dispatch_publishes(&again.case_id, Payload::CaseClosed(CaseClosed {}))
         .await;
-    harness.wait_case_state(&again.report_id, CaseState::Closed).await;
+    harness
+        .wait_case_state(&again.report_id, CaseState::Closed)
+        .await;
     let later = submit(&mut harness, garbage_report_north("much-later", 0.0)).await;
-    assert!(later.recurrent, "rounds 1, 2 and the fourth case are within 30 days");
+    assert!(
+        later.recurrent,
+        "rounds 1, 2 and the fourth case are within 30 days"
+    );
     assert_eq!(
         later.earlier_case_ids,
-        [earlier[1].clone(), earlier[2].clone(), again.case_id.clone()]
+        [
+            earlier[1].clone(),
+            earlier[2].clone(),
+            again.case_id.clone()
+        ]
     );
     harness.served.stop().await;
 }
@@ -312,17 +348,29 @@ async fn a_wrongly_merged_report_is_split_into_its_own_case() {
         })
         .await
         .expect_err("reason");
-    assert!(no_reason.message().starts_with("reason:"), "{}", no_reason.message());
+    assert!(
+        no_reason.message().starts_with("reason:"),
+        "{}",
+        no_reason.message()
+    );
 
     let events = harness.case_events().await;
     assert_eq!(
         kinds(&events),
-        ["case.reported", "case.merged", "case.split", "case.reported"]
+        [
+            "case.reported",
+            "case.merged",
+            "case.split",
+            "case.reported"
+        ]
     );
     let Some(Payload::ReportSplit(fact)) = &events[2].payload else {
         unreachable!()
     };
-    assert_eq!(events[2].case_id, first.case_id, "the fact belongs to the old case");
+    assert_eq!(
+        events[2].case_id, first.case_id,
+        "the fact belongs to the old case"
+    );
     assert_eq!(fact.new_case_id, answer.case_id);
     assert_eq!(fact.reporter_id, "resident-9");
     assert_eq!(fact.report_count, 1);
@@ -392,11 +440,20 @@ async fn reporters_and_the_community_attach_evidence_to_open_cases() {
             .await
             .expect_err("another community"),
     );
-    assert!(other_community.1.starts_with("community_code:"), "{}", other_community.1);
+    assert!(
+        other_community.1.starts_with("community_code:"),
+        "{}",
+        other_community.1
+    );
     let both = refused(
         harness
             .client
-            .attach_evidence(request("e-5", "grid-worker-17", "420303003001", vec![photo(4)]))
+            .attach_evidence(request(
+                "e-5",
+                "grid-worker-17",
+                "420303003001",
+                vec![photo(4)],
+            ))
             .await
             .expect_err("both"),
     );
@@ -410,7 +467,11 @@ async fn reporters_and_the_community_attach_evidence_to_open_cases() {
             .await
             .expect_err("not a photo or video"),
     );
-    assert!(document.1.starts_with("attachments[0].media_type:"), "{}", document.1);
+    assert!(
+        document.1.starts_with("attachments[0].media_type:"),
+        "{}",
+        document.1
+    );
     let reused = refused(
         harness
             .client
@@ -432,7 +493,11 @@ async fn reporters_and_the_community_attach_evidence_to_open_cases() {
             .expect_err("over evidence.max_per_case"),
     );
     assert_eq!(too_many.0, Code::FailedPrecondition);
-    assert!(too_many.1.contains("evidence.max_per_case"), "{}", too_many.1);
+    assert!(
+        too_many.1.contains("evidence.max_per_case"),
+        "{}",
+        too_many.1
+    );
 
     harness
         .dispatch_publishes(&report.case_id, Payload::CaseClosed(CaseClosed {}))
@@ -454,7 +519,9 @@ async fn reporters_and_the_community_attach_evidence_to_open_cases() {
     let attached: Vec<_> = events
         .iter()
         .filter_map(|event| match &event.payload {
-            Some(Payload::CaseEvidenceAttached(attached)) => Some((event.case_id.clone(), attached.clone())),
+            Some(Payload::CaseEvidenceAttached(attached)) => {
+                Some((event.case_id.clone(), attached.clone()))
+            }
             _ => None,
         })
         .collect();

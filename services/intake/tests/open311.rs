@@ -19,7 +19,10 @@ fn error_description(answer: &HttpAnswer, status: u16) -> String {
         let errors = answer.json();
         let error = &errors.as_array().expect("an error array")[0];
         assert_eq!(error["code"], serde_json::json!(status), "{errors}");
-        error["description"].as_str().expect("description").to_string()
+        error["description"]
+            .as_str()
+            .expect("description")
+            .to_string()
     } else {
         assert!(
             answer.content_type.starts_with("text/xml"),
@@ -43,7 +46,10 @@ async fn post(address: SocketAddr, path: &str, pairs: &[(&str, &str)]) -> HttpAn
         address,
         "POST",
         path,
-        &[("Content-Type", "application/x-www-form-urlencoded; charset=utf-8")],
+        &[(
+            "Content-Type",
+            "application/x-www-form-urlencoded; charset=utf-8",
+        )],
         &form(pairs),
     )
     .await
@@ -95,7 +101,9 @@ async fn a_georeport_v2_client_walks_every_endpoint() {
     assert_eq!(garbage["group"], "市容环境");
     let xml = get(api, "/services.xml").await;
     assert!(
-        xml.body.starts_with("<?xml version=\"1.0\" encoding=\"utf-8\"?><services><service><service_code>"),
+        xml.body.starts_with(
+            "<?xml version=\"1.0\" encoding=\"utf-8\"?><services><service><service_code>"
+        ),
         "{}",
         xml.body
     );
@@ -115,7 +123,8 @@ async fn a_georeport_v2_client_walks_every_endpoint() {
     assert_eq!(definition["attributes"][1]["values"][1]["key"], "GCJ02");
     let xml = get(api, "/services/E-01-03.xml").await;
     assert!(
-        xml.body.contains("<attributes><attribute><variable>true</variable><code>severity</code>"),
+        xml.body
+            .contains("<attributes><attribute><variable>true</variable><code>severity</code>"),
         "{}",
         xml.body
     );
@@ -123,11 +132,8 @@ async fn a_georeport_v2_client_walks_every_endpoint() {
     assert!(error_description(&get(api, "/services/E-99-99.xml").await, 404).contains("E-99-99"));
 
     // POST errors, each in the spec's array shape
-    let (lat, long) = whistle_proto::datum::from_wgs84(
-        whistle_proto::types::Datum::Gcj02,
-        32.6369,
-        110.7986,
-    );
+    let (lat, long) =
+        whistle_proto::datum::from_wgs84(whistle_proto::types::Datum::Gcj02, 32.6369, 110.7986);
     let (lat, long) = (lat.to_string(), long.to_string());
     let valid: Vec<(&str, &str)> = vec![
         ("api_key", API_KEY),
@@ -159,16 +165,27 @@ async fn a_georeport_v2_client_walks_every_endpoint() {
     let wrong_key = post(api, "/requests.xml", &with("api_key", "guess")).await;
     assert!(error_description(&wrong_key, 403).contains("Invalid api_key"));
     assert!(
-        error_description(&post(api, "/requests.json", &without("service_code")).await, 400)
-            .contains("service_code")
-    );
-    assert!(
-        error_description(&post(api, "/requests.json", &with("service_code", "E-99-99")).await, 404)
-            .contains("E-99-99")
+        error_description(
+            &post(api, "/requests.json", &without("service_code")).await,
+            400
+        )
+        .contains("service_code")
     );
     assert!(
         error_description(
-            &post(api, "/requests.json", &with("jurisdiction_id", "beijing.gov.cn")).await,
+            &post(api, "/requests.json", &with("service_code", "E-99-99")).await,
+            404
+        )
+        .contains("E-99-99")
+    );
+    assert!(
+        error_description(
+            &post(
+                api,
+                "/requests.json",
+                &with("jurisdiction_id", "beijing.gov.cn")
+            )
+            .await,
             404
         )
         .contains("jurisdiction_id")
@@ -184,16 +201,25 @@ async fn a_georeport_v2_client_walks_every_endpoint() {
             .contains("together")
     );
     assert!(
-        error_description(&post(api, "/requests.json", &without("description")).await, 400)
-            .starts_with("description:")
+        error_description(
+            &post(api, "/requests.json", &without("description")).await,
+            400
+        )
+        .starts_with("description:")
     );
     assert!(
-        error_description(&post(api, "/requests.json", &with("attribute[datum]", "UTM")).await, 400)
-            .contains("attribute[datum]")
+        error_description(
+            &post(api, "/requests.json", &with("attribute[datum]", "UTM")).await,
+            400
+        )
+        .contains("attribute[datum]")
     );
     assert!(
-        error_description(&post(api, "/requests.xml", &with("lat", "north")).await, 400)
-            .starts_with("lat:")
+        error_description(
+            &post(api, "/requests.xml", &with("lat", "north")).await,
+            400
+        )
+        .starts_with("lat:")
     );
     let beijing = post(
         api,
@@ -218,7 +244,10 @@ async fn a_georeport_v2_client_walks_every_endpoint() {
         .expect("id")
         .to_string();
     assert_eq!(created[0]["account_id"], "resident-88");
-    assert!(created[0].get("token").is_none(), "realtime: an id, no token");
+    assert!(
+        created[0].get("token").is_none(),
+        "realtime: an id, no token"
+    );
     // the same form again (a double tap) is the same request
     let again = post(api, "/requests.json", &valid).await.json();
     assert_eq!(again[0]["service_request_id"], id.as_str());
@@ -249,8 +278,16 @@ async fn a_georeport_v2_client_walks_every_endpoint() {
         "{}",
         neighbour.body
     );
-    assert!(neighbour.body.contains("merged with an open report"), "{}", neighbour.body);
-    assert!(neighbour.body.contains("<account_id/>"), "{}", neighbour.body);
+    assert!(
+        neighbour.body.contains("merged with an open report"),
+        "{}",
+        neighbour.body
+    );
+    assert!(
+        neighbour.body.contains("<account_id/>"),
+        "{}",
+        neighbour.body
+    );
     let neighbour_id = neighbour
         .body
         .split("<service_request_id>")
@@ -304,8 +341,16 @@ async fn a_georeport_v2_client_walks_every_endpoint() {
     assert_eq!(request["address_id"], "420303003001001");
     assert_eq!(request["media_url"], "https://photos.example/1.jpg");
     let stored_lat = request["lat"].as_f64().expect("lat");
-    assert!((stored_lat - 32.6369).abs() < 1e-6, "WGS-84 out: {stored_lat}");
-    assert!(request["requested_datetime"].as_str().expect("time").ends_with('Z'));
+    assert!(
+        (stored_lat - 32.6369).abs() < 1e-6,
+        "WGS-84 out: {stored_lat}"
+    );
+    assert!(
+        request["requested_datetime"]
+            .as_str()
+            .expect("time")
+            .ends_with('Z')
+    );
     let xml = get(api, &format!("/requests/{neighbour_id}.xml")).await;
     assert!(xml.body.contains("<status>open</status>"), "{}", xml.body);
     assert!(xml.body.contains("merged into case"), "{}", xml.body);
@@ -317,21 +362,40 @@ async fn a_georeport_v2_client_walks_every_endpoint() {
     assert_eq!(token[0]["service_request_id"], by_grid_id.as_str());
     assert_eq!(token[0]["token"], "app-7f3a-0001");
     let token = get(api, "/tokens/app-7f3a-0001.xml").await;
-    assert!(token.body.contains("<token>app-7f3a-0001</token>"), "{}", token.body);
+    assert!(
+        token.body.contains("<token>app-7f3a-0001</token>"),
+        "{}",
+        token.body
+    );
     assert!(error_description(&get(api, "/tokens/unknown.xml").await, 404).contains("unknown"));
 
     // GET requests: filters and paging
     let all = get(api, "/requests.json").await.json();
     assert_eq!(all.as_array().expect("array").len(), 3);
-    let garbage = get(api, "/requests.json?service_code=E-01-03&status=open").await.json();
+    let garbage = get(api, "/requests.json?service_code=E-01-03&status=open")
+        .await
+        .json();
     assert_eq!(garbage.as_array().expect("array").len(), 2);
     let page = get(api, "/requests.json?page_size=1&page=2").await.json();
     assert_eq!(page.as_array().expect("array").len(), 1);
-    let chosen = get(api, &format!("/requests.json?service_request_id={id},{by_grid_id}&status=closed")).await.json();
-    assert_eq!(chosen.as_array().expect("array").len(), 2, "ids override the other filters");
+    let chosen = get(
+        api,
+        &format!("/requests.json?service_request_id={id},{by_grid_id}&status=closed"),
+    )
+    .await
+    .json();
+    assert_eq!(
+        chosen.as_array().expect("array").len(),
+        2,
+        "ids override the other filters"
+    );
     assert!(
         error_description(
-            &get(api, "/requests.json?start_date=2026-01-01T00:00:00Z&end_date=2026-06-01T00:00:00Z").await,
+            &get(
+                api,
+                "/requests.json?start_date=2026-01-01T00:00:00Z&end_date=2026-06-01T00:00:00Z"
+            )
+            .await,
             400
         )
         .contains("90 days")
@@ -341,7 +405,8 @@ async fn a_georeport_v2_client_walks_every_endpoint() {
             .starts_with("start_date:")
     );
     assert!(
-        error_description(&get(api, "/requests.json?status=pending").await, 400).starts_with("status:")
+        error_description(&get(api, "/requests.json?status=pending").await, 400)
+            .starts_with("status:")
     );
 
     // dispatch closes the case: both reports read closed, with a note
@@ -378,8 +443,16 @@ async fn a_georeport_v2_client_walks_every_endpoint() {
 
     // two cases, one merge on the stream: the retries published nothing
     let kinds = common::kinds(&harness.case_events().await);
-    assert_eq!(kinds.iter().filter(|kind| *kind == "case.reported").count(), 2, "{kinds:?}");
-    assert_eq!(kinds.iter().filter(|kind| *kind == "case.merged").count(), 1, "{kinds:?}");
+    assert_eq!(
+        kinds.iter().filter(|kind| *kind == "case.reported").count(),
+        2,
+        "{kinds:?}"
+    );
+    assert_eq!(
+        kinds.iter().filter(|kind| *kind == "case.merged").count(),
+        1,
+        "{kinds:?}"
+    );
     harness.served.stop().await;
 }
 
@@ -413,7 +486,10 @@ fn bodies() -> BoxedStrategy<Vec<u8>> {
         Just(("attribute[datum]", "bd-09".to_string())),
         Just(("attribute[datum]", "UTM".to_string())),
         Just(("attribute[severity]", "meh".to_string())),
-        Just(("attribute[observed_at]", "2026-11-01T08:00:00+08:00".to_string())),
+        Just((
+            "attribute[observed_at]",
+            "2026-11-01T08:00:00+08:00".to_string()
+        )),
         Just(("attribute[observed_at]", "2999-01-01T00:00:00Z".to_string())),
         Just(("media_url", "https://p.example/1.jpg".to_string())),
         Just(("media_url", "p.jpg".to_string())),
@@ -426,8 +502,8 @@ fn bodies() -> BoxedStrategy<Vec<u8>> {
         1 => (0..VALID.len()).prop_map(Err),
         3 => replacement.prop_map(Ok),
     ];
-    let form_body = (proptest::collection::vec(change, 0..4), 0u32..1000).prop_map(
-        |(changes, salt)| {
+    let form_body =
+        (proptest::collection::vec(change, 0..4), 0u32..1000).prop_map(|(changes, salt)| {
             let mut fields: Vec<(&str, String)> = VALID
                 .iter()
                 .map(|(name, value)| (*name, value.to_string()))
@@ -451,8 +527,7 @@ fn bodies() -> BoxedStrategy<Vec<u8>> {
                 serializer.append_pair(name, value);
             }
             serializer.finish().into_bytes()
-        },
-    );
+        });
     prop_oneof![
         4 => form_body,
         1 => proptest::collection::vec(any::<u8>(), 0..300),
@@ -498,7 +573,11 @@ fn arbitrary_posts_never_crash_and_reach_nats_only_when_valid() {
             match answer.status {
                 200 => {
                     // a new report adds its event; a repeat of an accepted form adds none
-                    prop_assert!(after - before <= 1, "{} events for one report", after - before);
+                    prop_assert!(
+                        after - before <= 1,
+                        "{} events for one report",
+                        after - before
+                    );
                     prop_assert!(json[0]["service_request_id"].is_string());
                     counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }

@@ -56,20 +56,24 @@ pub async fn start_on(
     }
     configure(&mut config);
     let clock = Arc::new(ManualClock::new(whistle_platform::SystemClock.now()));
-    let open311_listener = open311.then(|| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"));
+    let open311_listener =
+        open311.then(|| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"));
     let open311_address = open311_listener
         .as_ref()
         .map(|listener| listener.local_addr().expect("address"));
     let run_config = config.clone();
     let run_clock = clock.clone();
     let served = serve(move |listener, shutdown| {
-        whistle_intake::run_with_open311(run_config, listener, open311_listener, run_clock, shutdown)
+        whistle_intake::run_with_open311(
+            run_config,
+            listener,
+            open311_listener,
+            run_clock,
+            shutdown,
+        )
     })
     .await;
-    assert!(
-        !served.task.is_finished(),
-        "intake stopped during start-up"
-    );
+    assert!(!served.task.is_finished(), "intake stopped during start-up");
     let client = IntakeServiceClient::connect(served.url())
         .await
         .expect("connect");
@@ -124,7 +128,11 @@ impl Harness {
     pub async fn case_events(&self) -> Vec<Event> {
         let db = self.db().await;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while whistle_platform::outbox::backlog(&db).await.expect("backlog") != 0 {
+        while whistle_platform::outbox::backlog(&db)
+            .await
+            .expect("backlog")
+            != 0
+        {
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "the outbox did not drain"
@@ -181,7 +189,11 @@ impl Harness {
     }
 
     /// Waits until intake learned that `report_id`'s case is in `state`.
-    pub async fn wait_case_state(&mut self, report_id: &str, state: whistle_proto::intake::CaseState) {
+    pub async fn wait_case_state(
+        &mut self,
+        report_id: &str,
+        state: whistle_proto::intake::CaseState,
+    ) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
             let report = self
