@@ -50,12 +50,12 @@ pub struct OpenCase {
 
 /// The open case a report at `position`, received at `now_ms`, joins: within the distance of the
 /// case's first report and the window since the case opened; the nearest, then the oldest.
-pub fn choose_case<'a>(
+pub fn choose_case(
     rule: MergeRule,
-    candidates: &'a [OpenCase],
+    candidates: &[OpenCase],
     position: Position,
     now_ms: i64,
-) -> Option<(&'a OpenCase, f64)> {
+) -> Option<(&OpenCase, f64)> {
     candidates
         .iter()
         .filter(|case| now_ms.saturating_sub(case.opened_at_ms) <= rule.window_ms)

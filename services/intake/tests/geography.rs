@@ -147,10 +147,7 @@ async fn imported_grids_are_used_by_every_replica_without_a_restart() {
         lng: 110.8100,
         datum: 0,
     };
-    let unknown = second_client
-        .locate_grid(east.clone())
-        .await
-        .expect_err("not yet");
+    let unknown = second_client.locate_grid(east).await.expect_err("not yet");
     assert_eq!(unknown.code(), Code::InvalidArgument);
 
     let square = |x0: f64, y0: f64, x1: f64, y1: f64| {
@@ -212,7 +209,7 @@ async fn imported_grids_are_used_by_every_replica_without_a_restart() {
         error.message()
     );
     assert!(
-        second_client.locate_grid(east.clone()).await.is_err(),
+        second_client.locate_grid(east).await.is_err(),
         "nothing was stored"
     );
 
@@ -226,7 +223,7 @@ async fn imported_grids_are_used_by_every_replica_without_a_restart() {
     // the importing replica uses it at once
     let here = first
         .client
-        .locate_grid(east.clone())
+        .locate_grid(east)
         .await
         .expect("located at once")
         .into_inner();
@@ -234,7 +231,7 @@ async fn imported_grids_are_used_by_every_replica_without_a_restart() {
     // the other replica within its reload interval
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let there = loop {
-        match second_client.locate_grid(east.clone()).await {
+        match second_client.locate_grid(east).await {
             Ok(answer) => break answer.into_inner(),
             Err(error) => {
                 assert!(
