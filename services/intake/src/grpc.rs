@@ -349,3 +349,238 @@ mod properties {
         });
     }
 }
+
+/// The requests added with positions, imports, lists, splits and evidence: whatever their checks
+/// accept is within every limit, whatever bytes arrive.
+#[cfg(test)]
+mod more_properties {
+    use crate::config::{CatalogueConfig, EvidenceConfig};
+    use crate::requests::{
+        check_evidence, check_import, check_list_reports, check_locate, check_split,
+    };
+    use proptest::prelude::*;
+    use prost::Message;
+    use whistle_platform::testing::arbitrary::{mostly, text, wire_bytes};
+    use whistle_platform::testing::run_decoder_property;
+    use whistle_platform::validation::LimitsConfig;
+    use whistle_proto::intake::{
+        Area, AttachEvidenceRequest, ImportGridsRequest, ListReportsRequest, LocateGridRequest,
+        SplitReportRequest,
+    };
+    use whistle_proto::types::Attachment;
+
+    fn limits() -> LimitsConfig {
+        LimitsConfig {
+            id_chars: 8,
+            code_chars: 16,
+            name_chars: 6,
+            text_chars: 8,
+            uri_chars: 30,
+            media_type_chars: 12,
+            attachments: 2,
+            page_size: 50,
+            ..LimitsConfig::default()
+        }
+    }
+
+    fn within(value: &str, limit: usize) -> bool {
+        value.chars().count() <= limit
+    }
+
+    #[test]
+    fn locate_and_split() {
+        let locate = (
+            prop_oneof![3 => Just(32.6369), 1 => -100.0f64..100.0],
+            prop_oneof![3 => Just(110.7986), 1 => -200.0f64..200.0],
+            prop_oneof![3 => 0i32..4, 1 => -2i32..9],
+        )
+            .prop_map(|(lat, lng, datum)| LocateGridRequest { lat, lng, datum });
+        run_decoder_property("LocateGrid", 256, wire_bytes(locate), |bytes| {
+            let Ok(request) = LocateGridRequest::decode(bytes) else {
+                return Ok(false);
+            };
+            let Ok(position) = check_locate(&request) else {
+                return Ok(false);
+            };
+            prop_assert!((-90.0..=90.0).contains(&position.lat));
+            prop_assert!((-180.0..=180.0).contains(&position.lng));
+            Ok(true)
+        });
+        let limits = limits();
+        let split = (
+            mostly(&["r-1"], 10),
+            mostly(&["op-1"], 10),
+            mostly(&["重复", " "], 10),
+        )
+            .prop_map(|(report_id, operator_id, reason)| SplitReportRequest {
+                report_id,
+                operator_id,
+                reason,
+            });
+        run_decoder_property("SplitReport", 256, wire_bytes(split), |bytes| {
+            let Ok(request) = SplitReportRequest::decode(bytes) else {
+                return Ok(false);
+            };
+            if check_split(&request, &limits).is_err() {
+                return Ok(false);
+            }
+            prop_assert!(within(&request.report_id, limits.id_chars));
+            prop_assert!(within(&request.operator_id, limits.id_chars));
+            prop_assert!(within(&request.reason, limits.text_chars));
+            prop_assert!(!request.reason.trim().is_empty());
+            Ok(true)
+        });
+    }
+
+    #[test]
+    fn list_reports() {
+        let limits = limits();
+        let list = (
+            any::<bool>(),
+            mostly(&["", "E-01-03"], 18),
+            mostly(&["", "case-1"], 10),
+            prop_oneof![3 => 0u32..60, 1 => any::<u32>()],
+            mostly(&["", "1790000000000:r-9", "x"], 10),
+        )
+            .prop_map(
+                |(recurrent_only, category_code, case_id, page_size, page_token)| {
+                    ListReportsRequest {
+                        recurrent_only,
+                        category_code,
+                        case_id,
+                        page_size,
+                        page_token,
+                    }
+                },
+            );
+        run_decoder_property("ListReports", 256, wire_bytes(list), |bytes| {
+            let Ok(request) = ListReportsRequest::decode(bytes) else {
+                return Ok(false);
+            };
+            let Ok(query) = check_list_reports(&request, &limits) else {
+                return Ok(false);
+            };
+            prop_assert!(query.page_size >= 1 && query.page_size <= limits.page_size as u64);
+            prop_assert!(within(&request.case_id, limits.id_chars));
+            prop_assert!(within(&request.page_token, limits.id_chars));
+            Ok(true)
+        });
+    }
+
+    #[test]
+    fn attach_evidence() {
+        let limits = limits();
+        let evidence = EvidenceConfig::default();
+        let request = (
+            (mostly(&["e-1"], 10), mostly(&["case-1"], 10)),
+            (
+                mostly(&["grid-17", ""], 10),
+                mostly(&["", "420303003001"], 14),
+            ),
+            proptest::collection::vec(
+                (
+                    prop_oneof![4 => Just("https://files.example/1.jpg".to_string()), 1 => text(32)],
+                    prop_oneof![4 => Just("a".repeat(64)), 1 => text(66)],
+                    prop_oneof![3 => Just("image/jpeg".to_string()), 1 => mostly(&["video/mp4", "application/pdf"], 12)],
+                    prop_oneof![3 => 1u64..1_000_000, 1 => any::<u64>()],
+                )
+                    .prop_map(|(uri, sha256, media_type, size_bytes)| Attachment {
+                        uri,
+                        sha256,
+                        media_type,
+                        size_bytes,
+                    }),
+                0..4,
+            ),
+        )
+            .prop_map(
+                |((request_id, case_id), (reporter_id, community_code), attachments)| {
+                    AttachEvidenceRequest {
+                        request_id,
+                        case_id,
+                        reporter_id,
+                        community_code,
+                        attachments,
+                    }
+                },
+            );
+        run_decoder_property("AttachEvidence", 512, wire_bytes(request), |bytes| {
+            let Ok(request) = AttachEvidenceRequest::decode(bytes) else {
+                return Ok(false);
+            };
+            let Ok(checked) = check_evidence(&request, &limits, &evidence) else {
+                return Ok(false);
+            };
+            prop_assert!(!checked.attachments.is_empty());
+            prop_assert!(checked.attachments.len() <= limits.attachments);
+            prop_assert!(request.reporter_id.is_empty() != request.community_code.is_empty());
+            for attachment in &request.attachments {
+                prop_assert!(within(&attachment.uri, limits.uri_chars));
+                prop_assert!(attachment.size_bytes <= evidence.max_size_bytes);
+                prop_assert!(
+                    attachment.media_type.starts_with("image/")
+                        || attachment.media_type.starts_with("video/")
+                );
+            }
+            Ok(true)
+        });
+    }
+
+    #[test]
+    fn import_grids() {
+        let limits = limits();
+        let catalogue = CatalogueConfig {
+            max_import_areas: 3,
+            max_boundary_points: 8,
+            ..CatalogueConfig::default()
+        };
+        let area = (
+            prop_oneof![
+                3 => prop::sample::select(vec![
+                    ("420303003004", "420303003"),
+                    ("420303003004001", "420303003004"),
+                    ("420303003", "420303"),
+                ]),
+                1 => Just(("123", "420303")),
+                1 => Just(("420303003004002", "420303003")),
+            ],
+            mostly(&["东岳社区", ""], 7),
+            mostly(
+                &[
+                    "POLYGON ((110.807 32.63, 110.815 32.63, 110.815 32.64, 110.807 32.63))",
+                    "",
+                    "POINT (1 2)",
+                    "POLYGON ((0 0, 2 2, 2 0, 0 2, 0 0))",
+                ],
+                40,
+            ),
+        )
+            .prop_map(|((code, parent_code), name, boundary_wkt)| Area {
+                code: code.to_string(),
+                parent_code: parent_code.to_string(),
+                name,
+                boundary_wkt,
+            });
+        let request =
+            proptest::collection::vec(area, 0..3).prop_map(|areas| ImportGridsRequest { areas });
+        run_decoder_property("ImportGrids", 512, wire_bytes(request), |bytes| {
+            let Ok(request) = ImportGridsRequest::decode(bytes) else {
+                return Ok(false);
+            };
+            let Ok(areas) = check_import(&request, &limits, &catalogue) else {
+                return Ok(false);
+            };
+            prop_assert!(!areas.is_empty() && areas.len() <= catalogue.max_import_areas);
+            for (area, checked) in request.areas.iter().zip(&areas) {
+                prop_assert!(within(&area.name, limits.name_chars));
+                prop_assert!(area.code.starts_with(&area.parent_code));
+                prop_assert!(matches!(area.code.len(), 9 | 12 | 15));
+                prop_assert_eq!(
+                    area.boundary_wkt.trim().is_empty(),
+                    checked.boundary.is_none()
+                );
+            }
+            Ok(true)
+        });
+    }
+}
