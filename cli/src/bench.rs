@@ -34,6 +34,9 @@ fn millis(duration: Duration) -> f64 {
 }
 
 fn report(index: usize, run: &str) -> SubmitReportRequest {
+    // distinct problems about 100 m apart (a 997 × 997 lattice of 0.001°), so none joins another's
+    // case; the grid code is given, so the position need not lie in the grid
+    let (row, column) = ((index % 997) as f64, ((index / 997) % 997) as f64);
     SubmitReportRequest {
         request_id: format!("bench-{run}-{index}"),
         channel: Channel::GridPatrol as i32,
@@ -43,12 +46,13 @@ fn report(index: usize, run: &str) -> SubmitReportRequest {
         description: format!("bench report {index}: 垃圾满溢"),
         place: Some(Place {
             grid_code: "420303003001001".into(),
-            lat: 32.6369,
-            lng: 110.7986,
+            lat: 32.6369 + row * 0.001,
+            lng: 110.7986 + column * 0.001,
             address: "中岳路2号".into(),
         }),
         attachments: vec![],
         observed_at: None,
+        ..Default::default()
     }
 }
 
@@ -61,6 +65,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
         dispatch_port: 0,
         gateway_port: 0,
         evaluation_port: 0,
+        open311_port: 0,
         ..LocalOptions::default()
     })
     .await?;

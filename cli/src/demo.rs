@@ -87,6 +87,7 @@ impl Demo {
                 }),
                 attachments: vec![],
                 observed_at: None,
+                ..Default::default()
             })
             .await?
             .into_inner();

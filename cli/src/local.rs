@@ -29,6 +29,8 @@ pub struct LocalOptions {
     /// Admin HTTP ports (/metrics, /healthz, /readyz) of intake, dispatch, gateway, evaluation;
     /// 0 picks a free port. One process: each serves the same metrics.
     pub admin_ports: [u16; 4],
+    /// Intake's Open311 GeoReport v2 HTTP port.
+    pub open311_port: u16,
 }
 
 impl Default for LocalOptions {
@@ -42,6 +44,7 @@ impl Default for LocalOptions {
             gateway_port: 50053,
             evaluation_port: 50054,
             admin_ports: [9101, 9102, 9103, 9104],
+            open311_port: 50055,
         }
     }
 }
@@ -53,6 +56,10 @@ pub struct LocalPlatform {
     pub dispatch: SocketAddr,
     pub gateway: SocketAddr,
     pub evaluation: SocketAddr,
+    /// Open311 GeoReport v2 (HTTP) of intake.
+    pub open311: SocketAddr,
+    /// The demo Open311 API key (`<data-dir>/open311-api-key`).
+    pub open311_api_key_file: PathBuf,
     pub nats_url: String,
     pub credentials_file: PathBuf,
     /// The admin ports of intake, dispatch, gateway and evaluation.
@@ -105,6 +112,12 @@ impl LocalPlatform {
         let dispatch_listener = bind(options.bind, options.dispatch_port, "dispatch").await?;
         let gateway_listener = bind(options.bind, options.gateway_port, "gateway").await?;
         let evaluation_listener = bind(options.bind, options.evaluation_port, "evaluation").await?;
+        let open311_address = SocketAddr::new(options.bind, options.open311_port);
+        let open311_listener = std::net::TcpListener::bind(open311_address).map_err(|error| {
+            anyhow::anyhow!("open311: cannot listen on {open311_address}: {error} (is another `whistle up` running? choose another port with --open311-port)")
+        })?;
+        let open311 = open311_listener.local_addr()?;
+        let open311_api_key_file = demo_open311_key(&data_dir)?;
         let intake = intake_listener.local_addr();
         let dispatch = dispatch_listener.local_addr();
         let gateway = gateway_listener.local_addr();
@@ -128,6 +141,9 @@ impl LocalPlatform {
         intake_config.database.url = sqlite_url(&data_dir, "intake");
         intake_config.nats.url = nats_url.clone();
         intake_config.catalogue.file = Some(catalogue.clone());
+        intake_config.open311.enabled = true;
+        intake_config.open311.listen = open311;
+        intake_config.open311.api_keys_file = Some(open311_api_key_file.clone());
 
         let mut dispatch_config = whistle_dispatch::DispatchConfig::load(None)?;
         dispatch_config.grpc.listen = dispatch;
@@ -161,9 +177,10 @@ impl LocalPlatform {
         let services = vec![
             (
                 "intake",
-                tokio::spawn(whistle_intake::run(
+                tokio::spawn(whistle_intake::run_with_open311(
                     intake_config,
                     intake_listener,
+                    Some(open311_listener),
                     clock.clone(),
                     shutdown.clone(),
                 )),
@@ -201,6 +218,8 @@ impl LocalPlatform {
             dispatch: connectable(dispatch),
             gateway: connectable(gateway),
             evaluation: connectable(evaluation),
+            open311: connectable(open311),
+            open311_api_key_file,
             nats_url,
             credentials_file,
             admin: admin_addresses
@@ -217,7 +236,13 @@ impl LocalPlatform {
     /// error.
     pub async fn wait_ready(&mut self) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(90);
-        let addresses = [self.intake, self.dispatch, self.gateway, self.evaluation];
+        let addresses = [
+            self.intake,
+            self.dispatch,
+            self.gateway,
+            self.evaluation,
+            self.open311,
+        ];
         loop {
             if let Some(index) = self
                 .services
@@ -333,6 +358,18 @@ async fn check_nats(url: &str) -> anyhow::Result<()> {
             whistle_platform::config::redact_url(url)
         )),
     }
+}
+
+/// The demo Open311 API key in `<data_dir>/open311-api-key`: kept across runs, made on the first.
+fn demo_open311_key(data_dir: &Path) -> anyhow::Result<PathBuf> {
+    let file = data_dir.join("open311-api-key");
+    let existing = std::fs::read_to_string(&file).unwrap_or_default();
+    if existing.trim().is_empty() {
+        let key = uuid::Uuid::new_v4().simple().to_string();
+        std::fs::write(&file, format!("{key}\n"))
+            .map_err(|error| anyhow::anyhow!("cannot write {}: {error}", file.display()))?;
+    }
+    Ok(file)
 }
 
 /// 0.0.0.0 is where we listen, not where clients connect.

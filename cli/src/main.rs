@@ -120,9 +120,17 @@ enum Command {
         /// Logs on stderr as `text` (colour only on a terminal) or `json`, one object per line.
         #[arg(long, default_value = "text", value_parser = ["text", "json"])]
         log_format: String,
+        /// Intake's Open311 GeoReport v2 HTTP port.
+        #[arg(long, default_value_t = 50055)]
+        open311_port: u16,
         /// Also play the demo scenario (garbage overflow, fire lane, property management).
         #[arg(long)]
         demo: bool,
+    },
+    /// Grid boundaries: import them, find the grid of a position, report by position.
+    Grid {
+        #[command(subcommand)]
+        command: whistle::grid::GridCommand,
     },
     /// A service's outbox: events it could not publish and parked.
     Outbox {
@@ -274,6 +282,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             gateway_admin_port,
             evaluation_admin_port,
             log_format,
+            open311_port,
             demo,
         } => {
             // quiet by default so the addresses (and the demo) stay readable; RUST_LOG=info for more
@@ -297,6 +306,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     gateway_admin_port,
                     evaluation_admin_port,
                 ],
+                open311_port,
             };
             let mut platform = LocalPlatform::start(&options).await?;
             platform.wait_ready().await?;
@@ -306,6 +316,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("  dispatch            {}", platform.dispatch);
             println!("  department-gateway  {}", platform.gateway);
             println!("  evaluation          {}", platform.evaluation);
+            println!(
+                "  open311 (HTTP)      http://{} (api key in {})",
+                platform.open311,
+                platform.open311_api_key_file.display()
+            );
             println!("  nats                {}", platform.nats_url);
             let [
                 intake_admin,
@@ -340,6 +355,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             platform.run_until(stop).await?;
             println!("whistle stopped");
         }
+        Command::Grid { command } => whistle::grid::run(&endpoints, command).await?,
         Command::Outbox { command } => whistle::outbox::run(command).await?,
         Command::Demo { credentials } => {
             let tokens = whistle::client::read_credentials(&credentials.path())?;
@@ -373,6 +389,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     }),
                     attachments: vec![],
                     observed_at: None,
+                    ..Default::default()
                 })
                 .await
                 .map_err(status_error)?

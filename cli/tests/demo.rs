@@ -19,6 +19,7 @@ async fn the_demo_scenario_plays_to_the_end() {
         gateway_port: 0,
         evaluation_port: 0,
         admin_ports: [0; 4],
+        open311_port: 0,
         ..LocalOptions::default()
     })
     .await
@@ -35,6 +36,15 @@ async fn the_demo_scenario_plays_to_the_end() {
     assert!(
         folder.path().join("data/nats").is_dir(),
         "the JetStream store lives in the data folder"
+    );
+    // intake's Open311 front door is up, with the demo key written for curl
+    let key = std::fs::read_to_string(folder.path().join("data/open311-api-key")).expect("key");
+    assert_eq!(key.trim().len(), 32, "{key:?}");
+    let services = open311_get(platform.open311, "/services.json").await;
+    assert!(services.starts_with("HTTP/1.1 200"), "{services}");
+    assert!(
+        services.contains("\"service_code\":\"E-01-03\""),
+        "{services}"
     );
 
     let started = std::time::Instant::now();
@@ -168,4 +178,22 @@ async fn the_demo_scenario_plays_to_the_end() {
     let stop = CancellationToken::new();
     stop.cancel();
     platform.run_until(stop).await.expect("clean stop");
+}
+
+/// A plain HTTP/1.1 GET, the whole answer as text.
+async fn open311_get(address: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("open311");
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .expect("send");
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.expect("read");
+    String::from_utf8(answer).expect("utf-8")
 }

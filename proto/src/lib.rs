@@ -3,6 +3,7 @@
 #![allow(clippy::large_enum_variant, clippy::doc_lazy_continuation)]
 
 pub mod codec;
+pub mod datum;
 
 /// Generated code, one module per proto package.
 pub mod whistle {

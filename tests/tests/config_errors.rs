@@ -31,6 +31,18 @@ fn bad_configuration_exits_64_naming_the_setting() {
             "not-an-address",
             "listen",
         ),
+        (
+            "intake",
+            "WHISTLE_INTAKE__OPEN311__ENABLED",
+            "true",
+            "open311.api_keys_file",
+        ),
+        (
+            "intake",
+            "WHISTLE_INTAKE__MERGING__DISTANCE_METERS",
+            "0",
+            "merging.distance_meters",
+        ),
     ] {
         let output = Command::new(binary(service))
             .env(

@@ -39,6 +39,7 @@ fn report(run: &str, index: usize) -> SubmitReportRequest {
         }),
         attachments: vec![],
         observed_at: None,
+        ..Default::default()
     }
 }
 

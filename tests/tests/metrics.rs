@@ -250,6 +250,7 @@ async fn every_metric_a_dashboard_queries_is_served() {
             }),
             attachments: vec![],
             observed_at: None,
+            ..Default::default()
         })
         .await
         .expect("submit");

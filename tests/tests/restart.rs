@@ -29,6 +29,7 @@ fn report(index: usize) -> SubmitReportRequest {
         }),
         attachments: vec![],
         observed_at: None,
+        ..Default::default()
     }
 }
 

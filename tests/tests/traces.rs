@@ -175,6 +175,7 @@ async fn one_case_is_one_trace_across_the_four_services() {
             }),
             attachments: vec![],
             observed_at: None,
+            ..Default::default()
         })
         .await
         .expect("submit")

@@ -133,7 +133,10 @@ impl EventHandler for EvaluationEvents {
             | Payload::CaseEscalated(_)
             | Payload::CaseResolvedLocally(_)
             | Payload::CaseDeferred(_)
-            | Payload::CaseResumed(_) => return remember(transaction, event, now_ms).await,
+            | Payload::CaseResumed(_)
+            | Payload::CaseEvidenceAttached(_)
+            | Payload::CaseRecurrent(_)
+            | Payload::ReportSplit(_) => return remember(transaction, event, now_ms).await,
             Payload::EvaluationPeriodClosed(_) => return Ok(()),
         };
         let Some(assignment) = assignment else {

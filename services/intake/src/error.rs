@@ -11,6 +11,9 @@ pub enum IntakeError {
     NotFound(String),
     #[error("{0}")]
     AlreadyExists(String),
+    /// Not allowed in the current state, which the message names.
+    #[error("{0}")]
+    FailedPrecondition(String),
     #[error("database error: {0}")]
     Database(#[from] DbErr),
     #[error("unexpected: {0}")]
@@ -35,6 +38,7 @@ impl From<IntakeError> for tonic::Status {
             IntakeError::InvalidArgument(field) => field.to_status(),
             IntakeError::NotFound(message) => tonic::Status::not_found(message),
             IntakeError::AlreadyExists(message) => tonic::Status::already_exists(message),
+            IntakeError::FailedPrecondition(message) => tonic::Status::failed_precondition(message),
             IntakeError::Database(error) => {
                 tracing::error!(%error, "database error");
                 tonic::Status::unavailable("storage unavailable, retry later")

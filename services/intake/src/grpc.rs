@@ -1,442 +1,21 @@
-//! `IntakeService` over gRPC: request validation, proto <-> storage conversion.
+//! `IntakeService` over gRPC: a thin adapter over the use cases in `service.rs`.
 
-use crate::catalogue::Registry;
-use crate::domain::{self, CategoryCode, Coordinates, GridCode};
-use crate::error::IntakeError;
-use crate::storage::{category, grid, report, street};
-use chrono::{DateTime, Utc};
-use prost::Message;
-use sea_orm::{
-    ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, TransactionTrait,
-};
-use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+use crate::service::Intake;
 use tonic::{Request, Response, Status};
-use whistle_platform::clock::{Clock, SharedClock, from_millis, to_millis, to_proto_timestamp};
-use whistle_platform::envelope::{self, Event, Payload};
-use whistle_platform::outbox::{self, OutboxSignal};
-use whistle_platform::validation::{AttachmentContent, FieldError, LimitsConfig};
-use whistle_proto::events::CaseReported;
 use whistle_proto::intake::intake_service_server::IntakeService;
 use whistle_proto::intake::{
-    Category, CategoryKind, GetReportRequest, ListCategoriesRequest, ListCategoriesResponse,
-    Report, SubmitReportRequest, SubmitReportResponse,
+    AttachEvidenceRequest, AttachEvidenceResponse, GetReportRequest, ImportGridsRequest,
+    ImportGridsResponse, ListCategoriesRequest, ListCategoriesResponse, ListReportsRequest,
+    ListReportsResponse, LocateGridRequest, LocateGridResponse, Report, SplitReportRequest,
+    SplitReportResponse, SubmitReportRequest, SubmitReportResponse,
 };
-use whistle_proto::types::{Attachment, Channel, Place, Region, Severity};
 
-/// Name of this service in events and traces.
-pub const SOURCE: &str = "whistle-intake";
+pub use crate::service::{SOURCE, largest_event_bytes, largest_report};
 
 /// The gRPC face of intake.
 #[derive(Debug, Clone)]
 pub struct IntakeGrpc {
-    pub db: DatabaseConnection,
-    pub clock: SharedClock,
-    pub outbox_signal: OutboxSignal,
-    /// Grids, streets and categories, read once at start.
-    pub registry: std::sync::Arc<Registry>,
-    /// Lengths and counts every request field is held to.
-    pub limits: LimitsConfig,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-struct StoredAttachment {
-    uri: String,
-    sha256: String,
-    media_type: String,
-    size_bytes: u64,
-}
-
-/// A report that passed every check, ready to store.
-#[derive(Debug)]
-struct CheckedReport {
-    request_id: String,
-    channel: Channel,
-    reporter_id: String,
-    category: CategoryCode,
-    severity: Severity,
-    description: String,
-    grid: GridCode,
-    coordinates: Coordinates,
-    address: String,
-    attachments: Vec<StoredAttachment>,
-    observed_at_ms: i64,
-}
-
-fn field_error(name: &'static str) -> impl Fn(String) -> FieldError {
-    move |reason| FieldError::new(name, reason)
-}
-
-/// Checks every field of a report against the limits and the contract's rules; the first field
-/// that fails is named.
-fn check_report(
-    request: &SubmitReportRequest,
-    now: DateTime<Utc>,
-    limits: &LimitsConfig,
-) -> Result<CheckedReport, FieldError> {
-    limits.check_id("request_id", &request.request_id)?;
-    let request_id =
-        domain::required_text(&request.request_id).map_err(field_error("request_id"))?;
-    let channel = match Channel::try_from(request.channel) {
-        Ok(Channel::Unspecified) | Err(_) => {
-            return Err(FieldError::new(
-                "channel",
-                "required: one of CHANNEL_GRID_PATROL, CHANNEL_HOTLINE_12345, CHANNEL_RESIDENT_APP, CHANNEL_VOLUNTEER, CHANNEL_INSPECTION",
-            ));
-        }
-        Ok(channel) => channel,
-    };
-    limits.check_id("reporter_id", &request.reporter_id)?;
-    let reporter_id =
-        domain::required_text(&request.reporter_id).map_err(field_error("reporter_id"))?;
-    limits.check_code("category_code", &request.category_code)?;
-    let category =
-        CategoryCode::parse(&request.category_code).map_err(field_error("category_code"))?;
-    let severity = match Severity::try_from(request.severity) {
-        Ok(Severity::Unspecified) | Err(_) => {
-            return Err(FieldError::new(
-                "severity",
-                "required: one of SEVERITY_ROUTINE, SEVERITY_URGENT, SEVERITY_EMERGENCY, SEVERITY_COMPLEX",
-            ));
-        }
-        Ok(severity) => severity,
-    };
-    limits.check_text("description", &request.description)?;
-    let description =
-        domain::required_text(request.description.trim()).map_err(field_error("description"))?;
-    let place = request
-        .place
-        .as_ref()
-        .ok_or_else(|| FieldError::new("place", "required"))?;
-    limits.check_code("place.grid_code", &place.grid_code)?;
-    let grid = GridCode::parse(&place.grid_code).map_err(field_error("place.grid_code"))?;
-    let coordinates = Coordinates::parse(place.lat, place.lng)
-        .map_err(|(sub_field, reason)| FieldError::new(format!("place.{sub_field}"), reason))?;
-    limits.check_address("place.address", &place.address)?;
-    limits.check_attachments(
-        "attachments",
-        &request.attachments,
-        AttachmentContent::Required,
-    )?;
-    let attachments = request
-        .attachments
-        .iter()
-        .map(|attachment| StoredAttachment {
-            uri: attachment.uri.clone(),
-            sha256: attachment.sha256.clone(),
-            media_type: attachment.media_type.clone(),
-            size_bytes: attachment.size_bytes,
-        })
-        .collect();
-    let observed_at = match &request.observed_at {
-        None => now,
-        Some(timestamp) => limits.check_past_timestamp("observed_at", timestamp, now)?,
-    };
-    Ok(CheckedReport {
-        request_id: request_id.to_string(),
-        channel,
-        reporter_id: reporter_id.to_string(),
-        category,
-        severity,
-        description: description.to_string(),
-        grid,
-        coordinates,
-        address: place.address.clone(),
-        attachments,
-        observed_at_ms: to_millis(observed_at),
-    })
-}
-
-/// Checks a `GetReport`: the report id.
-fn check_get_report(limits: &LimitsConfig, request: &GetReportRequest) -> Result<(), FieldError> {
-    limits.check_id("report_id", &request.report_id)?;
-    if request.report_id.is_empty() {
-        return Err(FieldError::new("report_id", "required"));
-    }
-    Ok(())
-}
-
-/// Checks a `ListCategories`: the kind, if any.
-fn check_list_categories(request: &ListCategoriesRequest) -> Result<CategoryKind, FieldError> {
-    CategoryKind::try_from(request.kind)
-        .map_err(|_| FieldError::new("kind", format!("unknown kind {}", request.kind)))
-}
-
-/// The row of a new report whose case opens in `street`.
-fn report_row(
-    checked: CheckedReport,
-    fingerprint: String,
-    grid: &grid::Model,
-    street: &street::Model,
-    received_at_ms: i64,
-) -> Result<report::Model, IntakeError> {
-    Ok(report::Model {
-        report_id: uuid::Uuid::now_v7().to_string(),
-        request_id: checked.request_id,
-        fingerprint,
-        case_id: uuid::Uuid::now_v7().to_string(),
-        channel: checked.channel as i32,
-        reporter_id: checked.reporter_id,
-        category_code: checked.category.as_str().to_string(),
-        severity: checked.severity as i32,
-        description: checked.description,
-        grid_code: checked.grid.as_str().to_string(),
-        lat: checked.coordinates.lat,
-        lng: checked.coordinates.lng,
-        address: checked.address,
-        attachments: serde_json::to_string(&checked.attachments)
-            .map_err(|error| IntakeError::Unexpected(error.to_string()))?,
-        observed_at_ms: checked.observed_at_ms,
-        received_at_ms,
-        city_code: street.city_code.clone(),
-        district_code: street.district_code.clone(),
-        street_code: street.code.clone(),
-        street_slug: street.slug.clone(),
-        community_code: grid.community_code.clone(),
-        merged: false,
-    })
-}
-
-/// `case.reported` for a new report: everything dispatch and the departments need of it.
-fn case_reported(clock: &dyn Clock, model: &report::Model) -> Event {
-    envelope::new_event(
-        clock,
-        SOURCE,
-        &model.case_id,
-        1,
-        Some(region_of(model)),
-        Payload::CaseReported(CaseReported {
-            report_id: model.report_id.clone(),
-            channel: model.channel,
-            reporter_id: model.reporter_id.clone(),
-            category_code: model.category_code.clone(),
-            severity: model.severity,
-            description: model.description.clone(),
-            place: Some(place_of(model)),
-            attachments: attachments_of(model),
-            observed_at: Some(to_proto_timestamp(from_millis(model.observed_at_ms))),
-        }),
-    )
-}
-
-fn fingerprint(request: &SubmitReportRequest) -> String {
-    hex::encode(Sha256::digest(request.encode_to_vec()))
-}
-
-fn region_of(model: &report::Model) -> Region {
-    Region {
-        city_code: model.city_code.clone(),
-        district_code: model.district_code.clone(),
-        street_code: model.street_code.clone(),
-        street_slug: model.street_slug.clone(),
-        community_code: model.community_code.clone(),
-        grid_code: model.grid_code.clone(),
-    }
-}
-
-fn attachments_of(model: &report::Model) -> Vec<Attachment> {
-    serde_json::from_str::<Vec<StoredAttachment>>(&model.attachments)
-        .unwrap_or_default()
-        .into_iter()
-        .map(|stored| Attachment {
-            uri: stored.uri,
-            sha256: stored.sha256,
-            media_type: stored.media_type,
-            size_bytes: stored.size_bytes,
-        })
-        .collect()
-}
-
-fn place_of(model: &report::Model) -> Place {
-    Place {
-        grid_code: model.grid_code.clone(),
-        lat: model.lat,
-        lng: model.lng,
-        address: model.address.clone(),
-    }
-}
-
-fn response_of(model: &report::Model) -> SubmitReportResponse {
-    SubmitReportResponse {
-        report_id: model.report_id.clone(),
-        case_id: model.case_id.clone(),
-        merged: model.merged,
-        region: Some(region_of(model)),
-    }
-}
-
-/// The largest report the limits allow: every text at its limit in 4-byte characters, every list
-/// full, codes and digests at their fixed lengths.
-pub fn largest_report(limits: &LimitsConfig) -> SubmitReportRequest {
-    let text = |chars: usize| "𝄞".repeat(chars);
-    let attachment = Attachment {
-        uri: format!("a://{}", text(limits.uri_chars.saturating_sub(4))),
-        sha256: "f".repeat(64),
-        media_type: format!("a/{}", text(limits.media_type_chars.saturating_sub(2))),
-        size_bytes: u64::MAX,
-    };
-    SubmitReportRequest {
-        request_id: text(limits.id_chars),
-        channel: Channel::Inspection as i32,
-        reporter_id: text(limits.id_chars),
-        category_code: "E-99-99".into(),
-        severity: Severity::Complex as i32,
-        description: text(limits.text_chars),
-        place: Some(Place {
-            grid_code: "999999999999999".into(),
-            lat: -89.123_456_789,
-            lng: -179.123_456_789,
-            address: text(limits.address_chars),
-        }),
-        attachments: vec![attachment; limits.attachments],
-        observed_at: Some(whistle_platform::clock::to_proto_timestamp(latest_instant())),
-    }
-}
-
-/// A late instant with the longest encoding a timestamp of ours has (2038, full nanoseconds).
-fn latest_instant() -> DateTime<Utc> {
-    DateTime::from_timestamp(i64::from(i32::MAX), 999_999_999).unwrap_or_default()
-}
-
-/// The bytes (payload, subject, headers) of the largest event a report can cause under `limits`;
-/// refused when the limits leave no valid report at all.
-pub fn largest_event_bytes(limits: &LimitsConfig) -> Result<usize, FieldError> {
-    let request = largest_report(limits);
-    let latest = latest_instant();
-    let checked = check_report(&request, latest, limits)?;
-    // registry entries at their largest: codes of fixed length, a street slug of 64 characters
-    let street = street::Model {
-        code: "999999999".into(),
-        slug: "s".repeat(64),
-        name: String::new(),
-        district_code: "999999".into(),
-        city_code: "999900".into(),
-    };
-    let grid = grid::Model {
-        code: "999999999999999".into(),
-        community_code: "999999999999".into(),
-        street_code: street.code.clone(),
-        name: String::new(),
-    };
-    let model = report_row(checked, "f".repeat(64), &grid, &street, to_millis(latest))
-        .map_err(|error| FieldError::new("request", error.to_string()))?;
-    let clock = whistle_platform::ManualClock::new(latest);
-    let event = case_reported(&clock, &model);
-    let outbox_event = envelope::to_outbox(&event)
-        .map_err(|error| FieldError::new("request", error.to_string()))?;
-    Ok(outbox_event.traced_wire_bytes())
-}
-
-impl IntakeGrpc {
-    async fn submit(
-        &self,
-        request: SubmitReportRequest,
-    ) -> Result<SubmitReportResponse, IntakeError> {
-        let now = self.clock.now();
-        let now_ms = to_millis(now);
-        let checked = check_report(&request, now, &self.limits)?;
-        let fingerprint = fingerprint(&request);
-
-        let transaction = self.db.begin().await?;
-        if let Some(existing) = report::Entity::find()
-            .filter(report::Column::RequestId.eq(checked.request_id.as_str()))
-            .one(&transaction)
-            .await?
-        {
-            if existing.fingerprint == fingerprint {
-                return Ok(response_of(&existing));
-            }
-            return Err(IntakeError::AlreadyExists(format!(
-                "request_id: {:?} was already used for a different report ({})",
-                checked.request_id, existing.report_id
-            )));
-        }
-        if !self.registry.has_category(checked.category.as_str()) {
-            return Err(IntakeError::invalid(
-                "category_code",
-                format!(
-                    "unknown category {}; see ListCategories",
-                    checked.category.as_str()
-                ),
-            ));
-        }
-        let (grid, street) = self.registry.grid(checked.grid.as_str()).ok_or_else(|| {
-            IntakeError::invalid(
-                "place.grid_code",
-                format!("unknown grid {}", checked.grid.as_str()),
-            )
-        })?;
-
-        let model = report_row(checked, fingerprint, grid, street, now_ms)?;
-        let event = case_reported(self.clock.as_ref(), &model);
-        let outbox_event = envelope::to_outbox(&event)
-            .map_err(|error| IntakeError::Unexpected(error.to_string()))?;
-        let response = response_of(&model);
-        let (report_id, case_id) = (model.report_id.clone(), model.case_id.clone());
-        report::Entity::insert(report::ActiveModel::from(model))
-            .exec_without_returning(&transaction)
-            .await?;
-        outbox::enqueue(&transaction, outbox_event, now_ms).await?;
-        transaction.commit().await?;
-        self.outbox_signal.notify();
-        tracing::info!(report_id = %report_id, case_id = %case_id, "report received");
-        Ok(response)
-    }
-
-    async fn report(&self, request: GetReportRequest) -> Result<Report, IntakeError> {
-        check_get_report(&self.limits, &request)?;
-        let model = report::Entity::find_by_id(request.report_id.as_str())
-            .one(&self.db)
-            .await?
-            .ok_or_else(|| {
-                IntakeError::NotFound(format!("report {} not found", request.report_id))
-            })?;
-        Ok(Report {
-            report_id: model.report_id.clone(),
-            case_id: model.case_id.clone(),
-            request_id: model.request_id.clone(),
-            channel: model.channel,
-            reporter_id: model.reporter_id.clone(),
-            category_code: model.category_code.clone(),
-            severity: model.severity,
-            description: model.description.clone(),
-            place: Some(place_of(&model)),
-            attachments: attachments_of(&model),
-            observed_at: Some(to_proto_timestamp(from_millis(model.observed_at_ms))),
-            received_at: Some(to_proto_timestamp(from_millis(model.received_at_ms))),
-            region: Some(region_of(&model)),
-            merged: model.merged,
-        })
-    }
-
-    async fn categories(
-        &self,
-        request: ListCategoriesRequest,
-    ) -> Result<ListCategoriesResponse, IntakeError> {
-        let kind = check_list_categories(&request)?;
-        let mut query = category::Entity::find().order_by_asc(category::Column::Code);
-        match kind {
-            CategoryKind::Unspecified => {}
-            CategoryKind::Component => query = query.filter(category::Column::Kind.eq("component")),
-            CategoryKind::Event => query = query.filter(category::Column::Kind.eq("event")),
-        }
-        let categories = query
-            .all(&self.db)
-            .await?
-            .into_iter()
-            .map(|model| Category {
-                kind: if model.kind == "component" {
-                    CategoryKind::Component
-                } else {
-                    CategoryKind::Event
-                } as i32,
-                code: model.code,
-                major_name: model.major_name,
-                name: model.name,
-            })
-            .collect();
-        Ok(ListCategoriesResponse { categories })
-    }
+    pub intake: Intake,
 }
 
 #[tonic::async_trait]
@@ -445,27 +24,83 @@ impl IntakeService for IntakeGrpc {
         &self,
         request: Request<SubmitReportRequest>,
     ) -> Result<Response<SubmitReportResponse>, Status> {
-        Ok(Response::new(self.submit(request.into_inner()).await?))
+        Ok(Response::new(
+            self.intake.submit(request.into_inner()).await?,
+        ))
     }
 
     async fn get_report(
         &self,
         request: Request<GetReportRequest>,
     ) -> Result<Response<Report>, Status> {
-        Ok(Response::new(self.report(request.into_inner()).await?))
+        Ok(Response::new(
+            self.intake.report(request.into_inner()).await?,
+        ))
     }
 
     async fn list_categories(
         &self,
         request: Request<ListCategoriesRequest>,
     ) -> Result<Response<ListCategoriesResponse>, Status> {
-        Ok(Response::new(self.categories(request.into_inner()).await?))
+        Ok(Response::new(
+            self.intake.categories(request.into_inner()).await?,
+        ))
+    }
+
+    async fn locate_grid(
+        &self,
+        request: Request<LocateGridRequest>,
+    ) -> Result<Response<LocateGridResponse>, Status> {
+        Ok(Response::new(self.intake.locate(request.into_inner())?))
+    }
+
+    async fn import_grids(
+        &self,
+        request: Request<ImportGridsRequest>,
+    ) -> Result<Response<ImportGridsResponse>, Status> {
+        Ok(Response::new(
+            self.intake.import(request.into_inner()).await?,
+        ))
+    }
+
+    async fn list_reports(
+        &self,
+        request: Request<ListReportsRequest>,
+    ) -> Result<Response<ListReportsResponse>, Status> {
+        Ok(Response::new(
+            self.intake.list_reports(request.into_inner()).await?,
+        ))
+    }
+
+    async fn split_report(
+        &self,
+        request: Request<SplitReportRequest>,
+    ) -> Result<Response<SplitReportResponse>, Status> {
+        Ok(Response::new(
+            self.intake.split(request.into_inner()).await?,
+        ))
+    }
+
+    async fn attach_evidence(
+        &self,
+        request: Request<AttachEvidenceRequest>,
+    ) -> Result<Response<AttachEvidenceResponse>, Status> {
+        Ok(Response::new(
+            self.intake.attach_evidence(request.into_inner()).await?,
+        ))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::requests::check_report;
+    use chrono::{DateTime, Utc};
+    use whistle_platform::validation::LimitsConfig;
+
+    fn latest_instant() -> DateTime<Utc> {
+        DateTime::from_timestamp(i64::from(i32::MAX), 999_999_999).unwrap_or_default()
+    }
 
     fn now() -> DateTime<Utc> {
         DateTime::from_timestamp(1_790_000_000, 0).expect("now")
@@ -569,10 +204,16 @@ mod tests {
 
 #[cfg(test)]
 mod properties {
-    use super::*;
+    use crate::requests::{check_get_report, check_list_categories, check_report};
+    use chrono::{DateTime, Utc};
     use proptest::prelude::*;
+    use prost::Message;
+    use whistle_platform::clock::from_millis;
     use whistle_platform::testing::arbitrary::{attachment, mostly, text, timestamp, wire_bytes};
     use whistle_platform::testing::run_decoder_property;
+    use whistle_platform::validation::LimitsConfig;
+    use whistle_proto::intake::{GetReportRequest, ListCategoriesRequest, SubmitReportRequest};
+    use whistle_proto::types::Place;
 
     /// Small limits, so generated values fall on both sides of every one.
     fn limits() -> LimitsConfig {
@@ -623,6 +264,10 @@ mod properties {
             ),
             proptest::collection::vec(attachment(30), 0..4),
             prop_oneof![2 => Just(None), 1 => timestamp()],
+            (
+                mostly(&["", "https://p.example/1.jpg"], 30),
+                prop_oneof![3 => Just(0), 1 => Just(2), 1 => -1i32..5],
+            ),
         )
             .prop_map(
                 |(
@@ -630,6 +275,7 @@ mod properties {
                     (severity, description, place),
                     attachments,
                     observed_at,
+                    (media_url, datum),
                 )| SubmitReportRequest {
                     request_id,
                     channel,
@@ -640,6 +286,8 @@ mod properties {
                     place,
                     attachments,
                     observed_at,
+                    media_url,
+                    datum,
                 },
             )
             .boxed()
@@ -662,6 +310,9 @@ mod properties {
             prop_assert!(within(&request.description, limits.text_chars));
             prop_assert!(within(&place.grid_code, limits.code_chars));
             prop_assert!(within(&place.address, limits.address_chars));
+            prop_assert!(within(&request.media_url, limits.uri_chars));
+            prop_assert!(checked.position.lat.is_finite() && checked.position.lng.is_finite());
+            prop_assert!(whistle_proto::datum::datum_of(request.datum).is_some());
             prop_assert!(request.attachments.len() <= limits.attachments);
             for attachment in &request.attachments {
                 prop_assert!(within(&attachment.uri, limits.uri_chars));
@@ -695,6 +346,241 @@ mod properties {
                 return Ok(false);
             };
             Ok(check_list_categories(&request).is_ok())
+        });
+    }
+}
+
+/// The requests added with positions, imports, lists, splits and evidence: whatever their checks
+/// accept is within every limit, whatever bytes arrive.
+#[cfg(test)]
+mod more_properties {
+    use crate::config::{CatalogueConfig, EvidenceConfig};
+    use crate::requests::{
+        check_evidence, check_import, check_list_reports, check_locate, check_split,
+    };
+    use proptest::prelude::*;
+    use prost::Message;
+    use whistle_platform::testing::arbitrary::{mostly, text, wire_bytes};
+    use whistle_platform::testing::run_decoder_property;
+    use whistle_platform::validation::LimitsConfig;
+    use whistle_proto::intake::{
+        Area, AttachEvidenceRequest, ImportGridsRequest, ListReportsRequest, LocateGridRequest,
+        SplitReportRequest,
+    };
+    use whistle_proto::types::Attachment;
+
+    fn limits() -> LimitsConfig {
+        LimitsConfig {
+            id_chars: 8,
+            code_chars: 16,
+            name_chars: 6,
+            text_chars: 8,
+            uri_chars: 30,
+            media_type_chars: 12,
+            attachments: 2,
+            page_size: 50,
+            ..LimitsConfig::default()
+        }
+    }
+
+    fn within(value: &str, limit: usize) -> bool {
+        value.chars().count() <= limit
+    }
+
+    #[test]
+    fn locate_and_split() {
+        let locate = (
+            prop_oneof![3 => Just(32.6369), 1 => -100.0f64..100.0],
+            prop_oneof![3 => Just(110.7986), 1 => -200.0f64..200.0],
+            prop_oneof![3 => 0i32..4, 1 => -2i32..9],
+        )
+            .prop_map(|(lat, lng, datum)| LocateGridRequest { lat, lng, datum });
+        run_decoder_property("LocateGrid", 256, wire_bytes(locate), |bytes| {
+            let Ok(request) = LocateGridRequest::decode(bytes) else {
+                return Ok(false);
+            };
+            let Ok(position) = check_locate(&request) else {
+                return Ok(false);
+            };
+            prop_assert!((-90.0..=90.0).contains(&position.lat));
+            prop_assert!((-180.0..=180.0).contains(&position.lng));
+            Ok(true)
+        });
+        let limits = limits();
+        let split = (
+            mostly(&["r-1"], 10),
+            mostly(&["op-1"], 10),
+            mostly(&["重复", " "], 10),
+        )
+            .prop_map(|(report_id, operator_id, reason)| SplitReportRequest {
+                report_id,
+                operator_id,
+                reason,
+            });
+        run_decoder_property("SplitReport", 256, wire_bytes(split), |bytes| {
+            let Ok(request) = SplitReportRequest::decode(bytes) else {
+                return Ok(false);
+            };
+            if check_split(&request, &limits).is_err() {
+                return Ok(false);
+            }
+            prop_assert!(within(&request.report_id, limits.id_chars));
+            prop_assert!(within(&request.operator_id, limits.id_chars));
+            prop_assert!(within(&request.reason, limits.text_chars));
+            prop_assert!(!request.reason.trim().is_empty());
+            Ok(true)
+        });
+    }
+
+    #[test]
+    fn list_reports() {
+        let limits = limits();
+        let list = (
+            any::<bool>(),
+            mostly(&["", "E-01-03"], 18),
+            mostly(&["", "case-1"], 10),
+            prop_oneof![3 => 0u32..60, 1 => any::<u32>()],
+            mostly(&["", "1790000000000:r-9", "x"], 10),
+        )
+            .prop_map(
+                |(recurrent_only, category_code, case_id, page_size, page_token)| {
+                    ListReportsRequest {
+                        recurrent_only,
+                        category_code,
+                        case_id,
+                        page_size,
+                        page_token,
+                    }
+                },
+            );
+        run_decoder_property("ListReports", 256, wire_bytes(list), |bytes| {
+            let Ok(request) = ListReportsRequest::decode(bytes) else {
+                return Ok(false);
+            };
+            let Ok(query) = check_list_reports(&request, &limits) else {
+                return Ok(false);
+            };
+            prop_assert!(query.page_size >= 1 && query.page_size <= limits.page_size as u64);
+            prop_assert!(within(&request.case_id, limits.id_chars));
+            prop_assert!(within(&request.page_token, limits.id_chars));
+            Ok(true)
+        });
+    }
+
+    #[test]
+    fn attach_evidence() {
+        let limits = limits();
+        let evidence = EvidenceConfig::default();
+        let request = (
+            (mostly(&["e-1"], 10), mostly(&["case-1"], 10)),
+            (
+                mostly(&["grid-17", ""], 10),
+                mostly(&["", "420303003001"], 14),
+            ),
+            proptest::collection::vec(
+                (
+                    prop_oneof![4 => Just("https://files.example/1.jpg".to_string()), 1 => text(32)],
+                    prop_oneof![4 => Just("a".repeat(64)), 1 => text(66)],
+                    prop_oneof![3 => Just("image/jpeg".to_string()), 1 => mostly(&["video/mp4", "application/pdf"], 12)],
+                    prop_oneof![3 => 1u64..1_000_000, 1 => any::<u64>()],
+                )
+                    .prop_map(|(uri, sha256, media_type, size_bytes)| Attachment {
+                        uri,
+                        sha256,
+                        media_type,
+                        size_bytes,
+                    }),
+                0..4,
+            ),
+        )
+            .prop_map(
+                |((request_id, case_id), (reporter_id, community_code), attachments)| {
+                    AttachEvidenceRequest {
+                        request_id,
+                        case_id,
+                        reporter_id,
+                        community_code,
+                        attachments,
+                    }
+                },
+            );
+        run_decoder_property("AttachEvidence", 512, wire_bytes(request), |bytes| {
+            let Ok(request) = AttachEvidenceRequest::decode(bytes) else {
+                return Ok(false);
+            };
+            let Ok(checked) = check_evidence(&request, &limits, &evidence) else {
+                return Ok(false);
+            };
+            prop_assert!(!checked.attachments.is_empty());
+            prop_assert!(checked.attachments.len() <= limits.attachments);
+            prop_assert!(request.reporter_id.is_empty() != request.community_code.is_empty());
+            for attachment in &request.attachments {
+                prop_assert!(within(&attachment.uri, limits.uri_chars));
+                prop_assert!(attachment.size_bytes <= evidence.max_size_bytes);
+                prop_assert!(
+                    attachment.media_type.starts_with("image/")
+                        || attachment.media_type.starts_with("video/")
+                );
+            }
+            Ok(true)
+        });
+    }
+
+    #[test]
+    fn import_grids() {
+        let limits = limits();
+        let catalogue = CatalogueConfig {
+            max_import_areas: 3,
+            max_boundary_points: 8,
+            ..CatalogueConfig::default()
+        };
+        let area = (
+            prop_oneof![
+                3 => prop::sample::select(vec![
+                    ("420303003004", "420303003"),
+                    ("420303003004001", "420303003004"),
+                    ("420303003", "420303"),
+                ]),
+                1 => Just(("123", "420303")),
+                1 => Just(("420303003004002", "420303003")),
+            ],
+            mostly(&["东岳社区", ""], 7),
+            mostly(
+                &[
+                    "POLYGON ((110.807 32.63, 110.815 32.63, 110.815 32.64, 110.807 32.63))",
+                    "",
+                    "POINT (1 2)",
+                    "POLYGON ((0 0, 2 2, 2 0, 0 2, 0 0))",
+                ],
+                40,
+            ),
+        )
+            .prop_map(|((code, parent_code), name, boundary_wkt)| Area {
+                code: code.to_string(),
+                parent_code: parent_code.to_string(),
+                name,
+                boundary_wkt,
+            });
+        let request =
+            proptest::collection::vec(area, 0..3).prop_map(|areas| ImportGridsRequest { areas });
+        run_decoder_property("ImportGrids", 512, wire_bytes(request), |bytes| {
+            let Ok(request) = ImportGridsRequest::decode(bytes) else {
+                return Ok(false);
+            };
+            let Ok(areas) = check_import(&request, &limits, &catalogue) else {
+                return Ok(false);
+            };
+            prop_assert!(!areas.is_empty() && areas.len() <= catalogue.max_import_areas);
+            for (area, checked) in request.areas.iter().zip(&areas) {
+                prop_assert!(within(&area.name, limits.name_chars));
+                prop_assert!(area.code.starts_with(&area.parent_code));
+                prop_assert!(matches!(area.code.len(), 9 | 12 | 15));
+                prop_assert_eq!(
+                    area.boundary_wkt.trim().is_empty(),
+                    checked.boundary.is_none()
+                );
+            }
+            Ok(true)
         });
     }
 }

@@ -55,6 +55,7 @@ fn garbage_report(request_id: &str) -> SubmitReportRequest {
         }),
         attachments: vec![],
         observed_at: None,
+        ..Default::default()
     }
 }
 

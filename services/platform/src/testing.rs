@@ -595,6 +595,7 @@ pub mod arbitrary {
                 1 => Some(Payload::CaseMerged(CaseMerged {
                     report_id: text.clone(),
                     merged_into_case_id: text,
+                    ..CaseMerged::default()
                 })),
                 2 => Some(Payload::CaseAccepted(CaseAccepted { accepted_by: text })),
                 3 => Some(Payload::CaseRejected(CaseRejected {
