@@ -111,7 +111,6 @@ async fn report(bed: &TestBed, category: &str, grid: &str) -> String {
             }),
             attachments: vec![],
             observed_at: None,
-            ..Default::default()
         }),
     );
     bed.publish(&event).await;

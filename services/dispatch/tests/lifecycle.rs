@@ -214,7 +214,6 @@ async fn report(h: &mut Harness, category: &str, grid: &str, status: CaseStatus)
             }),
             attachments: vec![],
             observed_at: None,
-            ..Default::default()
         }),
     );
     h.bed.publish(&event).await;
