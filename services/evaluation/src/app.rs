@@ -23,10 +23,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let utc_offset = config.evaluation.utc_offset()?;
-    let weights = config.evaluation.weights.to_weights();
-    weights
-        .validate()
-        .map_err(|reason| anyhow::anyhow!("evaluation.weights.{reason}"))?;
+    let scoring = config.evaluation.scoring()?;
 
     // NATS first: a server that cannot hold our streams or events is a configuration error, found
     // before any migration runs
@@ -78,7 +75,7 @@ pub async fn run(
         db: db.clone(),
         clock,
         utc_offset,
-        weights,
+        scoring,
         limits: config.limits.clone(),
     };
     let routes = tonic::service::Routes::new(

@@ -1,6 +1,6 @@
 //! Evaluation's configuration.
 
-use crate::domain::{UtcOffset, Weights};
+use crate::domain::{SatisfactionScope, Scoring, UtcOffset, Weights};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use whistle_platform::admin::AdminConfig;
@@ -44,6 +44,22 @@ pub struct EvaluationSettings {
     /// Events applied per database transaction by each consumer, at most.
     pub consumer_max_batch: usize,
     pub weights: WeightsConfig,
+    /// A department with fewer assignments whistled in a period is "not rated" for it: no
+    /// composite, listed last in rankings. At least 1.
+    #[serde(default = "default_minimum_assignments")]
+    pub minimum_assignments: u64,
+    /// Whose call-backs count in 满意率: "lead" (the case's lead department, default) or
+    /// "resolvers" (every department that resolved its part).
+    #[serde(default = "default_satisfaction_scope")]
+    pub satisfaction_scope: String,
+}
+
+fn default_minimum_assignments() -> u64 {
+    Scoring::default().minimum_assignments
+}
+
+fn default_satisfaction_scope() -> String {
+    SatisfactionScope::default().as_str().to_string()
 }
 
 /// The weights of the composite; only their ratios matter (see DOMAIN.md, "Evaluation").
@@ -94,11 +110,37 @@ impl Default for EvaluationSettings {
             utc_offset_hours: 8,
             consumer_max_batch: 256,
             weights: WeightsConfig::default(),
+            minimum_assignments: default_minimum_assignments(),
+            satisfaction_scope: default_satisfaction_scope(),
         }
     }
 }
 
 impl EvaluationSettings {
+    /// The scoring configuration, validated: the weights, the minimum sample and the satisfaction
+    /// scope; names the setting that is wrong.
+    pub fn scoring(&self) -> Result<Scoring, ConfigError> {
+        let weights = self.weights.to_weights();
+        weights
+            .validate()
+            .map_err(|reason| ConfigError::Invalid(format!("evaluation.weights.{reason}")))?;
+        if !(1..=1_000_000).contains(&self.minimum_assignments) {
+            return Err(ConfigError::Invalid(format!(
+                "evaluation.minimum_assignments must be between 1 and 1000000, got {}",
+                self.minimum_assignments
+            )));
+        }
+        let satisfaction_scope =
+            SatisfactionScope::parse(&self.satisfaction_scope).map_err(|reason| {
+                ConfigError::Invalid(format!("evaluation.satisfaction_scope {reason}"))
+            })?;
+        Ok(Scoring {
+            weights,
+            minimum_assignments: self.minimum_assignments,
+            satisfaction_scope,
+        })
+    }
+
     pub fn utc_offset(&self) -> Result<UtcOffset, ConfigError> {
         UtcOffset::from_hours(self.utc_offset_hours)
             .map_err(|reason| ConfigError::Invalid(format!("evaluation.utc_offset_hours {reason}")))
@@ -161,11 +203,7 @@ impl ServiceConfig for EvaluationConfig {
                 "evaluation.consumer_max_batch must be between 1 and 10000".into(),
             ));
         }
-        self.evaluation
-            .weights
-            .to_weights()
-            .validate()
-            .map_err(|reason| ConfigError::Invalid(format!("evaluation.weights.{reason}")))?;
+        self.evaluation.scoring()?;
         Ok(())
     }
 }

@@ -345,15 +345,90 @@ pub struct AssignmentFacts {
     pub outcome: DerivedOutcome,
 }
 
-/// What the case's events (verification, reopening, re-whistling) mean for one assignment.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// What the producers' decision events say about one assignment, folded by [`derive_outcome`].
+/// Nothing here is inferred: each field comes from an event that states it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DerivedOutcome {
-    /// Resolved, and a verification of the case passed after the resolution.
+    /// Resolved, and the latest verification verdict on this assignment (`CaseVerified.verdicts`)
+    /// passed.
     pub verified: bool,
-    /// How many times the assignment was sent back to work after a failed verification (返工).
+    /// How many failed verification verdicts named this assignment (返工).
     pub reopen_count: u32,
-    /// Returned, and the street did not whistle the case to the same department again afterwards.
+    /// The street's latest decision on a return of this assignment upheld it (退回 accepted).
     pub return_accepted: bool,
+    /// Returns the street rejected (推诿): each counts against the department.
+    pub returns_rejected: u32,
+    /// Clocks of this assignment that went overdue (`whistle.overdue`).
+    pub overdue: u32,
+    /// Escalations of this assignment to supervision (`case.escalated`, 督办).
+    pub escalations: u32,
+    /// The latest of `case.deferred` / `case.resumed` naming this assignment was a deferral.
+    pub deferred: bool,
+    /// The community resolved the case itself (`case.resolved_locally`, 自办).
+    pub resolved_locally: bool,
+    /// The events that decided the above, in the order they happened.
+    pub deciding_event_ids: Vec<String>,
+}
+
+/// What kind of decision a stored fact records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FactKind {
+    /// `whistle.return_decided`; `flag` is `upheld`.
+    ReturnDecided,
+    /// One verdict of `case.verified`; `flag` is `passed`.
+    Verdict,
+    /// `whistle.overdue`.
+    Overdue,
+    /// `case.escalated`.
+    Escalated,
+    /// `case.deferred`, per assignment whose clocks stopped.
+    Deferred,
+    /// `case.resumed`, per assignment whose clocks continue.
+    Resumed,
+    /// `case.resolved_locally`; about the whole case (no assignment).
+    ResolvedLocally,
+}
+
+impl FactKind {
+    pub const ALL: [FactKind; 7] = [
+        Self::ReturnDecided,
+        Self::Verdict,
+        Self::Overdue,
+        Self::Escalated,
+        Self::Deferred,
+        Self::Resumed,
+        Self::ResolvedLocally,
+    ];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::ReturnDecided => "return_decided",
+            Self::Verdict => "verdict",
+            Self::Overdue => "overdue",
+            Self::Escalated => "escalated",
+            Self::Deferred => "deferred",
+            Self::Resumed => "resumed",
+            Self::ResolvedLocally => "resolved_locally",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|kind| kind.as_str() == value)
+    }
+}
+
+/// One decision an event published about an assignment of a case, or about the whole case when
+/// `assignment_id` is empty. Stored as it arrives, keyed by event and assignment, so a redelivery
+/// changes nothing and a fact that arrives before its assignment waits for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaseFact {
+    pub event_id: String,
+    pub case_id: String,
+    pub assignment_id: String,
+    pub kind: FactKind,
+    /// `upheld` for a return decision, `passed` for a verdict; false otherwise.
+    pub flag: bool,
+    pub occurred_at_ms: i64,
 }
 
 impl AssignmentFacts {
@@ -424,13 +499,26 @@ impl AssignmentFacts {
             )
     }
 
-    /// Due for resolution as of `as_of_ms`: resolved already, or its resolve deadline has passed.
-    /// Returned and deferred assignments are no longer due from this department.
+    /// Due for resolution as of `as_of_ms`: resolved already, or its (possibly extended) resolve
+    /// deadline has passed. An upheld return or a deferral takes it out.
     pub fn is_due(&self, as_of_ms: i64) -> bool {
-        if self.is_returned() || self.deferred {
+        if self.outcome.return_accepted || self.outcome.deferred {
             return false;
         }
         self.is_resolved() || self.resolve_by_ms.is_some_and(|due| due <= as_of_ms)
+    }
+
+    /// Returned with a reason within the acknowledge limit: a timely response for 报到率.
+    pub fn returned_within_ack_limit(&self) -> bool {
+        matches!(
+            (self.returned_at_ms, self.acknowledge_by_ms),
+            (Some(returned), Some(limit)) if returned <= limit
+        )
+    }
+
+    /// Responded within the acknowledge limit: acknowledged in time, or returned in time.
+    pub fn responded_within_limit(&self) -> bool {
+        self.acknowledged_within_limit() || self.returned_within_ack_limit()
     }
 }
 
@@ -468,7 +556,7 @@ pub fn merge_snapshot(
             deferred: existing.deferred,
             extended: existing.extended,
             escalated: existing.escalated,
-            outcome: existing.outcome,
+            outcome: existing.outcome.clone(),
             ..AssignmentFacts::from_snapshot(snapshot)
         },
         None => AssignmentFacts::from_snapshot(snapshot),
@@ -496,54 +584,55 @@ pub fn merge_snapshot(
     merged
 }
 
-/// A `CaseReopened` event: the assignments sent back to work, or every resolved one when empty.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reopening {
-    pub reopened_at_ms: i64,
-    pub assignment_ids: Vec<String>,
-}
-
-/// What the case's events mean for `assignment`, given every assignment known on the same case, the
-/// latest time a verification passed (or the case was closed), and the reopenings. Independent of
-/// the order the events arrived in.
-pub fn derive_outcome(
-    assignment: &AssignmentFacts,
-    case_assignments: &[AssignmentFacts],
-    passed_verification_at_ms: Option<i64>,
-    reopenings: &[Reopening],
-) -> DerivedOutcome {
-    let verified = assignment.is_resolved()
-        && matches!(
-            (assignment.resolved_at_ms, passed_verification_at_ms),
-            (Some(resolved), Some(passed)) if resolved <= passed
-        );
-    let reopen_count = reopenings
+/// What the case's published facts mean for `assignment`. A pure function of the set of facts, so
+/// any delivery order and any redelivery give the same outcome.
+pub fn derive_outcome(assignment: &AssignmentFacts, facts: &[CaseFact]) -> DerivedOutcome {
+    let mut mine: Vec<&CaseFact> = facts
         .iter()
-        .filter(|reopening| {
-            if reopening.assignment_ids.is_empty() {
-                assignment
-                    .first_resolved_at_ms
-                    .is_some_and(|resolved| resolved <= reopening.reopened_at_ms)
-            } else {
-                reopening.assignment_ids.contains(&assignment.assignment_id)
+        .filter(|fact| {
+            fact.case_id == assignment.case_id
+                && (fact.assignment_id == assignment.assignment_id
+                    || (fact.assignment_id.is_empty() && fact.kind == FactKind::ResolvedLocally))
+        })
+        .collect();
+    mine.sort_by(|left, right| {
+        (left.occurred_at_ms, left.kind, &left.event_id).cmp(&(
+            right.occurred_at_ms,
+            right.kind,
+            &right.event_id,
+        ))
+    });
+    mine.dedup_by(|later, earlier| {
+        later.event_id == earlier.event_id && later.kind == earlier.kind
+    });
+    let mut outcome = DerivedOutcome::default();
+    let mut last_verdict = None;
+    let mut last_decision = None;
+    for fact in &mine {
+        match fact.kind {
+            FactKind::ReturnDecided => {
+                last_decision = Some(fact.flag);
+                if !fact.flag {
+                    outcome.returns_rejected += 1;
+                }
             }
-        })
-        .count();
-    let return_accepted = assignment.is_returned() && {
-        let returned_at = assignment
-            .returned_at_ms
-            .unwrap_or(assignment.whistled_at_ms);
-        !case_assignments.iter().any(|other| {
-            other.assignment_id != assignment.assignment_id
-                && other.department_code == assignment.department_code
-                && other.whistled_at_ms >= returned_at
-        })
-    };
-    DerivedOutcome {
-        verified,
-        reopen_count: u32::try_from(reopen_count).unwrap_or(u32::MAX),
-        return_accepted,
+            FactKind::Verdict => {
+                last_verdict = Some(fact.flag);
+                if !fact.flag {
+                    outcome.reopen_count += 1;
+                }
+            }
+            FactKind::Overdue => outcome.overdue += 1,
+            FactKind::Escalated => outcome.escalations += 1,
+            FactKind::Deferred => outcome.deferred = true,
+            FactKind::Resumed => outcome.deferred = false,
+            FactKind::ResolvedLocally => outcome.resolved_locally = true,
+        }
+        outcome.deciding_event_ids.push(fact.event_id.clone());
     }
+    outcome.verified = assignment.is_resolved() && last_verdict == Some(true);
+    outcome.return_accepted = last_decision == Some(true);
+    outcome
 }
 
 /// Who rated a department's cooperation.
@@ -664,19 +753,23 @@ impl Indicator {
     /// numerator is always a subset of the denominator, so every rate stays within 0..=1.
     pub fn membership(&self, assignment: &AssignmentFacts, as_of_ms: i64) -> Membership {
         match self {
-            // 报到率: acknowledged within the ack limit / assignments whistled
+            // 报到率: responded (acknowledged, or returned with a reason) within the ack limit /
+            // assignments whistled; the only indicator an upheld return stays in
             Self::ReportRate => Membership {
-                numerator: assignment.acknowledged_within_limit(),
+                numerator: assignment.responded_within_limit(),
                 denominator: true,
             },
             // 到场率: checked in within the on-site limit / assignments that required on-site
-            Self::OnSiteRate => Membership {
-                numerator: assignment.requires_on_site && assignment.on_site_within_limit(),
-                denominator: assignment.requires_on_site,
-            },
-            // 解决率: resolved and verified / (whistled - returns accepted as correct - deferred)
+            Self::OnSiteRate => {
+                let counted = assignment.requires_on_site && !assignment.outcome.return_accepted;
+                Membership {
+                    numerator: counted && assignment.on_site_within_limit(),
+                    denominator: counted,
+                }
+            }
+            // 解决率: resolved and verified / (whistled - upheld returns - deferred)
             Self::ResolutionRate => {
-                let counted = !assignment.outcome.return_accepted && !assignment.deferred;
+                let counted = !assignment.outcome.return_accepted && !assignment.outcome.deferred;
                 Membership {
                     numerator: counted && assignment.is_resolved() && assignment.outcome.verified,
                     denominator: counted,
@@ -690,9 +783,10 @@ impl Indicator {
                     denominator: due,
                 }
             }
-            // 返工率: reopened after a failed verification / resolved
+            // 返工率: named in a failed verification verdict / resolved
             Self::ReworkRate => {
-                let resolved = assignment.was_ever_resolved();
+                let resolved =
+                    assignment.was_ever_resolved() && !assignment.outcome.return_accepted;
                 Membership {
                     numerator: resolved && assignment.outcome.reopen_count > 0,
                     denominator: resolved,
@@ -778,6 +872,83 @@ pub struct Counts {
     pub due_in_period: u64,
     pub cooperation_ratings: u64,
     pub satisfaction_callbacks: u64,
+    /// Returns the street rejected (推诿), one per decision.
+    pub returns_rejected: u64,
+    /// Assignments with at least one overdue clock (超期数).
+    pub overdue: u64,
+    /// Assignments escalated to supervision (督办数).
+    pub escalated: u64,
+}
+
+/// Whose call-backs count in a department's 满意率.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SatisfactionScope {
+    /// Only the lead department of the case (DOMAIN.md's default).
+    #[default]
+    Lead,
+    /// Every department that resolved its part of the case.
+    Resolvers,
+}
+
+impl SatisfactionScope {
+    pub fn parse(value: &str) -> Result<Self, String> {
+        match value {
+            "lead" => Ok(Self::Lead),
+            "resolvers" => Ok(Self::Resolvers),
+            other => Err(format!("must be \"lead\" or \"resolvers\", got {other:?}")),
+        }
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Lead => "lead",
+            Self::Resolvers => "resolvers",
+        }
+    }
+}
+
+/// Everything configurable about scoring: weights, the minimum sample and the satisfaction scope.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Scoring {
+    pub weights: Weights,
+    /// Fewer assignments whistled in the period than this: "not rated" (no composite).
+    pub minimum_assignments: u64,
+    pub satisfaction_scope: SatisfactionScope,
+}
+
+impl Default for Scoring {
+    fn default() -> Self {
+        Self {
+            weights: Weights::default(),
+            minimum_assignments: 1,
+            satisfaction_scope: SatisfactionScope::Lead,
+        }
+    }
+}
+
+impl Scoring {
+    /// Names the configuration that produced a scorecard: a stable FNV-1a hash of the weights and
+    /// options, e.g. `scoring-3f2a09c1d4e5b678`.
+    pub fn fingerprint(&self) -> String {
+        let text = format!(
+            "report_rate={};on_site_rate={};resolution_rate={};on_time_rate={};cooperation={};satisfaction={};rework={};minimum_assignments={};satisfaction_scope={}",
+            self.weights.report_rate,
+            self.weights.on_site_rate,
+            self.weights.resolution_rate,
+            self.weights.on_time_rate,
+            self.weights.cooperation,
+            self.weights.satisfaction,
+            self.weights.rework,
+            self.minimum_assignments,
+            self.satisfaction_scope.as_str(),
+        );
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for byte in text.bytes() {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        format!("scoring-{hash:016x}")
+    }
 }
 
 /// Rates are 0..=1 except cooperation (0..=100); `None` when the denominator is zero.
@@ -797,8 +968,10 @@ pub struct Indicators {
 pub struct ScorecardFigures {
     pub counts: Counts,
     pub indicators: Indicators,
-    /// 0..=100; `None` when no weighted indicator is present.
+    /// 0..=100; `None` when no weighted indicator is present or the department is not rated.
     pub composite: Option<f64>,
+    /// Fewer assignments than the configured minimum: no composite, ranked last.
+    pub rated: bool,
 }
 
 /// `numerator / denominator`, absent when nothing was counted.
@@ -880,7 +1053,7 @@ pub fn scorecard(
     ratings: &[CooperationRating],
     callbacks: &[SatisfactionCallback],
     as_of_ms: i64,
-    weights: &Weights,
+    scoring: &Scoring,
 ) -> ScorecardFigures {
     let count = |include: &dyn Fn(&AssignmentFacts) -> bool| {
         assignments
@@ -910,11 +1083,17 @@ pub fn scorecard(
         verified: count(&|assignment| assignment.is_resolved() && assignment.outcome.verified),
         returned: count(&AssignmentFacts::is_returned),
         returns_accepted: count(&|assignment| assignment.outcome.return_accepted),
-        deferred: count(&|assignment| assignment.deferred),
+        deferred: count(&|assignment| assignment.outcome.deferred),
         reopened: rework.0,
         due_in_period: on_time.1,
         cooperation_ratings: 0,
         satisfaction_callbacks: 0,
+        returns_rejected: assignments
+            .iter()
+            .map(|assignment| u64::from(assignment.outcome.returns_rejected))
+            .sum(),
+        overdue: count(&|assignment| assignment.outcome.overdue > 0),
+        escalated: count(&|assignment| assignment.outcome.escalations > 0),
     };
 
     let assignment_ids: BTreeSet<&str> = assignments
@@ -928,7 +1107,7 @@ pub fn scorecard(
         .collect();
     let case_ids: BTreeSet<&str> = assignments
         .iter()
-        .filter(|assignment| !assignment.outcome.return_accepted)
+        .filter(|assignment| counts_for_satisfaction(assignment, scoring.satisfaction_scope))
         .map(|assignment| assignment.case_id.as_str())
         .collect();
     let mut seen_callbacks = BTreeSet::new();
@@ -950,10 +1129,27 @@ pub fn scorecard(
         cooperation: cooperation_score(&period_ratings),
         satisfaction: satisfaction_rate(&period_callbacks),
     };
+    let rated = counts.whistled >= scoring.minimum_assignments.max(1);
     ScorecardFigures {
         counts,
-        composite: composite(&indicators, weights),
+        composite: if rated {
+            composite(&indicators, &scoring.weights)
+        } else {
+            None
+        },
         indicators,
+        rated,
+    }
+}
+
+/// Whether the call-backs on this assignment's case count for its department.
+pub fn counts_for_satisfaction(assignment: &AssignmentFacts, scope: SatisfactionScope) -> bool {
+    if assignment.outcome.return_accepted {
+        return false;
+    }
+    match scope {
+        SatisfactionScope::Lead => assignment.role == AssignmentRole::Lead,
+        SatisfactionScope::Resolvers => assignment.was_ever_resolved(),
     }
 }
 
@@ -1209,7 +1405,7 @@ mod tests {
         d.outcome.return_accepted = true;
         // e: deferred, never resolved, deadline passed
         let mut e = facts("e");
-        e.deferred = true;
+        e.outcome.deferred = true;
         // f: still open, deadline not passed as of the scorecard
         let f = facts("f");
         let as_of = WHISTLED + 20 * HOUR;
@@ -1217,12 +1413,12 @@ mod tests {
         g.resolve_by_ms = Some(WHISTLED + 10 * HOUR); // g: open and overdue
         let assignments = vec![a, b, c, d, e, f, g];
 
-        let figures = scorecard(&assignments, &[], &[], as_of, &Weights::default());
+        let figures = scorecard(&assignments, &[], &[], as_of, &Scoring::default());
         let counts = figures.counts;
         assert_eq!(counts.whistled, 7);
         assert_eq!(counts.acknowledged, 4); // a b c d
         assert_eq!(counts.acknowledged_within_limit, 3); // a c d
-        assert_eq!(counts.required_on_site, 6); // all but c
+        assert_eq!(counts.required_on_site, 5); // all but c, and d (upheld return)
         assert_eq!(counts.on_site_within_limit, 1); // a
         assert_eq!(counts.resolved, 3); // a b c
         assert_eq!(counts.verified, 2); // a b
@@ -1235,7 +1431,7 @@ mod tests {
 
         let indicators = figures.indicators;
         approx(indicators.report_rate, 3.0 / 7.0);
-        approx(indicators.on_site_rate, 1.0 / 6.0);
+        approx(indicators.on_site_rate, 1.0 / 5.0);
         approx(indicators.resolution_rate, 2.0 / 5.0); // a b / (7 - d - e)
         approx(indicators.on_time_rate, 2.0 / 4.0);
         approx(indicators.rework_rate, 1.0 / 3.0);
@@ -1308,7 +1504,7 @@ mod tests {
             &ratings,
             &callbacks,
             WHISTLED + 100 * HOUR,
-            &Weights::default(),
+            &Scoring::default(),
         );
         assert_eq!(figures.counts.cooperation_ratings, 3);
         assert_eq!(figures.counts.satisfaction_callbacks, 3);
@@ -1326,7 +1522,7 @@ mod tests {
 
     #[test]
     fn no_assignments_means_no_indicators() {
-        let figures = scorecard(&[], &[], &[], WHISTLED, &Weights::default());
+        let figures = scorecard(&[], &[], &[], WHISTLED, &Scoring::default());
         assert_eq!(figures.counts, Counts::default());
         assert_eq!(figures.indicators, Indicators::default());
         assert_eq!(figures.composite, None);
@@ -1469,70 +1665,193 @@ mod tests {
         assert_eq!(replayed.resolved_at_ms, Some(WHISTLED + 40 * HOUR));
     }
 
-    #[test]
-    fn verification_needs_a_pass_after_the_resolution() {
-        let resolved = done("a", 0.1, 0.5, 5.0);
-        let resolved_at = WHISTLED + 5 * HOUR;
-        let case = std::slice::from_ref(&resolved);
-        assert!(derive_outcome(&resolved, case, Some(resolved_at + HOUR), &[]).verified);
-        assert!(derive_outcome(&resolved, case, Some(resolved_at), &[]).verified);
-        assert!(!derive_outcome(&resolved, case, Some(resolved_at - 1), &[]).verified);
-        assert!(!derive_outcome(&resolved, case, None, &[]).verified);
-        let open = facts("b");
-        assert!(
-            !derive_outcome(&open, std::slice::from_ref(&open), Some(resolved_at), &[]).verified
-        );
+    fn fact(event: &str, assignment: &str, kind: FactKind, flag: bool, hours: i64) -> CaseFact {
+        CaseFact {
+            event_id: event.into(),
+            case_id: format!("case-{assignment}"),
+            assignment_id: assignment.into(),
+            kind,
+            flag,
+            occurred_at_ms: WHISTLED + hours * HOUR,
+        }
     }
 
     #[test]
-    fn reopenings_count_listed_or_resolved_assignments() {
+    fn verified_by_the_latest_verdict_naming_the_assignment() {
         let resolved = done("a", 0.1, 0.5, 5.0);
-        let resolved_at = WHISTLED + 5 * HOUR;
-        let mut open = facts("b");
-        open.case_id = resolved.case_id.clone();
-        let case = vec![resolved.clone(), open.clone()];
-        let reopenings = vec![
-            Reopening {
-                reopened_at_ms: resolved_at + HOUR,
-                assignment_ids: vec![],
-            },
-            Reopening {
-                reopened_at_ms: resolved_at + 2 * HOUR,
-                assignment_ids: vec!["a".into()],
-            },
-            Reopening {
-                reopened_at_ms: resolved_at - HOUR,
-                assignment_ids: vec![],
-            },
-        ];
-        assert_eq!(
-            derive_outcome(&resolved, &case, None, &reopenings).reopen_count,
-            2
-        );
-        assert_eq!(
-            derive_outcome(&open, &case, None, &reopenings).reopen_count,
-            0
-        );
+        assert!(!derive_outcome(&resolved, &[]).verified);
+        let passed = fact("v1", "a", FactKind::Verdict, true, 6);
+        let outcome = derive_outcome(&resolved, std::slice::from_ref(&passed));
+        assert!(outcome.verified);
+        assert_eq!(outcome.reopen_count, 0);
+        assert_eq!(outcome.deciding_event_ids, vec!["v1"]);
+        // a verdict on another assignment of another case says nothing about this one
+        let other = fact("v2", "b", FactKind::Verdict, true, 6);
+        assert!(!derive_outcome(&resolved, &[other]).verified);
+        // failed then passed: verified, reworked once; listed in any order
+        let failed = fact("v0", "a", FactKind::Verdict, false, 5);
+        let outcome = derive_outcome(&resolved, &[passed.clone(), failed.clone()]);
+        assert!(outcome.verified);
+        assert_eq!(outcome.reopen_count, 1);
+        assert_eq!(outcome.deciding_event_ids, vec!["v0", "v1"]);
+        // a passed verdict does not verify work that is not resolved now
+        let open = facts("a");
+        assert!(!derive_outcome(&open, &[passed]).verified);
     }
 
     #[test]
-    fn a_return_is_accepted_unless_the_same_department_is_whistled_again() {
+    fn returns_are_decided_by_the_street() {
         let mut returned = facts("a");
         returned.state = AssignmentState::Returned;
-        returned.returned_at_ms = Some(WHISTLED + HOUR);
-        let mut elsewhere = AssignmentFacts::from_snapshot(&snapshot("b", "zw-housing"));
-        elsewhere.case_id = returned.case_id.clone();
-        elsewhere.whistled_at_ms = WHISTLED + 2 * HOUR;
-        let case = vec![returned.clone(), elsewhere.clone()];
-        assert!(derive_outcome(&returned, &case, None, &[]).return_accepted);
+        returned.returned_at_ms = Some(WHISTLED + HOUR / 4);
+        // undecided: not upheld, stays in every denominator
+        assert!(!derive_outcome(&returned, &[]).return_accepted);
+        let upheld = fact("d1", "a", FactKind::ReturnDecided, true, 2);
+        let outcome = derive_outcome(&returned, std::slice::from_ref(&upheld));
+        assert!(outcome.return_accepted);
+        assert_eq!(outcome.returns_rejected, 0);
+        // rejected once (推诿), then returned again and upheld
+        let rejected = fact("d0", "a", FactKind::ReturnDecided, false, 1);
+        let outcome = derive_outcome(&returned, &[upheld, rejected.clone()]);
+        assert!(outcome.return_accepted);
+        assert_eq!(outcome.returns_rejected, 1);
+        let outcome = derive_outcome(&returned, &[rejected]);
+        assert!(!outcome.return_accepted);
+        assert_eq!(outcome.returns_rejected, 1);
+    }
 
-        let mut again = facts("c");
-        again.case_id = returned.case_id.clone();
-        again.whistled_at_ms = WHISTLED + 2 * HOUR;
-        let case = vec![returned.clone(), elsewhere, again];
-        assert!(!derive_outcome(&returned, &case, None, &[]).return_accepted);
-        let not_returned = facts("d");
-        assert!(!derive_outcome(&not_returned, &case, None, &[]).return_accepted);
+    #[test]
+    fn deferral_overdue_escalation_and_local_resolution() {
+        let open = facts("a");
+        let deferred = fact("x1", "a", FactKind::Deferred, false, 1);
+        let resumed = fact("x2", "a", FactKind::Resumed, false, 3);
+        assert!(derive_outcome(&open, std::slice::from_ref(&deferred)).deferred);
+        assert!(!derive_outcome(&open, &[resumed.clone(), deferred.clone()]).deferred);
+        let deferred_again = fact("x3", "a", FactKind::Deferred, false, 4);
+        assert!(derive_outcome(&open, &[resumed, deferred_again, deferred]).deferred);
+        let outcome = derive_outcome(
+            &open,
+            &[
+                fact("o1", "a", FactKind::Overdue, false, 1),
+                fact("o2", "a", FactKind::Overdue, false, 25),
+                fact("e1", "a", FactKind::Escalated, false, 26),
+                // a redelivered event is one fact
+                fact("e1", "a", FactKind::Escalated, false, 26),
+                fact("l1", "", FactKind::ResolvedLocally, false, 30),
+            ],
+        );
+        assert_eq!(outcome.overdue, 2);
+        assert_eq!(outcome.escalations, 1);
+        // the whole-case fact is on case-, not on case-a: not this case
+        assert!(!outcome.resolved_locally);
+        let mut local = fact("l1", "", FactKind::ResolvedLocally, false, 30);
+        local.case_id = "case-a".into();
+        assert!(derive_outcome(&open, &[local]).resolved_locally);
+    }
+
+    #[test]
+    fn report_rate_counts_a_timely_return_and_upheld_returns_leave_the_rest() {
+        // whistled at 0, ack limit 0.5h
+        // a: returned at 0.25h with a reason, upheld: responded in time; in 报到率 only
+        let mut a = facts("a");
+        a.state = AssignmentState::Returned;
+        a.returned_at_ms = Some(WHISTLED + HOUR / 4);
+        a.outcome.return_accepted = true;
+        // b: returned late (1h), the return rejected (推诿); then never acknowledged, still open
+        let mut b = facts("b");
+        b.state = AssignmentState::Whistled;
+        b.returned_at_ms = Some(WHISTLED + HOUR);
+        b.outcome.returns_rejected = 1;
+        // c: acknowledged in time, resolved, verified; d: acknowledged late, resolved, reworked
+        let c = done("c", 0.25, 1.0, 5.0);
+        let mut d = done("d", 1.0, 1.0, 5.0);
+        d.outcome.reopen_count = 1;
+        d.outcome.verified = false;
+        let assignments = vec![a, b, c, d];
+        let as_of = WHISTLED + 30 * HOUR;
+        let figures = scorecard(&assignments, &[], &[], as_of, &Scoring::default());
+        // 报到率 = (a returned in time + c) / 4
+        approx(figures.indicators.report_rate, 2.0 / 4.0);
+        // 到场率 = c d (on site at 1h ≤ 2h) / (b c d): a left with its upheld return
+        approx(figures.indicators.on_site_rate, 2.0 / 3.0);
+        // 解决率 = c / (4 − 1 upheld) = 1/3
+        approx(figures.indicators.resolution_rate, 1.0 / 3.0);
+        // 按期办结率 = c d (resolved at 5 h ≤ 24 h) / due (b open past 24 h, c, d; a upheld)
+        approx(figures.indicators.on_time_rate, 2.0 / 3.0);
+        // 返工率 = d / (c d)
+        approx(figures.indicators.rework_rate, 1.0 / 2.0);
+        assert_eq!(figures.counts.returns_accepted, 1);
+        assert_eq!(figures.counts.returns_rejected, 1);
+        // composite over 报到 25, 解决 30, 返工 10: (25·0.5 + 30/3 + 10·0.5) / 65 · 100
+        approx(figures.composite, (12.5 + 10.0 + 5.0) / 65.0 * 100.0);
+    }
+
+    #[test]
+    fn under_the_minimum_sample_a_department_is_not_rated() {
+        let assignments = vec![done("a", 0.1, 0.5, 2.0), done("b", 0.1, 0.5, 2.0)];
+        let scoring = Scoring {
+            minimum_assignments: 3,
+            ..Scoring::default()
+        };
+        let figures = scorecard(&assignments, &[], &[], WHISTLED, &scoring);
+        assert!(!figures.rated);
+        assert_eq!(figures.composite, None);
+        // the indicators are still shown
+        approx(figures.indicators.report_rate, 1.0);
+        let scoring = Scoring {
+            minimum_assignments: 2,
+            ..Scoring::default()
+        };
+        let figures = scorecard(&assignments, &[], &[], WHISTLED, &scoring);
+        assert!(figures.rated);
+        approx(figures.composite, 100.0);
+        // no assignments at all: never rated, never 0 and never 100
+        let figures = scorecard(&[], &[], &[], WHISTLED, &Scoring::default());
+        assert!(!figures.rated);
+        assert_eq!(figures.composite, None);
+        assert_ne!(Scoring::default().fingerprint(), scoring.fingerprint());
+        assert_eq!(
+            Scoring::default().fingerprint(),
+            Scoring::default().fingerprint()
+        );
+    }
+
+    #[test]
+    fn satisfaction_counts_for_the_lead_only_by_default() {
+        let lead = done("a", 0.1, 0.5, 2.0);
+        let mut co = done("b", 0.1, 0.5, 2.0);
+        co.role = AssignmentRole::Co;
+        co.case_id = lead.case_id.clone();
+        let callbacks = vec![
+            SatisfactionCallback {
+                callback_id: "cb1".into(),
+                case_id: lead.case_id.clone(),
+                result: CallbackResult::BasicallySatisfied,
+            },
+            SatisfactionCallback {
+                callback_id: "cb2".into(),
+                case_id: lead.case_id.clone(),
+                result: CallbackResult::Dissatisfied,
+            },
+        ];
+        let lead_card = scorecard(&[lead], &[], &callbacks, WHISTLED, &Scoring::default());
+        // (0 + 0.9 × 1) / 2
+        approx(lead_card.indicators.satisfaction, 0.45);
+        let co_card = scorecard(
+            std::slice::from_ref(&co),
+            &[],
+            &callbacks,
+            WHISTLED,
+            &Scoring::default(),
+        );
+        assert_eq!(co_card.indicators.satisfaction, None);
+        assert_eq!(co_card.counts.satisfaction_callbacks, 0);
+        let resolvers = Scoring {
+            satisfaction_scope: SatisfactionScope::Resolvers,
+            ..Scoring::default()
+        };
+        let co_card = scorecard(&[co], &[], &callbacks, WHISTLED, &resolvers);
+        approx(co_card.indicators.satisfaction, 0.45);
     }
 
     #[test]
@@ -1617,7 +1936,7 @@ mod tests {
                 deferred: flags[0],
                 extended: flags[1],
                 escalated: flags[2],
-                outcome: DerivedOutcome { verified, reopen_count, return_accepted },
+                outcome: DerivedOutcome { verified, reopen_count, return_accepted, ..DerivedOutcome::default() },
             }
         }
     }
@@ -1657,7 +1976,8 @@ mod tests {
                 })
                 .collect();
             let as_of = WHISTLED + as_of_hours * HOUR;
-            let figures = scorecard(&assignments, &ratings, &callbacks, as_of, &weights);
+            let scoring = Scoring { weights, ..Scoring::default() };
+            let figures = scorecard(&assignments, &ratings, &callbacks, as_of, &scoring);
             let indicators = figures.indicators;
             for rate in [
                 indicators.report_rate,

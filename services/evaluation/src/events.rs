@@ -1,9 +1,11 @@
 //! Consuming the case and whistle events into per-assignment facts. Each event is applied inside
 //! the inbox transaction, so a redelivered event changes nothing; handlers accept the two streams'
-//! events in either order (see `domain::merge_snapshot` and `domain::derive_outcome`).
+//! events in either order (see `domain::merge_snapshot` and `domain::derive_outcome`). Decisions
+//! (return decided, verdicts, overdue, escalation, deferral, 自办) are stored as the events publish
+//! them and folded when scoring; nothing is inferred.
 
 use crate::domain::{
-    self, AssignmentRole, AssignmentSnapshot, AssignmentState, Milestone, Reopening,
+    self, AssignmentRole, AssignmentSnapshot, AssignmentState, CaseFact, FactKind, Milestone,
 };
 use crate::storage;
 use sea_orm::DatabaseTransaction;
@@ -29,6 +31,8 @@ struct WhistleExtras {
     verdict: Option<(Milestone, bool)>,
     raised_flag: Option<i32>,
     new_resolve_by_ms: Option<i64>,
+    /// The decision this event publishes about its assignment: kind and flag.
+    fact: Option<(FactKind, bool)>,
 }
 
 impl EventHandler for EvaluationEvents {
@@ -79,13 +83,18 @@ impl EventHandler for EvaluationEvents {
             Payload::AssignmentExtensionRefused(refused) => {
                 (&refused.assignment, WhistleExtras::default())
             }
-            Payload::AssignmentReturnDecided(decided) => {
-                (&decided.assignment, WhistleExtras::default())
-            }
+            Payload::AssignmentReturnDecided(decided) => (
+                &decided.assignment,
+                WhistleExtras {
+                    fact: Some((FactKind::ReturnDecided, decided.upheld)),
+                    ..WhistleExtras::default()
+                },
+            ),
             Payload::AssignmentOverdue(overdue) => (
                 &overdue.assignment,
                 WhistleExtras {
                     raised_flag: Some(overdue.flag),
+                    fact: Some((FactKind::Overdue, false)),
                     ..WhistleExtras::default()
                 },
             ),
@@ -98,42 +107,74 @@ impl EventHandler for EvaluationEvents {
                 },
             ),
             Payload::CaseVerified(verified) => {
-                if !verified.passed {
-                    return remember(transaction, event, now_ms).await;
-                }
-                let verified_at_ms = occurred_at(event)?;
-                return apply_passed_verification(transaction, event, verified_at_ms, now_ms).await;
-            }
-            Payload::CaseClosed(_) => {
-                let closed_at_ms = occurred_at(event)?;
-                return apply_passed_verification(transaction, event, closed_at_ms, now_ms).await;
-            }
-            Payload::CaseReopened(reopened) => {
                 let case_id = case_id_of(event)?;
-                let reopening = Reopening {
-                    reopened_at_ms: occurred_at(event)?,
-                    assignment_ids: reopened.assignment_ids.clone(),
-                };
-                storage::record_reopening(
+                let facts = verified
+                    .verdicts
+                    .iter()
+                    .map(|verdict| (verdict.assignment_id.as_str(), verdict.passed))
+                    .collect::<Vec<_>>();
+                return record_facts(transaction, event, case_id, FactKind::Verdict, &facts, now_ms)
+                    .await;
+            }
+            Payload::CaseEscalated(escalated) => {
+                let case_id = case_id_of(event)?;
+                let assignment_id = escalated
+                    .assignment
+                    .as_ref()
+                    .map(|assignment| assignment.assignment_id.as_str())
+                    .filter(|id| !id.is_empty())
+                    .unwrap_or(escalated.assignment_id.as_str());
+                let facts = [(assignment_id, false)];
+                return record_facts(
                     transaction,
-                    &event.event_id,
+                    event,
                     case_id,
-                    &reopening,
+                    FactKind::Escalated,
+                    &facts,
                     now_ms,
                 )
-                .await?;
-                storage::refresh_case_outcomes(transaction, case_id).await?;
-                tracing::debug!(case_id, assignments = ?reopening.assignment_ids, "case reopened");
-                return Ok(());
+                .await;
+            }
+            Payload::CaseDeferred(deferred) => {
+                let case_id = case_id_of(event)?;
+                let facts = deferred
+                    .assignments
+                    .iter()
+                    .map(|clock| (clock.assignment_id.as_str(), false))
+                    .collect::<Vec<_>>();
+                return record_facts(transaction, event, case_id, FactKind::Deferred, &facts, now_ms)
+                    .await;
+            }
+            Payload::CaseResumed(resumed) => {
+                let case_id = case_id_of(event)?;
+                let facts = resumed
+                    .assignments
+                    .iter()
+                    .map(|clock| (clock.assignment_id.as_str(), false))
+                    .collect::<Vec<_>>();
+                return record_facts(transaction, event, case_id, FactKind::Resumed, &facts, now_ms)
+                    .await;
+            }
+            Payload::CaseResolvedLocally(_) => {
+                let case_id = case_id_of(event)?;
+                return record_facts(
+                    transaction,
+                    event,
+                    case_id,
+                    FactKind::ResolvedLocally,
+                    &[("", false)],
+                    now_ms,
+                )
+                .await;
             }
             Payload::CaseReported(_)
             | Payload::CaseMerged(_)
             | Payload::CaseAccepted(_)
             | Payload::CaseRejected(_)
-            | Payload::CaseEscalated(_)
-            | Payload::CaseResolvedLocally(_)
-            | Payload::CaseDeferred(_)
-            | Payload::CaseResumed(_)
+            // closing follows a passed verification whose verdicts were stored; a reopening follows
+            // a failed one, whose verdicts name the reworked assignments
+            | Payload::CaseClosed(_)
+            | Payload::CaseReopened(_)
             | Payload::CaseEvidenceAttached(_)
             | Payload::CaseRecurrent(_)
             | Payload::ReportSplit(_) => return remember(transaction, event, now_ms).await,
@@ -173,16 +214,40 @@ async fn remember(
     Ok(())
 }
 
-async fn apply_passed_verification(
+/// Stores what one case event decided about each named assignment (empty id: the whole case).
+async fn record_facts(
     transaction: &DatabaseTransaction,
     event: &Event,
-    passed_at_ms: i64,
+    case_id: &str,
+    kind: FactKind,
+    decisions: &[(&str, bool)],
     now_ms: i64,
 ) -> Result<(), HandleError> {
-    let case_id = case_id_of(event)?;
-    storage::record_passed_verification(transaction, case_id, passed_at_ms, now_ms).await?;
-    storage::refresh_case_outcomes(transaction, case_id).await?;
-    tracing::debug!(case_id, "case verification passed");
+    let occurred_at_ms = occurred_at(event)?;
+    storage::remember_case(transaction, case_id, now_ms).await?;
+    for (assignment_id, flag) in decisions {
+        if assignment_id.is_empty() && kind != FactKind::ResolvedLocally {
+            return Err(HandleError::Rejected(format!(
+                "{} fact names no assignment",
+                kind.as_str()
+            )));
+        }
+        let fact = CaseFact {
+            event_id: event.event_id.clone(),
+            case_id: case_id.to_string(),
+            assignment_id: (*assignment_id).to_string(),
+            kind,
+            flag: *flag,
+            occurred_at_ms,
+        };
+        storage::record_fact(transaction, &fact).await?;
+    }
+    tracing::debug!(
+        case_id,
+        kind = kind.as_str(),
+        count = decisions.len(),
+        "facts recorded"
+    );
     Ok(())
 }
 
@@ -218,7 +283,17 @@ async fn apply_assignment(
     let merged = domain::merge_snapshot(existing.as_ref(), &snapshot, extras.verdict);
     storage::remember_case(transaction, &merged.case_id, now_ms).await?;
     storage::save_assignment(transaction, &merged, now_ms).await?;
-    storage::refresh_case_outcomes(transaction, &merged.case_id).await?;
+    if let Some((kind, flag)) = extras.fact {
+        let fact = CaseFact {
+            event_id: event.event_id.clone(),
+            case_id: merged.case_id.clone(),
+            assignment_id: merged.assignment_id.clone(),
+            kind,
+            flag,
+            occurred_at_ms: occurred_at(event)?,
+        };
+        storage::record_fact(transaction, &fact).await?;
+    }
     tracing::debug!(
         assignment_id = %merged.assignment_id,
         department_code = %merged.department_code,

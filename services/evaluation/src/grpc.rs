@@ -2,7 +2,7 @@
 
 use crate::domain::{
     self, AssignmentFacts, CallbackResult, DepartmentLevel, Indicator, Period, PeriodBounds,
-    RankingCandidate, ScorecardFigures, UtcOffset, Weights,
+    RankingCandidate, ScorecardFigures, Scoring, UtcOffset,
 };
 use crate::error::EvaluationError;
 use crate::storage::{self, callback, rating};
@@ -28,7 +28,7 @@ pub struct EvaluationGrpc {
     pub db: DatabaseConnection,
     pub clock: SharedClock,
     pub utc_offset: UtcOffset,
-    pub weights: Weights,
+    pub scoring: Scoring,
     /// Lengths every request field is held to.
     pub limits: LimitsConfig,
 }
@@ -82,6 +82,9 @@ fn scorecard_counts(counts: &domain::Counts) -> ScorecardCounts {
         due_in_period: counts.due_in_period,
         cooperation_ratings: counts.cooperation_ratings,
         satisfaction_callbacks: counts.satisfaction_callbacks,
+        returns_rejected: counts.returns_rejected,
+        overdue: counts.overdue,
+        escalated: counts.escalated,
     }
 }
 
@@ -320,7 +323,7 @@ impl EvaluationGrpc {
             &ratings,
             &callbacks,
             computed_at_ms,
-            &self.weights,
+            &self.scoring,
         );
         Ok(DepartmentPeriod {
             bounds,
@@ -342,6 +345,8 @@ impl EvaluationGrpc {
             indicators: Some(indicators(&scored.figures.indicators)),
             composite: scored.figures.composite,
             computed_at: Some(to_proto_timestamp(from_millis(scored.computed_at_ms))),
+            rated: scored.figures.rated,
+            scoring_config: self.scoring.fingerprint(),
         })
     }
 
@@ -412,7 +417,7 @@ impl EvaluationGrpc {
                     .map(Vec::as_slice)
                     .unwrap_or_default();
                 let figures =
-                    domain::scorecard(assignments, &ratings, &callbacks, now_ms, &self.weights);
+                    domain::scorecard(assignments, &ratings, &callbacks, now_ms, &self.scoring);
                 RankingCandidate {
                     department_code,
                     composite: figures.composite,

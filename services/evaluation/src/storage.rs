@@ -1,10 +1,10 @@
 //! Evaluation's tables: the department registry, per-assignment facts, what the case events said
-//! (verifications, reopenings), cooperation ratings and satisfaction call-backs; and the queries
+//! (the facts the producers publish), cooperation ratings and satisfaction call-backs; and the queries
 //! over them.
 
 use crate::domain::{
-    self, AssignmentFacts, AssignmentRole, AssignmentState, CallbackResult, CooperationRating,
-    DepartmentLevel, DerivedOutcome, PeriodBounds, Reopening, ReportedVerdict,
+    self, AssignmentFacts, AssignmentRole, AssignmentState, CallbackResult, CaseFact,
+    CooperationRating, DepartmentLevel, DerivedOutcome, FactKind, PeriodBounds, ReportedVerdict,
     SatisfactionCallback,
 };
 use sea_orm::sea_query::OnConflict;
@@ -74,7 +74,8 @@ pub mod assignment {
         pub deferred: bool,
         pub extended: bool,
         pub escalated: bool,
-        /// Derived from the case's events by `domain::derive_outcome`.
+        /// No longer read: outcomes are derived from `fact` rows when scoring
+        /// (`domain::derive_outcome`); kept for the first migration.
         pub verified: bool,
         pub reopen_count: i32,
         pub return_accepted: bool,
@@ -109,7 +110,8 @@ pub mod case {
 pub mod reopening {
     use sea_orm::entity::prelude::*;
 
-    /// One `CaseReopened` event.
+    /// One `CaseReopened` event. No longer written: rework is counted from the verification's
+    /// per-assignment verdicts (`fact`); the table stays for the first migration.
     #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
     #[sea_orm(table_name = "evaluation_reopenings")]
     pub struct Model {
@@ -119,6 +121,32 @@ pub mod reopening {
         pub reopened_at_ms: i64,
         /// JSON array of assignment ids; empty means every resolved assignment of the case.
         pub assignment_ids: String,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod fact {
+    use sea_orm::entity::prelude::*;
+
+    /// One decision an event published about an assignment (see `domain::CaseFact`); the
+    /// assignment id is empty for a fact about the whole case.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "evaluation_case_facts")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub event_id: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub assignment_id: String,
+        pub case_id: String,
+        /// `domain::FactKind::as_str`.
+        pub kind: String,
+        /// `upheld` of a return decision, `passed` of a verdict.
+        pub flag: bool,
+        pub occurred_at_ms: i64,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -227,11 +255,7 @@ fn facts_from_row(row: assignment::Model) -> Result<AssignmentFacts, DbErr> {
         deferred: row.deferred,
         extended: row.extended,
         escalated: row.escalated,
-        outcome: DerivedOutcome {
-            verified: row.verified,
-            reopen_count: u32::try_from(row.reopen_count).unwrap_or_default(),
-            return_accepted: row.return_accepted,
-        },
+        outcome: DerivedOutcome::default(),
         assignment_id: row.assignment_id,
         case_id: row.case_id,
         department_code: row.department_code,
@@ -370,49 +394,18 @@ pub async fn case_known<C: ConnectionTrait>(connection: &C, case_id: &str) -> Re
         .is_some())
 }
 
-/// Records that the case's verification passed (or it was closed) at `passed_at_ms`; the latest
-/// such time is kept.
-pub async fn record_passed_verification<C: ConnectionTrait>(
-    connection: &C,
-    case_id: &str,
-    passed_at_ms: i64,
-    now_ms: i64,
-) -> Result<(), DbErr> {
-    remember_case(connection, case_id, now_ms).await?;
-    let known = case::Entity::find_by_id(case_id).one(connection).await?;
-    if known
-        .and_then(|case| case.passed_verification_at_ms)
-        .is_some_and(|latest| latest >= passed_at_ms)
-    {
-        return Ok(());
-    }
-    case::Entity::update_many()
-        .col_expr(case::Column::PassedVerificationAtMs, passed_at_ms.into())
-        .filter(case::Column::CaseId.eq(case_id))
-        .exec(connection)
-        .await?;
-    Ok(())
-}
-
-/// Records one `CaseReopened` event.
-pub async fn record_reopening<C: ConnectionTrait>(
-    connection: &C,
-    event_id: &str,
-    case_id: &str,
-    reopening: &Reopening,
-    now_ms: i64,
-) -> Result<(), DbErr> {
-    remember_case(connection, case_id, now_ms).await?;
-    let assignment_ids = serde_json::to_string(&reopening.assignment_ids)
-        .map_err(|error| DbErr::Custom(format!("cannot encode assignment ids: {error}")))?;
-    reopening::Entity::insert(reopening::ActiveModel {
-        event_id: Set(event_id.to_string()),
-        case_id: Set(case_id.to_string()),
-        reopened_at_ms: Set(reopening.reopened_at_ms),
-        assignment_ids: Set(assignment_ids),
+/// Stores one published fact; a redelivered event changes nothing.
+pub async fn record_fact<C: ConnectionTrait>(connection: &C, fact: &CaseFact) -> Result<(), DbErr> {
+    fact::Entity::insert(fact::ActiveModel {
+        event_id: Set(fact.event_id.clone()),
+        assignment_id: Set(fact.assignment_id.clone()),
+        case_id: Set(fact.case_id.clone()),
+        kind: Set(fact.kind.as_str().to_string()),
+        flag: Set(fact.flag),
+        occurred_at_ms: Set(fact.occurred_at_ms),
     })
     .on_conflict(
-        OnConflict::column(reopening::Column::EventId)
+        OnConflict::columns([fact::Column::EventId, fact::Column::AssignmentId])
             .do_nothing()
             .to_owned(),
     )
@@ -421,68 +414,35 @@ pub async fn record_reopening<C: ConnectionTrait>(
     Ok(())
 }
 
-/// Recomputes the derived outcomes (verified, reopen count, return accepted) of every assignment of
-/// a case from what its events said, and stores those that changed.
-pub async fn refresh_case_outcomes<C: ConnectionTrait>(
+/// Every fact published about the given cases.
+pub async fn facts_on<C: ConnectionTrait>(
     connection: &C,
-    case_id: &str,
-) -> Result<(), DbErr> {
-    let passed_verification_at_ms = case::Entity::find_by_id(case_id)
-        .one(connection)
-        .await?
-        .and_then(|case| case.passed_verification_at_ms);
-    let mut reopenings = Vec::new();
-    for row in reopening::Entity::find()
-        .filter(reopening::Column::CaseId.eq(case_id))
-        .all(connection)
-        .await?
-    {
-        let assignment_ids: Vec<String> =
-            serde_json::from_str(&row.assignment_ids).map_err(|error| {
+    case_ids: &[String],
+) -> Result<Vec<CaseFact>, DbErr> {
+    let mut facts = Vec::new();
+    for chunk in case_ids.chunks(IN_LIST_CHUNK) {
+        for row in fact::Entity::find()
+            .filter(fact::Column::CaseId.is_in(chunk.iter().map(String::as_str)))
+            .all(connection)
+            .await?
+        {
+            let kind = FactKind::parse(&row.kind).ok_or_else(|| {
                 DbErr::Custom(format!(
-                    "reopening {} has malformed assignment ids: {error}",
-                    row.event_id
+                    "fact {} has unknown kind {:?}",
+                    row.event_id, row.kind
                 ))
             })?;
-        reopenings.push(Reopening {
-            reopened_at_ms: row.reopened_at_ms,
-            assignment_ids,
-        });
-    }
-    let case_assignments = assignment::Entity::find()
-        .filter(assignment::Column::CaseId.eq(case_id))
-        .all(connection)
-        .await?
-        .into_iter()
-        .map(facts_from_row)
-        .collect::<Result<Vec<_>, _>>()?;
-    for facts in &case_assignments {
-        let outcome = domain::derive_outcome(
-            facts,
-            &case_assignments,
-            passed_verification_at_ms,
-            &reopenings,
-        );
-        if outcome == facts.outcome {
-            continue;
+            facts.push(CaseFact {
+                event_id: row.event_id,
+                case_id: row.case_id,
+                assignment_id: row.assignment_id,
+                kind,
+                flag: row.flag,
+                occurred_at_ms: row.occurred_at_ms,
+            });
         }
-        assignment::Entity::update_many()
-            .col_expr(assignment::Column::Verified, outcome.verified.into())
-            .col_expr(
-                assignment::Column::ReopenCount,
-                i32::try_from(outcome.reopen_count)
-                    .unwrap_or(i32::MAX)
-                    .into(),
-            )
-            .col_expr(
-                assignment::Column::ReturnAccepted,
-                outcome.return_accepted.into(),
-            )
-            .filter(assignment::Column::AssignmentId.eq(facts.assignment_id.as_str()))
-            .exec(connection)
-            .await?;
     }
-    Ok(())
+    Ok(facts)
 }
 
 /// The assignments whistled in `bounds`, to one department or to all.
@@ -498,12 +458,23 @@ pub async fn assignments_whistled_in<C: ConnectionTrait>(
     if let Some(department_code) = department_code {
         query = query.filter(assignment::Column::DepartmentCode.eq(department_code));
     }
-    query
+    let mut assignments = query
         .all(connection)
         .await?
         .into_iter()
         .map(facts_from_row)
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    let case_ids: Vec<String> = assignments
+        .iter()
+        .map(|assignment| assignment.case_id.clone())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let facts = facts_on(connection, &case_ids).await?;
+    for assignment in &mut assignments {
+        assignment.outcome = domain::derive_outcome(assignment, &facts);
+    }
+    Ok(assignments)
 }
 
 /// The cooperation ratings of the given assignments.
@@ -648,7 +619,7 @@ pub async fn save_department<C: ConnectionTrait>(
 
 /// Evaluation's schema.
 mod migration {
-    use super::{assignment, callback, case, department, rating, reopening};
+    use super::{assignment, callback, case, department, fact, rating, reopening};
     use sea_orm_migration::prelude::*;
 
     /// Evaluation's migrations, oldest first.
@@ -657,7 +628,10 @@ mod migration {
 
     impl MigratorTrait for Migrator {
         fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-            whistle_platform::db::migrations::with_platform(vec![Box::new(CreateEvaluationTables)])
+            whistle_platform::db::migrations::with_platform(vec![
+                Box::new(CreateEvaluationTables),
+                Box::new(CreateFactTable),
+            ])
         }
     }
 
@@ -827,6 +801,53 @@ mod migration {
                         .name("evaluation_satisfaction_callbacks_case")
                         .table(callback::Entity)
                         .col(callback::Column::CaseId)
+                        .if_not_exists()
+                        .to_owned(),
+                )
+                .await
+        }
+    }
+
+    /// The facts the producers publish (issue 8): return decisions, verdicts, overdue clocks,
+    /// escalations, deferrals and 自办.
+    #[derive(Debug)]
+    struct CreateFactTable;
+
+    impl MigrationName for CreateFactTable {
+        fn name(&self) -> &str {
+            "m20261129_000001_evaluation_case_facts"
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl MigrationTrait for CreateFactTable {
+        async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+            use sea_orm_migration::schema::*;
+            manager
+                .create_table(
+                    Table::create()
+                        .table(fact::Entity)
+                        .if_not_exists()
+                        .col(string(fact::Column::EventId))
+                        .col(string(fact::Column::AssignmentId))
+                        .col(string(fact::Column::CaseId))
+                        .col(string(fact::Column::Kind))
+                        .col(boolean(fact::Column::Flag))
+                        .col(big_integer(fact::Column::OccurredAtMs))
+                        .primary_key(
+                            Index::create()
+                                .col(fact::Column::EventId)
+                                .col(fact::Column::AssignmentId),
+                        )
+                        .to_owned(),
+                )
+                .await?;
+            manager
+                .create_index(
+                    Index::create()
+                        .name("evaluation_case_facts_case")
+                        .table(fact::Entity)
+                        .col(fact::Column::CaseId)
                         .if_not_exists()
                         .to_owned(),
                 )

@@ -16,11 +16,12 @@ use whistle_proto::evaluation::{
     RecordSatisfactionRequest, Satisfaction, Scorecard, ScorecardCounts,
 };
 use whistle_proto::events::{
-    AssignmentAcknowledged, AssignmentCheckedIn, AssignmentResolved, AssignmentReturned,
-    CaseClosed, CaseReopened, CaseVerified, WhistleIssued,
+    AssignmentAcknowledged, AssignmentCheckedIn, AssignmentOverdue, AssignmentResolved,
+    AssignmentReturnDecided, AssignmentReturned, AssignmentVerdict, CaseClosed, CaseEscalated,
+    CaseReopened, CaseVerified, WhistleIssued,
 };
 use whistle_proto::types::{
-    Assignment, AssignmentRole, AssignmentStatus, Deadlines, Region, Severity,
+    Assignment, AssignmentFlag, AssignmentRole, AssignmentStatus, Deadlines, Region, Severity,
 };
 
 const MINUTE: i64 = 60_000;
@@ -222,6 +223,14 @@ async fn wait_until_consumed(jetstream: &jetstream::Context) {
     }
 }
 
+fn verdict(assignment_id: &str, department_code: &str, passed: bool) -> AssignmentVerdict {
+    AssignmentVerdict {
+        assignment_id: assignment_id.into(),
+        department_code: department_code.into(),
+        passed,
+    }
+}
+
 fn assert_close(actual: Option<f64>, expected: f64, what: &str) {
     let actual = actual.unwrap_or_else(|| panic!("{what} is absent"));
     assert!(
@@ -289,7 +298,7 @@ async fn a_whistle_flows_into_the_scorecard_once() {
                     verified_by: "zhongyue-community".into(),
                     passed: true,
                     note: String::new(),
-                    verdicts: Vec::new(),
+                    verdicts: vec![verdict("a-sanitation", "zw-sanitation", true)],
                 }),
             ),
             &event(
@@ -335,6 +344,12 @@ async fn a_whistle_flows_into_the_scorecard_once() {
     assert_eq!(indicators.satisfaction, None);
     // re-weighted over report (25), resolution (30) and rework (10): all perfect
     assert_close(card.composite, 100.0, "composite");
+    assert!(card.rated);
+    assert!(
+        card.scoring_config.starts_with("scoring-"),
+        "{}",
+        card.scoring_config
+    );
 
     // only assignments whistled in the period count
     for (period, whistled) in [("2026-10", 0), ("2026-Q4", 1), ("2026", 1), ("2027-Q1", 0)] {
@@ -445,8 +460,8 @@ async fn a_whistle_flows_into_the_scorecard_once() {
     assert_eq!(explanation.numerator_assignment_ids, vec!["a-sanitation"]);
     assert_eq!(explanation.denominator_assignment_ids, vec!["a-sanitation"]);
 
-    // the co-department never reported: report 0, resolution 0/1, satisfaction 0.9 from the
-    // same call-back -> (25·0 + 30·0 + 20·0.9) / 75 · 100 = 24
+    // the co-department never reported: report 0, resolution 0/1; the call-back counts for the
+    // lead department only -> (25·0 + 30·0) / 55 · 100 = 0
     let ranking = harness
         .client
         .get_ranking(GetRankingRequest {
@@ -475,7 +490,7 @@ async fn a_whistle_flows_into_the_scorecard_once() {
         ]
     );
     assert_close(ranking.entries[0].composite, 96.125, "first composite");
-    assert_close(ranking.entries[1].composite, 24.0, "second composite");
+    assert_close(ranking.entries[1].composite, 0.0, "second composite");
     assert_eq!(ranking.entries[2].composite, None);
 
     harness.stop().await;
@@ -506,7 +521,7 @@ async fn case_events_before_whistle_events_rework_and_returns() {
         WHISTLED + 30 * HOUR,
         Payload::CaseReopened(CaseReopened {
             reason: "车辆仍乱停".into(),
-            assignment_ids: vec![],
+            assignment_ids: vec!["a-housing".into()],
         }),
     );
     // the case stream runs ahead: verification fails, the case is reopened, then passes
@@ -520,7 +535,7 @@ async fn case_events_before_whistle_events_rework_and_returns() {
                     verified_by: "jingtan-community".into(),
                     passed: false,
                     note: "未整改到位".into(),
-                    verdicts: Vec::new(),
+                    verdicts: vec![verdict("a-housing", "zw-housing", false)],
                 }),
             ),
             &reopened,
@@ -531,7 +546,19 @@ async fn case_events_before_whistle_events_rework_and_returns() {
                     verified_by: "jingtan-community".into(),
                     passed: true,
                     note: String::new(),
-                    verdicts: Vec::new(),
+                    verdicts: vec![verdict("a-housing", "zw-housing", true)],
+                }),
+            ),
+            // the housing bureau missed its acknowledge clock (2 h) and was escalated (督办)
+            &event(
+                case_id,
+                WHISTLED + 2 * HOUR,
+                Payload::CaseEscalated(CaseEscalated {
+                    assignment_id: "a-housing".into(),
+                    department_code: "zw-housing".into(),
+                    supervisor_code: "zw-supervision".into(),
+                    reason: "逾期未签收".into(),
+                    ..CaseEscalated::default()
                 }),
             ),
         ],
@@ -573,6 +600,9 @@ async fn case_events_before_whistle_events_rework_and_returns() {
     let mut returned = next(&traffic, AssignmentStatus::Returned);
     returned.returned_at = at(WHISTLED + HOUR);
     returned.return_reason = "小区内部道路不属交警管辖".into();
+    let upheld = next(&returned, AssignmentStatus::Returned);
+    let mut overdue = housing.clone();
+    overdue.flags = vec![AssignmentFlag::AckOverdue as i32];
     publish(
         &js,
         &[
@@ -583,6 +613,26 @@ async fn case_events_before_whistle_events_rework_and_returns() {
                 WHISTLED + HOUR,
                 Payload::AssignmentReturned(AssignmentReturned {
                     assignment: Some(returned),
+                }),
+            ),
+            &event(
+                case_id,
+                WHISTLED + 90 * MINUTE,
+                Payload::AssignmentReturnDecided(AssignmentReturnDecided {
+                    assignment: Some(upheld),
+                    upheld: true,
+                    decided_by: "chechenglu-street".into(),
+                    note: "小区内部道路，由物业管理".into(),
+                    fallback_department_code: String::new(),
+                }),
+            ),
+            &event(
+                case_id,
+                WHISTLED + 2 * HOUR,
+                Payload::AssignmentOverdue(AssignmentOverdue {
+                    assignment: Some(overdue),
+                    flag: AssignmentFlag::AckOverdue as i32,
+                    ..AssignmentOverdue::default()
                 }),
             ),
             &event(
@@ -648,6 +698,8 @@ async fn case_events_before_whistle_events_rework_and_returns() {
             reopened: 1,
             due_in_period: 1,
             satisfaction_callbacks: 1,
+            overdue: 1,
+            escalated: 1,
             ..ScorecardCounts::default()
         })
     );
@@ -672,20 +724,30 @@ async fn case_events_before_whistle_events_rework_and_returns() {
         .into_inner();
     assert_eq!(rework.numerator_assignment_ids, vec!["a-housing"]);
 
-    // the traffic police returned the case and nobody whistled them again: the return stands, so
-    // the case counts neither for their resolution rate nor for their satisfaction
+    // the traffic police returned the case within the 2 h ack limit (1 h) and the street upheld
+    // the return: a timely response for 报到率, and out of every other denominator
     let traffic_card = scorecard(&mut harness.client, "zw-traffic-police").await;
     let counts = traffic_card.counts.expect("counts");
     assert_eq!(
-        (counts.whistled, counts.returned, counts.returns_accepted),
-        (1, 1, 1)
+        (
+            counts.whistled,
+            counts.returned,
+            counts.returns_accepted,
+            counts.returns_rejected,
+            counts.acknowledged_within_limit,
+            counts.required_on_site,
+            counts.due_in_period
+        ),
+        (1, 1, 1, 0, 1, 0, 0)
     );
     assert_eq!(counts.satisfaction_callbacks, 0);
     let indicators = traffic_card.indicators.expect("indicators");
     assert_eq!(indicators.resolution_rate, None);
+    assert_eq!(indicators.on_site_rate, None);
     assert_eq!(indicators.satisfaction, None);
-    assert_close(indicators.report_rate, 0.0, "report rate");
-    assert_close(traffic_card.composite, 0.0, "composite");
+    assert_close(indicators.report_rate, 1.0, "report rate");
+    // only 报到率 is present: 25·1 / 25 · 100
+    assert_close(traffic_card.composite, 100.0, "composite");
 
     harness.stop().await;
 }
