@@ -279,4 +279,33 @@ mod tests {
         assert_eq!(config.evaluation.weights.rework, 0.0);
         assert_eq!(config.evaluation.weights.report_rate, 25.0);
     }
+
+    #[test]
+    fn scoring_options_are_validated_and_named() {
+        let config = EvaluationConfig::default();
+        let scoring = config.evaluation.scoring().expect("defaults are valid");
+        assert_eq!(scoring.minimum_assignments, 1);
+        assert_eq!(scoring.satisfaction_scope, SatisfactionScope::Lead);
+
+        let mut config = EvaluationConfig::default();
+        config.evaluation.minimum_assignments = 0;
+        let error = config.validate().expect_err("no minimum");
+        assert!(
+            error.to_string().contains("evaluation.minimum_assignments"),
+            "{error}"
+        );
+        let mut config = EvaluationConfig::default();
+        config.evaluation.satisfaction_scope = "everyone".into();
+        let error = config.validate().expect_err("unknown scope");
+        assert!(
+            error.to_string().contains("evaluation.satisfaction_scope"),
+            "{error}"
+        );
+        let mut config = EvaluationConfig::default();
+        config.evaluation.minimum_assignments = 5;
+        config.evaluation.satisfaction_scope = "resolvers".into();
+        let scoring = config.evaluation.scoring().expect("valid");
+        assert_eq!(scoring.minimum_assignments, 5);
+        assert_eq!(scoring.satisfaction_scope, SatisfactionScope::Resolvers);
+    }
 }

@@ -1665,6 +1665,41 @@ mod tests {
         assert_eq!(replayed.resolved_at_ms, Some(WHISTLED + 40 * HOUR));
     }
 
+    enum Delivery {
+        Snapshot(AssignmentSnapshot),
+        Fact(CaseFact),
+    }
+
+    /// Applies deliveries the way the consumers and the store do (snapshots merged, facts kept
+    /// once per event and assignment) and scores the result.
+    fn deliver<'a>(deliveries: impl Iterator<Item = &'a Delivery>) -> ScorecardFigures {
+        let mut assignments: BTreeMap<String, AssignmentFacts> = BTreeMap::new();
+        let mut facts: BTreeMap<(String, String), CaseFact> = BTreeMap::new();
+        for delivery in deliveries {
+            match delivery {
+                Delivery::Snapshot(snapshot) => {
+                    let merged =
+                        merge_snapshot(assignments.get(&snapshot.assignment_id), snapshot, None);
+                    assignments.insert(snapshot.assignment_id.clone(), merged);
+                }
+                Delivery::Fact(fact) => {
+                    facts
+                        .entry((fact.event_id.clone(), fact.assignment_id.clone()))
+                        .or_insert_with(|| fact.clone());
+                }
+            }
+        }
+        let facts: Vec<CaseFact> = facts.into_values().collect();
+        let scored: Vec<AssignmentFacts> = assignments
+            .into_values()
+            .map(|mut assignment| {
+                assignment.outcome = derive_outcome(&assignment, &facts);
+                assignment
+            })
+            .collect();
+        scorecard(&scored, &[], &[], WHISTLED + 30 * HOUR, &Scoring::default())
+    }
+
     fn fact(event: &str, assignment: &str, kind: FactKind, flag: bool, hours: i64) -> CaseFact {
         CaseFact {
             event_id: event.into(),
@@ -2063,6 +2098,59 @@ mod tests {
             prop_assert_eq!(forward.deferred, backward.deferred);
             prop_assert_eq!(forward.resolved_at_ms, Some(WHISTLED + newest as i64 * HOUR));
             prop_assert_eq!(backward.resolved_at_ms, Some(WHISTLED + newest as i64 * HOUR));
+        }
+
+        /// A generated history of two assignments on one case: snapshots (whistle events) and
+        /// published facts (case events). Delivered in any order, with any event delivered twice,
+        /// it gives the same scorecard as delivered in order once.
+        #[test]
+        fn any_delivery_order_and_redelivery_gives_the_same_scorecard(
+            kinds in proptest::collection::vec((0usize..7, 0usize..2, any::<bool>(), 0i64..60), 0..12),
+            states in proptest::collection::vec((0usize..2, 1u64..6), 1..8),
+            order in Just((0usize..20).collect::<Vec<_>>()).prop_shuffle(),
+            repeats in proptest::collection::vec(0usize..20, 0..6),
+        ) {
+            let ids = ["a", "b"];
+            let mut events: Vec<Delivery> = Vec::new();
+            // one version is one snapshot: a is worked and resolved (and reworked); b is returned,
+            // the return rejected, then acknowledged
+            use AssignmentState::{Acknowledged, OnSite, Resolved, Returned, Whistled};
+            let lives = [
+                [Whistled, Acknowledged, OnSite, Resolved, Resolved],
+                [Whistled, Returned, Whistled, Acknowledged, Returned],
+            ];
+            for (which, version) in &states {
+                let mut snapshot = snapshot(ids[*which], "zw-sanitation");
+                snapshot.case_id = "case-x".into();
+                snapshot.version = *version;
+                snapshot.state = lives[*which][(*version - 1) as usize];
+                if snapshot.state == AssignmentState::Resolved {
+                    snapshot.resolved_at_ms = Some(WHISTLED + *version as i64 * HOUR);
+                }
+                if snapshot.state == AssignmentState::Returned {
+                    snapshot.returned_at_ms = Some(WHISTLED + HOUR / 4);
+                }
+                if *version > 1 {
+                    snapshot.acknowledged_at_ms = Some(WHISTLED + *version as i64 * HOUR / 8);
+                }
+                events.push(Delivery::Snapshot(snapshot));
+            }
+            for (index, (kind, which, flag, hours)) in kinds.iter().enumerate() {
+                let mut fact = fact(&format!("e{index}"), ids[*which], FactKind::ALL[*kind], *flag, *hours);
+                fact.case_id = "case-x".into();
+                if fact.kind == FactKind::ResolvedLocally {
+                    fact.assignment_id.clear();
+                }
+                events.push(Delivery::Fact(fact));
+            }
+            let in_order = deliver(events.iter());
+            let mut shuffled: Vec<&Delivery> = order
+                .iter()
+                .filter_map(|index| events.get(*index))
+                .collect();
+            shuffled.extend(repeats.iter().filter_map(|index| events.get(*index)));
+            let reordered = deliver(shuffled.into_iter());
+            prop_assert_eq!(in_order, reordered);
         }
     }
 }
