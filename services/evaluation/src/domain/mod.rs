@@ -1,0 +1,18 @@
+//! Evaluation's rules (考核评价): periods, the facts kept per assignment, and every indicator, count
+//! and composite of a scorecard, and rankings (see DOMAIN.md, "Evaluation"). Pure: no I/O, no
+//! gRPC, no database. Timestamps are epoch milliseconds.
+
+mod facts;
+mod parsing;
+mod periods;
+mod rankings;
+mod scorecards;
+
+pub use facts::*;
+pub use parsing::*;
+pub use periods::*;
+pub use rankings::*;
+pub use scorecards::*;
+
+#[cfg(test)]
+mod tests;
