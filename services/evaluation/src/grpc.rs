@@ -1,8 +1,8 @@
 //! `EvaluationService` over gRPC: request validation, proto <-> domain conversion.
 
 use crate::domain::{
-    self, AssignmentFacts, CallbackResult, DepartmentLevel, Indicator, Period, PeriodBounds,
-    RankingCandidate, ScorecardFigures, Scoring, UtcOffset,
+    self, AssignmentFacts, CallbackResult, CooperationRating, DepartmentLevel, Explained, Period,
+    PeriodBounds, RankingCandidate, SatisfactionCallback, ScorecardFigures, Scoring, UtcOffset,
 };
 use crate::error::EvaluationError;
 use crate::storage::{self, callback, rating};
@@ -13,10 +13,10 @@ use whistle_platform::clock::{SharedClock, from_millis, to_millis, to_proto_time
 use whistle_platform::validation::{FieldError, LimitsConfig};
 use whistle_proto::evaluation::evaluation_service_server::EvaluationService;
 use whistle_proto::evaluation::{
-    ExplainScoreRequest, ExplainScoreResponse, GetRankingRequest, GetScorecardRequest, Indicators,
-    Ranking, RankingEntry, RateCooperationRequest, RateCooperationResponse, Rater,
-    RecordSatisfactionRequest, RecordSatisfactionResponse, Satisfaction, Scorecard,
-    ScorecardCounts,
+    CompositePart, ExplainScoreRequest, ExplainScoreResponse, ExplainedAssignment,
+    GetRankingRequest, GetScorecardRequest, Indicators, Ranking, RankingEntry,
+    RateCooperationRequest, RateCooperationResponse, Rater, RecordSatisfactionRequest,
+    RecordSatisfactionResponse, Satisfaction, Scorecard, ScorecardCounts,
 };
 
 /// Name of this service in events and traces.
@@ -37,6 +37,8 @@ pub struct EvaluationGrpc {
 struct DepartmentPeriod {
     bounds: PeriodBounds,
     assignments: Vec<AssignmentFacts>,
+    ratings: Vec<CooperationRating>,
+    callbacks: Vec<SatisfactionCallback>,
     figures: ScorecardFigures,
     computed_at_ms: i64,
 }
@@ -201,12 +203,12 @@ pub fn check_ranking(
 pub fn check_explanation(
     limits: &LimitsConfig,
     request: &ExplainScoreRequest,
-) -> Result<(String, Period, Indicator), FieldError> {
+) -> Result<(String, Period, Explained), FieldError> {
     let department_code = parse_department_code(limits, &request.department_code)?;
     let period = parse_period(limits, &request.period)?;
     limits.check_code("indicator", &request.indicator)?;
-    let indicator = Indicator::parse(&request.indicator).map_err(field_error("indicator"))?;
-    Ok((department_code, period, indicator))
+    let explained = Explained::parse(&request.indicator).map_err(field_error("indicator"))?;
+    Ok((department_code, period, explained))
 }
 
 impl EvaluationGrpc {
@@ -328,6 +330,8 @@ impl EvaluationGrpc {
         Ok(DepartmentPeriod {
             bounds,
             assignments,
+            ratings,
+            callbacks,
             figures,
             computed_at_ms,
         })
@@ -444,12 +448,51 @@ impl EvaluationGrpc {
         &self,
         request: ExplainScoreRequest,
     ) -> Result<ExplainScoreResponse, EvaluationError> {
-        let (department_code, period, indicator) = check_explanation(&self.limits, &request)?;
+        let (department_code, period, explained) = check_explanation(&self.limits, &request)?;
         let scored = self.department_period(&department_code, period).await?;
-        let explanation = domain::explain(indicator, &scored.assignments, scored.computed_at_ms);
+        let explanation = domain::explain_score(
+            explained,
+            &scored.assignments,
+            &scored.ratings,
+            &scored.callbacks,
+            scored.computed_at_ms,
+            &self.scoring,
+        );
+        let ids = |pick: fn(&domain::ExplainedAssignment) -> bool| {
+            explanation
+                .assignments
+                .iter()
+                .filter(|assignment| pick(assignment))
+                .map(|assignment| assignment.assignment_id.clone())
+                .collect::<Vec<_>>()
+        };
         Ok(ExplainScoreResponse {
-            numerator_assignment_ids: explanation.numerator_assignment_ids,
-            denominator_assignment_ids: explanation.denominator_assignment_ids,
+            numerator_assignment_ids: ids(|assignment| assignment.numerator),
+            denominator_assignment_ids: ids(|assignment| assignment.denominator),
+            assignments: explanation
+                .assignments
+                .iter()
+                .map(|assignment| ExplainedAssignment {
+                    assignment_id: assignment.assignment_id.clone(),
+                    numerator: assignment.numerator,
+                    denominator: assignment.denominator,
+                    deciding_event_ids: assignment.deciding_event_ids.clone(),
+                })
+                .collect(),
+            value: explanation.value,
+            composite_parts: explanation
+                .parts
+                .iter()
+                .map(|part| CompositePart {
+                    indicator: part.indicator.to_string(),
+                    weight: part.weight,
+                    value: part.value,
+                    effective_weight: part.effective_weight,
+                })
+                .collect(),
+            callback_ids: explanation.callback_ids,
+            rated: explanation.rated,
+            scoring_config: self.scoring.fingerprint(),
         })
     }
 }

@@ -524,20 +524,21 @@ async fn case_events_before_whistle_events_rework_and_returns() {
             assignment_ids: vec!["a-housing".into()],
         }),
     );
+    let failed_verification = event(
+        case_id,
+        WHISTLED + 30 * HOUR,
+        Payload::CaseVerified(CaseVerified {
+            verified_by: "jingtan-community".into(),
+            passed: false,
+            note: "未整改到位".into(),
+            verdicts: vec![verdict("a-housing", "zw-housing", false)],
+        }),
+    );
     // the case stream runs ahead: verification fails, the case is reopened, then passes
     publish(
         &js,
         &[
-            &event(
-                case_id,
-                WHISTLED + 30 * HOUR,
-                Payload::CaseVerified(CaseVerified {
-                    verified_by: "jingtan-community".into(),
-                    passed: false,
-                    note: "未整改到位".into(),
-                    verdicts: vec![verdict("a-housing", "zw-housing", false)],
-                }),
-            ),
+            &failed_verification,
             &reopened,
             &event(
                 case_id,
@@ -723,6 +724,59 @@ async fn case_events_before_whistle_events_rework_and_returns() {
         .expect("explain")
         .into_inner();
     assert_eq!(rework.numerator_assignment_ids, vec!["a-housing"]);
+    assert_eq!(rework.value, Some(1.0));
+    let housing_facts = &rework.assignments[0];
+    assert_eq!(housing_facts.assignment_id, "a-housing");
+    // escalated at 2 h, overdue at 2 h, failed at 30 h, passed at 60 h: four deciding events
+    assert_eq!(housing_facts.deciding_event_ids.len(), 4);
+    assert!(
+        housing_facts
+            .deciding_event_ids
+            .contains(&failed_verification.event_id)
+    );
+    let composite = harness
+        .client
+        .explain_score(ExplainScoreRequest {
+            department_code: "zw-housing".into(),
+            period: PERIOD.into(),
+            indicator: "composite".into(),
+        })
+        .await
+        .expect("explain composite")
+        .into_inner();
+    assert!(composite.rated);
+    assert_close(composite.value, 50.0 / 85.0 * 100.0, "explained composite");
+    let shares: Vec<(&str, f64, f64)> = composite
+        .composite_parts
+        .iter()
+        .map(|part| (part.indicator.as_str(), part.weight, part.effective_weight))
+        .collect();
+    // present: report 25, resolution 30, satisfaction 20, rework 10 -> out of 85; cooperation
+    // (no rating) and the zero-weighted on-site and on-time rates are left out
+    assert_eq!(
+        shares,
+        vec![
+            ("report_rate", 25.0, 25.0 / 85.0),
+            ("on_site_rate", 0.0, 0.0),
+            ("resolution_rate", 30.0, 30.0 / 85.0),
+            ("on_time_rate", 0.0, 0.0),
+            ("cooperation", 15.0, 0.0),
+            ("satisfaction", 20.0, 20.0 / 85.0),
+            ("rework_rate", 10.0, 10.0 / 85.0),
+        ]
+    );
+    let satisfaction = harness
+        .client
+        .explain_score(ExplainScoreRequest {
+            department_code: "zw-housing".into(),
+            period: PERIOD.into(),
+            indicator: "satisfaction".into(),
+        })
+        .await
+        .expect("explain satisfaction")
+        .into_inner();
+    assert_eq!(satisfaction.callback_ids, vec!["callback-jinding"]);
+    assert_eq!(satisfaction.denominator_assignment_ids, vec!["a-housing"]);
 
     // the traffic police returned the case within the 2 h ack limit (1 h) and the street upheld
     // the return: a timely response for 报到率, and out of every other denominator

@@ -464,27 +464,8 @@ pub fn scorecard(
         escalated: count(&|assignment| assignment.outcome.escalations > 0),
     };
 
-    let assignment_ids: BTreeSet<&str> = assignments
-        .iter()
-        .map(|assignment| assignment.assignment_id.as_str())
-        .collect();
-    let period_ratings: Vec<CooperationRating> = ratings
-        .iter()
-        .filter(|rating| assignment_ids.contains(rating.assignment_id.as_str()))
-        .cloned()
-        .collect();
-    let case_ids: BTreeSet<&str> = assignments
-        .iter()
-        .filter(|assignment| counts_for_satisfaction(assignment, scoring.satisfaction_scope))
-        .map(|assignment| assignment.case_id.as_str())
-        .collect();
-    let mut seen_callbacks = BTreeSet::new();
-    let period_callbacks: Vec<SatisfactionCallback> = callbacks
-        .iter()
-        .filter(|callback| case_ids.contains(callback.case_id.as_str()))
-        .filter(|callback| seen_callbacks.insert(callback.callback_id.as_str()))
-        .cloned()
-        .collect();
+    let period_ratings = ratings_counted(assignments, ratings);
+    let period_callbacks = callbacks_counted(assignments, callbacks, scoring.satisfaction_scope);
     counts.cooperation_ratings = period_ratings.len() as u64;
     counts.satisfaction_callbacks = period_callbacks.len() as u64;
 
@@ -508,6 +489,42 @@ pub fn scorecard(
         indicators,
         rated,
     }
+}
+
+/// The ratings of the given assignments.
+pub fn ratings_counted(
+    assignments: &[AssignmentFacts],
+    ratings: &[CooperationRating],
+) -> Vec<CooperationRating> {
+    let assignment_ids: BTreeSet<&str> = assignments
+        .iter()
+        .map(|assignment| assignment.assignment_id.as_str())
+        .collect();
+    ratings
+        .iter()
+        .filter(|rating| assignment_ids.contains(rating.assignment_id.as_str()))
+        .cloned()
+        .collect()
+}
+
+/// The call-backs that count in the department's 满意率, once per call-back id.
+pub fn callbacks_counted(
+    assignments: &[AssignmentFacts],
+    callbacks: &[SatisfactionCallback],
+    scope: SatisfactionScope,
+) -> Vec<SatisfactionCallback> {
+    let case_ids: BTreeSet<&str> = assignments
+        .iter()
+        .filter(|assignment| counts_for_satisfaction(assignment, scope))
+        .map(|assignment| assignment.case_id.as_str())
+        .collect();
+    let mut seen_callbacks = BTreeSet::new();
+    callbacks
+        .iter()
+        .filter(|callback| case_ids.contains(callback.case_id.as_str()))
+        .filter(|callback| seen_callbacks.insert(callback.callback_id.as_str()))
+        .cloned()
+        .collect()
 }
 
 /// Whether the call-backs on this assignment's case count for its department.
@@ -550,4 +567,196 @@ pub fn explain(
     explanation.numerator_assignment_ids.sort();
     explanation.denominator_assignment_ids.sort();
     explanation
+}
+
+/// What ExplainScore explains: an indicator that counts assignments, 配合度, 满意率 or the composite.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Explained {
+    Indicator(Indicator),
+    Cooperation,
+    Satisfaction,
+    Composite,
+}
+
+impl Explained {
+    pub fn parse(value: &str) -> Result<Self, String> {
+        match value {
+            "cooperation" => Ok(Self::Cooperation),
+            "satisfaction" => Ok(Self::Satisfaction),
+            "composite" => Ok(Self::Composite),
+            other => Indicator::parse(other).map(Self::Indicator).map_err(|_| {
+                format!(
+                    "must be one of report_rate, on_site_rate, resolution_rate, on_time_rate, rework_rate, cooperation, satisfaction, composite, got {other:?}"
+                )
+            }),
+        }
+    }
+}
+
+/// One assignment behind an explained score, and the events that decided its facts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExplainedAssignment {
+    pub assignment_id: String,
+    pub numerator: bool,
+    pub denominator: bool,
+    pub deciding_event_ids: Vec<String>,
+}
+
+/// One indicator's part in the composite.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompositePart {
+    pub indicator: &'static str,
+    pub weight: f64,
+    /// As the composite uses it, 0..=1: cooperation / 100, rework as 1 − rate; `None` when absent.
+    pub value: Option<f64>,
+    /// `weight` ÷ the sum of the weights of the indicators present; 0 when absent.
+    pub effective_weight: f64,
+}
+
+/// Everything behind one number of a scorecard.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScoreExplanation {
+    pub value: Option<f64>,
+    pub assignments: Vec<ExplainedAssignment>,
+    /// The call-backs counted (满意率).
+    pub callback_ids: Vec<String>,
+    /// The composite's parts (composite only).
+    pub parts: Vec<CompositePart>,
+    pub rated: bool,
+}
+
+/// Explains one number of the scorecard [`scorecard`] computes from the same inputs.
+pub fn explain_score(
+    explained: Explained,
+    assignments: &[AssignmentFacts],
+    ratings: &[CooperationRating],
+    callbacks: &[SatisfactionCallback],
+    as_of_ms: i64,
+    scoring: &Scoring,
+) -> ScoreExplanation {
+    let figures = scorecard(assignments, ratings, callbacks, as_of_ms, scoring);
+    let rated_ids: BTreeSet<String> = ratings_counted(assignments, ratings)
+        .into_iter()
+        .map(|rating| rating.assignment_id)
+        .collect();
+    let member = |assignment: &AssignmentFacts| -> (bool, bool) {
+        match explained {
+            Explained::Indicator(indicator) => {
+                let membership = indicator.membership(assignment, as_of_ms);
+                (membership.numerator, membership.denominator)
+            }
+            Explained::Cooperation => {
+                let rated = rated_ids.contains(&assignment.assignment_id);
+                (rated, rated)
+            }
+            Explained::Satisfaction => {
+                let counted = counts_for_satisfaction(assignment, scoring.satisfaction_scope);
+                (counted, counted)
+            }
+            Explained::Composite => (true, true),
+        }
+    };
+    let mut explained_assignments: Vec<ExplainedAssignment> = assignments
+        .iter()
+        .filter_map(|assignment| {
+            let (numerator, denominator) = member(assignment);
+            (numerator || denominator).then(|| ExplainedAssignment {
+                assignment_id: assignment.assignment_id.clone(),
+                numerator,
+                denominator,
+                deciding_event_ids: assignment.outcome.deciding_event_ids.clone(),
+            })
+        })
+        .collect();
+    explained_assignments.sort_by(|left, right| left.assignment_id.cmp(&right.assignment_id));
+    let indicators = &figures.indicators;
+    let value = match explained {
+        Explained::Indicator(Indicator::ReportRate) => indicators.report_rate,
+        Explained::Indicator(Indicator::OnSiteRate) => indicators.on_site_rate,
+        Explained::Indicator(Indicator::ResolutionRate) => indicators.resolution_rate,
+        Explained::Indicator(Indicator::OnTimeRate) => indicators.on_time_rate,
+        Explained::Indicator(Indicator::ReworkRate) => indicators.rework_rate,
+        Explained::Cooperation => indicators.cooperation,
+        Explained::Satisfaction => indicators.satisfaction,
+        Explained::Composite => figures.composite,
+    };
+    let callback_ids = match explained {
+        Explained::Satisfaction => {
+            let mut ids: Vec<String> =
+                callbacks_counted(assignments, callbacks, scoring.satisfaction_scope)
+                    .into_iter()
+                    .map(|callback| callback.callback_id)
+                    .collect();
+            ids.sort();
+            ids
+        }
+        _ => Vec::new(),
+    };
+    let parts = match explained {
+        Explained::Composite => composite_parts(indicators, &scoring.weights),
+        _ => Vec::new(),
+    };
+    ScoreExplanation {
+        value,
+        assignments: explained_assignments,
+        callback_ids,
+        parts,
+        rated: figures.rated,
+    }
+}
+
+/// The composite's parts: each indicator's weight, value and share once re-weighted over the
+/// indicators present.
+pub fn composite_parts(indicators: &Indicators, weights: &Weights) -> Vec<CompositePart> {
+    let parts = [
+        ("report_rate", weights.report_rate, indicators.report_rate),
+        (
+            "on_site_rate",
+            weights.on_site_rate,
+            indicators.on_site_rate,
+        ),
+        (
+            "resolution_rate",
+            weights.resolution_rate,
+            indicators.resolution_rate,
+        ),
+        (
+            "on_time_rate",
+            weights.on_time_rate,
+            indicators.on_time_rate,
+        ),
+        (
+            "cooperation",
+            weights.cooperation,
+            indicators.cooperation.map(|score| score / 100.0),
+        ),
+        (
+            "satisfaction",
+            weights.satisfaction,
+            indicators.satisfaction,
+        ),
+        (
+            "rework_rate",
+            weights.rework,
+            indicators.rework_rate.map(|rate| 1.0 - rate),
+        ),
+    ];
+    let present: f64 = parts
+        .iter()
+        .filter(|(_, weight, value)| value.is_some() && *weight > 0.0)
+        .map(|(_, weight, _)| weight)
+        .sum();
+    parts
+        .into_iter()
+        .map(|(indicator, weight, value)| CompositePart {
+            indicator,
+            weight,
+            value: value.map(|value| value.clamp(0.0, 1.0)),
+            effective_weight: if value.is_some() && weight > 0.0 && present > 0.0 {
+                weight / present
+            } else {
+                0.0
+            },
+        })
+        .collect()
 }
