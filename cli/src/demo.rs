@@ -728,15 +728,25 @@ pub async fn play(
         };
         let counts = scorecard.counts.unwrap_or_default();
         let composite = scorecard.composite;
+        // an upheld return (退回 accepted) is neutral: it leaves every denominator but 报到率;
+        // 推诿 (a rejected return), 超期 and 督办 count against the department
         println!(
-            "  {department:<18} whistled {} acknowledged {} resolved {} verified {} returned {} reopened {}  composite {}",
+            "  {department:<18} whistled {} responded in time {} resolved {} verified {} returned {} (upheld {}, 推诿 {}) reworked {} 超期 {} 督办 {}  composite {}",
             counts.whistled,
-            counts.acknowledged,
+            counts.acknowledged_within_limit,
             counts.resolved,
             counts.verified,
             counts.returned,
+            counts.returns_accepted,
+            counts.returns_rejected,
             counts.reopened,
-            composite.map_or("—".to_string(), |value| format!("{value:.1}"))
+            counts.overdue,
+            counts.escalated,
+            match composite {
+                Some(value) => format!("{value:.1}"),
+                None if !scorecard.rated => "not rated".to_string(),
+                None => "—".to_string(),
+            }
         );
         scorecards.insert(department.to_string(), composite);
     }

@@ -175,6 +175,17 @@ async fn the_demo_scenario_plays_to_the_end() {
         outcome.scorecards
     );
 
+    // the traffic police returned the 金鼎凤凰城 case in time and the street upheld it: neutral,
+    // only 报到率 (1/1) is left, so 100; the enforcement bureau let the fourth case's acknowledge
+    // clock run out (超期, then 督办): 报到率 1/2 pulls it below the sanitation office's 100
+    assert_eq!(outcome.scorecards["zw-traffic-police"], Some(100.0));
+    assert!(
+        outcome.scorecards["zw-enforcement"].expect("composite")
+            < outcome.scorecards["zw-sanitation"].expect("composite"),
+        "{:?}",
+        outcome.scorecards
+    );
+
     let stop = CancellationToken::new();
     stop.cancel();
     platform.run_until(stop).await.expect("clean stop");
