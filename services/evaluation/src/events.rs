@@ -73,7 +73,23 @@ impl EventHandler for EvaluationEvents {
                 },
             ),
             Payload::AssignmentReturned(returned) => {
-                (&returned.assignment, WhistleExtras::default())
+                let in_time = returned.assignment.as_ref().is_some_and(|assignment| {
+                    let deadlines = assignment.deadlines.unwrap_or_default();
+                    matches!(
+                        (
+                            millis(assignment.returned_at.as_ref()),
+                            millis(deadlines.acknowledge_by.as_ref())
+                        ),
+                        (Some(returned_at), Some(limit)) if returned_at <= limit
+                    )
+                });
+                (
+                    &returned.assignment,
+                    WhistleExtras {
+                        fact: Some((FactKind::Returned, in_time)),
+                        ..WhistleExtras::default()
+                    },
+                )
             }
             // the facts these carry (extension requests, the street's decisions) are not scored
             // yet; the assignment they carry keeps the snapshot current

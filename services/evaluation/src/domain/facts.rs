@@ -143,6 +143,9 @@ pub struct DerivedOutcome {
     pub return_accepted: bool,
     /// Returns the street rejected (推诿): each counts against the department.
     pub returns_rejected: u32,
+    /// Returned with a reason within the acknowledge limit in force when it returned (a timely
+    /// response for 报到率, whatever the street decides).
+    pub returned_in_time: bool,
     /// Clocks of this assignment that went overdue (`whistle.overdue`).
     pub overdue: u32,
     /// Escalations of this assignment to supervision (`case.escalated`, 督办).
@@ -158,6 +161,8 @@ pub struct DerivedOutcome {
 /// What kind of decision a stored fact records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum FactKind {
+    /// `whistle.returned`; `flag`: returned within the acknowledge limit in force then.
+    Returned,
     /// `whistle.return_decided`; `flag` is `upheld`.
     ReturnDecided,
     /// One verdict of `case.verified`; `flag` is `passed`.
@@ -175,7 +180,8 @@ pub enum FactKind {
 }
 
 impl FactKind {
-    pub const ALL: [FactKind; 7] = [
+    pub const ALL: [FactKind; 8] = [
+        Self::Returned,
         Self::ReturnDecided,
         Self::Verdict,
         Self::Overdue,
@@ -187,6 +193,7 @@ impl FactKind {
 
     pub fn as_str(&self) -> &'static str {
         match self {
+            Self::Returned => "returned",
             Self::ReturnDecided => "return_decided",
             Self::Verdict => "verdict",
             Self::Overdue => "overdue",
@@ -293,12 +300,11 @@ impl AssignmentFacts {
         self.is_resolved() || self.resolve_by_ms.is_some_and(|due| due <= as_of_ms)
     }
 
-    /// Returned with a reason within the acknowledge limit: a timely response for 报到率.
+    /// Returned with a reason within the acknowledge limit in force when it returned: a timely
+    /// response for 报到率. Judged when `whistle.returned` arrives, because a rejected return
+    /// restarts the clocks.
     pub fn returned_within_ack_limit(&self) -> bool {
-        matches!(
-            (self.returned_at_ms, self.acknowledge_by_ms),
-            (Some(returned), Some(limit)) if returned <= limit
-        )
+        self.outcome.returned_in_time
     }
 
     /// Responded within the acknowledge limit: acknowledged in time, or returned in time.
@@ -395,6 +401,7 @@ pub fn derive_outcome(assignment: &AssignmentFacts, facts: &[CaseFact]) -> Deriv
     let mut last_decision = None;
     for fact in &mine {
         match fact.kind {
+            FactKind::Returned => outcome.returned_in_time |= fact.flag,
             FactKind::ReturnDecided => {
                 last_decision = Some(fact.flag);
                 if !fact.flag {

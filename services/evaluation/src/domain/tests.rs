@@ -550,6 +550,7 @@ fn report_rate_counts_a_timely_return_and_upheld_returns_leave_the_rest() {
     let mut a = facts("a");
     a.state = AssignmentState::Returned;
     a.returned_at_ms = Some(WHISTLED + HOUR / 4);
+    a.outcome.returned_in_time = true;
     a.outcome.return_accepted = true;
     // b: returned late (1h), the return rejected (推诿); then never acknowledged, still open
     let mut b = facts("b");
@@ -578,6 +579,141 @@ fn report_rate_counts_a_timely_return_and_upheld_returns_leave_the_rest() {
     assert_eq!(figures.counts.returns_rejected, 1);
     // composite over 报到 25, 解决 30, 返工 10: (25·0.5 + 30/3 + 10·0.5) / 65 · 100
     approx(figures.composite, (12.5 + 10.0 + 5.0) / 65.0 * 100.0);
+}
+
+/// docs/evaluation.md, "A worked example": the district enforcement bureau's November.
+#[test]
+fn the_worked_example_of_docs_evaluation_md() {
+    let at = |hours: f64| WHISTLED + (hours * HOUR as f64) as i64;
+    let mut facts_published: Vec<CaseFact> = Vec::new();
+    let mut publish = |event: &str, assignment: &AssignmentFacts, kind, flag, hours: f64| {
+        facts_published.push(CaseFact {
+            event_id: event.into(),
+            case_id: assignment.case_id.clone(),
+            assignment_id: assignment.assignment_id.clone(),
+            kind,
+            flag,
+            occurred_at_ms: at(hours),
+        });
+    };
+    // A1 (lead): 10 min, 40 min, 5 h; passed
+    let mut a1 = done("a1", 10.0 / 60.0, 40.0 / 60.0, 5.0);
+    a1.outcome = DerivedOutcome::default();
+    publish("v-a1", &a1, FactKind::Verdict, true, 6.0);
+    // A2 (co): 50 min late, on site 3 h late, resolved 20 h, failed, resolved again 30 h (late)
+    let mut a2 = done("a2", 50.0 / 60.0, 3.0, 30.0);
+    a2.outcome = DerivedOutcome::default();
+    a2.role = AssignmentRole::Co;
+    a2.first_resolved_at_ms = Some(at(20.0));
+    publish("v-a2-failed", &a2, FactKind::Verdict, false, 21.0);
+    publish("o-a2", &a2, FactKind::Overdue, false, 24.0);
+    publish("v-a2-passed", &a2, FactKind::Verdict, true, 31.0);
+    // A3: returned after 20 min, upheld
+    let mut a3 = facts("a3");
+    a3.state = AssignmentState::Returned;
+    a3.returned_at_ms = Some(at(20.0 / 60.0));
+    publish("r-a3", &a3, FactKind::Returned, true, 20.0 / 60.0);
+    publish("d-a3", &a3, FactKind::ReturnDecided, true, 1.0);
+    // A4 (lead): returned after 2 h (late), rejected; fresh clocks from 3 h: acknowledged late
+    // (verdict), on site and resolved in time; passed
+    let mut a4 = done("a4", 4.0, 4.5, 10.0);
+    a4.outcome = DerivedOutcome::default();
+    a4.returned_at_ms = Some(at(2.0));
+    a4.acknowledge_by_ms = Some(at(3.5));
+    a4.on_site_by_ms = Some(at(5.0));
+    a4.resolve_by_ms = Some(at(27.0));
+    publish("o-a4", &a4, FactKind::Overdue, false, 0.5);
+    publish("r-a4", &a4, FactKind::Returned, false, 2.0);
+    publish("d-a4", &a4, FactKind::ReturnDecided, false, 3.0);
+    publish("v-a4", &a4, FactKind::Verdict, true, 11.0);
+    // A5: 15 min, on site 1 h, then deferred; open
+    let mut a5 = facts("a5");
+    a5.state = AssignmentState::OnSite;
+    a5.acknowledged_at_ms = Some(at(0.25));
+    a5.on_site_at_ms = Some(at(1.0));
+    publish("x-a5", &a5, FactKind::Deferred, false, 2.0);
+
+    let assignments: Vec<AssignmentFacts> = [a1, a2, a3, a4, a5]
+        .into_iter()
+        .map(|mut assignment| {
+            assignment.outcome = derive_outcome(&assignment, &facts_published);
+            assignment
+        })
+        .collect();
+    let rating = |assignment: &str, score| CooperationRating {
+        assignment_id: assignment.into(),
+        score,
+    };
+    let ratings = vec![rating("a1", 5), rating("a1", 4), rating("a2", 3)];
+    let callback = |id: &str, case: &str, result| SatisfactionCallback {
+        callback_id: id.into(),
+        case_id: case.into(),
+        result,
+    };
+    let callbacks = vec![
+        callback("cb-a1", "case-a1", CallbackResult::Satisfied),
+        callback("cb-a2", "case-a2", CallbackResult::Dissatisfied),
+        callback("cb-a4", "case-a4", CallbackResult::BasicallySatisfied),
+    ];
+    let as_of = at(48.0);
+    let figures = scorecard(
+        &assignments,
+        &ratings,
+        &callbacks,
+        as_of,
+        &Scoring::default(),
+    );
+    let indicators = figures.indicators;
+    approx(indicators.report_rate, 3.0 / 5.0);
+    approx(indicators.on_site_rate, 3.0 / 4.0);
+    approx(indicators.resolution_rate, 1.0);
+    approx(indicators.on_time_rate, 2.0 / 3.0);
+    approx(indicators.rework_rate, 1.0 / 3.0);
+    approx(indicators.cooperation, 68.75);
+    approx(indicators.satisfaction, 0.95);
+    let counts = figures.counts;
+    assert_eq!(
+        (
+            counts.returns_accepted,
+            counts.returns_rejected,
+            counts.overdue,
+            counts.escalated,
+            counts.deferred
+        ),
+        (1, 1, 2, 0, 1)
+    );
+    let expected = 15.0 + 30.0 + 10.3125 + 19.0 + 10.0 * (2.0 / 3.0);
+    approx(figures.composite, expected);
+    assert_eq!(
+        format!("{:.1}", figures.composite.unwrap_or_default()),
+        "81.0"
+    );
+    // without ratings and call-backs: re-weighted over 65
+    let bare = scorecard(&assignments, &[], &[], as_of, &Scoring::default());
+    approx(
+        bare.composite,
+        (15.0 + 30.0 + 10.0 * (2.0 / 3.0)) / 65.0 * 100.0,
+    );
+    assert_eq!(format!("{:.1}", bare.composite.unwrap_or_default()), "79.5");
+    // the explanation names the deciding events
+    let explanation = explain_score(
+        Explained::Indicator(Indicator::ReworkRate),
+        &assignments,
+        &ratings,
+        &callbacks,
+        as_of,
+        &Scoring::default(),
+    );
+    let a2 = explanation
+        .assignments
+        .iter()
+        .find(|assignment| assignment.assignment_id == "a2")
+        .expect("a2 explained");
+    assert!(a2.numerator && a2.denominator);
+    assert_eq!(
+        a2.deciding_event_ids,
+        vec!["v-a2-failed", "o-a2", "v-a2-passed"]
+    );
 }
 
 #[test]
@@ -864,7 +1000,7 @@ proptest! {
     /// it gives the same scorecard as delivered in order once.
     #[test]
     fn any_delivery_order_and_redelivery_gives_the_same_scorecard(
-        kinds in proptest::collection::vec((0usize..7, 0usize..2, any::<bool>(), 0i64..60), 0..12),
+        kinds in proptest::collection::vec((0usize..8, 0usize..2, any::<bool>(), 0i64..60), 0..12),
         states in proptest::collection::vec((0usize..2, 1u64..6), 1..8),
         order in Just((0usize..20).collect::<Vec<_>>()).prop_shuffle(),
         repeats in proptest::collection::vec(0usize..20, 0..6),
