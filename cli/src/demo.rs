@@ -341,9 +341,13 @@ where
     loop {
         match call().await {
             Ok(()) => return Ok(()),
+            // evaluation may not have consumed the case's events yet: the assignment is unknown, or
+            // known but its acknowledgement not applied (a rating needs the department to have acted)
             Err(status)
-                if status.code() == tonic::Code::NotFound
-                    && tokio::time::Instant::now() < deadline =>
+                if matches!(
+                    status.code(),
+                    tonic::Code::NotFound | tonic::Code::FailedPrecondition
+                ) && tokio::time::Instant::now() < deadline =>
             {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }

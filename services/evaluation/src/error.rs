@@ -11,6 +11,9 @@ pub enum EvaluationError {
     NotFound(String),
     #[error("{0}")]
     AlreadyExists(String),
+    /// The request is well formed but the system is not in a state to accept it yet.
+    #[error("{0}")]
+    FailedPrecondition(String),
     #[error("database error: {0}")]
     Database(#[from] DbErr),
     #[error("unexpected: {0}")]
@@ -35,6 +38,9 @@ impl From<EvaluationError> for tonic::Status {
             EvaluationError::InvalidArgument(field) => field.to_status(),
             EvaluationError::NotFound(message) => tonic::Status::not_found(message),
             EvaluationError::AlreadyExists(message) => tonic::Status::already_exists(message),
+            EvaluationError::FailedPrecondition(message) => {
+                tonic::Status::failed_precondition(message)
+            }
             EvaluationError::Database(error) => {
                 tracing::error!(%error, "database error");
                 tonic::Status::unavailable("storage unavailable, retry later")

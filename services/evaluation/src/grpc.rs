@@ -222,12 +222,16 @@ impl EvaluationGrpc {
         } = check_rating(&self.limits, &request)?;
 
         let transaction = self.db.begin().await?;
-        if storage::find_assignment(&transaction, &assignment_id)
-            .await?
-            .is_none()
-        {
+        let Some(assignment) = storage::find_assignment(&transaction, &assignment_id).await? else {
             return Err(EvaluationError::NotFound(format!(
                 "assignment {assignment_id} not found"
+            )));
+        };
+        // cooperation is rated on what the department did: not before it acknowledged, checked
+        // in, resolved or returned
+        if !domain::department_acted(&assignment) {
+            return Err(EvaluationError::FailedPrecondition(format!(
+                "assignment {assignment_id}: the department has not acted yet, nothing to rate"
             )));
         }
         storage::save_rating(

@@ -411,6 +411,19 @@ async fn a_whistle_flows_into_the_scorecard_once() {
             .await
             .expect("rate");
     }
+    // the co-department was whistled but has done nothing yet: nothing to rate
+    let premature = harness
+        .client
+        .rate_cooperation(RateCooperationRequest {
+            assignment_id: "a-enforcement".into(),
+            rater: Rater::Street as i32,
+            rater_id: "chechenglu-street".into(),
+            score: 1,
+            comment: String::new(),
+        })
+        .await
+        .expect_err("rated before the department acted");
+    assert_eq!(premature.code(), Code::FailedPrecondition, "{premature:?}");
     // 满意度: one call-back, retried once with the same id
     let callback = RecordSatisfactionRequest {
         case_id: case_id.into(),

@@ -1,6 +1,6 @@
 //! Indicators, weights and scorecards: every number of a department's card and its explanation.
 
-use super::facts::{AssignmentFacts, AssignmentRole};
+use super::facts::{AssignmentFacts, AssignmentRole, AssignmentState};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Who rated a department's cooperation.
@@ -525,6 +525,15 @@ pub fn callbacks_counted(
         .filter(|callback| seen_callbacks.insert(callback.callback_id.as_str()))
         .cloned()
         .collect()
+}
+
+/// Whether the department did something on the assignment that can be rated: acknowledged,
+/// checked in, resolved or returned it.
+pub fn department_acted(assignment: &AssignmentFacts) -> bool {
+    assignment.state != AssignmentState::Whistled
+        || assignment.acknowledged_at_ms.is_some()
+        || assignment.returned_at_ms.is_some()
+        || assignment.first_resolved_at_ms.is_some()
 }
 
 /// Whether the call-backs on this assignment's case count for its department.
