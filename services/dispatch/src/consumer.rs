@@ -1,5 +1,8 @@
-//! Consuming `case.reported`: every reported case is opened, routed and, when its route says so,
-//! whistled, in the inbox's transaction.
+//! Consuming the cases stream (`case.v1.>`, in stream order): every reported case is opened,
+//! routed and, when its route says so, whistled; intake's news about it (`case.merged`,
+//! `case.split`, `case.recurrent`, `case.evidence_attached`) is applied to it, or kept pending
+//! until it opens. Everything else on the stream (dispatch's own `case.*` events) is skipped. All
+//! in the inbox's transaction.
 
 use crate::domain::DeadlinePolicy;
 use crate::service;
@@ -9,6 +12,14 @@ use whistle_platform::clock::SharedClock;
 use whistle_platform::envelope::{Event, Payload};
 use whistle_platform::inbox::{EventHandler, HandleError};
 use whistle_platform::outbox::OutboxSignal;
+
+/// Durable consumer name on the cases stream (it replaced `dispatch`, which saw
+/// `case.reported` only).
+pub const CONSUMER: &str = "dispatch-cases";
+/// Every case event; those dispatch does not apply are skipped.
+pub const FILTER_SUBJECT: &str = "case.v1.>";
+/// The consumer this one replaced, removed at start.
+pub const LEGACY_CONSUMER: &str = "dispatch";
 
 /// Applies intake's events to dispatch's cases.
 #[derive(Debug, Clone)]
@@ -26,8 +37,22 @@ impl EventHandler for ReportedCases {
         _subject: &str,
         event: &Event,
     ) -> Result<(), HandleError> {
-        let Some(Payload::CaseReported(reported)) = &event.payload else {
-            return Ok(());
+        let reported = match &event.payload {
+            Some(Payload::CaseReported(reported)) => reported,
+            Some(payload) if service::is_report_news(payload) => {
+                if event.case_id.is_empty() {
+                    return Err(HandleError::Rejected("news without case id".into()));
+                }
+                let applied = service::apply_report_news(
+                    transaction,
+                    self.clock.now(),
+                    self.policy.as_ref(),
+                    event,
+                )
+                .await;
+                return applied.map(|_| ()).map_err(handle_error);
+            }
+            _ => return Ok(()),
         };
         if event.case_id.is_empty() || event.region.is_none() {
             return Err(HandleError::Rejected(
@@ -49,15 +74,22 @@ impl EventHandler for ReportedCases {
                 }
                 Ok(())
             }
-            Err(crate::error::DispatchError::Database(error)) => Err(HandleError::Transient(error)),
-            Err(crate::error::DispatchError::Conflict(what)) => Err(HandleError::Transient(
-                sea_orm::DbErr::Custom(format!("conflict on {what}")),
-            )),
-            Err(error) => Err(HandleError::Rejected(error.to_string())),
+            Err(error) => Err(handle_error(error)),
         }
     }
 
     fn after_commit(&self) {
         self.outbox_signal.notify();
+    }
+}
+
+/// Database trouble and concurrent changes are tried again; anything else can never apply.
+fn handle_error(error: crate::error::DispatchError) -> HandleError {
+    match error {
+        crate::error::DispatchError::Database(error) => HandleError::Transient(error),
+        crate::error::DispatchError::Conflict(what) => {
+            HandleError::Transient(sea_orm::DbErr::Custom(format!("conflict on {what}")))
+        }
+        error => HandleError::Rejected(error.to_string()),
     }
 }
