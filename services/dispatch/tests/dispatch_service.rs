@@ -1135,7 +1135,18 @@ async fn whistle_events(
 
 #[tokio::test]
 async fn a_merged_report_joins_the_case_once_and_tells_each_open_department_once() {
-    let mut h = start().await;
+    merged_report_joins_once(None).await;
+}
+
+#[tokio::test]
+async fn a_merged_report_joins_the_case_once_on_postgres() {
+    let database = whistle_platform::testing::TestPostgres::create().await;
+    merged_report_joins_once(Some(database.url.clone())).await;
+    database.drop_database().await;
+}
+
+async fn merged_report_joins_once(database_url: Option<String>) {
+    let mut h = start_on(database_url).await;
     let case_id = report(&h.bed, "E-01-03", "420303003001001").await;
     let before = wait_for_status(&mut h.client, &case_id, CaseStatus::Whistled).await;
     assert_eq!(before.reports.len(), 1);
@@ -1220,7 +1231,18 @@ async fn a_merged_report_joins_the_case_once_and_tells_each_open_department_once
 
 #[tokio::test]
 async fn news_about_a_case_not_reported_yet_waits_for_it() {
-    let mut h = start().await;
+    news_waits_for_its_case(None).await;
+}
+
+#[tokio::test]
+async fn news_about_a_case_not_reported_yet_waits_for_it_on_postgres() {
+    let database = whistle_platform::testing::TestPostgres::create().await;
+    news_waits_for_its_case(Some(database.url.clone())).await;
+    database.drop_database().await;
+}
+
+async fn news_waits_for_its_case(database_url: Option<String>) {
+    let mut h = start_on(database_url).await;
     let case_id = uuid::Uuid::now_v7().to_string();
     news(&h.bed, &case_id, merged(&case_id, "r-early", "resident-1")).await;
     // published after the merge, as if intake's events crossed
