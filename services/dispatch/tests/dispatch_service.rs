@@ -1133,6 +1133,29 @@ async fn whistle_events(
     events
 }
 
+/// Waits until the relay has published `count` events of `kind` for the case (it publishes after
+/// the commit, in outbox order: once an event is on the stream, every earlier one of the case is).
+async fn wait_for_whistle_events(
+    bed: &TestBed,
+    case_id: &str,
+    kind: &str,
+    count: usize,
+) -> Vec<whistle_proto::events::Event> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let events = whistle_events(bed, case_id, kind).await;
+        if events.len() >= count {
+            return events;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} {kind} events for case {case_id}, expected {count}",
+            events.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_merged_report_joins_the_case_once_and_tells_each_open_department_once() {
     merged_report_joins_once(None).await;
@@ -1181,6 +1204,8 @@ async fn merged_report_joins_once(database_url: Option<String>) {
         assert_eq!(now.deadlines, then.deadlines);
         assert_eq!(now.status, then.status);
     }
+    // the recurrence notices follow the merge notices in the outbox
+    wait_for_whistle_events(&h.bed, &case_id, "recurrent", 3).await;
     assert_eq!(whistle_events(&h.bed, &case_id, "issued").await.len(), 3);
     // one notice per open department
     let notices = whistle_events(&h.bed, &case_id, "report_merged").await;
@@ -1331,6 +1356,8 @@ async fn recurrent_cases_are_flagged_listed_and_told_and_evidence_is_shown() {
     let ids: Vec<&str> = listed.cases.iter().map(|c| c.case_id.as_str()).collect();
     assert_eq!(ids, vec![case_id.as_str()]);
 
+    // the barrier's notices are the last of the case in the outbox
+    wait_for_whistle_events(&h.bed, &case_id, "report_merged", 3).await;
     let recurrent_notices = whistle_events(&h.bed, &case_id, "recurrent").await;
     assert_eq!(recurrent_notices.len(), 3);
     let Some(Payload::AssignmentRecurrent(notice)) = &recurrent_notices[0].payload else {
@@ -1368,7 +1395,7 @@ async fn recurrent_cases_are_flagged_listed_and_told_and_evidence_is_shown() {
         })
         .await
         .expect("whistle");
-    let issued = whistle_events(&h.bed, &case_id, "issued").await;
+    let issued = wait_for_whistle_events(&h.bed, &case_id, "issued", 4).await;
     let Some(Payload::WhistleIssued(last)) = &issued.last().expect("issued").payload else {
         panic!("not a whistle")
     };
