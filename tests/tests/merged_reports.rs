@@ -19,7 +19,7 @@ async fn next_notice(notices: &mut tonic::Streaming<Notice>) -> Notice {
         .expect("notice")
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_reports_of_one_problem_make_one_case_one_whistle_and_a_merge_notice() {
     let mut platform = Platform::prepare(Storage::Sqlite).await;
     // the harness turns merging off for the tests that count whistles per report; on here
@@ -97,5 +97,8 @@ async fn two_reports_of_one_problem_make_one_case_one_whistle_and_a_merge_notice
         .filter(|assignment| assignment.department_code == "zw-sanitation")
         .count();
     assert_eq!(leads, 1);
+    // closed before the services stop (multi-threaded runtime: the connections' tasks run while
+    // `shutdown` waits), or each server's graceful shutdown waits for them
+    drop((notices, intake, dispatch, gateway));
     platform.shutdown().await;
 }
