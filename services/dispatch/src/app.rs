@@ -75,6 +75,7 @@ pub async fn run(
             clock: clock.clone(),
             policy: policy.clone(),
             outbox_signal: outbox_signal.clone(),
+            recurrent: Default::default(),
         }),
         shutdown.clone(),
     ));

@@ -7,10 +7,11 @@
 use crate::domain::DeadlinePolicy;
 use crate::service;
 use sea_orm::DatabaseTransaction;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use whistle_platform::clock::SharedClock;
 use whistle_platform::envelope::{Event, Payload};
-use whistle_platform::inbox::{EventHandler, HandleError};
+use whistle_platform::inbox::{BatchEvent, EventHandler, HandleError};
+use whistle_platform::metrics::{attribute, metrics};
 use whistle_platform::outbox::OutboxSignal;
 
 /// Durable consumer name on the cases stream (it replaced `dispatch`, which saw
@@ -28,6 +29,16 @@ pub struct ReportedCases {
     /// How deadlines count (calendar time, or a working-hour calendar).
     pub policy: Arc<dyn DeadlinePolicy>,
     pub outbox_signal: OutboxSignal,
+    /// Categories of the cases this batch flagged recurrent, counted once it committed.
+    pub recurrent: Arc<Mutex<Vec<String>>>,
+}
+
+impl ReportedCases {
+    fn flagged_recurrent(&self, categories: impl IntoIterator<Item = String>) {
+        if let Ok(mut recurrent) = self.recurrent.lock() {
+            recurrent.extend(categories);
+        }
+    }
 }
 
 impl EventHandler for ReportedCases {
@@ -43,14 +54,16 @@ impl EventHandler for ReportedCases {
                 if event.case_id.is_empty() {
                     return Err(HandleError::Rejected("news without case id".into()));
                 }
-                let applied = service::apply_report_news(
+                let flagged = service::apply_report_news(
                     transaction,
                     self.clock.now(),
                     self.policy.as_ref(),
                     event,
                 )
-                .await;
-                return applied.map(|_| ()).map_err(handle_error);
+                .await
+                .map_err(handle_error)?;
+                self.flagged_recurrent(flagged);
+                return Ok(());
             }
             _ => return Ok(()),
         };
@@ -69,17 +82,40 @@ impl EventHandler for ReportedCases {
         .await;
         match opened {
             Ok(opened) => {
-                if !opened {
+                if !opened.applied {
                     tracing::debug!(case_id = %event.case_id, "case already open");
                 }
+                self.flagged_recurrent(opened.flagged_recurrent);
                 Ok(())
             }
             Err(error) => Err(handle_error(error)),
         }
     }
 
+    fn before_batch(
+        &self,
+        _transaction: &DatabaseTransaction,
+        _events: &[BatchEvent<'_>],
+    ) -> impl Future<Output = Result<(), sea_orm::DbErr>> + Send {
+        // what a batch that rolled back counted is forgotten
+        if let Ok(mut recurrent) = self.recurrent.lock() {
+            recurrent.clear();
+        }
+        async { Ok(()) }
+    }
+
     fn after_commit(&self) {
         self.outbox_signal.notify();
+        let flagged = self
+            .recurrent
+            .lock()
+            .map(|mut recurrent| std::mem::take(&mut *recurrent))
+            .unwrap_or_default();
+        for category in flagged {
+            metrics()
+                .cases_recurrent
+                .add(1, &[attribute("category", category)]);
+        }
     }
 }
 

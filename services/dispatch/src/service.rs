@@ -17,21 +17,31 @@ use whistle_proto::events::CaseReported;
 
 pub use crate::events::SOURCE;
 
+/// What applying an event did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// False when the event changed nothing new (a replayed `case.reported`).
+    pub applied: bool,
+    /// The category of each case this flagged recurrent, for the counter recorded once committed.
+    pub flagged_recurrent: Vec<String>,
+}
+
 /// Applies `case.reported`: opens the case, routes it, and whistles at once when the route says
-/// so. Returns false when the case already existed (a replay).
+/// so; then applies the news about it that arrived first. `applied` is false when the case
+/// already existed (a replay).
 pub async fn open_reported_case<C: ConnectionTrait>(
     connection: &C,
     now: DateTime<Utc>,
     policy: &dyn DeadlinePolicy,
     event: &Event,
     reported: &CaseReported,
-) -> Result<bool, DispatchError> {
+) -> Result<Applied, DispatchError> {
     if case::Entity::find_by_id(event.case_id.as_str())
         .one(connection)
         .await?
         .is_some()
     {
-        return Ok(false);
+        return Ok(Applied::default());
     }
     let mut record = CaseRecord::open(event, reported, now);
     let routes = storage::routes_for_category(connection, &record.row.category_code).await?;
@@ -69,8 +79,11 @@ pub async fn open_reported_case<C: ConnectionTrait>(
         }
     }
     storage::save(connection, record, now).await?;
-    apply_pending_news(connection, now, policy, &event.case_id).await?;
-    Ok(true)
+    let flagged_recurrent = apply_pending_news(connection, now, policy, &event.case_id).await?;
+    Ok(Applied {
+        applied: true,
+        flagged_recurrent,
+    })
 }
 
 /// Whether an event is news from intake about a reported case that dispatch applies.
@@ -87,13 +100,14 @@ pub fn is_report_news(payload: &Payload) -> bool {
 /// Applies intake's news about a case (`case.merged`, `case.split`, `case.recurrent`,
 /// `case.evidence_attached`): the case keeps it, and its open assignments are told (one
 /// `whistle.*` notice each, clocks unchanged). News about a case not opened yet is kept pending
-/// and applied when its `case.reported` arrives. Returns false when it was kept pending.
+/// and applied when its `case.reported` arrives. Returns the category of the case when this
+/// flagged it recurrent, for the counter recorded once committed.
 pub async fn apply_report_news<C: ConnectionTrait>(
     connection: &C,
     now: DateTime<Utc>,
     policy: &dyn DeadlinePolicy,
     event: &Event,
-) -> Result<bool, DispatchError> {
+) -> Result<Option<String>, DispatchError> {
     let Some(mut record) = storage::load(connection, &event.case_id, Lock::ForUpdate).await? else {
         storage::pending::Entity::insert(storage::pending::ActiveModel {
             event_id: Set(event.event_id.clone()),
@@ -105,11 +119,14 @@ pub async fn apply_report_news<C: ConnectionTrait>(
         .exec(connection)
         .await?;
         tracing::info!(case_id = %event.case_id, event_id = %event.event_id, "news about a case not reported yet, kept pending");
-        return Ok(false);
+        return Ok(None);
     };
+    let was_recurrent = record.case.recurrent;
     apply_news_to(&mut record, now, policy, event)?;
+    let flagged =
+        (!was_recurrent && record.case.recurrent).then(|| record.row.category_code.clone());
     storage::save(connection, record, now).await?;
-    Ok(true)
+    Ok(flagged)
 }
 
 fn apply_news_to(
@@ -192,7 +209,6 @@ fn apply_news_to(
             if record.case.recurrent {
                 return Ok(());
             }
-            metrics::recurrent_case(&record.row.category_code);
             (
                 Command::MarkRecurrent {
                     earlier_case_ids: recurrent.earlier_case_ids.clone(),
@@ -248,13 +264,14 @@ fn apply_news_to(
 /// Who the timeline names for intake's news without a person.
 const SOURCE_INTAKE: &str = "whistle-intake";
 
-/// Applies, in arrival order, the news kept pending for a case that has just opened.
+/// Applies, in arrival order, the news kept pending for a case that has just opened; the
+/// categories it flagged recurrent.
 async fn apply_pending_news<C: ConnectionTrait>(
     connection: &C,
     now: DateTime<Utc>,
     policy: &dyn DeadlinePolicy,
     case_id: &str,
-) -> Result<(), DispatchError> {
+) -> Result<Vec<String>, DispatchError> {
     use sea_orm::{ColumnTrait, QueryFilter, QueryOrder};
     let rows = storage::pending::Entity::find()
         .filter(storage::pending::Column::CaseId.eq(case_id))
@@ -262,34 +279,16 @@ async fn apply_pending_news<C: ConnectionTrait>(
         .order_by_asc(storage::pending::Column::EventId)
         .all(connection)
         .await?;
+    let mut flagged = Vec::new();
     for row in rows {
         let event: Event =
             prost::Message::decode(row.event.as_slice()).map_err(DispatchError::unexpected)?;
-        apply_report_news(connection, now, policy, &event).await?;
+        flagged.extend(apply_report_news(connection, now, policy, &event).await?);
         storage::pending::Entity::delete_by_id(row.event_id)
             .exec(connection)
             .await?;
     }
-    Ok(())
-}
-
-/// Dispatch's counters of intake's news.
-mod metrics {
-    use opentelemetry::KeyValue;
-    use std::sync::OnceLock;
-
-    /// `whistle.cases.recurrent`, by category.
-    pub fn recurrent_case(category_code: &str) {
-        static COUNTER: OnceLock<opentelemetry::metrics::Counter<u64>> = OnceLock::new();
-        COUNTER
-            .get_or_init(|| {
-                opentelemetry::global::meter("whistle")
-                    .u64_counter("whistle.cases.recurrent")
-                    .with_description("cases flagged recurrent (几经反复)")
-                    .build()
-            })
-            .add(1, &[KeyValue::new("category", category_code.to_string())]);
-    }
+    Ok(flagged)
 }
 
 /// The departments of a whistle, from the registry: each known and active (INVALID_ARGUMENT
