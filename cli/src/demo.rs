@@ -186,6 +186,7 @@ impl Demo {
                     lat: place.lat + 0.0002,
                     lng: place.lng,
                     person: person.into(),
+                    datum: 0,
                 },
                 &token,
             )?)

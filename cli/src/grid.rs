@@ -57,7 +57,8 @@ pub enum GridCommand {
     },
 }
 
-fn datum(name: &str) -> anyhow::Result<Datum> {
+/// A `--datum` value: wgs84, gcj02 or bd09 (case and `-`/`_` ignored).
+pub fn datum(name: &str) -> anyhow::Result<Datum> {
     Ok(
         match name.to_ascii_lowercase().replace(['-', '_'], "").as_str() {
             "wgs84" => Datum::Wgs84,

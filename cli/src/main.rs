@@ -191,6 +191,9 @@ enum Command {
         lat: f64,
         #[arg(long)]
         lng: f64,
+        /// wgs84, gcj02 (AMap, Tencent) or bd09 (Baidu); dispatch converts before measuring.
+        #[arg(long, default_value = "wgs84")]
+        datum: String,
     },
     /// Resolve an assignment (办结).
     Resolve {
@@ -456,6 +459,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             department,
             lat,
             lng,
+            datum,
         } => {
             let token = department_token(
                 &department.department,
@@ -466,6 +470,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 assignment_id,
                 lat,
                 lng,
+                datum: whistle::grid::datum(&datum)? as i32,
                 ..Default::default()
             };
             let assignment = endpoints

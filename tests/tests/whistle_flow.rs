@@ -195,6 +195,7 @@ async fn walk_the_whistle(storage: Storage) {
                 lat: 32.6370,
                 lng: 110.7985,
                 person: "王主任".into(),
+                datum: 0,
             },
             &sanitation,
         ))

@@ -103,6 +103,7 @@ pub fn check_in(
             lat: request.lat,
             lng: request.lng,
             person: request.person,
+            datum: request.datum,
         }),
     )
 }

@@ -279,3 +279,42 @@ impl EventHandler for NoticeRecorder {
         self.signal.notify();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use whistle_proto::events::{
+        AssignmentEvidenceAttached, AssignmentRecurrent, AssignmentReportMerged,
+    };
+
+    fn assignment(department_code: &str) -> Option<Assignment> {
+        Some(Assignment {
+            assignment_id: "a-1".into(),
+            department_code: department_code.into(),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn dispatch_notices_about_a_case_go_to_the_department_of_their_assignment() {
+        for payload in [
+            Payload::AssignmentReportMerged(AssignmentReportMerged {
+                assignment: assignment("zw-sanitation"),
+                ..Default::default()
+            }),
+            Payload::AssignmentEvidenceAttached(AssignmentEvidenceAttached {
+                assignment: assignment("zw-sanitation"),
+                ..Default::default()
+            }),
+            Payload::AssignmentRecurrent(AssignmentRecurrent {
+                assignment: assignment("zw-sanitation"),
+                ..Default::default()
+            }),
+        ] {
+            let addressed = addressees(&payload);
+            assert_eq!(addressed.len(), 1, "{payload:?}");
+            assert_eq!(addressed[0].department_code, "zw-sanitation");
+            assert_eq!(addressed[0].assignment_id, "a-1");
+        }
+    }
+}

@@ -29,6 +29,18 @@ pub async fn run(
     let nats_client = nats::connect(&config.nats, crate::service::SOURCE).await?;
     let jetstream = async_nats::jetstream::new(nats_client.clone());
     nats::ensure_streams(&jetstream, &config.nats).await?;
+    // the consumer that saw `case.reported` only is replaced by one on every case event
+    if let Ok(stream) = jetstream.get_stream(nats::CASES_STREAM).await
+        && stream
+            .delete_consumer(crate::consumer::LEGACY_CONSUMER)
+            .await
+            .is_ok()
+    {
+        tracing::info!(
+            consumer = crate::consumer::LEGACY_CONSUMER,
+            "removed the consumer of case.reported only"
+        );
+    }
     nats::check_max_payload(&nats_client, config.limits.max_event_bytes)?;
     let db = db::connect(&config.database).await?;
     db::migrate::<Migrator>(&db).await?;
@@ -55,14 +67,15 @@ pub async fn run(
         clock.clone(),
         ConsumerSpec {
             stream: nats::CASES_STREAM.to_string(),
-            durable: "dispatch".to_string(),
-            filter_subject: "case.v1.*.*.*.reported".to_string(),
+            durable: crate::consumer::CONSUMER.to_string(),
+            filter_subject: crate::consumer::FILTER_SUBJECT.to_string(),
             max_batch: config.dispatch.consumer_batch,
         },
         Arc::new(ReportedCases {
             clock: clock.clone(),
             policy: policy.clone(),
             outbox_signal: outbox_signal.clone(),
+            recurrent: Default::default(),
         }),
         shutdown.clone(),
     ));

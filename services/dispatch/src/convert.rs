@@ -91,7 +91,7 @@ pub fn deadlines_to_proto(
     }
 }
 
-fn evidence_to_proto(evidence: &[Evidence]) -> Vec<types_pb::Attachment> {
+pub fn evidence_to_proto(evidence: &[Evidence]) -> Vec<types_pb::Attachment> {
     evidence
         .iter()
         .map(|item| types_pb::Attachment {
@@ -271,4 +271,17 @@ pub fn route_to_proto(route: &Route, version: i64) -> pb::Route {
         limits: Some(limits_to_proto(&route.limits)),
         version: version as u64,
     }
+}
+
+/// Attachments as intake publishes them, kept as evidence (no limits: intake checked them).
+pub fn attachments_from_proto(attachments: &[types_pb::Attachment]) -> Vec<Evidence> {
+    attachments
+        .iter()
+        .map(|attachment| Evidence {
+            uri: attachment.uri.clone(),
+            sha256: attachment.sha256.clone(),
+            media_type: attachment.media_type.clone(),
+            size_bytes: attachment.size_bytes,
+        })
+        .collect()
 }

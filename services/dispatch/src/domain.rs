@@ -15,8 +15,8 @@ pub use assignment::{
     ProgressError, Role, TransitionError, WhistleTarget,
 };
 pub use case::{
-    ActionRules, AssignmentClocks, Case, CaseError, CaseEvent, CaseStatus, Command, Deferral,
-    DepartmentAction, Emitted, Fallback, SYSTEM, Verdict,
+    ActionRules, AssignmentClocks, Case, CaseError, CaseEvent, CaseReport, CaseStatus, Command,
+    Deferral, DepartmentAction, Emitted, Fallback, SYSTEM, Verdict,
 };
 pub use clock::{ClockKind, ClockState, ClockStep, DeadlineClock};
 pub use deadline::{CalendarTime, DeadlinePolicy, WorkingHours};

@@ -3,17 +3,20 @@
 //! and one timeline entry. Every fact a consumer needs is in the event (assignment, department,
 //! clock, lateness, the street's decisions, verdicts), so nothing has to be inferred.
 
-use crate::convert::{assignment_to_proto, clock_to_proto, deadlines_to_proto, duration_to_proto};
+use crate::convert::{
+    assignment_to_proto, clock_to_proto, deadlines_to_proto, duration_to_proto, evidence_to_proto,
+};
 use crate::domain::{AssignmentClocks, CaseEvent, Emitted};
 use crate::storage::CaseRecord;
 use whistle_platform::clock::to_proto_timestamp;
 use whistle_platform::envelope::{Event, Payload};
 use whistle_proto::events::{
-    AssignmentAcknowledged, AssignmentCheckedIn, AssignmentClock, AssignmentExtended,
-    AssignmentExtensionRefused, AssignmentExtensionRequested, AssignmentOverdue,
-    AssignmentProgressed, AssignmentResolved, AssignmentReturnDecided, AssignmentReturned,
-    AssignmentVerdict, CaseAccepted, CaseClosed, CaseDeferred, CaseEscalated, CaseRejected,
-    CaseReopened, CaseResolvedLocally, CaseResumed, CaseVerified, WhistleIssued,
+    AssignmentAcknowledged, AssignmentCheckedIn, AssignmentClock, AssignmentEvidenceAttached,
+    AssignmentExtended, AssignmentExtensionRefused, AssignmentExtensionRequested,
+    AssignmentOverdue, AssignmentProgressed, AssignmentRecurrent, AssignmentReportMerged,
+    AssignmentResolved, AssignmentReturnDecided, AssignmentReturned, AssignmentVerdict,
+    CaseAccepted, CaseClosed, CaseDeferred, CaseEscalated, CaseRejected, CaseReopened,
+    CaseResolvedLocally, CaseResumed, CaseVerified, WhistleIssued,
 };
 
 /// Name of this service in events and traces.
@@ -57,6 +60,8 @@ pub fn payload(record: &CaseRecord, emitted: &Emitted) -> Payload {
                 attachments: reported.attachments,
                 co_department_codes: co_department_codes.clone(),
                 whistled_by: by,
+                recurrent: record.case.recurrent,
+                earlier_case_ids: record.case.earlier_case_ids.clone(),
             })
         }
         CaseEvent::Acknowledged {
@@ -228,6 +233,45 @@ pub fn payload(record: &CaseRecord, emitted: &Emitted) -> Payload {
             deferred_for: Some(duration_to_proto(*deferred_for)),
             assignments: clocks_to_proto(assignments),
         }),
+        CaseEvent::ReportMerged {
+            assignment,
+            report,
+            report_count,
+        } => Payload::AssignmentReportMerged(AssignmentReportMerged {
+            assignment: Some(assignment_to_proto(assignment)),
+            report_id: report.report_id.clone(),
+            reporter_id: report.reporter_id.clone(),
+            channel: report.channel,
+            description: report.description.clone(),
+            place: Some(whistle_proto::types::Place {
+                lat: report.lat,
+                lng: report.lng,
+                address: report.address.clone(),
+                ..Default::default()
+            }),
+            attachments: evidence_to_proto(&report.attachments),
+            report_count: u32::try_from(*report_count).unwrap_or(u32::MAX),
+            severity: report.severity,
+        }),
+        CaseEvent::EvidenceAttached {
+            assignment,
+            by_community,
+            attachments,
+            evidence_count,
+        } => Payload::AssignmentEvidenceAttached(AssignmentEvidenceAttached {
+            assignment: Some(assignment_to_proto(assignment)),
+            attached_by: by,
+            by_community: *by_community,
+            attachments: evidence_to_proto(attachments),
+            evidence_count: u32::try_from(*evidence_count).unwrap_or(u32::MAX),
+        }),
+        CaseEvent::MarkedRecurrent {
+            assignment,
+            earlier_case_ids,
+        } => Payload::AssignmentRecurrent(AssignmentRecurrent {
+            assignment: Some(assignment_to_proto(assignment)),
+            earlier_case_ids: earlier_case_ids.clone(),
+        }),
     }
 }
 
@@ -330,6 +374,31 @@ pub fn timeline_detail(event: &CaseEvent) -> String {
         CaseEvent::Resumed { deferred_for, .. } => {
             format!("恢复办理 (缓办 {})", human(*deferred_for))
         }
+        CaseEvent::ReportMerged {
+            assignment,
+            report,
+            report_count,
+        } => format!(
+            "{} told: report {} merged ({report_count} reports)",
+            assignment.department_code, report.report_id
+        ),
+        CaseEvent::EvidenceAttached {
+            assignment,
+            attachments,
+            ..
+        } => format!(
+            "{} told: {} photo(s) attached",
+            assignment.department_code,
+            attachments.len()
+        ),
+        CaseEvent::MarkedRecurrent {
+            assignment,
+            earlier_case_ids,
+        } => format!(
+            "{} told: recurring problem (几经反复), earlier cases {}",
+            assignment.department_code,
+            earlier_case_ids.join(", ")
+        ),
     }
 }
 

@@ -73,7 +73,45 @@ fn case_to_proto(record: &CaseRecord, timeline: Vec<pb::TimelineEntry>) -> pb::C
         deferred_until: deferral
             .and_then(|deferral| deferral.until)
             .map(to_proto_timestamp),
+        reports: case_reports(record),
+        recurrent: record.case.recurrent,
+        earlier_case_ids: record.case.earlier_case_ids.clone(),
+        evidence: crate::convert::evidence_to_proto(&record.case.evidence),
     }
+}
+
+/// Every report on the case: the first one, then those merged in, oldest first.
+fn case_reports(record: &CaseRecord) -> Vec<pb::CaseReport> {
+    let first = record.reported();
+    let first_place = first.place.clone().unwrap_or_default();
+    std::iter::once(pb::CaseReport {
+        report_id: first.report_id.clone(),
+        reporter_id: first.reporter_id.clone(),
+        channel: first.channel,
+        description: first.description.clone(),
+        place: Some(first_place),
+        observed_at: first.observed_at,
+    })
+    .chain(
+        record
+            .case
+            .merged_reports
+            .iter()
+            .map(|report| pb::CaseReport {
+                report_id: report.report_id.clone(),
+                reporter_id: report.reporter_id.clone(),
+                channel: report.channel,
+                description: report.description.clone(),
+                place: Some(whistle_proto::types::Place {
+                    lat: report.lat,
+                    lng: report.lng,
+                    address: report.address.clone(),
+                    ..Default::default()
+                }),
+                observed_at: report.observed_at.map(to_proto_timestamp),
+            }),
+    )
+    .collect()
 }
 
 impl DispatchGrpc {
@@ -163,6 +201,9 @@ impl DispatchGrpc {
             query = query.filter(
                 case::Column::CaseId.in_subquery(sea_orm::QueryTrait::into_query(assignments)),
             );
+        }
+        if request.recurrent_only {
+            query = query.filter(case::Column::Recurrent.eq(true));
         }
         let mut rows = query.all(&self.db).await?;
         let next_page_token = if rows.len() as u64 > page_size {

@@ -321,9 +321,13 @@ pub fn check_department_action(
                 ));
             }
             limits.check_name("check_in.person", &check_in.person)?;
+            let datum = whistle_proto::datum::datum_of(check_in.datum)
+                .ok_or_else(|| DispatchError::invalid("check_in.datum", "unknown datum"))?;
+            // the distance check and the events work in WGS-84 only
+            let (lat, lng) = whistle_proto::datum::to_wgs84(datum, check_in.lat, check_in.lng);
             DepartmentAction::CheckIn {
-                lat: check_in.lat,
-                lng: check_in.lng,
+                lat,
+                lng,
                 person: check_in.person.clone(),
             }
         }
@@ -470,6 +474,7 @@ mod properties {
                         overdue_only,
                         page_size,
                         page_token,
+                        recurrent_only: overdue_only,
                     }
                 },
             );
@@ -684,7 +689,12 @@ mod properties {
                 })
             )),
             (-100.0f64..100.0, -200.0f64..200.0, text(5)).prop_map(|(lat, lng, person)| Some(
-                Action::CheckIn(pb::CheckInAction { lat, lng, person })
+                Action::CheckIn(pb::CheckInAction {
+                    lat,
+                    lng,
+                    person,
+                    datum: 0
+                })
             )),
             (text(8), evidence()).prop_map(|(note, evidence)| Some(Action::Progress(
                 pb::ProgressAction { note, evidence }

@@ -12,26 +12,36 @@ use crate::storage::{self, CaseRecord, Lock, action, assignment, case};
 use chrono::{DateTime, Utc};
 use sea_orm::{ActiveValue::Set, ConnectionTrait, EntityTrait};
 use whistle_platform::clock::to_millis;
-use whistle_platform::envelope::Event;
+use whistle_platform::envelope::{Event, Payload};
 use whistle_proto::events::CaseReported;
 
 pub use crate::events::SOURCE;
 
+/// What applying an event did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// False when the event changed nothing new (a replayed `case.reported`).
+    pub applied: bool,
+    /// The category of each case this flagged recurrent, for the counter recorded once committed.
+    pub flagged_recurrent: Vec<String>,
+}
+
 /// Applies `case.reported`: opens the case, routes it, and whistles at once when the route says
-/// so. Returns false when the case already existed (a replay).
+/// so; then applies the news about it that arrived first. `applied` is false when the case
+/// already existed (a replay).
 pub async fn open_reported_case<C: ConnectionTrait>(
     connection: &C,
     now: DateTime<Utc>,
     policy: &dyn DeadlinePolicy,
     event: &Event,
     reported: &CaseReported,
-) -> Result<bool, DispatchError> {
+) -> Result<Applied, DispatchError> {
     if case::Entity::find_by_id(event.case_id.as_str())
         .one(connection)
         .await?
         .is_some()
     {
-        return Ok(false);
+        return Ok(Applied::default());
     }
     let mut record = CaseRecord::open(event, reported, now);
     let routes = storage::routes_for_category(connection, &record.row.category_code).await?;
@@ -69,7 +79,216 @@ pub async fn open_reported_case<C: ConnectionTrait>(
         }
     }
     storage::save(connection, record, now).await?;
-    Ok(true)
+    let flagged_recurrent = apply_pending_news(connection, now, policy, &event.case_id).await?;
+    Ok(Applied {
+        applied: true,
+        flagged_recurrent,
+    })
+}
+
+/// Whether an event is news from intake about a reported case that dispatch applies.
+pub fn is_report_news(payload: &Payload) -> bool {
+    matches!(
+        payload,
+        Payload::CaseMerged(_)
+            | Payload::ReportSplit(_)
+            | Payload::CaseRecurrent(_)
+            | Payload::CaseEvidenceAttached(_)
+    )
+}
+
+/// Applies intake's news about a case (`case.merged`, `case.split`, `case.recurrent`,
+/// `case.evidence_attached`): the case keeps it, and its open assignments are told (one
+/// `whistle.*` notice each, clocks unchanged). News about a case not opened yet is kept pending
+/// and applied when its `case.reported` arrives. Returns the category of the case when this
+/// flagged it recurrent, for the counter recorded once committed.
+pub async fn apply_report_news<C: ConnectionTrait>(
+    connection: &C,
+    now: DateTime<Utc>,
+    policy: &dyn DeadlinePolicy,
+    event: &Event,
+) -> Result<Option<String>, DispatchError> {
+    let Some(mut record) = storage::load(connection, &event.case_id, Lock::ForUpdate).await? else {
+        storage::pending::Entity::insert(storage::pending::ActiveModel {
+            event_id: Set(event.event_id.clone()),
+            case_id: Set(event.case_id.clone()),
+            event: Set(prost::Message::encode_to_vec(event)),
+            received_at_ms: Set(to_millis(now)),
+        })
+        .on_conflict_do_nothing_on([storage::pending::Column::EventId])
+        .exec(connection)
+        .await?;
+        tracing::info!(case_id = %event.case_id, event_id = %event.event_id, "news about a case not reported yet, kept pending");
+        return Ok(None);
+    };
+    let was_recurrent = record.case.recurrent;
+    apply_news_to(&mut record, now, policy, event)?;
+    let flagged =
+        (!was_recurrent && record.case.recurrent).then(|| record.row.category_code.clone());
+    storage::save(connection, record, now).await?;
+    Ok(flagged)
+}
+
+fn apply_news_to(
+    record: &mut CaseRecord,
+    now: DateTime<Utc>,
+    policy: &dyn DeadlinePolicy,
+    event: &Event,
+) -> Result<(), DispatchError> {
+    let Some(payload) = &event.payload else {
+        return Ok(());
+    };
+    let at = event
+        .occurred_at
+        .as_ref()
+        .and_then(whistle_platform::clock::from_proto_timestamp)
+        .unwrap_or(now);
+    let (command, note) = match payload {
+        Payload::CaseMerged(merged) => {
+            let known = merged.report_id == record.row.report_id
+                || record
+                    .case
+                    .merged_reports
+                    .iter()
+                    .any(|report| report.report_id == merged.report_id);
+            if known {
+                return Ok(());
+            }
+            let place = merged.place.clone().unwrap_or_default();
+            let report = domain::CaseReport {
+                report_id: merged.report_id.clone(),
+                reporter_id: merged.reporter_id.clone(),
+                channel: merged.channel,
+                description: merged.description.clone(),
+                lat: place.lat,
+                lng: place.lng,
+                address: place.address,
+                observed_at: merged
+                    .observed_at
+                    .as_ref()
+                    .and_then(whistle_platform::clock::from_proto_timestamp),
+                attachments: crate::convert::attachments_from_proto(&merged.attachments),
+                severity: merged.severity,
+            };
+            (
+                Command::MergeReport { report },
+                Some((
+                    "case.merged",
+                    merged.reporter_id.clone(),
+                    format!(
+                        "report {} merged ({:.0} m away): {}",
+                        merged.report_id, merged.distance_meters, merged.description
+                    ),
+                )),
+            )
+        }
+        Payload::ReportSplit(split) => {
+            let known = record
+                .case
+                .merged_reports
+                .iter()
+                .any(|report| report.report_id == split.report_id);
+            if !known {
+                return Ok(());
+            }
+            (
+                Command::SplitReport {
+                    report_id: split.report_id.clone(),
+                },
+                Some((
+                    "case.split",
+                    split.split_by.clone(),
+                    format!(
+                        "report {} split out to case {}: {}",
+                        split.report_id, split.new_case_id, split.reason
+                    ),
+                )),
+            )
+        }
+        Payload::CaseRecurrent(recurrent) => {
+            if record.case.recurrent {
+                return Ok(());
+            }
+            (
+                Command::MarkRecurrent {
+                    earlier_case_ids: recurrent.earlier_case_ids.clone(),
+                },
+                Some((
+                    "case.recurrent",
+                    SOURCE_INTAKE.to_string(),
+                    format!(
+                        "recurring problem (几经反复): earlier cases {}",
+                        recurrent.earlier_case_ids.join(", ")
+                    ),
+                )),
+            )
+        }
+        Payload::CaseEvidenceAttached(attached) => {
+            // a photo already on the case is not news (replays, repeated attachments)
+            let attachments: Vec<_> = crate::convert::attachments_from_proto(&attached.attachments)
+                .into_iter()
+                .filter(|item| {
+                    !record
+                        .case
+                        .evidence
+                        .iter()
+                        .any(|known| known.uri == item.uri)
+                })
+                .collect();
+            if attachments.is_empty() {
+                return Ok(());
+            }
+            let count = attachments.len();
+            (
+                Command::AttachEvidence {
+                    attached_by: attached.attached_by.clone(),
+                    by_community: attached.by_community,
+                    attachments,
+                },
+                Some((
+                    "case.evidence_attached",
+                    attached.attached_by.clone(),
+                    format!("{count} photo(s) attached"),
+                )),
+            )
+        }
+        _ => return Ok(()),
+    };
+    if let Some((kind, actor, detail)) = note {
+        record.note(at, kind, &actor, detail);
+    }
+    record.execute(command, now, policy)?;
+    Ok(())
+}
+
+/// Who the timeline names for intake's news without a person.
+const SOURCE_INTAKE: &str = "whistle-intake";
+
+/// Applies, in arrival order, the news kept pending for a case that has just opened; the
+/// categories it flagged recurrent.
+async fn apply_pending_news<C: ConnectionTrait>(
+    connection: &C,
+    now: DateTime<Utc>,
+    policy: &dyn DeadlinePolicy,
+    case_id: &str,
+) -> Result<Vec<String>, DispatchError> {
+    use sea_orm::{ColumnTrait, QueryFilter, QueryOrder};
+    let rows = storage::pending::Entity::find()
+        .filter(storage::pending::Column::CaseId.eq(case_id))
+        .order_by_asc(storage::pending::Column::ReceivedAtMs)
+        .order_by_asc(storage::pending::Column::EventId)
+        .all(connection)
+        .await?;
+    let mut flagged = Vec::new();
+    for row in rows {
+        let event: Event =
+            prost::Message::decode(row.event.as_slice()).map_err(DispatchError::unexpected)?;
+        flagged.extend(apply_report_news(connection, now, policy, &event).await?);
+        storage::pending::Entity::delete_by_id(row.event_id)
+            .exec(connection)
+            .await?;
+    }
+    Ok(flagged)
 }
 
 /// The departments of a whistle, from the registry: each known and active (INVALID_ARGUMENT

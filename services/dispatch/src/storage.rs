@@ -52,6 +52,8 @@ pub mod case {
         pub updated_at_ms: i64,
         /// `super::CaseState` as JSON: what the aggregate keeps beyond the columns (a deferral).
         pub state: String,
+        /// A recurring problem (intake's `case.recurrent`), for `ListCases(recurrent_only)`.
+        pub recurrent: bool,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -201,6 +203,28 @@ pub mod department {
     impl ActiveModelBehavior for ActiveModel {}
 }
 
+pub mod pending {
+    use sea_orm::entity::prelude::*;
+
+    /// News from intake about a case dispatch has not opened yet (its `case.reported` is still
+    /// to come): applied right after the case opens.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "dispatch_pending_news")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub event_id: String,
+        pub case_id: String,
+        /// The `whistle.events.v1.Event` as received (protobuf).
+        pub event: Vec<u8>,
+        pub received_at_ms: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
 pub mod fallback_owner {
     use sea_orm::entity::prelude::*;
 
@@ -229,6 +253,7 @@ impl MigratorTrait for Migrator {
             Box::new(CreateDispatchTables),
             Box::new(ActionKeysPerDepartment),
             Box::new(LifecycleTables),
+            Box::new(RecurrentCases),
         ])
     }
 }
@@ -561,6 +586,53 @@ impl MigrationTrait for LifecycleTables {
     }
 }
 
+#[derive(Debug)]
+struct RecurrentCases;
+
+impl MigrationName for RecurrentCases {
+    fn name(&self) -> &str {
+        "m20261129_000001_dispatch_recurrent_cases"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for RecurrentCases {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        use sea_orm_migration::schema::*;
+        manager
+            .alter_table(
+                Table::alter()
+                    .table(case::Entity)
+                    .add_column(boolean(case::Column::Recurrent).default(false))
+                    .to_owned(),
+            )
+            .await?;
+        use pending::Column as P;
+        manager
+            .create_table(
+                Table::create()
+                    .table(pending::Entity)
+                    .if_not_exists()
+                    .col(string(P::EventId).primary_key())
+                    .col(string(P::CaseId))
+                    .col(blob(P::Event))
+                    .col(big_integer(P::ReceivedAtMs))
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("dispatch_pending_news_case")
+                    .table(pending::Entity)
+                    .col(P::CaseId)
+                    .if_not_exists()
+                    .to_owned(),
+            )
+            .await
+    }
+}
+
 /// What a case keeps beyond its columns. Decodes from `{}` (rows written before it existed).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct CaseState {
@@ -568,6 +640,12 @@ pub struct CaseState {
     pub deferral: Option<domain::Deferral>,
     #[serde(default)]
     pub resolved_locally: bool,
+    #[serde(default)]
+    pub merged_reports: Vec<domain::CaseReport>,
+    #[serde(default)]
+    pub earlier_case_ids: Vec<String>,
+    #[serde(default)]
+    pub evidence: Vec<domain::Evidence>,
 }
 
 /// How a case is read.
@@ -637,6 +715,7 @@ impl CaseRecord {
             route_id: String::new(),
             updated_at_ms: to_millis(now),
             state: "{}".into(),
+            recurrent: false,
         };
         let case = Case::reported(&event.case_id, version, severity, place.lat, place.lng);
         let note = timeline::ActiveModel {
@@ -682,6 +761,10 @@ impl CaseRecord {
             deferral: state.deferral,
             resolved_locally: state.resolved_locally,
             assignments,
+            merged_reports: state.merged_reports,
+            earlier_case_ids: state.earlier_case_ids,
+            recurrent: row.recurrent,
+            evidence: state.evidence,
         };
         Ok(Self {
             original_version: Some(row.version),
@@ -711,6 +794,19 @@ impl CaseRecord {
         let count = events.len();
         self.emitted.extend(events);
         Ok(count)
+    }
+
+    /// Adds a timeline entry that no event of the case carries (news from intake).
+    pub fn note(&mut self, at: DateTime<Utc>, kind: &str, actor: &str, detail: String) {
+        self.notes.push(timeline::ActiveModel {
+            case_id: Set(self.row.case_id.clone()),
+            at_ms: Set(to_millis(at)),
+            kind: Set(kind.to_string()),
+            actor: Set(actor.to_string()),
+            assignment_id: Set(String::new()),
+            detail: Set(detail),
+            ..Default::default()
+        });
     }
 
     /// The events of this change, oldest first.
@@ -820,10 +916,16 @@ pub async fn save<C: ConnectionTrait>(
     record.row.state = serde_json::to_string(&CaseState {
         deferral: case.deferral.clone(),
         resolved_locally: case.resolved_locally,
+        merged_reports: case.merged_reports.clone(),
+        earlier_case_ids: case.earlier_case_ids.clone(),
+        evidence: case.evidence.clone(),
     })
     .map_err(DispatchError::unexpected)?;
+    let recurrent_changed = record.row.recurrent != case.recurrent;
+    record.row.recurrent = case.recurrent;
     let row_changed = record.original_version != Some(record.row.version)
-        || record.original_state != record.row.state;
+        || record.original_state != record.row.state
+        || recurrent_changed;
     if row_changed {
         record.row.updated_at_ms = now_ms;
     }

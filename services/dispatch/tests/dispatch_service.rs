@@ -283,6 +283,7 @@ async fn a_routed_report_is_whistled_and_worked_to_closure() {
         lat: 32.655,
         lng: 110.7986,
         person: "王".into(),
+        datum: 0,
     });
     let refused = h
         .client
@@ -294,6 +295,7 @@ async fn a_routed_report_is_whistled_and_worked_to_closure() {
         lat: 32.6370,
         lng: 110.7987,
         person: "王".into(),
+        datum: 0,
     });
     h.client
         .record_department_action(action("a-5", &lead, "zw-sanitation", near.clone()))
@@ -842,6 +844,7 @@ async fn concurrent_actions_on_one_case(database_url: Option<String>) {
         lat: 32.6370,
         lng: 110.7987,
         person: "王".into(),
+        datum: 0,
     });
     let steps: [(&str, Action); 4] = [
         ("ack", acknowledge("负责人")),
@@ -1016,4 +1019,427 @@ async fn action_keys_migrate_on_an_existing_postgres_database() {
     let database = whistle_platform::testing::TestPostgres::create().await;
     action_keys_migrate(&database.url).await;
     database.drop_database().await;
+}
+
+// ---- intake's news about a reported case: merged and split reports, recurrence, evidence ----
+
+/// Publishes intake's news about `case_id` with the case's region; returns the event.
+async fn news(bed: &TestBed, case_id: &str, payload: Payload) -> whistle_proto::events::Event {
+    let event = envelope::new_event(
+        &SystemClock,
+        "whistle-intake",
+        case_id,
+        1,
+        Some(region("420303003001001")),
+        payload,
+    );
+    bed.publish(&event).await;
+    event
+}
+
+fn merged(case_id: &str, report_id: &str, reporter_id: &str) -> Payload {
+    Payload::CaseMerged(whistle_proto::events::CaseMerged {
+        report_id: report_id.into(),
+        merged_into_case_id: case_id.into(),
+        channel: Channel::ResidentApp as i32,
+        reporter_id: reporter_id.into(),
+        category_code: "E-01-03".into(),
+        severity: Severity::Urgent as i32,
+        description: "垃圾桶又满了".into(),
+        place: Some(Place {
+            grid_code: "420303003001001".into(),
+            lat: 32.63695,
+            lng: 110.79862,
+            address: "中岳路2号对面".into(),
+        }),
+        attachments: vec![],
+        observed_at: None,
+        distance_meters: 6.0,
+        report_count: 2,
+    })
+}
+
+fn recurrent(earlier: &[&str]) -> Payload {
+    Payload::CaseRecurrent(whistle_proto::events::CaseRecurrent {
+        earlier_case_ids: earlier.iter().map(|id| id.to_string()).collect(),
+        threshold: 2,
+        window_days: 90,
+        distance_meters: 200.0,
+    })
+}
+
+/// Polls the case until `done` holds for it (the consumer applies events asynchronously).
+async fn wait_for_case(
+    client: &mut Client,
+    case_id: &str,
+    what: &str,
+    done: impl Fn(&whistle_proto::dispatch::Case) -> bool,
+) -> whistle_proto::dispatch::Case {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok(case) = client
+            .get_case(GetCaseRequest {
+                case_id: case_id.into(),
+            })
+            .await
+        {
+            let case = case.into_inner();
+            if done(&case) {
+                return case;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "case {case_id} never got {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// How many events of `kind` (e.g. `report_merged`) the whistles stream holds for the case.
+async fn whistle_events(
+    bed: &TestBed,
+    case_id: &str,
+    kind: &str,
+) -> Vec<whistle_proto::events::Event> {
+    let stream = bed
+        .jetstream
+        .get_stream(whistle_platform::nats::WHISTLES_STREAM)
+        .await
+        .expect("stream");
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::Config {
+            filter_subject: format!("whistle.v1.*.*.*.*.{kind}"),
+            ..Default::default()
+        })
+        .await
+        .expect("consumer");
+    let mut consumer = consumer;
+    let pending = consumer.info().await.expect("info").num_pending as usize;
+    let mut events = Vec::new();
+    if pending > 0 {
+        let mut messages = consumer
+            .fetch()
+            .max_messages(pending)
+            .messages()
+            .await
+            .expect("fetch");
+        while let Some(message) = messages.next().await {
+            let message = message.expect("message");
+            events.push(envelope::decode(&message.payload).expect("decode"));
+        }
+    }
+    events.retain(|event| event.case_id == case_id);
+    events
+}
+
+/// Waits until the relay has published `count` events of `kind` for the case (it publishes after
+/// the commit, in outbox order: once an event is on the stream, every earlier one of the case is).
+async fn wait_for_whistle_events(
+    bed: &TestBed,
+    case_id: &str,
+    kind: &str,
+    count: usize,
+) -> Vec<whistle_proto::events::Event> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let events = whistle_events(bed, case_id, kind).await;
+        if events.len() >= count {
+            return events;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} {kind} events for case {case_id}, expected {count}",
+            events.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_merged_report_joins_the_case_once_and_tells_each_open_department_once() {
+    merged_report_joins_once(None).await;
+}
+
+#[tokio::test]
+async fn a_merged_report_joins_the_case_once_on_postgres() {
+    let database = whistle_platform::testing::TestPostgres::create().await;
+    merged_report_joins_once(Some(database.url.clone())).await;
+    database.drop_database().await;
+}
+
+async fn merged_report_joins_once(database_url: Option<String>) {
+    let mut h = start_on(database_url).await;
+    let case_id = report(&h.bed, "E-01-03", "420303003001001").await;
+    let before = wait_for_status(&mut h.client, &case_id, CaseStatus::Whistled).await;
+    assert_eq!(before.reports.len(), 1);
+
+    let first = news(&h.bed, &case_id, merged(&case_id, "r-2", "resident-88")).await;
+    // redelivered by JetStream under another message id, and published again as a new event
+    h.bed.publish_as(&first, "redelivery-of-r-2").await;
+    news(&h.bed, &case_id, merged(&case_id, "r-2", "resident-88")).await;
+    // a later event on the same stream: once it is applied, the copies before it were too
+    news(&h.bed, &case_id, recurrent(&["earlier-1"])).await;
+    let case = wait_for_case(&mut h.client, &case_id, "the recurrence", |case| {
+        case.recurrent
+    })
+    .await;
+
+    let reporters: Vec<&str> = case
+        .reports
+        .iter()
+        .map(|r| r.reporter_id.as_str())
+        .collect();
+    assert_eq!(reporters, vec!["grid-worker-17", "resident-88"]);
+    assert_eq!(
+        case.timeline
+            .iter()
+            .filter(|entry| entry.kind == "case.merged")
+            .count(),
+        1
+    );
+    // not whistled again, no clock changed
+    assert_eq!(case.assignments.len(), before.assignments.len());
+    for (now, then) in case.assignments.iter().zip(&before.assignments) {
+        assert_eq!(now.deadlines, then.deadlines);
+        assert_eq!(now.status, then.status);
+    }
+    // the recurrence notices follow the merge notices in the outbox
+    wait_for_whistle_events(&h.bed, &case_id, "recurrent", 3).await;
+    assert_eq!(whistle_events(&h.bed, &case_id, "issued").await.len(), 3);
+    // one notice per open department
+    let notices = whistle_events(&h.bed, &case_id, "report_merged").await;
+    let mut departments: Vec<String> = notices
+        .iter()
+        .map(|event| {
+            let Some(Payload::AssignmentReportMerged(notice)) = &event.payload else {
+                panic!("not a merge notice: {event:?}")
+            };
+            assert_eq!(notice.report_id, "r-2");
+            assert_eq!(notice.report_count, 2);
+            notice
+                .assignment
+                .as_ref()
+                .expect("assignment")
+                .department_code
+                .clone()
+        })
+        .collect();
+    departments.sort();
+    assert_eq!(
+        departments,
+        vec!["pm-zhongyue", "zw-enforcement", "zw-sanitation"]
+    );
+
+    // a split takes the report and its reporter off the case again
+    news(
+        &h.bed,
+        &case_id,
+        Payload::ReportSplit(whistle_proto::events::ReportSplit {
+            report_id: "r-2".into(),
+            reporter_id: "resident-88".into(),
+            new_case_id: uuid::Uuid::now_v7().to_string(),
+            split_by: "op-1".into(),
+            reason: "another bin".into(),
+            report_count: 1,
+        }),
+    )
+    .await;
+    let case = wait_for_case(&mut h.client, &case_id, "the split", |case| {
+        case.reports.len() == 1
+    })
+    .await;
+    assert_eq!(case.reports[0].reporter_id, "grid-worker-17");
+    assert!(case.timeline.iter().any(|entry| entry.kind == "case.split"));
+    h.served.stop().await;
+}
+
+#[tokio::test]
+async fn news_about_a_case_not_reported_yet_waits_for_it() {
+    news_waits_for_its_case(None).await;
+}
+
+#[tokio::test]
+async fn news_about_a_case_not_reported_yet_waits_for_it_on_postgres() {
+    let database = whistle_platform::testing::TestPostgres::create().await;
+    news_waits_for_its_case(Some(database.url.clone())).await;
+    database.drop_database().await;
+}
+
+async fn news_waits_for_its_case(database_url: Option<String>) {
+    let mut h = start_on(database_url).await;
+    let case_id = uuid::Uuid::now_v7().to_string();
+    news(&h.bed, &case_id, merged(&case_id, "r-early", "resident-1")).await;
+    // published after the merge, as if intake's events crossed
+    let event = envelope::new_event(
+        &SystemClock,
+        "whistle-intake",
+        &case_id,
+        1,
+        Some(region("420303003001001")),
+        Payload::CaseReported(CaseReported {
+            report_id: "r-first".into(),
+            channel: Channel::GridPatrol as i32,
+            reporter_id: "grid-worker-17".into(),
+            category_code: "E-01-03".into(),
+            severity: Severity::Urgent as i32,
+            description: "垃圾满溢".into(),
+            place: Some(Place {
+                grid_code: "420303003001001".into(),
+                lat: 32.6369,
+                lng: 110.7986,
+                address: "中岳路2号".into(),
+            }),
+            attachments: vec![],
+            observed_at: None,
+        }),
+    );
+    h.bed.publish(&event).await;
+    let case = wait_for_case(&mut h.client, &case_id, "both reports", |case| {
+        case.reports.len() == 2
+    })
+    .await;
+    assert_eq!(case.reports[1].report_id, "r-early");
+    assert_eq!(case.status, CaseStatus::Whistled as i32);
+    assert_eq!(
+        whistle_events(&h.bed, &case_id, "report_merged")
+            .await
+            .len(),
+        3
+    );
+    h.served.stop().await;
+}
+
+#[tokio::test]
+async fn recurrent_cases_are_flagged_listed_and_told_and_evidence_is_shown() {
+    let mut h = start().await;
+    let plain = report(&h.bed, "E-01-03", "420303003001001").await;
+    let case_id = report(&h.bed, "E-01-03", "420303003001001").await;
+    wait_for_status(&mut h.client, &plain, CaseStatus::Whistled).await;
+    wait_for_status(&mut h.client, &case_id, CaseStatus::Whistled).await;
+    news(&h.bed, &case_id, recurrent(&["old-1", "old-2"])).await;
+    let photos = evidence(2);
+    let attached = Payload::CaseEvidenceAttached(whistle_proto::events::CaseEvidenceAttached {
+        attached_by: "420303003001".into(),
+        by_community: true,
+        attachments: photos.clone(),
+        evidence_count: 2,
+    });
+    news(&h.bed, &case_id, attached.clone()).await;
+    // the same photos again are not news
+    news(&h.bed, &case_id, attached).await;
+    news(&h.bed, &case_id, recurrent(&["old-1", "old-2"])).await;
+    // a barrier: a merge after them
+    news(
+        &h.bed,
+        &case_id,
+        merged(&case_id, "r-barrier", "resident-2"),
+    )
+    .await;
+    let case = wait_for_case(&mut h.client, &case_id, "the barrier", |case| {
+        case.reports.len() == 2
+    })
+    .await;
+    assert!(case.recurrent);
+    assert_eq!(case.earlier_case_ids, vec!["old-1", "old-2"]);
+    assert_eq!(case.evidence, photos);
+
+    let listed = h
+        .client
+        .list_cases(ListCasesRequest {
+            recurrent_only: true,
+            ..Default::default()
+        })
+        .await
+        .expect("list")
+        .into_inner();
+    let ids: Vec<&str> = listed.cases.iter().map(|c| c.case_id.as_str()).collect();
+    assert_eq!(ids, vec![case_id.as_str()]);
+
+    // the barrier's notices are the last of the case in the outbox
+    wait_for_whistle_events(&h.bed, &case_id, "report_merged", 3).await;
+    let recurrent_notices = whistle_events(&h.bed, &case_id, "recurrent").await;
+    assert_eq!(recurrent_notices.len(), 3);
+    let Some(Payload::AssignmentRecurrent(notice)) = &recurrent_notices[0].payload else {
+        panic!("not a recurrence notice")
+    };
+    assert_eq!(notice.earlier_case_ids, vec!["old-1", "old-2"]);
+    assert_eq!(
+        whistle_events(&h.bed, &case_id, "evidence_attached")
+            .await
+            .len(),
+        3
+    );
+    assert!(whistle_events(&h.bed, &plain, "recurrent").await.is_empty());
+
+    // a whistle issued after the flag carries it
+    let lead = case.assignments[0].assignment_id.clone();
+    h.client
+        .record_department_action(action(
+            "ret-1",
+            &lead,
+            "zw-sanitation",
+            Action::ReturnAssignment(ReturnAction {
+                reason: "not ours".into(),
+                suggested_department_code: String::new(),
+            }),
+        ))
+        .await
+        .expect("return");
+    h.client
+        .whistle_case(WhistleCaseRequest {
+            case_id: case_id.clone(),
+            operator_id: "op-1".into(),
+            lead_department_code: "zw-housing".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("whistle");
+    let issued = wait_for_whistle_events(&h.bed, &case_id, "issued", 4).await;
+    let Some(Payload::WhistleIssued(last)) = &issued.last().expect("issued").payload else {
+        panic!("not a whistle")
+    };
+    assert!(last.recurrent);
+    assert_eq!(last.earlier_case_ids, vec!["old-1", "old-2"]);
+    h.served.stop().await;
+}
+
+#[tokio::test]
+async fn a_gcj02_check_in_at_the_place_is_accepted_and_a_far_one_refused() {
+    use whistle_proto::datum::from_wgs84;
+    use whistle_proto::types::Datum;
+    let mut h = start().await;
+    let case_id = report(&h.bed, "E-01-03", "420303003001001").await;
+    let case = wait_for_status(&mut h.client, &case_id, CaseStatus::Whistled).await;
+    let lead = case.assignments[0].assignment_id.clone();
+    h.client
+        .record_department_action(action("g-1", &lead, "zw-sanitation", acknowledge("王")))
+        .await
+        .expect("ack");
+    let check_in = |(lat, lng): (f64, f64)| {
+        Action::CheckIn(CheckInAction {
+            lat,
+            lng,
+            person: "王".into(),
+            datum: Datum::Gcj02 as i32,
+        })
+    };
+    // 2 km north, as an AMap phone reports it
+    let far = from_wgs84(Datum::Gcj02, 32.655, 110.7986);
+    let refused = h
+        .client
+        .record_department_action(action("g-2", &lead, "zw-sanitation", check_in(far)))
+        .await
+        .expect_err("far");
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    // the case's place as AMap shows it: off by the GCJ-02 offset, accepted after conversion
+    let here = from_wgs84(Datum::Gcj02, 32.6369, 110.7986);
+    let assignment = h
+        .client
+        .record_department_action(action("g-3", &lead, "zw-sanitation", check_in(here)))
+        .await
+        .expect("on site")
+        .into_inner();
+    assert_eq!(assignment.status, AssignmentStatus::OnSite as i32);
+    h.served.stop().await;
 }

@@ -271,6 +271,7 @@ fn check_in() -> Action {
         lat: 32.6336,
         lng: 110.7901,
         person: "王".into(),
+        datum: 0,
     })
 }
 

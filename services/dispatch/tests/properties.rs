@@ -42,6 +42,7 @@ fn arbitrary_event_bytes_never_panic_the_case_consumer() {
         clock: Arc::new(SystemClock),
         policy: Arc::new(whistle_dispatch::domain::CalendarTime),
         outbox_signal: OutboxSignal::default(),
+        recurrent: Default::default(),
     };
     let applied = std::sync::atomic::AtomicUsize::new(0);
     let mut runner = proptest::test_runner::TestRunner::new(proptest::test_runner::Config {

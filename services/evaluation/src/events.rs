@@ -195,6 +195,11 @@ impl EventHandler for EvaluationEvents {
             | Payload::CaseRecurrent(_)
             | Payload::ReportSplit(_) => return remember(transaction, event, now_ms).await,
             Payload::EvaluationPeriodClosed(_) => return Ok(()),
+            // dispatch's notices to departments (a merged report, photos, recurrence): no clock,
+            // no status, nothing evaluation counts
+            Payload::AssignmentReportMerged(_)
+            | Payload::AssignmentEvidenceAttached(_)
+            | Payload::AssignmentRecurrent(_) => return Ok(()),
         };
         let Some(assignment) = assignment else {
             return Err(HandleError::Rejected(

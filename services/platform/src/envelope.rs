@@ -64,6 +64,9 @@ pub fn kind(payload: &Payload) -> Kind {
         Payload::AssignmentExtensionRequested(_) => ("whistle", "extension_requested"),
         Payload::AssignmentExtensionRefused(_) => ("whistle", "extension_refused"),
         Payload::AssignmentReturnDecided(_) => ("whistle", "return_decided"),
+        Payload::AssignmentReportMerged(_) => ("whistle", "report_merged"),
+        Payload::AssignmentEvidenceAttached(_) => ("whistle", "evidence_attached"),
+        Payload::AssignmentRecurrent(_) => ("whistle", "recurrent"),
     };
     Kind { family, name }
 }
@@ -82,6 +85,9 @@ pub fn assignment_of(payload: &Payload) -> Option<&Assignment> {
         Payload::AssignmentExtensionRequested(event) => event.assignment.as_ref(),
         Payload::AssignmentExtensionRefused(event) => event.assignment.as_ref(),
         Payload::AssignmentReturnDecided(event) => event.assignment.as_ref(),
+        Payload::AssignmentReportMerged(event) => event.assignment.as_ref(),
+        Payload::AssignmentEvidenceAttached(event) => event.assignment.as_ref(),
+        Payload::AssignmentRecurrent(event) => event.assignment.as_ref(),
         _ => None,
     }
 }

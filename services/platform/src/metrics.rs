@@ -30,6 +30,8 @@ pub struct Metrics {
     pub rpc_server_duration: Histogram<f64>,
     pub assignments_overdue: Counter<u64>,
     pub cases_escalated: Counter<u64>,
+    /// Cases dispatch flagged recurrent (几经反复, intake's `case.recurrent`), by category.
+    pub cases_recurrent: Counter<u64>,
 }
 
 impl Metrics {
@@ -48,6 +50,7 @@ impl Metrics {
             &self.consumer_redeliveries,
             &self.assignments_overdue,
             &self.cases_escalated,
+            &self.cases_recurrent,
         ] {
             counter.add(0, &[]);
         }
@@ -161,6 +164,10 @@ pub fn metrics() -> &'static Metrics {
             cases_escalated: meter
                 .u64_counter("whistle.cases.escalated")
                 .with_description("escalations to supervision (督办), by department and supervision department")
+                .build(),
+            cases_recurrent: meter
+                .u64_counter("whistle.cases.recurrent")
+                .with_description("cases flagged recurrent (几经反复), by category")
                 .build(),
         }
     })

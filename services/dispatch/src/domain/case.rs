@@ -92,6 +92,31 @@ pub struct Case {
     /// The community solved it itself (自办) and it awaits or passed verification.
     pub resolved_locally: bool,
     pub assignments: Vec<Assignment>,
+    /// Reports merged into the case after its first one (intake's `case.merged`), oldest first.
+    pub merged_reports: Vec<CaseReport>,
+    /// A recurring problem (几经反复): the earlier closed cases, oldest first; empty when not.
+    pub earlier_case_ids: Vec<String>,
+    pub recurrent: bool,
+    /// Photos attached after the report (intake's `case.evidence_attached`), oldest first.
+    pub evidence: Vec<Evidence>,
+}
+
+/// A report that joined the case (intake's `case.merged`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CaseReport {
+    pub report_id: String,
+    pub reporter_id: String,
+    /// `whistle.types.v1.Channel` as on the wire.
+    pub channel: i32,
+    pub description: String,
+    /// WGS-84.
+    pub lat: f64,
+    pub lng: f64,
+    pub address: String,
+    pub observed_at: Option<DateTime<Utc>>,
+    pub attachments: Vec<Evidence>,
+    /// `whistle.types.v1.Severity` as on the wire.
+    pub severity: i32,
 }
 
 /// What a department does to its assignment, already validated.
@@ -223,6 +248,25 @@ pub enum Command {
     },
     /// Time passed: fire every due step of every running clock.
     Tick,
+    /// Another report of the same problem joined the case: kept once per `report_id`, and each
+    /// open assignment is told once. No clock changes.
+    MergeReport {
+        report: CaseReport,
+    },
+    /// A wrongly merged report left the case (its own case comes as a new `case.reported`).
+    SplitReport {
+        report_id: String,
+    },
+    /// The case is a recurring problem; each open assignment is told once.
+    MarkRecurrent {
+        earlier_case_ids: Vec<String>,
+    },
+    /// Photos were added to the case; each open assignment is told.
+    AttachEvidence {
+        attached_by: String,
+        by_community: bool,
+        attachments: Vec<Evidence>,
+    },
 }
 
 /// The deadlines of one assignment, as deferral events carry them.
@@ -350,6 +394,24 @@ pub enum CaseEvent {
         deferred_for: Duration,
         assignments: Vec<AssignmentClocks>,
     },
+    /// A notice to an open assignment: another report joined the case.
+    ReportMerged {
+        assignment: Assignment,
+        report: CaseReport,
+        report_count: usize,
+    },
+    /// A notice to an open assignment: photos were added to the case.
+    EvidenceAttached {
+        assignment: Assignment,
+        by_community: bool,
+        attachments: Vec<Evidence>,
+        evidence_count: usize,
+    },
+    /// A notice to an open assignment: the case is a recurring problem.
+    MarkedRecurrent {
+        assignment: Assignment,
+        earlier_case_ids: Vec<String>,
+    },
 }
 
 impl CaseEvent {
@@ -367,7 +429,10 @@ impl CaseEvent {
             | CaseEvent::ExtensionRefused { assignment, .. }
             | CaseEvent::ReturnDecided { assignment, .. }
             | CaseEvent::Overdue { assignment, .. }
-            | CaseEvent::Escalated { assignment, .. } => Some(assignment),
+            | CaseEvent::Escalated { assignment, .. }
+            | CaseEvent::ReportMerged { assignment, .. }
+            | CaseEvent::EvidenceAttached { assignment, .. }
+            | CaseEvent::MarkedRecurrent { assignment, .. } => Some(assignment),
             _ => None,
         }
     }
@@ -446,7 +511,105 @@ impl Case {
             deferral: None,
             resolved_locally: false,
             assignments: Vec::new(),
+            merged_reports: Vec::new(),
+            earlier_case_ids: Vec::new(),
+            recurrent: false,
+            evidence: Vec::new(),
         }
+    }
+
+    /// The assignments still owing work, as they are now.
+    fn open_assignments(&self) -> Vec<Assignment> {
+        self.assignments
+            .iter()
+            .filter(|assignment| assignment.status.is_open())
+            .cloned()
+            .collect()
+    }
+
+    /// What intake tells about the case after it was reported: merged and split reports,
+    /// recurrence, evidence. Never refused; notices go to the open assignments only.
+    fn apply_report_news(
+        &mut self,
+        command: Command,
+        now: DateTime<Utc>,
+        events: &mut Vec<Emitted>,
+    ) -> Result<(), CaseError> {
+        match command {
+            Command::MergeReport { report } => {
+                if self
+                    .merged_reports
+                    .iter()
+                    .any(|known| known.report_id == report.report_id)
+                {
+                    return Ok(());
+                }
+                self.merged_reports.push(report.clone());
+                let report_count = 1 + self.merged_reports.len();
+                for assignment in self.open_assignments() {
+                    let actor = report.reporter_id.clone();
+                    self.emit(
+                        events,
+                        now,
+                        &actor,
+                        CaseEvent::ReportMerged {
+                            assignment,
+                            report: report.clone(),
+                            report_count,
+                        },
+                    );
+                }
+            }
+            Command::SplitReport { report_id } => {
+                self.merged_reports
+                    .retain(|known| known.report_id != report_id);
+            }
+            Command::MarkRecurrent { earlier_case_ids } => {
+                if self.recurrent {
+                    return Ok(());
+                }
+                self.recurrent = true;
+                self.earlier_case_ids = earlier_case_ids.clone();
+                for assignment in self.open_assignments() {
+                    self.emit(
+                        events,
+                        now,
+                        SYSTEM,
+                        CaseEvent::MarkedRecurrent {
+                            assignment,
+                            earlier_case_ids: earlier_case_ids.clone(),
+                        },
+                    );
+                }
+            }
+            Command::AttachEvidence {
+                attached_by,
+                by_community,
+                attachments,
+            } => {
+                self.evidence.extend(attachments.iter().cloned());
+                let evidence_count = self.evidence.len();
+                for assignment in self.open_assignments() {
+                    self.emit(
+                        events,
+                        now,
+                        &attached_by,
+                        CaseEvent::EvidenceAttached {
+                            assignment,
+                            by_community,
+                            attachments: attachments.clone(),
+                            evidence_count,
+                        },
+                    );
+                }
+            }
+            _ => {
+                return Err(CaseError::Refused(
+                    "not news about the case's reports".into(),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Runs `command` at `now`: the events it caused, oldest first, or why it was refused (then
@@ -576,6 +739,10 @@ impl Case {
         events: &mut Vec<Emitted>,
     ) -> Result<(), CaseError> {
         match command {
+            command @ (Command::MergeReport { .. }
+            | Command::SplitReport { .. }
+            | Command::MarkRecurrent { .. }
+            | Command::AttachEvidence { .. }) => self.apply_report_news(command, now, events),
             Command::Accept { by } => self.accept(now, &by, events),
             Command::Reject { by, reason } => {
                 self.check_not_deferred("reject")?;

@@ -1148,3 +1148,115 @@ proptest! {
         }
     }
 }
+
+fn merged_report(report_id: &str) -> CaseReport {
+    CaseReport {
+        report_id: report_id.into(),
+        reporter_id: "resident-88".into(),
+        channel: 3,
+        description: "又满了".into(),
+        lat: LAT,
+        lng: LNG,
+        address: String::new(),
+        observed_at: None,
+        attachments: vec![evidence()],
+        severity: 2,
+    }
+}
+
+#[test]
+fn a_merged_report_tells_each_open_assignment_once_and_changes_no_clock() {
+    let mut case = whistled_case();
+    act(&mut case, 5, "a2", acknowledge());
+    act(
+        &mut case,
+        6,
+        "a2",
+        DepartmentAction::Return {
+            reason: "not ours".into(),
+            suggested_department_code: String::new(),
+        },
+    );
+    let before = case.clone();
+    let merge = || Command::MergeReport {
+        report: merged_report("r-2"),
+    };
+    let events = case.execute(merge(), at(10), &CalendarTime).expect("merge");
+    // the returned assignment is not open: only the lead is told
+    assert_eq!(events.len(), 1);
+    let CaseEvent::ReportMerged {
+        assignment,
+        report_count,
+        ..
+    } = &events[0].event
+    else {
+        panic!("not a merge notice: {events:?}")
+    };
+    assert_eq!(assignment.assignment_id, "a1");
+    assert_eq!(*report_count, 2);
+    assert_eq!(case.assignments, before.assignments);
+    assert_eq!(case.next_due(), before.next_due());
+    assert_eq!(case.status, before.status);
+    // again: nothing
+    assert!(
+        case.execute(merge(), at(11), &CalendarTime)
+            .expect("again")
+            .is_empty()
+    );
+    assert_eq!(case.merged_reports.len(), 1);
+    // split: gone, no notice
+    let split = case
+        .execute(
+            Command::SplitReport {
+                report_id: "r-2".into(),
+            },
+            at(12),
+            &CalendarTime,
+        )
+        .expect("split");
+    assert!(split.is_empty());
+    assert!(case.merged_reports.is_empty());
+}
+
+#[test]
+fn recurrence_and_evidence_tell_open_assignments() {
+    let mut case = whistled_case();
+    let flagged = case
+        .execute(
+            Command::MarkRecurrent {
+                earlier_case_ids: vec!["old-1".into()],
+            },
+            at(1),
+            &CalendarTime,
+        )
+        .expect("recurrent");
+    assert_eq!(flagged.len(), 2);
+    assert!(case.recurrent);
+    let attached = case
+        .execute(
+            Command::AttachEvidence {
+                attached_by: "420303003001".into(),
+                by_community: true,
+                attachments: vec![evidence()],
+            },
+            at(2),
+            &CalendarTime,
+        )
+        .expect("evidence");
+    assert_eq!(attached.len(), 2);
+    assert_eq!(case.evidence, vec![evidence()]);
+    // a case nobody works on keeps the news and tells no one
+    let mut reported = Case::reported("c2", 1, Severity::Routine, LAT, LNG);
+    let none = reported
+        .execute(
+            Command::MarkRecurrent {
+                earlier_case_ids: vec!["old-1".into()],
+            },
+            at(1),
+            &CalendarTime,
+        )
+        .expect("recurrent");
+    assert!(none.is_empty());
+    assert!(reported.recurrent);
+    assert_eq!(reported.version, 1);
+}
