@@ -245,7 +245,28 @@ fn speaks_nats(port: u16) -> bool {
     stream.read_exact(&mut greeting).is_ok() && &greeting == b"INFO"
 }
 
-/// A loopback port that was free a moment ago.
+/// A loopback port that was free a moment ago, chosen below Linux's ephemeral range (32768 and up):
+/// a port the kernel hands out for port 0 or for outgoing connections can be taken by any
+/// connection the moment it is released, so a server restarted on the same port (a killed NATS or
+/// service in a test) could find it in use. Ports below the range are only ever taken on purpose.
 pub fn free_port() -> std::io::Result<u16> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    // one sequence per process, started at a point of its own: no port twice in a process, and
+    // processes running side by side start far apart
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let seed = std::process::id().wrapping_mul(7919)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.subsec_nanos());
+    let _ = NEXT.compare_exchange(u32::MAX, seed % SPAN, Ordering::Relaxed, Ordering::Relaxed);
+    for _ in 0..SPAN {
+        let candidate = NEXT.fetch_add(1, Ordering::Relaxed) % SPAN;
+        let port = u16::try_from(LOW + candidate).unwrap_or(20_000);
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
