@@ -177,10 +177,27 @@ pub fn check_decide_return(
     limits: &LimitsConfig,
     request: &pb::DecideReturnRequest,
 ) -> Result<(), DispatchError> {
-    required_id(limits, "case_id", &request.case_id)?;
-    required_id(limits, "assignment_id", &request.assignment_id)?;
-    required_id(limits, "operator_id", &request.operator_id)?;
-    limits.check_text("note", &request.note)?;
+    check_street_decision(
+        limits,
+        &request.case_id,
+        &request.assignment_id,
+        &request.operator_id,
+        &request.note,
+    )
+}
+
+/// The fields every street decision on an assignment shares (a return, an extension).
+fn check_street_decision(
+    limits: &LimitsConfig,
+    case_id: &str,
+    assignment_id: &str,
+    operator_id: &str,
+    note: &str,
+) -> Result<(), DispatchError> {
+    required_id(limits, "case_id", case_id)?;
+    required_id(limits, "assignment_id", assignment_id)?;
+    required_id(limits, "operator_id", operator_id)?;
+    limits.check_text("note", note)?;
     Ok(())
 }
 
@@ -221,11 +238,13 @@ pub fn check_decide_extension(
     limits: &LimitsConfig,
     request: &pb::DecideExtensionRequest,
 ) -> Result<(), DispatchError> {
-    required_id(limits, "case_id", &request.case_id)?;
-    required_id(limits, "assignment_id", &request.assignment_id)?;
-    required_id(limits, "operator_id", &request.operator_id)?;
-    limits.check_text("note", &request.note)?;
-    Ok(())
+    check_street_decision(
+        limits,
+        &request.case_id,
+        &request.assignment_id,
+        &request.operator_id,
+        &request.note,
+    )
 }
 
 /// Returns the route to store.

@@ -16,6 +16,7 @@ use sea_orm_migration::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use whistle_platform::clock::{from_millis, to_millis};
+use whistle_platform::db::migrations::create_column_indexes;
 use whistle_platform::outbox;
 use whistle_proto::events::CaseReported;
 use whistle_proto::types::Region;
@@ -302,21 +303,15 @@ impl MigrationTrait for CreateDispatchTables {
                     .to_owned(),
             )
             .await?;
-        for (name, column) in [
-            ("dispatch_cases_status", C::Status),
-            ("dispatch_cases_street", C::StreetSlug),
-        ] {
-            manager
-                .create_index(
-                    Index::create()
-                        .name(name)
-                        .table(case::Entity)
-                        .col(column)
-                        .if_not_exists()
-                        .to_owned(),
-                )
-                .await?;
-        }
+        create_column_indexes(
+            manager,
+            case::Entity,
+            [
+                ("dispatch_cases_status", C::Status),
+                ("dispatch_cases_street", C::StreetSlug),
+            ],
+        )
+        .await?;
         use assignment::Column as A;
         manager
             .create_table(
@@ -336,21 +331,15 @@ impl MigrationTrait for CreateDispatchTables {
                     .to_owned(),
             )
             .await?;
-        for (name, column) in [
-            ("dispatch_assignments_case", A::CaseId),
-            ("dispatch_assignments_department", A::DepartmentCode),
-        ] {
-            manager
-                .create_index(
-                    Index::create()
-                        .name(name)
-                        .table(assignment::Entity)
-                        .col(column)
-                        .if_not_exists()
-                        .to_owned(),
-                )
-                .await?;
-        }
+        create_column_indexes(
+            manager,
+            assignment::Entity,
+            [
+                ("dispatch_assignments_case", A::CaseId),
+                ("dispatch_assignments_department", A::DepartmentCode),
+            ],
+        )
+        .await?;
         use timeline::Column as T;
         manager
             .create_table(
@@ -521,21 +510,15 @@ impl MigrationTrait for LifecycleTables {
                     .to_owned(),
             )
             .await?;
-        for (name, column) in [
-            ("dispatch_clocks_due", K::DueAtMs),
-            ("dispatch_clocks_case", K::CaseId),
-        ] {
-            manager
-                .create_index(
-                    Index::create()
-                        .name(name)
-                        .table(clock::Entity)
-                        .col(column)
-                        .if_not_exists()
-                        .to_owned(),
-                )
-                .await?;
-        }
+        create_column_indexes(
+            manager,
+            clock::Entity,
+            [
+                ("dispatch_clocks_due", K::DueAtMs),
+                ("dispatch_clocks_case", K::CaseId),
+            ],
+        )
+        .await?;
         manager
             .create_table(
                 Table::create()

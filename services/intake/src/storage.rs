@@ -2,6 +2,7 @@
 //! street/community/grid registry with boundaries, and the category catalogue.
 
 use sea_orm_migration::prelude::*;
+use whistle_platform::db::migrations::create_column_indexes;
 
 pub mod report {
     use sea_orm::entity::prelude::*;
@@ -517,21 +518,15 @@ impl MigrationTrait for GeometryCasesEvidence {
                     .to_owned(),
             )
             .await?;
-        for (name, column) in [
-            ("intake_evidence_case", E::CaseId),
-            ("intake_evidence_request", E::RequestId),
-        ] {
-            manager
-                .create_index(
-                    Index::create()
-                        .name(name)
-                        .table(evidence::Entity)
-                        .col(column)
-                        .if_not_exists()
-                        .to_owned(),
-                )
-                .await?;
-        }
+        create_column_indexes(
+            manager,
+            evidence::Entity,
+            [
+                ("intake_evidence_case", E::CaseId),
+                ("intake_evidence_request", E::RequestId),
+            ],
+        )
+        .await?;
         // a case row for every report stored before (each report opened its case then)
         manager
             .get_connection()

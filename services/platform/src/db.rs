@@ -120,6 +120,31 @@ pub mod migrations {
         big_integer, big_integer_null, big_pk_auto, blob, integer, string, text, text_null,
     };
 
+    /// Creates a single-column index `(name, column)` on `table` for each pair, when missing.
+    pub async fn create_column_indexes<T, C>(
+        manager: &SchemaManager<'_>,
+        table: T,
+        indexes: impl IntoIterator<Item = (&str, C)>,
+    ) -> Result<(), DbErr>
+    where
+        T: IntoTableRef + Clone,
+        C: IntoIndexColumn,
+    {
+        for (name, column) in indexes {
+            manager
+                .create_index(
+                    Index::create()
+                        .name(name)
+                        .table(table.clone())
+                        .col(column)
+                        .if_not_exists()
+                        .to_owned(),
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
     /// A service's migrator list: the platform's tables first, then the service's own migrations.
     pub fn with_platform(service: Vec<Box<dyn MigrationTrait>>) -> Vec<Box<dyn MigrationTrait>> {
         let mut all: Vec<Box<dyn MigrationTrait>> =
