@@ -4,6 +4,7 @@
 
 pub mod codec;
 pub mod datum;
+pub mod rules;
 
 /// Generated code, one module per proto package.
 pub mod whistle {

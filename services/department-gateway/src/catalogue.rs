@@ -56,11 +56,8 @@ pub fn check(file: &Path, now_ms: i64) -> anyhow::Result<Vec<department::ActiveM
 
     let mut departments = Vec::with_capacity(catalogue.departments.len());
     for entry in &catalogue.departments {
-        if !whistle_platform::envelope::is_subject_token(&entry.code) {
-            anyhow::bail!(
-                "department {:?}: code must be 1 to 64 letters, digits, - or _ (it is a subject token)",
-                entry.code
-            );
+        if let Err(reason) = whistle_proto::rules::check_department_code(&entry.code) {
+            anyhow::bail!("department {:?}: code {reason}", entry.code);
         }
         if entry.name.trim().is_empty() {
             anyhow::bail!("department {}: name is required", entry.code);

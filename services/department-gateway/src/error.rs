@@ -1,7 +1,10 @@
-//! The gateway's errors and their one mapping to gRPC status codes.
+//! The gateway's errors and their row in the platform's error table (`whistle_platform::errors`).
 
 use sea_orm::DbErr;
-use tonic_types::{ErrorDetails, StatusExt};
+
+use whistle_platform::errors::{
+    ErrorDetails, ServiceError, ServiceErrorCode, database_error_code, to_status,
+};
 use whistle_platform::validation::FieldError;
 
 #[derive(Debug, thiserror::Error)]
@@ -48,44 +51,61 @@ impl From<FieldError> for GatewayError {
     }
 }
 
+impl ServiceError for GatewayError {
+    fn error_code(&self) -> ServiceErrorCode {
+        match self {
+            Self::Unauthenticated(_) => ServiceErrorCode::Unauthenticated,
+            Self::InvalidArgument(_) => ServiceErrorCode::BadRequest,
+            Self::TooManySubscriptions { .. } => ServiceErrorCode::ResourceExhausted,
+            Self::Refused(_) | Self::DispatchUnreachable(_) | Self::ShuttingDown(_) => {
+                ServiceErrorCode::Unavailable
+            }
+            Self::Database(error) => database_error_code(error),
+            Self::Unexpected(_) => ServiceErrorCode::Internal,
+        }
+    }
+
+    fn details(&self) -> Option<ErrorDetails> {
+        match self {
+            Self::InvalidArgument(field) => Some(field.details()),
+            Self::TooManySubscriptions {
+                department_code,
+                limit,
+                ..
+            } => Some(ErrorDetails::with_quota_failure_violation(
+                format!("department:{department_code}"),
+                format!("at most {limit} open subscriptions (subscriptions.max_per_department)"),
+            )),
+            _ => None,
+        }
+    }
+
+    fn is_private(&self) -> bool {
+        matches!(
+            self,
+            Self::Database(_) | Self::Unexpected(_) | Self::DispatchUnreachable(_)
+        )
+    }
+
+    fn public_message(&self) -> Option<String> {
+        match self {
+            Self::DispatchUnreachable(_) => Some("dispatch unreachable".into()),
+            _ => None,
+        }
+    }
+}
+
 impl From<GatewayError> for tonic::Status {
     fn from(error: GatewayError) -> Self {
         match error {
-            GatewayError::Unauthenticated(message) => tonic::Status::unauthenticated(message),
-            GatewayError::InvalidArgument(field) => field.to_status(),
-            GatewayError::TooManySubscriptions {
-                ref department_code,
-                limit,
-                ..
-            } => {
-                let details = ErrorDetails::with_quota_failure_violation(
-                    format!("department:{department_code}"),
-                    format!(
-                        "at most {limit} open subscriptions (subscriptions.max_per_department)"
-                    ),
-                );
-                tonic::Status::with_error_details(
-                    tonic::Code::ResourceExhausted,
-                    error.to_string(),
-                    details,
-                )
-            }
-            GatewayError::Refused(status) => {
-                tonic::Status::new(status.code(), status.message().to_string())
-            }
-            GatewayError::DispatchUnreachable(detail) => {
-                tracing::warn!(%detail, "dispatch unreachable");
-                tonic::Status::unavailable("dispatch unreachable")
-            }
-            GatewayError::ShuttingDown(message) => tonic::Status::unavailable(message),
-            GatewayError::Database(error) => {
-                tracing::error!(%error, "database error");
-                tonic::Status::unavailable("storage unavailable, retry later")
-            }
-            GatewayError::Unexpected(message) => {
-                tracing::error!(%message, "unexpected error");
-                tonic::Status::internal("internal error")
-            }
+            // dispatch's own answer (INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED, ...) is the
+            // department's, with its code and its details
+            GatewayError::Refused(status) => tonic::Status::with_details(
+                status.code(),
+                status.message().to_string(),
+                status.details().to_vec().into(),
+            ),
+            error => to_status(&error),
         }
     }
 }

@@ -184,7 +184,7 @@ impl EventHandler for NoticeRecorder {
         let departments: BTreeSet<&str> = addressed
             .iter()
             .map(|addressee| addressee.department_code.as_str())
-            .filter(|code| envelope::is_subject_token(code))
+            .filter(|code| whistle_proto::rules::check_department_code(code).is_ok())
             .collect();
         storage::lock_notice_counters(transaction, &departments).await
     }
@@ -204,11 +204,10 @@ impl EventHandler for NoticeRecorder {
             return Ok(());
         }
         for addressee in &addressed {
-            if !envelope::is_subject_token(&addressee.department_code) {
-                return Err(HandleError::Rejected(format!(
-                    "department_code {:?} is not a valid department code",
-                    addressee.department_code
-                )));
+            if let Err(reason) =
+                whistle_proto::rules::check_department_code(&addressee.department_code)
+            {
+                return Err(HandleError::Rejected(format!("department_code {reason}")));
             }
             if addressee.assignment_id.is_empty() {
                 return Err(HandleError::Rejected(

@@ -1,7 +1,11 @@
-//! Dispatch's errors and their one mapping to gRPC status codes.
+//! Dispatch's errors and their row in the platform's error table (`whistle_platform::errors`).
 
 use crate::domain::{CaseError, ProgressError, TransitionError};
-use sea_orm::{DbErr, SqlErr};
+use sea_orm::DbErr;
+
+use whistle_platform::errors::{
+    ErrorDetails, ServiceError, ServiceErrorCode, database_error_code, to_status,
+};
 use whistle_platform::validation::FieldError;
 
 #[derive(Debug, thiserror::Error)]
@@ -72,21 +76,10 @@ impl From<ProgressError> for DispatchError {
 
 /// A database error caused by a concurrent writer (a key written meanwhile, a PostgreSQL
 /// serialization failure or deadlock) is a [`DispatchError::Conflict`], worth a retry; the rest
-/// are [`DispatchError::Database`].
+/// are [`DispatchError::Database`], transient or permanent as the platform's table classifies them.
 impl From<DbErr> for DispatchError {
     fn from(error: DbErr) -> Self {
-        let unique_violation =
-            matches!(error.sql_err(), Some(SqlErr::UniqueConstraintViolation(_)));
-        let serialization_failure = matches!(
-            &error,
-            DbErr::Exec(sea_orm::RuntimeErr::SqlxError(sqlx_error))
-                | DbErr::Query(sea_orm::RuntimeErr::SqlxError(sqlx_error))
-                if sqlx_error
-                    .as_database_error()
-                    .and_then(|database_error| database_error.code())
-                    .is_some_and(|code| matches!(code.as_ref(), "40001" | "40P01"))
-        );
-        if unique_violation || serialization_failure {
+        if database_error_code(&error) == ServiceErrorCode::Conflict {
             // the database's text stays in the log: it names tables and keys
             tracing::debug!(%error, "concurrent write");
             return Self::Conflict("a record".into());
@@ -95,27 +88,34 @@ impl From<DbErr> for DispatchError {
     }
 }
 
+impl ServiceError for DispatchError {
+    fn error_code(&self) -> ServiceErrorCode {
+        match self {
+            Self::InvalidArgument(_) => ServiceErrorCode::BadRequest,
+            Self::NotFound(_) => ServiceErrorCode::NotFound,
+            Self::PermissionDenied(_) => ServiceErrorCode::PermissionDenied,
+            Self::FailedPrecondition(_) => ServiceErrorCode::FailedPrecondition,
+            Self::Conflict(_) => ServiceErrorCode::Conflict,
+            Self::Unimplemented(_) => ServiceErrorCode::Unimplemented,
+            Self::Database(error) => database_error_code(error),
+            Self::Unexpected(_) => ServiceErrorCode::Internal,
+        }
+    }
+
+    fn details(&self) -> Option<ErrorDetails> {
+        match self {
+            Self::InvalidArgument(field) => Some(field.details()),
+            _ => None,
+        }
+    }
+
+    fn is_private(&self) -> bool {
+        matches!(self, Self::Database(_) | Self::Unexpected(_))
+    }
+}
+
 impl From<DispatchError> for tonic::Status {
     fn from(error: DispatchError) -> Self {
-        match error {
-            DispatchError::InvalidArgument(field) => field.to_status(),
-            DispatchError::NotFound(message) => tonic::Status::not_found(message),
-            DispatchError::PermissionDenied(message) => tonic::Status::permission_denied(message),
-            DispatchError::FailedPrecondition(message) => {
-                tonic::Status::failed_precondition(message)
-            }
-            DispatchError::Conflict(_) => tonic::Status::aborted(error.to_string()),
-            DispatchError::Unimplemented(what) => {
-                tonic::Status::unimplemented(format!("{what} is not built yet; see README.md"))
-            }
-            DispatchError::Database(error) => {
-                tracing::error!(%error, "database error");
-                tonic::Status::unavailable("storage unavailable, retry later")
-            }
-            DispatchError::Unexpected(message) => {
-                tracing::error!(%message, "unexpected error");
-                tonic::Status::internal("internal error")
-            }
-        }
+        to_status(&error)
     }
 }

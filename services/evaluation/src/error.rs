@@ -1,6 +1,10 @@
-//! Evaluation's errors and their one mapping to gRPC status codes.
+//! Evaluation's errors and their row in the platform's error table (`whistle_platform::errors`).
 
 use sea_orm::DbErr;
+
+use whistle_platform::errors::{
+    ErrorDetails, ServiceError, ServiceErrorCode, database_error_code, to_status,
+};
 use whistle_platform::validation::FieldError;
 
 #[derive(Debug, thiserror::Error)]
@@ -32,23 +36,32 @@ impl From<FieldError> for EvaluationError {
     }
 }
 
+impl ServiceError for EvaluationError {
+    fn error_code(&self) -> ServiceErrorCode {
+        match self {
+            Self::InvalidArgument(_) => ServiceErrorCode::BadRequest,
+            Self::NotFound(_) => ServiceErrorCode::NotFound,
+            Self::AlreadyExists(_) => ServiceErrorCode::AlreadyExists,
+            Self::FailedPrecondition(_) => ServiceErrorCode::FailedPrecondition,
+            Self::Database(error) => database_error_code(error),
+            Self::Unexpected(_) => ServiceErrorCode::Internal,
+        }
+    }
+
+    fn details(&self) -> Option<ErrorDetails> {
+        match self {
+            Self::InvalidArgument(field) => Some(field.details()),
+            _ => None,
+        }
+    }
+
+    fn is_private(&self) -> bool {
+        matches!(self, Self::Database(_) | Self::Unexpected(_))
+    }
+}
+
 impl From<EvaluationError> for tonic::Status {
     fn from(error: EvaluationError) -> Self {
-        match error {
-            EvaluationError::InvalidArgument(field) => field.to_status(),
-            EvaluationError::NotFound(message) => tonic::Status::not_found(message),
-            EvaluationError::AlreadyExists(message) => tonic::Status::already_exists(message),
-            EvaluationError::FailedPrecondition(message) => {
-                tonic::Status::failed_precondition(message)
-            }
-            EvaluationError::Database(error) => {
-                tracing::error!(%error, "database error");
-                tonic::Status::unavailable("storage unavailable, retry later")
-            }
-            EvaluationError::Unexpected(message) => {
-                tracing::error!(%message, "unexpected error");
-                tonic::Status::internal("internal error")
-            }
-        }
+        to_status(&error)
     }
 }

@@ -7,6 +7,7 @@ pub mod clock;
 pub mod config;
 pub mod db;
 pub mod envelope;
+pub mod errors;
 pub mod grpc;
 pub mod inbox;
 pub mod local_nats;

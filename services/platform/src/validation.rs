@@ -29,6 +29,11 @@ impl FieldError {
     pub fn to_status(&self) -> tonic::Status {
         whistle_proto::codec::field_violation(&self.field, &self.reason)
     }
+
+    /// The `google.rpc.BadRequest` detail naming the field.
+    pub fn details(&self) -> tonic_types::ErrorDetails {
+        tonic_types::ErrorDetails::with_bad_request_violation(&self.field, &self.reason)
+    }
 }
 
 impl fmt::Display for FieldError {

@@ -55,23 +55,8 @@ pub fn area_covers(area_code: &str, grid_code: &str) -> bool {
     area_code.len() == 6 && area_code.ends_with("00") && grid_code.starts_with(&area_code[..4])
 }
 
-/// Checks a department code: it becomes a NATS subject token.
-pub fn check_department_code(code: &str) -> Result<(), String> {
-    if code.is_empty() {
-        return Err("required".into());
-    }
-    let valid = code.len() <= 64
-        && code.bytes().all(|byte| {
-            byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'-' || byte == b'_'
-        });
-    if valid {
-        Ok(())
-    } else {
-        Err(format!(
-            "must be lowercase letters, digits, - or _ (at most 64), got {code:?}"
-        ))
-    }
-}
+/// The contract's department-code rule (one home: `whistle_proto::rules`).
+pub use whistle_proto::rules::check_department_code;
 
 #[cfg(test)]
 mod tests {
@@ -106,13 +91,5 @@ mod tests {
         assert_eq!(chosen("420302001001001"), Some("city"));
         assert_eq!(chosen("110101001001001"), None);
         assert_eq!(select_route(&routes, "C-01-01", "420303003001001"), None);
-    }
-
-    #[test]
-    fn department_codes_are_subject_tokens() {
-        assert!(check_department_code("zw-sanitation").is_ok());
-        assert!(check_department_code("").is_err());
-        assert!(check_department_code("zw.sanitation").is_err());
-        assert!(check_department_code("ZW").is_err());
     }
 }

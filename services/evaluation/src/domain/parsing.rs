@@ -50,20 +50,9 @@ pub fn parse_region_filter(value: &str) -> Result<Option<String>, String> {
     Ok(Some(value.to_string()))
 }
 
-/// A department code as it appears in subjects: letters, digits, `-` or `_`, at most 64 bytes.
+/// A department code, by the contract's one rule (`whistle_proto::rules`).
 pub fn parse_department_code(value: &str) -> Result<String, String> {
-    if value.is_empty() {
-        return Err("required".into());
-    }
-    let well_formed = value.len() <= 64
-        && value
-            .bytes()
-            .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_');
-    if !well_formed {
-        return Err(format!(
-            "must be at most 64 letters, digits, - or _, got {value:?}"
-        ));
-    }
+    whistle_proto::rules::check_department_code(value)?;
     Ok(value.to_string())
 }
 
