@@ -11,6 +11,9 @@ pub enum EvaluationError {
     NotFound(String),
     #[error("{0}")]
     AlreadyExists(String),
+    /// The caller may not do this (a rater that is not the case's street or community).
+    #[error("{0}")]
+    PermissionDenied(String),
     /// The request is well formed but the system is not in a state to accept it yet.
     #[error("{0}")]
     FailedPrecondition(String),
@@ -38,6 +41,7 @@ impl From<EvaluationError> for tonic::Status {
             EvaluationError::InvalidArgument(field) => field.to_status(),
             EvaluationError::NotFound(message) => tonic::Status::not_found(message),
             EvaluationError::AlreadyExists(message) => tonic::Status::already_exists(message),
+            EvaluationError::PermissionDenied(message) => tonic::Status::permission_denied(message),
             EvaluationError::FailedPrecondition(message) => {
                 tonic::Status::failed_precondition(message)
             }
