@@ -722,6 +722,7 @@ pub async fn play(
                 .get_scorecard(GetScorecardRequest {
                     department_code: department.into(),
                     period: period.clone(),
+                    ..Default::default()
                 })
                 .await?
                 .into_inner();

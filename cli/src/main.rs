@@ -537,6 +537,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .get_scorecard(GetScorecardRequest {
                     department_code: department,
                     period,
+                    ..Default::default()
                 })
                 .await
                 .map_err(status_error)?
