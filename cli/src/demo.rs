@@ -760,6 +760,12 @@ pub async fn play(
         );
         scorecards.insert(department.to_string(), composite);
     }
+    println!(
+        "  period {period} can be closed once it has ended (automatically {} days after, the 申诉期): whistle evaluation close --period {period}",
+        whistle_evaluation::EvaluationConfig::default()
+            .evaluation
+            .close_after_days
+    );
     Ok(DemoOutcome {
         case_ids: vec![garbage, fire_lane, property, vendors, manhole],
         scorecards,

@@ -943,6 +943,21 @@ pub async fn records_after<C: ConnectionTrait>(
     Ok(count)
 }
 
+/// Whether the database holds no evaluation facts yet (a rebuild's target must be empty).
+pub async fn is_empty<C: ConnectionTrait>(connection: &C) -> Result<bool, DbErr> {
+    Ok(assignment::Entity::find().one(connection).await?.is_none()
+        && fact::Entity::find().one(connection).await?.is_none()
+        && rating_history::Entity::find()
+            .one(connection)
+            .await?
+            .is_none()
+        && callback::Entity::find().one(connection).await?.is_none()
+        && period_state::Entity::find()
+            .one(connection)
+            .await?
+            .is_none())
+}
+
 /// Evaluation's schema.
 mod migration {
     use super::{
