@@ -312,3 +312,68 @@ fn card_json(card: &Scorecard) -> Value {
         "after_close": card.after_close,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use whistle_proto::evaluation::{Indicators, ScorecardCounts};
+
+    fn period() -> PeriodScorecards {
+        let card = |department_code: &str, composite: Option<f64>| Scorecard {
+            department_code: department_code.into(),
+            period: "2026-10".into(),
+            counts: Some(ScorecardCounts {
+                whistled: 3,
+                overdue: 1,
+                ..ScorecardCounts::default()
+            }),
+            indicators: Some(Indicators {
+                report_rate: Some(2.0 / 3.0),
+                ..Indicators::default()
+            }),
+            composite,
+            rated: composite.is_some(),
+            scoring_config: "scoring-3f2a09c1d4e5b678".into(),
+            frozen: true,
+            sha256: "ab".repeat(32),
+            after_close: 1,
+            ..Scorecard::default()
+        };
+        PeriodScorecards {
+            period: "2026-10".into(),
+            closed: true,
+            closed_at: Some(prost_types::Timestamp {
+                seconds: 1_793_491_200,
+                nanos: 0,
+            }),
+            sha256: "ab".repeat(32),
+            frozen_scorecards_json: "[]".into(),
+            scorecards: vec![card("zw-housing", Some(81.5)), card("zw-water", None)],
+        }
+    }
+
+    #[test]
+    fn the_csv_has_a_header_and_one_department_per_line() {
+        let csv = export(&period(), None, ExportFormat::Csv).expect("csv");
+        let lines: Vec<&str> = csv.lines().collect();
+        assert_eq!(lines.len(), 3, "{csv}");
+        assert_eq!(lines[0], CSV_HEADER.join(","));
+        assert!(lines[1].starts_with("2026-10,zw-housing,true,81.5,0.6666666666666666,,"));
+        assert!(lines[2].starts_with("2026-10,zw-water,false,,"));
+        let closed_at = "2026-11-01T00:00:00.000Z";
+        assert!(lines[1].ends_with(&format!("{closed_at},{},1,true", "ab".repeat(32))));
+        let one = export(&period(), Some("zw-water"), ExportFormat::Csv).expect("one");
+        assert_eq!(one.lines().count(), 2);
+        assert!(export(&period(), Some("zw-nobody"), ExportFormat::Csv).is_err());
+    }
+
+    #[test]
+    fn the_json_carries_what_the_hash_covers() {
+        let json = export(&period(), None, ExportFormat::Json).expect("json");
+        let value: Value = serde_json::from_str(&json).expect("valid json");
+        assert_eq!(value["sha256"], "ab".repeat(32));
+        assert_eq!(value["frozen_scorecards_json"], "[]");
+        assert_eq!(value["scorecards"][0]["counts"]["overdue"], 1);
+        assert_eq!(value["scorecards"][1]["composite"], Value::Null);
+    }
+}

@@ -8,7 +8,7 @@ use crate::domain::{
     self, AssignmentRole, AssignmentSnapshot, AssignmentState, CallbackResult, CaseFact,
     CaseRegion, FactKind, Milestone,
 };
-use crate::storage::{self, callback, period_state, rating};
+use crate::storage::{self, callback, milestone, period_state, rating};
 use sea_orm::DatabaseTransaction;
 use whistle_platform::clock::{SharedClock, from_proto_timestamp, to_millis};
 use whistle_platform::envelope::{Event, Payload};
@@ -367,6 +367,18 @@ async fn apply_period_reopened(
     Ok(())
 }
 
+/// The milestone a whistle event carries, if any.
+fn milestone_of(event: &Event) -> Option<&'static str> {
+    match event.payload.as_ref()? {
+        Payload::WhistleIssued(_) => Some("whistled"),
+        Payload::AssignmentAcknowledged(_) => Some("acknowledged"),
+        Payload::AssignmentCheckedIn(_) => Some("on_site"),
+        Payload::AssignmentResolved(_) => Some("resolved"),
+        Payload::AssignmentReturned(_) => Some("returned"),
+        _ => None,
+    }
+}
+
 fn millis(timestamp: Option<&prost_types::Timestamp>) -> Option<i64> {
     timestamp.and_then(from_proto_timestamp).map(to_millis)
 }
@@ -461,6 +473,18 @@ async fn apply_assignment(
     let merged = domain::merge_snapshot(existing.as_ref(), &snapshot, extras.verdict);
     storage::remember_case(transaction, &merged.case_id, now_ms).await?;
     storage::save_assignment(transaction, &merged, now_ms).await?;
+    if let Some(kind) = milestone_of(event) {
+        storage::record_milestone(
+            transaction,
+            milestone::Model {
+                event_id: event.event_id.clone(),
+                assignment_id: merged.assignment_id.clone(),
+                kind: kind.to_string(),
+                occurred_at_ms: occurred_at(event)?,
+            },
+        )
+        .await?;
+    }
     if let Some((kind, flag)) = extras.fact {
         let fact = CaseFact {
             event_id: event.event_id.clone(),

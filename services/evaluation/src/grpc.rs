@@ -618,6 +618,12 @@ impl EvaluationGrpc {
             scored.computed_at_ms,
             &self.scoring,
         );
+        let explained_ids: Vec<String> = explanation
+            .assignments
+            .iter()
+            .map(|assignment| assignment.assignment_id.clone())
+            .collect();
+        let mut milestones = storage::milestones_of(&self.db, &explained_ids).await?;
         let ids = |pick: fn(&domain::ExplainedAssignment) -> bool| {
             explanation
                 .assignments
@@ -637,6 +643,9 @@ impl EvaluationGrpc {
                     numerator: assignment.numerator,
                     denominator: assignment.denominator,
                     deciding_event_ids: assignment.deciding_event_ids.clone(),
+                    milestone_event_ids: milestones
+                        .remove(&assignment.assignment_id)
+                        .unwrap_or_default(),
                 })
                 .collect(),
             value: explanation.value,

@@ -249,6 +249,28 @@ pub mod rating_history {
     impl ActiveModelBehavior for ActiveModel {}
 }
 
+pub mod milestone {
+    use sea_orm::entity::prelude::*;
+
+    /// A whistle event that carried one of an assignment's milestones (whistled, acknowledged, on
+    /// site, resolved, returned): what ExplainScore names besides the deciding facts.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "evaluation_milestone_events")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub event_id: String,
+        pub assignment_id: String,
+        /// `whistled`, `acknowledged`, `on_site`, `resolved` or `returned`.
+        pub kind: String,
+        pub occurred_at_ms: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
 pub mod period_state {
     use sea_orm::entity::prelude::*;
 
@@ -943,6 +965,50 @@ pub async fn records_after<C: ConnectionTrait>(
     Ok(count)
 }
 
+/// Notes the event that carried one of an assignment's milestones; redelivery changes nothing.
+pub async fn record_milestone<C: ConnectionTrait>(
+    connection: &C,
+    model: milestone::Model,
+) -> Result<(), DbErr> {
+    milestone::Entity::insert(milestone::ActiveModel::from(model))
+        .on_conflict(
+            OnConflict::column(milestone::Column::EventId)
+                .do_nothing()
+                .to_owned(),
+        )
+        .exec_without_returning(connection)
+        .await?;
+    Ok(())
+}
+
+/// The milestone events of the given assignments, each assignment's in the order they happened.
+pub async fn milestones_of<C: ConnectionTrait>(
+    connection: &C,
+    assignment_ids: &[String],
+) -> Result<std::collections::BTreeMap<String, Vec<String>>, DbErr> {
+    let mut rows = Vec::new();
+    for chunk in assignment_ids.chunks(IN_LIST_CHUNK) {
+        rows.extend(
+            milestone::Entity::find()
+                .filter(milestone::Column::AssignmentId.is_in(chunk.iter().map(String::as_str)))
+                .all(connection)
+                .await?,
+        );
+    }
+    rows.sort_by(|left, right| {
+        (left.occurred_at_ms, &left.event_id).cmp(&(right.occurred_at_ms, &right.event_id))
+    });
+    let mut by_assignment: std::collections::BTreeMap<String, Vec<String>> =
+        std::collections::BTreeMap::new();
+    for row in rows {
+        by_assignment
+            .entry(row.assignment_id)
+            .or_default()
+            .push(row.event_id);
+    }
+    Ok(by_assignment)
+}
+
 /// Whether the database holds no evaluation facts yet (a rebuild's target must be empty).
 pub async fn is_empty<C: ConnectionTrait>(connection: &C) -> Result<bool, DbErr> {
     Ok(assignment::Entity::find().one(connection).await?.is_none()
@@ -961,7 +1027,7 @@ pub async fn is_empty<C: ConnectionTrait>(connection: &C) -> Result<bool, DbErr>
 /// Evaluation's schema.
 mod migration {
     use super::{
-        assignment, callback, case, case_state, department, fact, period_state, rating,
+        assignment, callback, case, case_state, department, fact, milestone, period_state, rating,
         rating_history, reopening,
     };
     use sea_orm_migration::prelude::*;
@@ -1250,6 +1316,29 @@ mod migration {
                         .name("evaluation_cooperation_rating_history_assignment")
                         .table(rating_history::Entity)
                         .col(H::AssignmentId)
+                        .if_not_exists()
+                        .to_owned(),
+                )
+                .await?;
+            use milestone::Column as M;
+            manager
+                .create_table(
+                    Table::create()
+                        .table(milestone::Entity)
+                        .if_not_exists()
+                        .col(string(M::EventId).primary_key())
+                        .col(string(M::AssignmentId))
+                        .col(string(M::Kind))
+                        .col(big_integer(M::OccurredAtMs))
+                        .to_owned(),
+                )
+                .await?;
+            manager
+                .create_index(
+                    Index::create()
+                        .name("evaluation_milestone_events_assignment")
+                        .table(milestone::Entity)
+                        .col(M::AssignmentId)
                         .if_not_exists()
                         .to_owned(),
                 )

@@ -12,8 +12,9 @@ use whistle_platform::envelope::{self, Event, Payload};
 use whistle_platform::testing::{Served, TestBed, publish_like_relay, serve};
 use whistle_proto::evaluation::evaluation_service_client::EvaluationServiceClient;
 use whistle_proto::evaluation::{
-    ExplainScoreRequest, GetRankingRequest, GetScorecardRequest, RateCooperationRequest, Rater,
-    RecordSatisfactionRequest, Satisfaction, Scorecard, ScorecardCounts,
+    ClosePeriodRequest, ExplainScoreRequest, GetPeriodScorecardsRequest, GetRankingRequest,
+    GetScorecardRequest, RateCooperationRequest, Rater, RecordSatisfactionRequest, Satisfaction,
+    Scorecard, ScorecardCounts,
 };
 use whistle_proto::events::{
     AssignmentAcknowledged, AssignmentCheckedIn, AssignmentOverdue, AssignmentResolved,
@@ -757,6 +758,8 @@ async fn case_events_before_whistle_events_rework_and_returns() {
     assert_eq!(housing_facts.assignment_id, "a-housing");
     // escalated at 2 h, overdue at 2 h, failed at 30 h, passed at 60 h: four deciding events
     assert_eq!(housing_facts.deciding_event_ids.len(), 4);
+    // and the events that carried its milestones: whistled, acknowledged, on site, resolved twice
+    assert_eq!(housing_facts.milestone_event_ids.len(), 5);
     assert!(
         housing_facts
             .deciding_event_ids
@@ -1081,5 +1084,61 @@ async fn bad_requests_name_the_field() {
         "{error:?}"
     );
 
+    harness.stop().await;
+}
+
+#[tokio::test]
+async fn a_month_is_closed_automatically_after_the_dispute_window() {
+    // the clock is 2026-11-20; October ended on 1 November, 申诉期 10 days (the default): closed
+    let mut harness = start().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let october = loop {
+        let october = harness
+            .client
+            .get_period_scorecards(GetPeriodScorecardsRequest {
+                period: "2026-10".into(),
+            })
+            .await
+            .expect("october")
+            .into_inner();
+        if october.closed {
+            break october;
+        }
+        assert!(Instant::now() < deadline, "october was not closed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        october.sha256,
+        whistle_evaluation::domain::sha256_hex(&october.frozen_scorecards_json)
+    );
+    assert_eq!(
+        october.scorecards.len(),
+        12,
+        "the demo catalogue's departments"
+    );
+    assert!(
+        october
+            .scorecards
+            .iter()
+            .all(|card| card.frozen && !card.rated)
+    );
+    // November is still open, and cannot be closed before it ends
+    let november = harness
+        .client
+        .get_period_scorecards(GetPeriodScorecardsRequest {
+            period: PERIOD.into(),
+        })
+        .await
+        .expect("november")
+        .into_inner();
+    assert!(!november.closed && november.sha256.is_empty());
+    let refused = harness
+        .client
+        .close_period(ClosePeriodRequest {
+            period: PERIOD.into(),
+        })
+        .await
+        .expect_err("november has not ended");
+    assert_eq!(refused.code(), Code::FailedPrecondition);
     harness.stop().await;
 }

@@ -164,7 +164,11 @@ async fn rate_and_call_back(client: &mut Client, cases: &[GeneratedCase]) -> u64
                     5 - (index % 3) as u32,
                 ),
                 // the street changes its mind on some: the second replaces the first
-                (Rater::Street, STREET, if index % 7 == 0 { 2 } else { 0 }),
+                (
+                    Rater::Street,
+                    STREET,
+                    if index.is_multiple_of(7) { 2 } else { 0 },
+                ),
             ] {
                 if score == 0 {
                     continue;

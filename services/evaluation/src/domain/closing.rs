@@ -265,4 +265,45 @@ mod tests {
         );
         assert!(!case.lies_in("420303003002"));
     }
+
+    #[test]
+    fn the_latest_month_ended_is_found_in_local_time() {
+        use crate::domain::{Period, UtcOffset, latest_month_ended_before};
+        let beijing = UtcOffset::from_hours(8).expect("offset");
+        let november = Period::Month {
+            year: 2026,
+            month: 11,
+        };
+        let december_start = Period::Month {
+            year: 2026,
+            month: 12,
+        }
+        .bounds(beijing)
+        .start_ms;
+        // at local midnight of 1 December, November has just ended; a millisecond before, October
+        assert_eq!(
+            latest_month_ended_before(december_start, beijing),
+            Some(november)
+        );
+        assert_eq!(
+            latest_month_ended_before(december_start - 1, beijing),
+            Some(Period::Month {
+                year: 2026,
+                month: 10
+            })
+        );
+        let january = Period::Month {
+            year: 2027,
+            month: 1,
+        }
+        .bounds(beijing)
+        .start_ms;
+        assert_eq!(
+            latest_month_ended_before(january + 1, beijing),
+            Some(Period::Month {
+                year: 2026,
+                month: 12
+            })
+        );
+    }
 }

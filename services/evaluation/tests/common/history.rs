@@ -124,7 +124,11 @@ pub fn generate(cases: usize, seed: u64) -> Vec<GeneratedCase> {
 fn generate_case(index: usize, dice: &mut Dice) -> GeneratedCase {
     let case_id = format!("case-{seed:06}", seed = index);
     let community = COMMUNITIES[dice.below(COMMUNITIES.len() as u64) as usize];
-    let month = if index % 2 == 0 { OCTOBER } else { NOVEMBER };
+    let month = if index.is_multiple_of(2) {
+        OCTOBER
+    } else {
+        NOVEMBER
+    };
     // within the first 18 days of the month, so every clock has passed by NOW
     let whistled_at = month + dice.below(18 * DAY as u64 / MINUTE as u64) as i64 * MINUTE;
     let mut version = 1;
