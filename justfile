@@ -18,6 +18,10 @@ bench:
     cargo run --release -p whistle -- bench
 
 # the contract: buf lint (STANDARD + comments, proto/buf.yaml), buf format, and the generated code builds
+# time `whistle evaluation rebuild` on a generated history of 100,000 cases (docs/evaluation.md)
+rebuild-time cases="100000":
+    cargo run --release -p whistle-evaluation --example rebuild_time -- {{cases}}
+
 proto-lint:
     npx --yes @bufbuild/buf@1.75.0 lint proto
     npx --yes @bufbuild/buf@1.75.0 format --diff --exit-code proto

@@ -298,12 +298,16 @@ impl Demo {
     async fn rate(&mut self, case: &Case, scores: &[(&str, u32)]) -> anyhow::Result<()> {
         for (department, score) in scores {
             let assignment_id = Self::assignment_of(case, department)?;
-            for (rater, rater_id) in [(Rater::Street, "车城路街道"), (Rater::Community, "社区")]
-            {
+            // the street that whistled the case and the community it is in, by their codes
+            let region = case.region.clone().unwrap_or_default();
+            for (rater, rater_id) in [
+                (Rater::Street, region.street_code),
+                (Rater::Community, region.community_code),
+            ] {
                 let request = RateCooperationRequest {
                     assignment_id: assignment_id.clone(),
                     rater: rater as i32,
-                    rater_id: rater_id.into(),
+                    rater_id,
                     score: *score,
                     comment: String::new(),
                 };
@@ -718,6 +722,7 @@ pub async fn play(
                 .get_scorecard(GetScorecardRequest {
                     department_code: department.into(),
                     period: period.clone(),
+                    ..Default::default()
                 })
                 .await?
                 .into_inner();
@@ -755,6 +760,12 @@ pub async fn play(
         );
         scorecards.insert(department.to_string(), composite);
     }
+    println!(
+        "  period {period} can be closed once it has ended (automatically {} days after, the 申诉期): whistle evaluation close --period {period}",
+        whistle_evaluation::EvaluationConfig::default()
+            .evaluation
+            .close_after_days
+    );
     Ok(DemoOutcome {
         case_ids: vec![garbage, fire_lane, property, vendors, manhole],
         scorecards,

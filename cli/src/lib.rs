@@ -6,6 +6,7 @@
 pub mod bench;
 pub mod client;
 pub mod demo;
+pub mod evaluation;
 pub mod grid;
 pub mod local;
 pub mod outbox;

@@ -213,11 +213,26 @@ enum Command {
         #[arg(long, default_value = "community")]
         verifier: String,
     },
-    /// A department's scorecard for a period ("2026-11", "2026-Q4", "2026").
+    /// A department's scorecard for a period ("2026-11", "2026-Q4", "2026"); with --format csv or
+    /// json, a closed period's frozen cards of every department (or --department's), for filing.
     Scorecard {
-        department: String,
+        department: Option<String>,
+        #[arg(long = "department", conflicts_with = "department")]
+        department_option: Option<String>,
         #[arg(long)]
         period: Option<String>,
+        /// `csv` or `json`: export the closed period (docs/evaluation.md, "Export").
+        #[arg(long)]
+        format: Option<String>,
+        /// Only the cases in this street or community (its division code): its view of the
+        /// department.
+        #[arg(long, default_value = "")]
+        region: String,
+    },
+    /// Close, reopen or rebuild evaluation (docs/evaluation.md).
+    Evaluation {
+        #[command(subcommand)]
+        command: whistle::evaluation::EvaluationCommand,
     },
     /// Measure latency and throughput on this machine (see docs/benchmarks.md).
     Bench {
@@ -526,17 +541,43 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .into_inner();
             print!("{}", output::case(&case, format));
         }
-        Command::Scorecard { department, period } => {
+        Command::Evaluation { command } => whistle::evaluation::run(&endpoints, command).await?,
+        Command::Scorecard {
+            department,
+            department_option,
+            period,
+            format: export_format,
+            region,
+        } => {
             let period = period.unwrap_or_else(|| {
                 (chrono::Utc::now() + chrono::Duration::hours(8))
                     .format("%Y-%m")
                     .to_string()
             });
+            let department = department.or(department_option);
+            if let Some(export_format) = export_format {
+                let export_format = whistle::evaluation::ExportFormat::parse(&export_format)?;
+                let text = whistle::evaluation::export_period(
+                    &endpoints,
+                    &period,
+                    department.as_deref(),
+                    export_format,
+                )
+                .await?;
+                print!("{text}");
+                return Ok(());
+            }
+            let Some(department) = department else {
+                anyhow::bail!(
+                    "name a department, or export every department with --format csv|json"
+                );
+            };
             let mut evaluation = endpoints.evaluation().await?;
             let scorecard = evaluation
                 .get_scorecard(GetScorecardRequest {
                     department_code: department,
                     period,
+                    region_code: region,
                 })
                 .await
                 .map_err(status_error)?

@@ -321,6 +321,7 @@ async fn walk_the_whistle(storage: Storage) {
             .get_scorecard(GetScorecardRequest {
                 department_code: "zw-sanitation".into(),
                 period: period.clone(),
+                ..Default::default()
             })
             .await
             .expect("scorecard")

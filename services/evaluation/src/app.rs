@@ -2,7 +2,7 @@
 //! shutdown.
 
 use crate::config::EvaluationConfig;
-use crate::events::{CASES_CONSUMER, EvaluationEvents, WHISTLES_CONSUMER};
+use crate::events::{CASES_CONSUMER, EVALUATION_CONSUMER, EvaluationEvents, WHISTLES_CONSUMER};
 use crate::grpc::{EvaluationGrpc, SOURCE};
 use crate::storage::Migrator;
 use std::sync::Arc;
@@ -38,11 +38,13 @@ pub async fn run(
     }
 
     let shutdown = shutdown.child_token();
-    // Evaluation publishes nothing yet; the relay is here for `evaluation.period_closed`.
+    // ratings, call-backs, closes and reopenings: applied in the request's transaction and
+    // published through the outbox, so the event history alone gives the scorecards
+    let signal = OutboxSignal::default();
     let relay = OutboxRelay::new(
         db.clone(),
         jetstream.clone(),
-        OutboxSignal::default(),
+        signal.clone(),
         config.outbox.clone(),
         clock.clone(),
     );
@@ -54,6 +56,11 @@ pub async fn run(
     let consumers = [
         (nats::CASES_STREAM, CASES_CONSUMER, "case.v1.>"),
         (nats::WHISTLES_STREAM, WHISTLES_CONSUMER, "whistle.v1.>"),
+        (
+            nats::EVALUATION_STREAM,
+            EVALUATION_CONSUMER,
+            "evaluation.v1.>",
+        ),
     ]
     .map(|(stream, durable, filter_subject)| {
         tokio::spawn(run_consumer(
@@ -77,7 +84,13 @@ pub async fn run(
         utc_offset,
         scoring,
         limits: config.limits.clone(),
+        signal,
     };
+    let closer = tokio::spawn(crate::grpc::close_periods_automatically(
+        service.clone(),
+        config.evaluation.close_after_days,
+        shutdown.clone(),
+    ));
     let routes = tonic::service::Routes::new(
         EvaluationServiceServer::new(service)
             .max_decoding_message_size(config.limits.max_request_bytes),
@@ -93,6 +106,7 @@ pub async fn run(
     for consumer in consumers {
         let _ = consumer.await;
     }
+    let _ = closer.await;
     let _ = relay_task.await;
     db.close().await?;
     served

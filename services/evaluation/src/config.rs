@@ -52,6 +52,14 @@ pub struct EvaluationSettings {
     /// "resolvers" (every department that resolved its part).
     #[serde(default = "default_satisfaction_scope")]
     pub satisfaction_scope: String,
+    /// The dispute window (申诉期): a month is closed automatically this many days after it ended
+    /// (its cards frozen and published); 0 closes periods only through `ClosePeriod`.
+    #[serde(default = "default_close_after_days")]
+    pub close_after_days: u32,
+}
+
+fn default_close_after_days() -> u32 {
+    10
 }
 
 fn default_minimum_assignments() -> u64 {
@@ -112,6 +120,7 @@ impl Default for EvaluationSettings {
             weights: WeightsConfig::default(),
             minimum_assignments: default_minimum_assignments(),
             satisfaction_scope: default_satisfaction_scope(),
+            close_after_days: default_close_after_days(),
         }
     }
 }

@@ -15,6 +15,9 @@ pub enum EvaluationError {
     NotFound(String),
     #[error("{0}")]
     AlreadyExists(String),
+    /// The caller may not do this (a rater that is not the case's street or community).
+    #[error("{0}")]
+    PermissionDenied(String),
     /// The request is well formed but the system is not in a state to accept it yet.
     #[error("{0}")]
     FailedPrecondition(String),
@@ -42,6 +45,7 @@ impl ServiceError for EvaluationError {
             Self::InvalidArgument(_) => ServiceErrorCode::BadRequest,
             Self::NotFound(_) => ServiceErrorCode::NotFound,
             Self::AlreadyExists(_) => ServiceErrorCode::AlreadyExists,
+            Self::PermissionDenied(_) => ServiceErrorCode::PermissionDenied,
             Self::FailedPrecondition(_) => ServiceErrorCode::FailedPrecondition,
             Self::Database(error) => database_error_code(error),
             Self::Unexpected(_) => ServiceErrorCode::Internal,

@@ -5,19 +5,27 @@
 //! them and folded when scoring; nothing is inferred.
 
 use crate::domain::{
-    self, AssignmentRole, AssignmentSnapshot, AssignmentState, CaseFact, FactKind, Milestone,
+    self, AssignmentRole, AssignmentSnapshot, AssignmentState, CallbackResult, CaseFact,
+    CaseRegion, FactKind, Milestone,
 };
-use crate::storage;
+use crate::storage::{self, callback, milestone, period_state, rating};
 use sea_orm::DatabaseTransaction;
 use whistle_platform::clock::{SharedClock, from_proto_timestamp, to_millis};
 use whistle_platform::envelope::{Event, Payload};
 use whistle_platform::inbox::{EventHandler, HandleError};
+use whistle_proto::events::{
+    EvaluationCooperationRated, EvaluationPeriodClosed, EvaluationPeriodReopened,
+    EvaluationSatisfactionRecorded,
+};
 use whistle_proto::types::{Assignment, AssignmentFlag, AssignmentStatus};
 
 /// Durable consumer of `case.v1.>` on the cases stream.
 pub const CASES_CONSUMER: &str = "evaluation-cases";
 /// Durable consumer of `whistle.v1.>` on the whistles stream.
 pub const WHISTLES_CONSUMER: &str = "evaluation-whistles";
+/// Durable consumer of `evaluation.v1.>` (evaluation's own ratings, call-backs, closes), so the
+/// scorecards follow from the event history alone.
+pub const EVALUATION_CONSUMER: &str = "evaluation-own";
 
 /// Applies case and whistle events to evaluation's tables.
 #[derive(Debug, Clone)]
@@ -46,6 +54,27 @@ impl EventHandler for EvaluationEvents {
         let Some(payload) = &event.payload else {
             return Err(HandleError::Rejected("event has no payload".into()));
         };
+        // where the case is (who may rate it) and whether it is closed (call-backs)
+        let closed = match payload {
+            Payload::CaseClosed(_) => Some((true, event.case_version)),
+            Payload::CaseReopened(_) => Some((false, event.case_version)),
+            _ => None,
+        };
+        if matches!(
+            payload,
+            Payload::CaseReported(_)
+                | Payload::CaseAccepted(_)
+                | Payload::WhistleIssued(_)
+                | Payload::CaseClosed(_)
+                | Payload::CaseReopened(_)
+        ) && !event.case_id.is_empty()
+        {
+            let region = event.region.as_ref().map(|region| CaseRegion {
+                street_code: region.street_code.clone(),
+                community_code: region.community_code.clone(),
+            });
+            storage::note_case_state(transaction, &event.case_id, region.as_ref(), closed).await?;
+        }
         let (assignment, extras) = match payload {
             Payload::WhistleIssued(issued) => (&issued.assignment, WhistleExtras::default()),
             Payload::AssignmentAcknowledged(acknowledged) => (
@@ -194,7 +223,18 @@ impl EventHandler for EvaluationEvents {
             | Payload::CaseEvidenceAttached(_)
             | Payload::CaseRecurrent(_)
             | Payload::ReportSplit(_) => return remember(transaction, event, now_ms).await,
-            Payload::EvaluationPeriodClosed(_) => return Ok(()),
+            Payload::EvaluationCooperationRated(rated) => {
+                return apply_rating(transaction, event, rated).await;
+            }
+            Payload::EvaluationSatisfactionRecorded(recorded) => {
+                return apply_callback(transaction, event, recorded).await;
+            }
+            Payload::EvaluationPeriodClosed(closed) => {
+                return apply_period_closed(transaction, event, closed).await;
+            }
+            Payload::EvaluationPeriodReopened(reopened) => {
+                return apply_period_reopened(transaction, event, reopened).await;
+            }
             // dispatch's notices to departments (a merged report, photos, recurrence): no clock,
             // no status, nothing evaluation counts
             Payload::AssignmentReportMerged(_)
@@ -207,6 +247,135 @@ impl EventHandler for EvaluationEvents {
             ));
         };
         apply_assignment(transaction, event, assignment, extras, now_ms).await
+    }
+}
+
+/// A rating as published: stored in the history, current when it is the rater's latest.
+async fn apply_rating(
+    transaction: &DatabaseTransaction,
+    event: &Event,
+    rated: &EvaluationCooperationRated,
+) -> Result<(), HandleError> {
+    if rated.assignment_id.is_empty() || rated.rater_id.is_empty() {
+        return Err(HandleError::Rejected(
+            "cooperation rating names no assignment or rater".into(),
+        ));
+    }
+    let score = domain::parse_cooperation_score(rated.score).map_err(HandleError::Rejected)?;
+    let rated_at_ms = millis(rated.rated_at.as_ref()).map_or_else(|| occurred_at(event), Ok)?;
+    storage::apply_rating(
+        transaction,
+        &event.event_id,
+        rating::Model {
+            assignment_id: rated.assignment_id.clone(),
+            rater: rated.rater.clone(),
+            rater_id: rated.rater_id.clone(),
+            score: i32::from(score),
+            comment: rated.comment.clone(),
+            rated_at_ms,
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// A call-back as published; the first under its id counts.
+async fn apply_callback(
+    transaction: &DatabaseTransaction,
+    event: &Event,
+    recorded: &EvaluationSatisfactionRecorded,
+) -> Result<(), HandleError> {
+    let case_id = case_id_of(event)?;
+    if recorded.callback_id.is_empty() || CallbackResult::parse(&recorded.result).is_none() {
+        return Err(HandleError::Rejected(format!(
+            "call-back {:?} has no id or an unknown result {:?}",
+            recorded.callback_id, recorded.result
+        )));
+    }
+    let recorded_at_ms =
+        millis(recorded.recorded_at.as_ref()).map_or_else(|| occurred_at(event), Ok)?;
+    storage::remember_case(transaction, case_id, recorded_at_ms).await?;
+    storage::insert_callback(
+        transaction,
+        callback::Model {
+            callback_id: recorded.callback_id.clone(),
+            case_id: case_id.to_string(),
+            result: recorded.result.clone(),
+            note: recorded.note.clone(),
+            recorded_at_ms,
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// A close as published: its frozen cards are served for the period from now on (unless a later
+/// reopening came first).
+async fn apply_period_closed(
+    transaction: &DatabaseTransaction,
+    event: &Event,
+    closed: &EvaluationPeriodClosed,
+) -> Result<(), HandleError> {
+    let period = domain::Period::parse(&closed.period).map_err(HandleError::Rejected)?;
+    domain::parse_frozen_cards(&closed.frozen_scorecards_json).map_err(HandleError::Rejected)?;
+    if domain::sha256_hex(&closed.frozen_scorecards_json) != closed.sha256 {
+        return Err(HandleError::Rejected(format!(
+            "period {} closed with a sha256 that does not match its cards",
+            closed.period
+        )));
+    }
+    let occurred_at_ms = occurred_at(event)?;
+    storage::apply_period_event(
+        transaction,
+        period_state::Model {
+            period: period.label(),
+            closed: true,
+            closed_at_ms: Some(millis(closed.closed_at.as_ref()).unwrap_or(occurred_at_ms)),
+            sha256: closed.sha256.clone(),
+            frozen_scorecards_json: closed.frozen_scorecards_json.clone(),
+            scoring_config: closed.scoring_config.clone(),
+            reopen_reason: String::new(),
+            last_event_at_ms: occurred_at_ms,
+            last_event_id: event.event_id.clone(),
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+async fn apply_period_reopened(
+    transaction: &DatabaseTransaction,
+    event: &Event,
+    reopened: &EvaluationPeriodReopened,
+) -> Result<(), HandleError> {
+    let period = domain::Period::parse(&reopened.period).map_err(HandleError::Rejected)?;
+    storage::apply_period_event(
+        transaction,
+        period_state::Model {
+            period: period.label(),
+            closed: false,
+            closed_at_ms: None,
+            sha256: String::new(),
+            frozen_scorecards_json: String::new(),
+            scoring_config: String::new(),
+            reopen_reason: reopened.reason.clone(),
+            last_event_at_ms: occurred_at(event)?,
+            last_event_id: event.event_id.clone(),
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// The milestone a whistle event carries, if any.
+fn milestone_of(event: &Event) -> Option<&'static str> {
+    match event.payload.as_ref()? {
+        Payload::WhistleIssued(_) => Some("whistled"),
+        Payload::AssignmentAcknowledged(_) => Some("acknowledged"),
+        Payload::AssignmentCheckedIn(_) => Some("on_site"),
+        Payload::AssignmentResolved(_) => Some("resolved"),
+        Payload::AssignmentReturned(_) => Some("returned"),
+        _ => None,
     }
 }
 
@@ -304,6 +473,18 @@ async fn apply_assignment(
     let merged = domain::merge_snapshot(existing.as_ref(), &snapshot, extras.verdict);
     storage::remember_case(transaction, &merged.case_id, now_ms).await?;
     storage::save_assignment(transaction, &merged, now_ms).await?;
+    if let Some(kind) = milestone_of(event) {
+        storage::record_milestone(
+            transaction,
+            milestone::Model {
+                event_id: event.event_id.clone(),
+                assignment_id: merged.assignment_id.clone(),
+                kind: kind.to_string(),
+                occurred_at_ms: occurred_at(event)?,
+            },
+        )
+        .await?;
+    }
     if let Some((kind, flag)) = extras.fact {
         let fact = CaseFact {
             event_id: event.event_id.clone(),

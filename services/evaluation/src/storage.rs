@@ -202,6 +202,102 @@ pub mod callback {
     impl ActiveModelBehavior for ActiveModel {}
 }
 
+pub mod case_state {
+    use sea_orm::entity::prelude::*;
+
+    /// Where a case is (from the events' region) and whether it is closed now, by the case version
+    /// of the latest `case.closed`/`case.reopened` seen.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "evaluation_case_states")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub case_id: String,
+        pub street_code: String,
+        pub community_code: String,
+        pub closed: bool,
+        /// Case version of the close or reopening `closed` comes from; 0 before either.
+        pub status_version: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod rating_history {
+    use sea_orm::entity::prelude::*;
+
+    /// Every cooperation rating ever given (`evaluation.cooperation_rated`); the latest of a rater
+    /// and assignment is the one in `evaluation_cooperation_ratings`.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "evaluation_cooperation_rating_history")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub event_id: String,
+        pub assignment_id: String,
+        pub rater: String,
+        pub rater_id: String,
+        pub score: i32,
+        pub comment: String,
+        pub rated_at_ms: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod milestone {
+    use sea_orm::entity::prelude::*;
+
+    /// A whistle event that carried one of an assignment's milestones (whistled, acknowledged, on
+    /// site, resolved, returned): what ExplainScore names besides the deciding facts.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "evaluation_milestone_events")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub event_id: String,
+        pub assignment_id: String,
+        /// `whistled`, `acknowledged`, `on_site`, `resolved` or `returned`.
+        pub kind: String,
+        pub occurred_at_ms: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod period_state {
+    use sea_orm::entity::prelude::*;
+
+    /// A period that was closed at least once: its latest close or reopening (by occurred time,
+    /// then event id) and, while closed, the frozen cards as published.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "evaluation_periods")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub period: String,
+        pub closed: bool,
+        pub closed_at_ms: Option<i64>,
+        pub sha256: String,
+        pub frozen_scorecards_json: String,
+        pub scoring_config: String,
+        /// The reason of the latest reopening, empty while never reopened.
+        pub reopen_reason: String,
+        pub last_event_at_ms: i64,
+        pub last_event_id: String,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
 /// A department of the registry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Department {
@@ -617,9 +713,323 @@ pub async fn save_department<C: ConnectionTrait>(
     Ok(())
 }
 
+/// Where the case is, when an event named its region.
+pub async fn case_region<C: ConnectionTrait>(
+    connection: &C,
+    case_id: &str,
+) -> Result<Option<domain::CaseRegion>, DbErr> {
+    Ok(case_state::Entity::find_by_id(case_id)
+        .one(connection)
+        .await?
+        .map(|row| domain::CaseRegion {
+            street_code: row.street_code,
+            community_code: row.community_code,
+        }))
+}
+
+/// Whether the case is closed now (false when unknown).
+pub async fn case_closed<C: ConnectionTrait>(connection: &C, case_id: &str) -> Result<bool, DbErr> {
+    Ok(case_state::Entity::find_by_id(case_id)
+        .one(connection)
+        .await?
+        .is_some_and(|row| row.closed))
+}
+
+/// Records what an event says about a case: its region (kept once known) and, for a close or
+/// reopening (`closed`), the status when its case version is newer than the one stored.
+pub async fn note_case_state<C: ConnectionTrait>(
+    connection: &C,
+    case_id: &str,
+    region: Option<&domain::CaseRegion>,
+    closed: Option<(bool, u64)>,
+) -> Result<(), DbErr> {
+    let existing = case_state::Entity::find_by_id(case_id)
+        .one(connection)
+        .await?;
+    let mut row = existing.clone().unwrap_or(case_state::Model {
+        case_id: case_id.to_string(),
+        street_code: String::new(),
+        community_code: String::new(),
+        closed: false,
+        status_version: 0,
+    });
+    if let Some(region) = region {
+        if row.street_code.is_empty() {
+            row.street_code.clone_from(&region.street_code);
+        }
+        if row.community_code.is_empty() {
+            row.community_code.clone_from(&region.community_code);
+        }
+    }
+    if let Some((closed, version)) = closed {
+        let version = version_to_db(version);
+        if version > row.status_version {
+            row.closed = closed;
+            row.status_version = version;
+        }
+    }
+    if existing.as_ref() == Some(&row) {
+        return Ok(());
+    }
+    use case_state::Column as S;
+    case_state::Entity::insert(case_state::ActiveModel::from(row))
+        .on_conflict(
+            OnConflict::column(S::CaseId)
+                .update_columns([S::StreetCode, S::CommunityCode, S::Closed, S::StatusVersion])
+                .to_owned(),
+        )
+        .exec_without_returning(connection)
+        .await?;
+    Ok(())
+}
+
+/// The regions of the given cases.
+pub async fn case_regions<C: ConnectionTrait>(
+    connection: &C,
+    case_ids: &[String],
+) -> Result<std::collections::BTreeMap<String, domain::CaseRegion>, DbErr> {
+    let mut regions = std::collections::BTreeMap::new();
+    for chunk in case_ids.chunks(IN_LIST_CHUNK) {
+        for row in case_state::Entity::find()
+            .filter(case_state::Column::CaseId.is_in(chunk.iter().map(String::as_str)))
+            .all(connection)
+            .await?
+        {
+            regions.insert(
+                row.case_id,
+                domain::CaseRegion {
+                    street_code: row.street_code,
+                    community_code: row.community_code,
+                },
+            );
+        }
+    }
+    Ok(regions)
+}
+
+/// Applies one published rating: kept in the history, and the current rating of its rater and
+/// assignment when it is the latest (by time, then event id). Redelivery changes nothing.
+pub async fn apply_rating<C: ConnectionTrait>(
+    connection: &C,
+    event_id: &str,
+    model: rating::Model,
+) -> Result<(), DbErr> {
+    rating_history::Entity::insert(rating_history::ActiveModel {
+        event_id: Set(event_id.to_string()),
+        assignment_id: Set(model.assignment_id.clone()),
+        rater: Set(model.rater.clone()),
+        rater_id: Set(model.rater_id.clone()),
+        score: Set(model.score),
+        comment: Set(model.comment.clone()),
+        rated_at_ms: Set(model.rated_at_ms),
+    })
+    .on_conflict(
+        OnConflict::column(rating_history::Column::EventId)
+            .do_nothing()
+            .to_owned(),
+    )
+    .exec_without_returning(connection)
+    .await?;
+    // the current rating is the latest in the history, whatever order the events came in
+    use rating_history::Column as H;
+    let latest = rating_history::Entity::find()
+        .filter(H::AssignmentId.eq(model.assignment_id.as_str()))
+        .filter(H::Rater.eq(model.rater.as_str()))
+        .filter(H::RaterId.eq(model.rater_id.as_str()))
+        .order_by_desc(H::RatedAtMs)
+        .order_by_desc(H::EventId)
+        .one(connection)
+        .await?;
+    let Some(latest) = latest else {
+        return Ok(());
+    };
+    save_rating(
+        connection,
+        rating::Model {
+            assignment_id: latest.assignment_id,
+            rater: latest.rater,
+            rater_id: latest.rater_id,
+            score: latest.score,
+            comment: latest.comment,
+            rated_at_ms: latest.rated_at_ms,
+        },
+    )
+    .await
+}
+
+/// How many ratings the history holds for an assignment (every rater, every replacement).
+pub async fn rating_history_count<C: ConnectionTrait>(
+    connection: &C,
+    assignment_id: &str,
+) -> Result<u64, DbErr> {
+    use sea_orm::PaginatorTrait;
+    rating_history::Entity::find()
+        .filter(rating_history::Column::AssignmentId.eq(assignment_id))
+        .count(connection)
+        .await
+}
+
+/// The close state of a period, when it was ever closed.
+pub async fn find_period<C: ConnectionTrait>(
+    connection: &C,
+    period: &str,
+) -> Result<Option<period_state::Model>, DbErr> {
+    period_state::Entity::find_by_id(period)
+        .one(connection)
+        .await
+}
+
+/// Every period that was ever closed.
+pub async fn periods<C: ConnectionTrait>(
+    connection: &C,
+) -> Result<Vec<period_state::Model>, DbErr> {
+    period_state::Entity::find()
+        .order_by_asc(period_state::Column::Period)
+        .all(connection)
+        .await
+}
+
+/// Applies a close or a reopening when it is later (by time, then event id) than the one stored;
+/// an earlier one arriving late changes nothing.
+pub async fn apply_period_event<C: ConnectionTrait>(
+    connection: &C,
+    update: period_state::Model,
+) -> Result<bool, DbErr> {
+    let existing = find_period(connection, &update.period).await?;
+    if let Some(existing) = &existing {
+        let stored = (existing.last_event_at_ms, existing.last_event_id.as_str());
+        if stored >= (update.last_event_at_ms, update.last_event_id.as_str()) {
+            return Ok(false);
+        }
+    }
+    // a reopening keeps the last frozen cards for the record; they are not served while open
+    let mut update = update;
+    if let (Some(existing), false) = (&existing, update.closed) {
+        update.closed_at_ms = existing.closed_at_ms;
+        update.sha256.clone_from(&existing.sha256);
+        update
+            .frozen_scorecards_json
+            .clone_from(&existing.frozen_scorecards_json);
+        update.scoring_config.clone_from(&existing.scoring_config);
+    }
+    use period_state::Column as P;
+    period_state::Entity::insert(period_state::ActiveModel::from(update))
+        .on_conflict(
+            OnConflict::column(P::Period)
+                .update_columns([
+                    P::Closed,
+                    P::ClosedAtMs,
+                    P::Sha256,
+                    P::FrozenScorecardsJson,
+                    P::ScoringConfig,
+                    P::ReopenReason,
+                    P::LastEventAtMs,
+                    P::LastEventId,
+                ])
+                .to_owned(),
+        )
+        .exec_without_returning(connection)
+        .await?;
+    Ok(true)
+}
+
+/// How many facts, ratings and call-backs about these assignments and cases happened after
+/// `after_ms` (the "after close" count of a frozen card).
+pub async fn records_after<C: ConnectionTrait>(
+    connection: &C,
+    assignment_ids: &[String],
+    case_ids: &[String],
+    after_ms: i64,
+) -> Result<u64, DbErr> {
+    use sea_orm::PaginatorTrait;
+    let mut count = 0;
+    for chunk in assignment_ids.chunks(IN_LIST_CHUNK) {
+        count += fact::Entity::find()
+            .filter(fact::Column::AssignmentId.is_in(chunk.iter().map(String::as_str)))
+            .filter(fact::Column::OccurredAtMs.gt(after_ms))
+            .count(connection)
+            .await?;
+        count += rating_history::Entity::find()
+            .filter(rating_history::Column::AssignmentId.is_in(chunk.iter().map(String::as_str)))
+            .filter(rating_history::Column::RatedAtMs.gt(after_ms))
+            .count(connection)
+            .await?;
+    }
+    for chunk in case_ids.chunks(IN_LIST_CHUNK) {
+        count += callback::Entity::find()
+            .filter(callback::Column::CaseId.is_in(chunk.iter().map(String::as_str)))
+            .filter(callback::Column::RecordedAtMs.gt(after_ms))
+            .count(connection)
+            .await?;
+    }
+    Ok(count)
+}
+
+/// Notes the event that carried one of an assignment's milestones; redelivery changes nothing.
+pub async fn record_milestone<C: ConnectionTrait>(
+    connection: &C,
+    model: milestone::Model,
+) -> Result<(), DbErr> {
+    milestone::Entity::insert(milestone::ActiveModel::from(model))
+        .on_conflict(
+            OnConflict::column(milestone::Column::EventId)
+                .do_nothing()
+                .to_owned(),
+        )
+        .exec_without_returning(connection)
+        .await?;
+    Ok(())
+}
+
+/// The milestone events of the given assignments, each assignment's in the order they happened.
+pub async fn milestones_of<C: ConnectionTrait>(
+    connection: &C,
+    assignment_ids: &[String],
+) -> Result<std::collections::BTreeMap<String, Vec<String>>, DbErr> {
+    let mut rows = Vec::new();
+    for chunk in assignment_ids.chunks(IN_LIST_CHUNK) {
+        rows.extend(
+            milestone::Entity::find()
+                .filter(milestone::Column::AssignmentId.is_in(chunk.iter().map(String::as_str)))
+                .all(connection)
+                .await?,
+        );
+    }
+    rows.sort_by(|left, right| {
+        (left.occurred_at_ms, &left.event_id).cmp(&(right.occurred_at_ms, &right.event_id))
+    });
+    let mut by_assignment: std::collections::BTreeMap<String, Vec<String>> =
+        std::collections::BTreeMap::new();
+    for row in rows {
+        by_assignment
+            .entry(row.assignment_id)
+            .or_default()
+            .push(row.event_id);
+    }
+    Ok(by_assignment)
+}
+
+/// Whether the database holds no evaluation facts yet (a rebuild's target must be empty).
+pub async fn is_empty<C: ConnectionTrait>(connection: &C) -> Result<bool, DbErr> {
+    Ok(assignment::Entity::find().one(connection).await?.is_none()
+        && fact::Entity::find().one(connection).await?.is_none()
+        && rating_history::Entity::find()
+            .one(connection)
+            .await?
+            .is_none()
+        && callback::Entity::find().one(connection).await?.is_none()
+        && period_state::Entity::find()
+            .one(connection)
+            .await?
+            .is_none())
+}
+
 /// Evaluation's schema.
 mod migration {
-    use super::{assignment, callback, case, department, fact, rating, reopening};
+    use super::{
+        assignment, callback, case, case_state, department, fact, milestone, period_state, rating,
+        rating_history, reopening,
+    };
     use sea_orm_migration::prelude::*;
 
     /// Evaluation's migrations, oldest first.
@@ -631,6 +1041,7 @@ mod migration {
             whistle_platform::db::migrations::with_platform(vec![
                 Box::new(CreateEvaluationTables),
                 Box::new(CreateFactTable),
+                Box::new(CreateRaterAndPeriodTables),
             ])
         }
     }
@@ -849,6 +1260,104 @@ mod migration {
                         .table(fact::Entity)
                         .col(fact::Column::CaseId)
                         .if_not_exists()
+                        .to_owned(),
+                )
+                .await
+        }
+    }
+
+    /// Who may rate (the cases' regions and closed state), the rating history and closed periods
+    /// (issue 8).
+    #[derive(Debug)]
+    struct CreateRaterAndPeriodTables;
+
+    impl MigrationName for CreateRaterAndPeriodTables {
+        fn name(&self) -> &str {
+            "m20261129_000002_evaluation_raters_and_periods"
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl MigrationTrait for CreateRaterAndPeriodTables {
+        async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+            use sea_orm_migration::schema::*;
+            manager
+                .create_table(
+                    Table::create()
+                        .table(case_state::Entity)
+                        .if_not_exists()
+                        .col(string(case_state::Column::CaseId).primary_key())
+                        .col(string(case_state::Column::StreetCode))
+                        .col(string(case_state::Column::CommunityCode))
+                        .col(boolean(case_state::Column::Closed))
+                        .col(big_integer(case_state::Column::StatusVersion))
+                        .to_owned(),
+                )
+                .await?;
+            use rating_history::Column as H;
+            manager
+                .create_table(
+                    Table::create()
+                        .table(rating_history::Entity)
+                        .if_not_exists()
+                        .col(string(H::EventId).primary_key())
+                        .col(string(H::AssignmentId))
+                        .col(string(H::Rater))
+                        .col(string(H::RaterId))
+                        .col(integer(H::Score))
+                        .col(text(H::Comment))
+                        .col(big_integer(H::RatedAtMs))
+                        .to_owned(),
+                )
+                .await?;
+            manager
+                .create_index(
+                    Index::create()
+                        .name("evaluation_cooperation_rating_history_assignment")
+                        .table(rating_history::Entity)
+                        .col(H::AssignmentId)
+                        .if_not_exists()
+                        .to_owned(),
+                )
+                .await?;
+            use milestone::Column as M;
+            manager
+                .create_table(
+                    Table::create()
+                        .table(milestone::Entity)
+                        .if_not_exists()
+                        .col(string(M::EventId).primary_key())
+                        .col(string(M::AssignmentId))
+                        .col(string(M::Kind))
+                        .col(big_integer(M::OccurredAtMs))
+                        .to_owned(),
+                )
+                .await?;
+            manager
+                .create_index(
+                    Index::create()
+                        .name("evaluation_milestone_events_assignment")
+                        .table(milestone::Entity)
+                        .col(M::AssignmentId)
+                        .if_not_exists()
+                        .to_owned(),
+                )
+                .await?;
+            use period_state::Column as P;
+            manager
+                .create_table(
+                    Table::create()
+                        .table(period_state::Entity)
+                        .if_not_exists()
+                        .col(string(P::Period).primary_key())
+                        .col(boolean(P::Closed))
+                        .col(big_integer_null(P::ClosedAtMs))
+                        .col(string(P::Sha256))
+                        .col(text(P::FrozenScorecardsJson))
+                        .col(string(P::ScoringConfig))
+                        .col(text(P::ReopenReason))
+                        .col(big_integer(P::LastEventAtMs))
+                        .col(string(P::LastEventId))
                         .to_owned(),
                 )
                 .await

@@ -12,8 +12,9 @@ use whistle_platform::envelope::{self, Event, Payload};
 use whistle_platform::testing::{Served, TestBed, publish_like_relay, serve};
 use whistle_proto::evaluation::evaluation_service_client::EvaluationServiceClient;
 use whistle_proto::evaluation::{
-    ExplainScoreRequest, GetRankingRequest, GetScorecardRequest, RateCooperationRequest, Rater,
-    RecordSatisfactionRequest, Satisfaction, Scorecard, ScorecardCounts,
+    ClosePeriodRequest, ExplainScoreRequest, GetPeriodScorecardsRequest, GetRankingRequest,
+    GetScorecardRequest, RateCooperationRequest, Rater, RecordSatisfactionRequest, Satisfaction,
+    Scorecard, ScorecardCounts,
 };
 use whistle_proto::events::{
     AssignmentAcknowledged, AssignmentCheckedIn, AssignmentOverdue, AssignmentResolved,
@@ -164,6 +165,7 @@ async fn scorecard(client: &mut Client, department_code: &str) -> Scorecard {
         .get_scorecard(GetScorecardRequest {
             department_code: department_code.into(),
             period: PERIOD.into(),
+            ..Default::default()
         })
         .await
         .expect("scorecard")
@@ -295,7 +297,7 @@ async fn a_whistle_flows_into_the_scorecard_once() {
                 case_id,
                 WHISTLED + 6 * HOUR,
                 Payload::CaseVerified(CaseVerified {
-                    verified_by: "zhongyue-community".into(),
+                    verified_by: "420303003001".into(),
                     passed: true,
                     note: String::new(),
                     verdicts: vec![verdict("a-sanitation", "zw-sanitation", true)],
@@ -358,6 +360,7 @@ async fn a_whistle_flows_into_the_scorecard_once() {
             .get_scorecard(GetScorecardRequest {
                 department_code: "zw-sanitation".into(),
                 period: period.into(),
+                ..Default::default()
             })
             .await
             .expect("scorecard")
@@ -395,9 +398,9 @@ async fn a_whistle_flows_into_the_scorecard_once() {
 
     // 配合度 from the street and the community; the street's second rating replaces its first
     for (rater, rater_id, score) in [
-        (Rater::Street, "chechenglu-street", 3),
-        (Rater::Community, "zhongyue-community", 5),
-        (Rater::Street, "chechenglu-street", 4),
+        (Rater::Street, "420303003", 3),
+        (Rater::Community, "420303003001", 5),
+        (Rater::Street, "420303003", 4),
     ] {
         harness
             .client
@@ -417,7 +420,7 @@ async fn a_whistle_flows_into_the_scorecard_once() {
         .rate_cooperation(RateCooperationRequest {
             assignment_id: "a-enforcement".into(),
             rater: Rater::Street as i32,
-            rater_id: "chechenglu-street".into(),
+            rater_id: "420303003".into(),
             score: 1,
             comment: String::new(),
         })
@@ -481,6 +484,7 @@ async fn a_whistle_flows_into_the_scorecard_once() {
             period: PERIOD.into(),
             level: "district".into(),
             region_code: "420303".into(),
+            ..Default::default()
         })
         .await
         .expect("ranking")
@@ -563,6 +567,15 @@ async fn case_events_before_whistle_events_rework_and_returns() {
                     verdicts: vec![verdict("a-housing", "zw-housing", true)],
                 }),
             ),
+            // closed after the passed verification (a later case version than the reopening)
+            &Event {
+                case_version: 5,
+                ..event(
+                    case_id,
+                    WHISTLED + 60 * HOUR,
+                    Payload::CaseClosed(CaseClosed {}),
+                )
+            },
             // the housing bureau missed its acknowledge clock (2 h) and was escalated (督办)
             &event(
                 case_id,
@@ -578,7 +591,7 @@ async fn case_events_before_whistle_events_rework_and_returns() {
         ],
     )
     .await;
-    // a call-back is accepted once a case event made the case known
+    // a call-back is accepted once the case is known and closed
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let recorded = harness
@@ -592,7 +605,10 @@ async fn case_events_before_whistle_events_rework_and_returns() {
             .await;
         match recorded {
             Ok(_) => break,
-            Err(status) if status.code() == Code::NotFound && Instant::now() < deadline => {
+            Err(status)
+                if matches!(status.code(), Code::NotFound | Code::FailedPrecondition)
+                    && Instant::now() < deadline =>
+            {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             Err(status) => panic!("call-back refused: {status:?}"),
@@ -635,7 +651,7 @@ async fn case_events_before_whistle_events_rework_and_returns() {
                 Payload::AssignmentReturnDecided(AssignmentReturnDecided {
                     assignment: Some(upheld),
                     upheld: true,
-                    decided_by: "chechenglu-street".into(),
+                    decided_by: "420303003".into(),
                     note: "小区内部道路，由物业管理".into(),
                     fallback_department_code: String::new(),
                 }),
@@ -742,6 +758,8 @@ async fn case_events_before_whistle_events_rework_and_returns() {
     assert_eq!(housing_facts.assignment_id, "a-housing");
     // escalated at 2 h, overdue at 2 h, failed at 30 h, passed at 60 h: four deciding events
     assert_eq!(housing_facts.deciding_event_ids.len(), 4);
+    // and the events that carried its milestones: whistled, acknowledged, on site, resolved twice
+    assert_eq!(housing_facts.milestone_event_ids.len(), 5);
     assert!(
         housing_facts
             .deciding_event_ids
@@ -828,6 +846,7 @@ async fn bad_requests_name_the_field() {
             .get_scorecard(GetScorecardRequest {
                 department_code: "zw-sanitation".into(),
                 period: period.into(),
+                ..Default::default()
             })
             .await
             .expect_err("bad period");
@@ -839,6 +858,7 @@ async fn bad_requests_name_the_field() {
         .get_scorecard(GetScorecardRequest {
             department_code: String::new(),
             period: PERIOD.into(),
+            ..Default::default()
         })
         .await
         .expect_err("no department");
@@ -848,6 +868,7 @@ async fn bad_requests_name_the_field() {
         .get_scorecard(GetScorecardRequest {
             department_code: "nobody".into(),
             period: PERIOD.into(),
+            ..Default::default()
         })
         .await
         .expect_err("unknown department");
@@ -862,7 +883,7 @@ async fn bad_requests_name_the_field() {
     let rating = RateCooperationRequest {
         assignment_id: "never-whistled".into(),
         rater: Rater::Street as i32,
-        rater_id: "chechenglu-street".into(),
+        rater_id: "420303003".into(),
         score: 4,
         comment: String::new(),
     };
@@ -951,6 +972,7 @@ async fn bad_requests_name_the_field() {
                 period: PERIOD.into(),
                 level: "street".into(),
                 region_code: String::new(),
+                ..Default::default()
             },
         ),
         (
@@ -959,6 +981,7 @@ async fn bad_requests_name_the_field() {
                 period: PERIOD.into(),
                 level: String::new(),
                 region_code: "zhangwan".into(),
+                ..Default::default()
             },
         ),
         (
@@ -967,6 +990,7 @@ async fn bad_requests_name_the_field() {
                 period: "2026-Q0".into(),
                 level: String::new(),
                 region_code: String::new(),
+                ..Default::default()
             },
         ),
     ] {
@@ -999,6 +1023,7 @@ async fn bad_requests_name_the_field() {
             period: "2026".into(),
             level: String::new(),
             region_code: String::new(),
+            ..Default::default()
         })
         .await
         .expect("ranking")
@@ -1018,7 +1043,7 @@ async fn bad_requests_name_the_field() {
         .rate_cooperation(RateCooperationRequest {
             assignment_id: "never-whistled".into(),
             rater: Rater::Street as i32,
-            rater_id: "chechenglu-street".into(),
+            rater_id: "420303003".into(),
             score: 4,
             comment: "好".repeat(2001),
         })
@@ -1034,6 +1059,7 @@ async fn bad_requests_name_the_field() {
         .get_scorecard(GetScorecardRequest {
             department_code: "d".repeat(65),
             period: PERIOD.into(),
+            ..Default::default()
         })
         .await
         .expect_err("department code too long");
@@ -1058,5 +1084,61 @@ async fn bad_requests_name_the_field() {
         "{error:?}"
     );
 
+    harness.stop().await;
+}
+
+#[tokio::test]
+async fn a_month_is_closed_automatically_after_the_dispute_window() {
+    // the clock is 2026-11-20; October ended on 1 November, 申诉期 10 days (the default): closed
+    let mut harness = start().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let october = loop {
+        let october = harness
+            .client
+            .get_period_scorecards(GetPeriodScorecardsRequest {
+                period: "2026-10".into(),
+            })
+            .await
+            .expect("october")
+            .into_inner();
+        if october.closed {
+            break october;
+        }
+        assert!(Instant::now() < deadline, "october was not closed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        october.sha256,
+        whistle_evaluation::domain::sha256_hex(&october.frozen_scorecards_json)
+    );
+    assert_eq!(
+        october.scorecards.len(),
+        12,
+        "the demo catalogue's departments"
+    );
+    assert!(
+        october
+            .scorecards
+            .iter()
+            .all(|card| card.frozen && !card.rated)
+    );
+    // November is still open, and cannot be closed before it ends
+    let november = harness
+        .client
+        .get_period_scorecards(GetPeriodScorecardsRequest {
+            period: PERIOD.into(),
+        })
+        .await
+        .expect("november")
+        .into_inner();
+    assert!(!november.closed && november.sha256.is_empty());
+    let refused = harness
+        .client
+        .close_period(ClosePeriodRequest {
+            period: PERIOD.into(),
+        })
+        .await
+        .expect_err("november has not ended");
+    assert_eq!(refused.code(), Code::FailedPrecondition);
     harness.stop().await;
 }

@@ -619,7 +619,10 @@ pub mod arbitrary {
                         ..CaseEscalated::default()
                     })
                 } else {
-                    Payload::EvaluationPeriodClosed(EvaluationPeriodClosed { period: text })
+                    Payload::EvaluationPeriodClosed(EvaluationPeriodClosed {
+                        period: text,
+                        ..EvaluationPeriodClosed::default()
+                    })
                 }),
             });
         prop_oneof![

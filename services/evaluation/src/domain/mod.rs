@@ -2,12 +2,14 @@
 //! and composite of a scorecard, and rankings (see DOMAIN.md, "Evaluation"). Pure: no I/O, no
 //! gRPC, no database. Timestamps are epoch milliseconds.
 
+mod closing;
 mod facts;
 mod parsing;
 mod periods;
 mod rankings;
 mod scorecards;
 
+pub use closing::*;
 pub use facts::*;
 pub use parsing::*;
 pub use periods::*;

@@ -106,6 +106,21 @@ impl Period {
     }
 }
 
+/// The latest month that ended at or before `at_ms` (local midnights at `offset`).
+pub fn latest_month_ended_before(at_ms: i64, offset: UtcOffset) -> Option<Period> {
+    let local =
+        chrono::DateTime::from_timestamp_millis(at_ms + i64::from(offset.hours) * MILLIS_PER_HOUR)?
+            .naive_utc();
+    use chrono::Datelike;
+    // the month that contains `at_ms` has not ended; the one before it has
+    let index = local.year() * 12 + local.month0() as i32 - 1;
+    let year = index.div_euclid(12);
+    (1970..=9999).contains(&year).then_some(Period::Month {
+        year,
+        month: index.rem_euclid(12) as u32 + 1,
+    })
+}
+
 fn parse_year(text: &str) -> Option<i32> {
     let year = parse_digits(text, 4)?;
     (1970..=9999).contains(&year).then_some(year as i32)

@@ -1,0 +1,3 @@
+//! Shared by evaluation's service tests and examples.
+
+pub mod history;
