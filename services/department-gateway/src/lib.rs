@@ -12,6 +12,7 @@ pub mod domain;
 pub mod error;
 pub mod forwarding;
 pub mod grpc;
+pub mod policy;
 pub mod notices;
 pub mod slots;
 pub mod storage;

@@ -507,7 +507,11 @@ impl EvaluationService for EvaluationGrpc {
         &self,
         request: Request<RateCooperationRequest>,
     ) -> Result<Response<RateCooperationResponse>, Status> {
-        self.rate(request.into_inner()).await?;
+        let caller = whistle_platform::auth::Caller::of(&request)?;
+        let mut request = request.into_inner();
+        request.rater_id = caller.actor("rater_id", &request.rater_id)?;
+        crate::policy::check_rater(&caller, request.rater)?;
+        self.rate(request).await?;
         Ok(Response::new(RateCooperationResponse {}))
     }
 

@@ -11,6 +11,7 @@ pub mod domain;
 pub mod error;
 pub mod geometry;
 pub mod grpc;
+pub mod policy;
 pub mod lifecycle;
 pub mod merging;
 pub mod metrics;
