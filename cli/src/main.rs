@@ -159,7 +159,9 @@ enum Command {
         /// routine, urgent, emergency or complex.
         #[arg(long, default_value = "urgent")]
         severity: String,
-        #[arg(long, default_value = "grid-worker")]
+        /// The person reporting (a hotline operator enters the resident's id); the credential's
+        /// subject when empty.
+        #[arg(long, default_value = "")]
         reporter: String,
         /// Idempotency key; a fresh one when absent.
         #[arg(long)]
@@ -210,7 +212,8 @@ enum Command {
         failed: bool,
         #[arg(long, default_value = "")]
         note: String,
-        #[arg(long, default_value = "community")]
+        /// Deprecated: the verifier is the credential's subject; when given it must be the same.
+        #[arg(long, default_value = "")]
         verifier: String,
     },
     /// A department's scorecard for a period ("2026-11", "2026-Q4", "2026").

@@ -55,7 +55,7 @@ impl TestAuth {
     /// supervisors, the city for the administrator, `department-gateway` for the service role.
     pub fn default_token(&self, role: Role) -> String {
         let (subject, region) = match role {
-            Role::StreetOperator => ("chechenglu-operator", DEMO_STREET),
+            Role::StreetOperator => ("chechenglu-dispatch", DEMO_STREET),
             Role::CommunityWorker => ("chechenglu-community-worker", DEMO_STREET),
             Role::Reporter => ("grid-worker-17", DEMO_DISTRICT),
             Role::CallbackOperator => ("zhangwan-callback", DEMO_DISTRICT),

@@ -28,7 +28,11 @@ impl IntakeService for IntakeGrpc {
     ) -> Result<Response<SubmitReportResponse>, Status> {
         let caller = Caller::of(&request)?;
         let mut request = request.into_inner();
-        request.reporter_id = caller.actor("reporter_id", &request.reporter_id)?;
+        // reporter_id names the person who reported the problem: a hotline operator enters the
+        // resident's; when absent it is the credential's subject
+        if caller.checked && request.reporter_id.is_empty() {
+            request.reporter_id = caller.subject.clone();
+        }
         if caller.checked {
             // the report's grid, named or found from the position, must lie in the caller's region
             let place = request.place.clone().unwrap_or_default();
@@ -132,7 +136,9 @@ impl IntakeService for IntakeGrpc {
         let caller = Caller::of(&request)?;
         let mut request = request.into_inner();
         if request.community_code.is_empty() {
-            request.reporter_id = caller.actor("reporter_id", &request.reporter_id)?;
+            if caller.checked && request.reporter_id.is_empty() {
+                request.reporter_id = caller.subject.clone();
+            }
         } else {
             caller.require_region("community_code", &request.community_code)?;
         }
