@@ -353,11 +353,13 @@ impl DispatchService for DispatchGrpc {
         request: Request<pb::AcceptCaseRequest>,
     ) -> Result<Response<pb::Case>, Status> {
         let caller = Caller::of(&request)?;
-        let request = request.into_inner();
+        let mut request = request.into_inner();
+        // the actor is the credential's subject; a operator_id given must be the same
+        request.operator_id = caller.actor("operator_id", &request.operator_id)?;
         requests::check_accept(&self.limits, &request)?;
         self.authorize_case(&caller, &request.case_id).await?;
         let command = Command::Accept {
-            by: caller.actor("operator_id", &request.operator_id)?,
+            by: request.operator_id,
         };
         Ok(Response::new(
             self.change_case(&request.case_id, command).await?,
@@ -369,11 +371,13 @@ impl DispatchService for DispatchGrpc {
         request: Request<pb::RejectCaseRequest>,
     ) -> Result<Response<pb::Case>, Status> {
         let caller = Caller::of(&request)?;
-        let request = request.into_inner();
+        let mut request = request.into_inner();
+        // the actor is the credential's subject; a operator_id given must be the same
+        request.operator_id = caller.actor("operator_id", &request.operator_id)?;
         requests::check_reject(&self.limits, &request)?;
         self.authorize_case(&caller, &request.case_id).await?;
         let command = Command::Reject {
-            by: caller.actor("operator_id", &request.operator_id)?,
+            by: request.operator_id,
             reason: request.reason,
         };
         Ok(Response::new(
@@ -386,7 +390,9 @@ impl DispatchService for DispatchGrpc {
         request: Request<pb::WhistleCaseRequest>,
     ) -> Result<Response<pb::Case>, Status> {
         let caller = Caller::of(&request)?;
-        let request = request.into_inner();
+        let mut request = request.into_inner();
+        // the actor is the credential's subject; a operator_id given must be the same
+        request.operator_id = caller.actor("operator_id", &request.operator_id)?;
         let overrides = requests::check_whistle(&self.limits, &request)?;
         let row = self.authorize_case(&caller, &request.case_id).await?;
         let (limits, requires_on_site) = service::whistle_terms(&self.db, &row, &overrides).await?;
@@ -397,7 +403,7 @@ impl DispatchService for DispatchGrpc {
         )
         .await?;
         let command = Command::Whistle {
-            by: caller.actor("operator_id", &request.operator_id)?,
+            by: request.operator_id,
             targets,
             limits,
             requires_on_site,
@@ -412,11 +418,13 @@ impl DispatchService for DispatchGrpc {
         request: Request<pb::ResolveLocallyRequest>,
     ) -> Result<Response<pb::Case>, Status> {
         let caller = Caller::of(&request)?;
-        let request = request.into_inner();
+        let mut request = request.into_inner();
+        // the actor is the credential's subject; a operator_id given must be the same
+        request.operator_id = caller.actor("operator_id", &request.operator_id)?;
         requests::check_resolve_locally(&self.limits, &request)?;
         self.authorize_case(&caller, &request.case_id).await?;
         let command = Command::ResolveLocally {
-            by: caller.actor("operator_id", &request.operator_id)?,
+            by: request.operator_id,
             resolution: request.resolution,
         };
         Ok(Response::new(
@@ -429,11 +437,13 @@ impl DispatchService for DispatchGrpc {
         request: Request<pb::VerifyCaseRequest>,
     ) -> Result<Response<pb::Case>, Status> {
         let caller = Caller::of(&request)?;
-        let request = request.into_inner();
+        let mut request = request.into_inner();
+        // the actor is the credential's subject; a verifier_id given must be the same
+        request.verifier_id = caller.actor("verifier_id", &request.verifier_id)?;
         requests::check_verify(&self.limits, &request)?;
         self.authorize_case(&caller, &request.case_id).await?;
         let command = Command::Verify {
-            by: caller.actor("verifier_id", &request.verifier_id)?,
+            by: request.verifier_id,
             passed: request.passed,
             note: request.note,
             failed_assignment_ids: request.failed_assignment_ids,
@@ -448,11 +458,13 @@ impl DispatchService for DispatchGrpc {
         request: Request<pb::DecideExtensionRequest>,
     ) -> Result<Response<pb::Case>, Status> {
         let caller = Caller::of(&request)?;
-        let request = request.into_inner();
+        let mut request = request.into_inner();
+        // the actor is the credential's subject; a operator_id given must be the same
+        request.operator_id = caller.actor("operator_id", &request.operator_id)?;
         requests::check_decide_extension(&self.limits, &request)?;
         self.authorize_case(&caller, &request.case_id).await?;
         let command = Command::DecideExtension {
-            by: caller.actor("operator_id", &request.operator_id)?,
+            by: request.operator_id,
             assignment_id: request.assignment_id,
             approved: request.approved,
             note: request.note,
@@ -467,12 +479,14 @@ impl DispatchService for DispatchGrpc {
         request: Request<pb::DecideReturnRequest>,
     ) -> Result<Response<pb::Case>, Status> {
         let caller = Caller::of(&request)?;
-        let request = request.into_inner();
+        let mut request = request.into_inner();
+        // the actor is the credential's subject; a operator_id given must be the same
+        request.operator_id = caller.actor("operator_id", &request.operator_id)?;
         requests::check_decide_return(&self.limits, &request)?;
         let row = self.authorize_case(&caller, &request.case_id).await?;
         let (route_departments, fallback) = service::return_terms(&self.db, &row).await?;
         let command = Command::DecideReturn {
-            by: caller.actor("operator_id", &request.operator_id)?,
+            by: request.operator_id,
             assignment_id: request.assignment_id,
             upheld: request.upheld,
             note: request.note,
@@ -489,11 +503,13 @@ impl DispatchService for DispatchGrpc {
         request: Request<pb::DeferCaseRequest>,
     ) -> Result<Response<pb::Case>, Status> {
         let caller = Caller::of(&request)?;
-        let request = request.into_inner();
+        let mut request = request.into_inner();
+        // the actor is the credential's subject; a operator_id given must be the same
+        request.operator_id = caller.actor("operator_id", &request.operator_id)?;
         let until = requests::check_defer(&self.limits, self.clock.now(), &request)?;
         self.authorize_case(&caller, &request.case_id).await?;
         let command = Command::Defer {
-            by: caller.actor("operator_id", &request.operator_id)?,
+            by: request.operator_id,
             reason: request.reason,
             until,
         };
@@ -507,11 +523,13 @@ impl DispatchService for DispatchGrpc {
         request: Request<pb::ResumeCaseRequest>,
     ) -> Result<Response<pb::Case>, Status> {
         let caller = Caller::of(&request)?;
-        let request = request.into_inner();
+        let mut request = request.into_inner();
+        // the actor is the credential's subject; a operator_id given must be the same
+        request.operator_id = caller.actor("operator_id", &request.operator_id)?;
         requests::check_resume(&self.limits, &request)?;
         self.authorize_case(&caller, &request.case_id).await?;
         let command = Command::Resume {
-            by: caller.actor("operator_id", &request.operator_id)?,
+            by: request.operator_id,
             note: request.note,
         };
         Ok(Response::new(
