@@ -95,11 +95,15 @@ async fn channel(url: &str, service: &str) -> anyhow::Result<Channel> {
 
 impl Endpoints {
     pub async fn intake(&self) -> anyhow::Result<IntakeServiceClient<AuthedChannel>> {
-        Ok(IntakeServiceClient::new(authed(&self.intake, "intake").await?))
+        Ok(IntakeServiceClient::new(
+            authed(&self.intake, "intake").await?,
+        ))
     }
 
     pub async fn dispatch(&self) -> anyhow::Result<DispatchServiceClient<AuthedChannel>> {
-        Ok(DispatchServiceClient::new(authed(&self.dispatch, "dispatch").await?))
+        Ok(DispatchServiceClient::new(
+            authed(&self.dispatch, "dispatch").await?,
+        ))
     }
 
     pub async fn gateway(&self) -> anyhow::Result<DepartmentGatewayClient<Channel>> {
@@ -109,7 +113,9 @@ impl Endpoints {
     }
 
     pub async fn evaluation(&self) -> anyhow::Result<EvaluationServiceClient<AuthedChannel>> {
-        Ok(EvaluationServiceClient::new(authed(&self.evaluation, "evaluation").await?))
+        Ok(EvaluationServiceClient::new(
+            authed(&self.evaluation, "evaluation").await?,
+        ))
     }
 }
 

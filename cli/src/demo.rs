@@ -4,10 +4,10 @@
 //! closure (one with a return the street upholds and a failed verification), one whose department
 //! does not report and is escalated within seconds, one with an approved extension (延期).
 
+use crate::client::AuthedChannel;
 use crate::client::{Endpoints, with_token};
 use std::collections::BTreeMap;
 use std::time::Duration;
-use crate::client::AuthedChannel;
 use tonic::transport::Channel;
 use whistle_proto::dispatch::dispatch_service_client::DispatchServiceClient;
 use whistle_proto::dispatch::{

@@ -47,7 +47,12 @@ struct IdentityArgs {
     )]
     tokens_file: PathBuf,
     /// A bearer token to send on every call instead (from `whistle token issue`).
-    #[arg(long, global = true, env = "WHISTLE_BEARER_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "WHISTLE_BEARER_TOKEN",
+        hide_env_values = true
+    )]
     bearer_token: Option<String>,
 }
 
@@ -376,7 +381,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("key id      {}", key.kid);
             println!("public key  {}", key.public_key);
             println!("private key {} (0600)", private.display());
-            println!("services    auth.keys_file = {:?}", public.display().to_string());
+            println!(
+                "services    auth.keys_file = {:?}",
+                public.display().to_string()
+            );
         }
         Command::Token {
             command:
@@ -394,7 +402,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 )
             })?;
             if region.is_empty() || !region.chars().all(|c| c.is_ascii_digit()) {
-                anyhow::bail!("--region must be a region code of digits, e.g. 420303, got {region:?}");
+                anyhow::bail!(
+                    "--region must be a region code of digits, e.g. 420303, got {region:?}"
+                );
             }
             let subject = subject.unwrap_or_else(|| format!("{role}-{region}"));
             let key = whistle_platform::auth::SigningKey::read(&key)?;

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-pub use whistle_platform::local_nats::{LocalNatsServer, free_port};
 use whistle_platform::auth::{BearerLayer, Role, SigningKey, TokenRequest, WithBearer};
+pub use whistle_platform::local_nats::{LocalNatsServer, free_port};
 
 /// A client channel that adds the harness's bearer token for each call.
 pub type AuthedChannel = WithBearer<tonic::transport::Channel>;

@@ -583,7 +583,10 @@ async fn every_rpc_every_role_in_and_out_of_region() {
         .await
         .is_err()
     {
-        assert!(tokio::time::Instant::now() < deadline, "case never reached dispatch");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "case never reached dispatch"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let fixture = Fixture {
@@ -600,15 +603,27 @@ async fn every_rpc_every_role_in_and_out_of_region() {
         (
             "expired",
             Some(
-                key.sign(&claims("chechenglu-dispatch", Role::StreetOperator, "420303003", "e", -3600))
-                    .expect("token"),
+                key.sign(&claims(
+                    "chechenglu-dispatch",
+                    Role::StreetOperator,
+                    "420303003",
+                    "e",
+                    -3600,
+                ))
+                .expect("token"),
             ),
         ),
         (
             "forged signature",
             Some(
                 forged_signer
-                    .sign(&claims("chechenglu-dispatch", Role::Admin, "420300", "f", 3600))
+                    .sign(&claims(
+                        "chechenglu-dispatch",
+                        Role::Admin,
+                        "420300",
+                        "f",
+                        3600,
+                    ))
                     .expect("token"),
             ),
         ),
@@ -616,7 +631,13 @@ async fn every_rpc_every_role_in_and_out_of_region() {
             "unknown kid",
             Some(
                 stranger
-                    .sign(&claims("chechenglu-dispatch", Role::Admin, "420300", "u", 3600))
+                    .sign(&claims(
+                        "chechenglu-dispatch",
+                        Role::Admin,
+                        "420300",
+                        "u",
+                        3600,
+                    ))
                     .expect("token"),
             ),
         ),

@@ -82,7 +82,8 @@ async fn walk_the_whistle(storage: Storage) {
     let mut gateway = DepartmentGatewayClient::connect(platform.gateway.url())
         .await
         .expect("gateway");
-    let mut evaluation = EvaluationServiceClient::new(platform.auth.channel(&platform.evaluation.url()));
+    let mut evaluation =
+        EvaluationServiceClient::new(platform.auth.channel(&platform.evaluation.url()));
 
     let unauthenticated = gateway
         .subscribe(SubscribeRequest { after_sequence: 0 })

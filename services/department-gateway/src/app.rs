@@ -4,7 +4,6 @@
 use crate::config::GatewayConfig;
 use crate::credentials::CredentialCache;
 use crate::forwarding::DispatchForwarder;
-use whistle_platform::config::ConfigError;
 use crate::grpc::GatewayGrpc;
 use crate::notices::{self, NoticeRecorder, NoticeSignal};
 use crate::slots::SubscriptionSlots;
@@ -14,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use whistle_platform::clock::{SharedClock, to_millis};
+use whistle_platform::config::ConfigError;
 use whistle_platform::grpc::{GrpcListener, HealthProbe};
 use whistle_platform::inbox::{self, ConsumerSpec};
 use whistle_platform::{db, grpc, nats};
@@ -51,11 +51,13 @@ pub async fn run(
         crate::credentials::issue_missing_credentials(&db, file).await?;
     }
     let service_token = match &config.dispatch.service_token_file {
-        Some(file) => Some(whistle_platform::auth::read_token_file(file).map_err(|error| {
-            anyhow::Error::new(ConfigError::Invalid(format!(
-                "dispatch.service_token_file: {error}"
-            )))
-        })?),
+        Some(file) => Some(
+            whistle_platform::auth::read_token_file(file).map_err(|error| {
+                anyhow::Error::new(ConfigError::Invalid(format!(
+                    "dispatch.service_token_file: {error}"
+                )))
+            })?,
+        ),
         None if config.auth.enabled => {
             return Err(ConfigError::Invalid(
                 "dispatch.service_token_file is required with auth on: dispatch accepts department actions only from the gateway's service identity".into(),

@@ -2,8 +2,8 @@
 
 use crate::policy;
 use crate::service::Intake;
-use whistle_platform::auth::Caller;
 use tonic::{Request, Response, Status};
+use whistle_platform::auth::Caller;
 use whistle_proto::intake::intake_service_server::IntakeService;
 use whistle_proto::intake::{
     AttachEvidenceRequest, AttachEvidenceResponse, GetReportRequest, ImportGridsRequest,
@@ -62,7 +62,11 @@ impl IntakeService for IntakeGrpc {
     ) -> Result<Response<Report>, Status> {
         let caller = Caller::of(&request)?;
         let report = self.intake.report(request.into_inner()).await?;
-        let code = report.region.as_ref().map(policy::region_code).unwrap_or_default();
+        let code = report
+            .region
+            .as_ref()
+            .map(policy::region_code)
+            .unwrap_or_default();
         caller.require_region(&format!("report {}", report.report_id), code)?;
         Ok(Response::new(report))
     }
@@ -104,7 +108,13 @@ impl IntakeService for IntakeGrpc {
         let mut listed = self.intake.list_reports(request.into_inner()).await?;
         // only the reports inside the caller's region (a page may then hold fewer)
         listed.reports.retain(|report| {
-            caller.covers(report.region.as_ref().map(policy::region_code).unwrap_or_default())
+            caller.covers(
+                report
+                    .region
+                    .as_ref()
+                    .map(policy::region_code)
+                    .unwrap_or_default(),
+            )
         });
         Ok(Response::new(listed))
     }
@@ -123,7 +133,11 @@ impl IntakeService for IntakeGrpc {
                     report_id: request.report_id.clone(),
                 })
                 .await?;
-            let code = report.region.as_ref().map(policy::region_code).unwrap_or_default();
+            let code = report
+                .region
+                .as_ref()
+                .map(policy::region_code)
+                .unwrap_or_default();
             caller.require_region(&format!("report {}", report.report_id), code)?;
         }
         Ok(Response::new(self.intake.split(request).await?))

@@ -431,7 +431,11 @@ impl Verifier {
                 }
             }
         }
-        tracing::info!(keys = keys.len(), revoked = revoked.len(), "bearer tokens checked");
+        tracing::info!(
+            keys = keys.len(),
+            revoked = revoked.len(),
+            "bearer tokens checked"
+        );
         Ok(Self {
             enabled: true,
             keys,
@@ -493,36 +497,38 @@ impl Verifier {
                 format!("the bearer token's key id {kid:?} is not a configured key"),
             ));
         };
-        let data = jsonwebtoken::decode::<Claims>(token, key, &self.validation).map_err(|error| {
-            use jsonwebtoken::errors::ErrorKind;
-            match error.kind() {
-                ErrorKind::ExpiredSignature => {
-                    Refusal::new("expired", "the bearer token has expired")
+        let data =
+            jsonwebtoken::decode::<Claims>(token, key, &self.validation).map_err(|error| {
+                use jsonwebtoken::errors::ErrorKind;
+                match error.kind() {
+                    ErrorKind::ExpiredSignature => {
+                        Refusal::new("expired", "the bearer token has expired")
+                    }
+                    ErrorKind::InvalidSignature => Refusal::new(
+                        "bad_signature",
+                        "the bearer token's signature does not verify",
+                    ),
+                    ErrorKind::InvalidIssuer => Refusal::new(
+                        "wrong_issuer",
+                        "the bearer token's issuer (iss) is not accepted",
+                    ),
+                    ErrorKind::InvalidAudience => Refusal::new(
+                        "wrong_audience",
+                        "the bearer token's audience (aud) is not accepted",
+                    ),
+                    ErrorKind::ImmatureSignature => {
+                        Refusal::new("not_yet_valid", "the bearer token is not valid yet")
+                    }
+                    ErrorKind::MissingRequiredClaim(claim) => Refusal::new(
+                        "malformed",
+                        format!("the bearer token lacks the claim {claim}"),
+                    ),
+                    _ => Refusal::new(
+                        "malformed",
+                        format!("the bearer token's claims are invalid: {error}"),
+                    ),
                 }
-                ErrorKind::InvalidSignature => Refusal::new(
-                    "bad_signature",
-                    "the bearer token's signature does not verify",
-                ),
-                ErrorKind::InvalidIssuer => {
-                    Refusal::new("wrong_issuer", "the bearer token's issuer (iss) is not accepted")
-                }
-                ErrorKind::InvalidAudience => Refusal::new(
-                    "wrong_audience",
-                    "the bearer token's audience (aud) is not accepted",
-                ),
-                ErrorKind::ImmatureSignature => {
-                    Refusal::new("not_yet_valid", "the bearer token is not valid yet")
-                }
-                ErrorKind::MissingRequiredClaim(claim) => Refusal::new(
-                    "malformed",
-                    format!("the bearer token lacks the claim {claim}"),
-                ),
-                _ => Refusal::new(
-                    "malformed",
-                    format!("the bearer token's claims are invalid: {error}"),
-                ),
-            }
-        })?;
+            })?;
         let claims = data.claims;
         if claims.sub.trim().is_empty() {
             return Err(Refusal::new("malformed", "the bearer token's sub is empty"));
@@ -604,7 +610,13 @@ impl AuthLayer {
             Ok(caller) => caller,
             Err(refusal) => {
                 count_refusal(refusal.reason, self.service);
-                tracing::warn!(service = self.service, method, reason = refusal.reason, "call refused: {}", refusal.message);
+                tracing::warn!(
+                    service = self.service,
+                    method,
+                    reason = refusal.reason,
+                    "call refused: {}",
+                    refusal.message
+                );
                 return Err(tonic::Status::unauthenticated(refusal.message));
             }
         };
@@ -625,7 +637,11 @@ impl AuthLayer {
             Some(Access::OwnCredential) => Ok(caller),
             None => {
                 count_refusal("no_policy", self.service);
-                tracing::warn!(service = self.service, method, "call refused: the method is in no policy");
+                tracing::warn!(
+                    service = self.service,
+                    method,
+                    "call refused: the method is in no policy"
+                );
                 Err(tonic::Status::permission_denied(format!(
                     "{method} is open to no role"
                 )))
@@ -682,7 +698,9 @@ where
                 request.extensions_mut().insert(caller);
                 futures::future::Either::Left(self.inner.call(request))
             }
-            Err(status) => futures::future::Either::Right(std::future::ready(Ok(status.into_http()))),
+            Err(status) => {
+                futures::future::Either::Right(std::future::ready(Ok(status.into_http())))
+            }
         }
     }
 }
@@ -931,7 +949,12 @@ pub struct TokenRequest {
 
 impl TokenRequest {
     /// A token of Whistle's default issuer and audience.
-    pub fn new(subject: impl Into<String>, role: Role, region: impl Into<String>, ttl: Duration) -> Self {
+    pub fn new(
+        subject: impl Into<String>,
+        role: Role,
+        region: impl Into<String>,
+        ttl: Duration,
+    ) -> Self {
         Self {
             subject: subject.into(),
             role,
