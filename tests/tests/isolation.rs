@@ -88,7 +88,7 @@ async fn streets_and_districts_are_isolated() {
     for (key, grid, lat, lng) in [
         ("chechenglu", "420303003001001", 32.6369, 110.7986),
         ("hanjianglu", "420303004001001", 32.6375, 110.7775),
-        ("wudanglu", "420302001001001", 32.6375, 110.8145),
+        ("wudanglu", "420302001001001", 32.6375, 110.8375),
     ] {
         let submitted = intake
             .submit_report(garbage_at(key, grid, lat, lng, key))
