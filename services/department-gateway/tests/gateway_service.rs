@@ -230,7 +230,7 @@ async fn credentials_are_issued_once_and_authenticate() {
     let mut gateway = start(config(dir.path(), &nats, closed_dispatch_url())).await;
 
     let tokens = read_tokens(&credentials_path(dir.path()));
-    assert_eq!(tokens.len(), 12, "one token per demo department");
+    assert_eq!(tokens.len(), 15, "one token per demo department");
     let sanitation = tokens
         .get("zw-sanitation")
         .expect("sanitation token")
