@@ -54,7 +54,7 @@ fn credentials_path(dir: &Path) -> PathBuf {
 fn config(dir: &Path, nats: &LocalNatsServer, dispatch_url: String) -> GatewayConfig {
     let mut config = GatewayConfig::default();
     // one service in-process: authentication is the end-to-end tests' (tests/tests/authorization.rs)
-    config.auth = whistle_platform::auth::AuthConfig::disabled();
+    config.auth.enabled = false;
     config.database.url = format!(
         "sqlite://{}",
         dir.join("department-gateway.sqlite").display()

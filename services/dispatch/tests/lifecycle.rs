@@ -62,7 +62,7 @@ async fn start(postgres: bool) -> Harness {
         .unwrap_or_else(|| bed.sqlite_url("dispatch"));
     let mut config = DispatchConfig::default();
     // one service in-process: authentication is the end-to-end tests' (tests/tests/authorization.rs)
-    config.auth = whistle_platform::auth::AuthConfig::disabled();
+    config.auth.enabled = false;
     config.database.url = url.clone();
     config.nats.url = bed.nats.url();
     config.catalogue.file = Some(TestBed::demo_catalogue());

@@ -52,7 +52,7 @@ async fn start() -> Harness {
     let bed = TestBed::new().await;
     let mut config = EvaluationConfig::default();
     // one service in-process: authentication is the end-to-end tests' (tests/tests/authorization.rs)
-    config.auth = whistle_platform::auth::AuthConfig::disabled();
+    config.auth.enabled = false;
     config.database.url = bed.sqlite_url("evaluation");
     config.nats.url = bed.nats.url();
     config.catalogue.file = Some(TestBed::demo_catalogue());
