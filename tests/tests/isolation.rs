@@ -85,6 +85,7 @@ async fn streets_and_districts_are_isolated() {
         ));
     // 车城路 (张湾区), 汉江路 (张湾区), 武当路 (茅箭区)
     let mut case_ids = Vec::new();
+    let mut report_ids = Vec::new();
     for (key, grid, lat, lng) in [
         ("chechenglu", "420303003001001", 32.6369, 110.7986),
         ("hanjianglu", "420303004001001", 32.6375, 110.7775),
@@ -96,8 +97,54 @@ async fn streets_and_districts_are_isolated() {
             .unwrap_or_else(|status| panic!("report in {key}: {status:?}"))
             .into_inner();
         case_ids.push(submitted.case_id);
+        report_ids.push(submitted.report_id);
     }
     let [chechenglu, hanjianglu, wudanglu]: [String; 3] = case_ids.try_into().expect("three");
+
+    // intake too: another street's report is neither readable nor listed
+    let hanjianglu_intake_token =
+        platform
+            .auth
+            .token("hanjianglu-dispatch", Role::StreetOperator, "420303004");
+    let mut hanjianglu_intake = IntakeServiceClient::new(tower::Layer::layer(
+        &BearerLayer::new(hanjianglu_intake_token),
+        tonic::transport::Endpoint::from_shared(platform.intake.url())
+            .expect("url")
+            .connect_lazy(),
+    ));
+    let denied = hanjianglu_intake
+        .get_report(whistle_proto::intake::GetReportRequest {
+            report_id: report_ids[0].clone(),
+        })
+        .await
+        .expect_err("another street's report");
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
+    hanjianglu_intake
+        .get_report(whistle_proto::intake::GetReportRequest {
+            report_id: report_ids[1].clone(),
+        })
+        .await
+        .expect("its own street's report");
+    let listed_reports: BTreeSet<String> = hanjianglu_intake
+        .list_reports(whistle_proto::intake::ListReportsRequest {
+            page_size: 100,
+            ..Default::default()
+        })
+        .await
+        .expect("list reports")
+        .into_inner()
+        .reports
+        .into_iter()
+        .map(|report| report.report_id)
+        .collect();
+    assert!(
+        listed_reports.contains(&report_ids[1]),
+        "{listed_reports:?}"
+    );
+    assert!(
+        !listed_reports.contains(&report_ids[0]) && !listed_reports.contains(&report_ids[2]),
+        "{listed_reports:?}"
+    );
 
     let mut city = dispatch_as(&platform, "shiyan-supervisor", Role::Supervisor, "420300");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
