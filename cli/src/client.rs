@@ -10,6 +10,70 @@ use whistle_proto::evaluation::evaluation_service_client::EvaluationServiceClien
 use whistle_proto::gateway::department_gateway_client::DepartmentGatewayClient;
 use whistle_proto::intake::intake_service_client::IntakeServiceClient;
 
+/// A channel that adds the bearer token of the CLI's identity to each call.
+pub type AuthedChannel = whistle_platform::auth::WithBearer<Channel>;
+
+/// Who the CLI calls as: one token for every call (`--as`), or else the demo people's tokens,
+/// each call made by the person whose role may make it ([`persona_for_call`]).
+#[derive(Debug, Clone, Default)]
+pub struct Identity {
+    pub token: Option<String>,
+    pub personas: BTreeMap<String, String>,
+}
+
+static IDENTITY: std::sync::RwLock<Option<Identity>> = std::sync::RwLock::new(None);
+
+/// Sets who the CLI calls as (read at each call).
+pub fn set_identity(identity: Identity) {
+    if let Ok(mut current) = IDENTITY.write() {
+        *current = Some(identity);
+    }
+}
+
+/// The demo person who makes a call by default: the street operator for dispatch's street work and
+/// reads, a community worker to verify, the grid worker to report, the administrator for the
+/// catalogue, the call-back operator for satisfaction, the supervisor for scores; none for the
+/// department gateway (departments send their own token).
+pub fn persona_for_call(path: &str) -> Option<&'static str> {
+    let (service, method) = path.trim_start_matches('/').split_once('/')?;
+    if service.starts_with("whistle.gateway.") {
+        return None;
+    }
+    Some(match method {
+        "VerifyCase" => "community",
+        "SubmitReport" | "AttachEvidence" => "reporter",
+        "PutRoute" | "ImportGrids" | "ClosePeriod" => "admin",
+        "RecordSatisfaction" => "callback",
+        "GetScorecard" | "GetRanking" | "ExplainScore" => "supervisor",
+        _ => "street",
+    })
+}
+
+/// The token of a demo person of the CLI's identity (`street`, `community:<code>`, ...).
+pub fn persona_token(name: &str) -> Option<String> {
+    let identity = IDENTITY.read().ok()?.clone()?;
+    identity.personas.get(name).cloned()
+}
+
+fn bearer() -> whistle_platform::auth::BearerLayer {
+    whistle_platform::auth::BearerLayer::per_call(std::sync::Arc::new(|path: &str| {
+        let identity = IDENTITY.read().ok()?.clone()?;
+        if let Some(token) = identity.token {
+            return Some(token);
+        }
+        identity.personas.get(persona_for_call(path)?).cloned()
+    }))
+}
+
+async fn authed(url: &str, service: &str) -> anyhow::Result<AuthedChannel> {
+    Ok(tower::Layer::layer(&bearer(), channel(url, service).await?))
+}
+
+/// A request carrying a bearer token of its own (it wins over the CLI's identity).
+pub fn as_person<T>(message: T, token: &str) -> anyhow::Result<Request<T>> {
+    with_token(message, token)
+}
+
 /// Endpoints of the four services.
 #[derive(Debug, Clone)]
 pub struct Endpoints {
@@ -30,15 +94,15 @@ async fn channel(url: &str, service: &str) -> anyhow::Result<Channel> {
 }
 
 impl Endpoints {
-    pub async fn intake(&self) -> anyhow::Result<IntakeServiceClient<Channel>> {
+    pub async fn intake(&self) -> anyhow::Result<IntakeServiceClient<AuthedChannel>> {
         Ok(IntakeServiceClient::new(
-            channel(&self.intake, "intake").await?,
+            authed(&self.intake, "intake").await?,
         ))
     }
 
-    pub async fn dispatch(&self) -> anyhow::Result<DispatchServiceClient<Channel>> {
+    pub async fn dispatch(&self) -> anyhow::Result<DispatchServiceClient<AuthedChannel>> {
         Ok(DispatchServiceClient::new(
-            channel(&self.dispatch, "dispatch").await?,
+            authed(&self.dispatch, "dispatch").await?,
         ))
     }
 
@@ -48,9 +112,9 @@ impl Endpoints {
         ))
     }
 
-    pub async fn evaluation(&self) -> anyhow::Result<EvaluationServiceClient<Channel>> {
+    pub async fn evaluation(&self) -> anyhow::Result<EvaluationServiceClient<AuthedChannel>> {
         Ok(EvaluationServiceClient::new(
-            channel(&self.evaluation, "evaluation").await?,
+            authed(&self.evaluation, "evaluation").await?,
         ))
     }
 }

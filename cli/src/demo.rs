@@ -4,6 +4,7 @@
 //! closure (one with a return the street upholds and a failed verification), one whose department
 //! does not report and is escalated within seconds, one with an approved extension (延期).
 
+use crate::client::AuthedChannel;
 use crate::client::{Endpoints, with_token};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -43,10 +44,10 @@ const IGNORED_ACKNOWLEDGE_SECS: i64 = 5;
 const IGNORED_ESCALATE_AFTER_SECS: i64 = 5;
 
 struct Demo {
-    intake: IntakeServiceClient<Channel>,
-    dispatch: DispatchServiceClient<Channel>,
+    intake: IntakeServiceClient<AuthedChannel>,
+    dispatch: DispatchServiceClient<AuthedChannel>,
     gateway: DepartmentGatewayClient<Channel>,
-    evaluation: EvaluationServiceClient<Channel>,
+    evaluation: EvaluationServiceClient<AuthedChannel>,
     tokens: BTreeMap<String, String>,
     run: String,
 }
@@ -54,6 +55,25 @@ struct Demo {
 const WAIT: Duration = Duration::from_secs(30);
 
 impl Demo {
+    /// The token of the community worker of the case's community.
+    async fn community_token(&mut self, case_id: &str) -> anyhow::Result<String> {
+        let case = self
+            .dispatch
+            .get_case(GetCaseRequest {
+                case_id: case_id.into(),
+            })
+            .await
+            .map_err(crate::client::status_error)?
+            .into_inner();
+        let community = case
+            .region
+            .map(|region| region.community_code)
+            .unwrap_or_default();
+        crate::client::persona_token(&format!("community:{community}"))
+            .or_else(|| crate::client::persona_token("community"))
+            .ok_or_else(|| anyhow::anyhow!("no community worker token for community {community}"))
+    }
+
     fn token(&self, department: &str) -> anyhow::Result<&str> {
         self.tokens
             .get(department)
@@ -272,15 +292,18 @@ impl Demo {
             case.status == CaseStatus::AwaitingVerification as i32
         })
         .await?;
+        // the community of the case verifies it, with its own credential
+        let community = self.community_token(case_id).await?;
+        let request = VerifyCaseRequest {
+            case_id: case_id.into(),
+            passed,
+            note: note.into(),
+            failed_assignment_ids: failed.to_vec(),
+            ..Default::default()
+        };
         let case = self
             .dispatch
-            .verify_case(VerifyCaseRequest {
-                case_id: case_id.into(),
-                verifier_id: "社区-核查员".into(),
-                passed,
-                note: note.into(),
-                failed_assignment_ids: failed.to_vec(),
-            })
+            .verify_case(crate::client::as_person(request, &community)?)
             .await?
             .into_inner();
         println!(
@@ -298,23 +321,26 @@ impl Demo {
     async fn rate(&mut self, case: &Case, scores: &[(&str, u32)]) -> anyhow::Result<()> {
         for (department, score) in scores {
             let assignment_id = Self::assignment_of(case, department)?;
-            // the street that whistled the case and the community it is in, by their codes
-            let region = case.region.clone().unwrap_or_default();
-            for (rater, rater_id) in [
-                (Rater::Street, region.street_code),
-                (Rater::Community, region.community_code),
-            ] {
+            // the street and the case's community, each with its own credential (the rater is
+            // the credential's street or community)
+            let community = self.community_token(&case.case_id).await?;
+            let street = crate::client::persona_token("street")
+                .ok_or_else(|| anyhow::anyhow!("no street operator token"))?;
+            for (rater, token) in [(Rater::Street, street), (Rater::Community, community)] {
                 let request = RateCooperationRequest {
                     assignment_id: assignment_id.clone(),
                     rater: rater as i32,
-                    rater_id,
                     score: *score,
-                    comment: String::new(),
+                    ..Default::default()
                 };
                 retry_not_found(|| {
                     let mut evaluation = self.evaluation.clone();
-                    let request = request.clone();
-                    async move { evaluation.rate_cooperation(request).await.map(|_| ()) }
+                    let request = crate::client::as_person(request.clone(), &token);
+                    async move {
+                        let request = request
+                            .map_err(|error| tonic::Status::invalid_argument(error.to_string()))?;
+                        evaluation.rate_cooperation(request).await.map(|_| ())
+                    }
                 })
                 .await?;
             }
@@ -473,14 +499,14 @@ pub async fn play(
     demo.dispatch
         .accept_case(AcceptCaseRequest {
             case_id: property.clone(),
-            operator_id: "车城路调度中心".into(),
+            operator_id: String::new(),
         })
         .await?;
     let case = demo
         .dispatch
         .whistle_case(WhistleCaseRequest {
             case_id: property.clone(),
-            operator_id: "车城路调度中心".into(),
+            operator_id: String::new(),
             lead_department_code: "zw-housing".into(),
             co_department_codes: vec!["zw-traffic-police".into()],
             limits: None,
@@ -508,7 +534,7 @@ pub async fn play(
         .decide_return(DecideReturnRequest {
             case_id: property.clone(),
             assignment_id: police,
-            operator_id: "车城路调度中心".into(),
+            operator_id: String::new(),
             upheld: true,
             note: "退回成立: 小区内部道路由物业管理".into(),
         })
@@ -518,7 +544,7 @@ pub async fn play(
         .dispatch
         .whistle_case(WhistleCaseRequest {
             case_id: property.clone(),
-            operator_id: "车城路调度中心".into(),
+            operator_id: String::new(),
             lead_department_code: "zw-housing".into(),
             co_department_codes: vec!["pm-jinding".into()],
             limits: None,
@@ -569,7 +595,7 @@ pub async fn play(
         .dispatch
         .whistle_case(WhistleCaseRequest {
             case_id: vendors.clone(),
-            operator_id: "车城路调度中心".into(),
+            operator_id: String::new(),
             lead_department_code: "zw-enforcement".into(),
             co_department_codes: vec![],
             limits: Some(LimitOverrides {
@@ -670,7 +696,7 @@ pub async fn play(
         .decide_extension(DecideExtensionRequest {
             case_id: manhole.clone(),
             assignment_id: water,
-            operator_id: "车城路调度中心".into(),
+            operator_id: String::new(),
             approved: true,
             note: "同意延期，临时围挡须保持到位".into(),
         })

@@ -11,3 +11,4 @@ pub mod grid;
 pub mod local;
 pub mod outbox;
 pub mod output;
+pub mod tokens;

@@ -62,6 +62,8 @@ pub struct LocalPlatform {
     pub open311_api_key_file: PathBuf,
     pub nats_url: String,
     pub credentials_file: PathBuf,
+    /// The key pair and the demo people's tokens (docs/security.md).
+    pub auth: crate::tokens::LocalAuth,
     /// The admin ports of intake, dispatch, gateway and evaluation.
     pub admin: [SocketAddr; 4],
     shutdown: CancellationToken,
@@ -107,6 +109,12 @@ impl LocalPlatform {
         let catalogue = data_dir.join("demo-catalogue.json");
         std::fs::write(&catalogue, DEMO_CATALOGUE)?;
         let credentials_file = data_dir.join("demo-credentials.json");
+        let auth = crate::tokens::prepare_local(&data_dir)?;
+        // this process's clients (the demo, the benchmark) call as the demo people
+        crate::client::set_identity(crate::client::Identity {
+            token: None,
+            personas: auth.tokens.clone(),
+        });
 
         let intake_listener = bind(options.bind, options.intake_port, "intake").await?;
         let dispatch_listener = bind(options.bind, options.dispatch_port, "dispatch").await?;
@@ -140,6 +148,7 @@ impl LocalPlatform {
         intake_config.grpc.listen = intake;
         intake_config.database.url = sqlite_url(&data_dir, "intake");
         intake_config.nats.url = nats_url.clone();
+        intake_config.auth.keys_file = Some(auth.public_keys_file.clone());
         intake_config.catalogue.file = Some(catalogue.clone());
         intake_config.open311.enabled = true;
         intake_config.open311.listen = open311;
@@ -149,20 +158,24 @@ impl LocalPlatform {
         dispatch_config.grpc.listen = dispatch;
         dispatch_config.database.url = sqlite_url(&data_dir, "dispatch");
         dispatch_config.nats.url = nats_url.clone();
+        dispatch_config.auth.keys_file = Some(auth.public_keys_file.clone());
         dispatch_config.catalogue.file = Some(catalogue.clone());
 
         let mut gateway_config = whistle_department_gateway::GatewayConfig::load(None)?;
         gateway_config.grpc.listen = gateway;
         gateway_config.database.url = sqlite_url(&data_dir, "department-gateway");
         gateway_config.nats.url = nats_url.clone();
+        gateway_config.auth.keys_file = Some(auth.public_keys_file.clone());
         gateway_config.dispatch.url = format!("http://{}", connectable(dispatch));
         gateway_config.catalogue.file = Some(catalogue.clone());
         gateway_config.catalogue.credentials_file = Some(credentials_file.clone());
+        gateway_config.dispatch.service_token_file = Some(auth.service_token_file.clone());
 
         let mut evaluation_config = whistle_evaluation::EvaluationConfig::load(None)?;
         evaluation_config.grpc.listen = evaluation;
         evaluation_config.database.url = sqlite_url(&data_dir, "evaluation");
         evaluation_config.nats.url = nats_url.clone();
+        evaluation_config.auth.keys_file = Some(auth.public_keys_file.clone());
         evaluation_config.catalogue.file = Some(catalogue.clone());
 
         let shutdown = CancellationToken::new();
@@ -222,6 +235,7 @@ impl LocalPlatform {
             open311_api_key_file,
             nats_url,
             credentials_file,
+            auth,
             admin: admin_addresses
                 .try_into()
                 .map_err(|_| anyhow::anyhow!("four admin ports"))?,

@@ -26,6 +26,56 @@ struct Cli {
     /// Print JSON (one object per line) instead of text.
     #[arg(long, global = true)]
     json: bool,
+    #[command(flatten)]
+    identity: IdentityArgs,
+}
+
+/// Who the client commands call as (docs/security.md).
+#[derive(Debug, Args)]
+struct IdentityArgs {
+    /// Call as this demo person of `whistle up`: street, community, community:<code>, reporter,
+    /// callback, supervisor or admin. Without it each call is made by the person whose role may
+    /// make it (report as the grid worker, verify as the community, scorecard as the supervisor).
+    #[arg(long = "as", global = true, value_name = "PERSON")]
+    as_person: Option<String>,
+    /// The people's tokens `whistle up` wrote.
+    #[arg(
+        long,
+        global = true,
+        env = "WHISTLE_TOKENS_FILE",
+        default_value = "data/demo-tokens.json"
+    )]
+    tokens_file: PathBuf,
+    /// A bearer token to send on every call instead (from `whistle token issue`).
+    #[arg(
+        long,
+        global = true,
+        env = "WHISTLE_BEARER_TOKEN",
+        hide_env_values = true
+    )]
+    bearer_token: Option<String>,
+}
+
+impl IdentityArgs {
+    fn identity(&self) -> anyhow::Result<whistle::client::Identity> {
+        let personas = match whistle::tokens::read_tokens(&self.tokens_file) {
+            Ok(personas) => personas,
+            Err(error) if self.as_person.is_some() => return Err(error),
+            Err(_) => Default::default(),
+        };
+        let token = match (&self.bearer_token, &self.as_person) {
+            (Some(token), _) => Some(token.clone()),
+            (None, Some(person)) => Some(personas.get(person).cloned().ok_or_else(|| {
+                anyhow::anyhow!(
+                    "--as {person}: no such person in {} (there are: {})",
+                    self.tokens_file.display(),
+                    personas.keys().cloned().collect::<Vec<_>>().join(", ")
+                )
+            })?),
+            (None, None) => None,
+        };
+        Ok(whistle::client::Identity { token, personas })
+    }
 }
 
 #[derive(Debug, Args)]
@@ -159,7 +209,9 @@ enum Command {
         /// routine, urgent, emergency or complex.
         #[arg(long, default_value = "urgent")]
         severity: String,
-        #[arg(long, default_value = "grid-worker")]
+        /// The person reporting (a hotline operator enters the resident's id); the credential's
+        /// subject when empty.
+        #[arg(long, default_value = "")]
         reporter: String,
         /// Idempotency key; a fresh one when absent.
         #[arg(long)]
@@ -210,7 +262,8 @@ enum Command {
         failed: bool,
         #[arg(long, default_value = "")]
         note: String,
-        #[arg(long, default_value = "community")]
+        /// Deprecated: the verifier is the credential's subject; when given it must be the same.
+        #[arg(long, default_value = "")]
         verifier: String,
     },
     /// A department's scorecard for a period ("2026-11", "2026-Q4", "2026"); with --format csv or
@@ -234,6 +287,18 @@ enum Command {
         #[command(subcommand)]
         command: whistle::evaluation::EvaluationCommand,
     },
+    /// Make an Ed25519 key pair for signing bearer tokens: the private key (0600) and the public
+    /// keys file services verify with (`auth.keys_file`).
+    Keygen {
+        /// Folder to write signing-key.pem and public-keys.txt into.
+        #[arg(long, default_value = "data/auth")]
+        out_dir: PathBuf,
+    },
+    /// Bearer tokens for people and services.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// Measure latency and throughput on this machine (see docs/benchmarks.md).
     Bench {
         #[arg(long, default_value_t = 100)]
@@ -242,6 +307,29 @@ enum Command {
         throughput_reports: usize,
         #[arg(long, default_value_t = 32)]
         concurrency: usize,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Sign a token and print it.
+    Issue {
+        /// street_operator, community_worker, reporter (grid_worker, hotline_operator),
+        /// callback_operator, supervisor, admin or service.
+        #[arg(long)]
+        role: String,
+        /// Region scope: 420300 (city), 420303 (district), a street, community or grid code.
+        #[arg(long)]
+        region: String,
+        /// Who: a person's id or a service's name; the actor recorded in events.
+        #[arg(long)]
+        subject: Option<String>,
+        /// How long it is valid: 90s, 15m, 12h, 30d.
+        #[arg(long, default_value = "12h")]
+        ttl: String,
+        /// The private key file.
+        #[arg(long, default_value = "data/auth/signing-key.pem")]
+        key: PathBuf,
     },
 }
 
@@ -286,7 +374,63 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         gateway: cli.endpoints.gateway_url,
         evaluation: cli.endpoints.evaluation_url,
     };
+    if !matches!(
+        cli.command,
+        Command::Up { .. } | Command::Bench { .. } | Command::Keygen { .. } | Command::Token { .. }
+    ) {
+        whistle::client::set_identity(cli.identity.identity()?);
+    }
     match cli.command {
+        Command::Keygen { out_dir } => {
+            std::fs::create_dir_all(&out_dir)?;
+            let private = out_dir.join("signing-key.pem");
+            if private.exists() {
+                anyhow::bail!(
+                    "{} exists already: move it away to make a new key",
+                    private.display()
+                );
+            }
+            let key = whistle_platform::auth::SigningKey::generate()?;
+            let public = out_dir.join("public-keys.txt");
+            key.write(&private, &public)?;
+            println!("key id      {}", key.kid);
+            println!("public key  {}", key.public_key);
+            println!("private key {} (0600)", private.display());
+            println!(
+                "services    auth.keys_file = {:?}",
+                public.display().to_string()
+            );
+        }
+        Command::Token {
+            command:
+                TokenCommand::Issue {
+                    role,
+                    region,
+                    subject,
+                    ttl,
+                    key,
+                },
+        } => {
+            let role = whistle_platform::auth::Role::parse(&role).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "--role {role:?}: one of street_operator, community_worker, reporter, grid_worker, hotline_operator, callback_operator, supervisor, admin, service"
+                )
+            })?;
+            if region.is_empty() || !region.chars().all(|c| c.is_ascii_digit()) {
+                anyhow::bail!(
+                    "--region must be a region code of digits, e.g. 420303, got {region:?}"
+                );
+            }
+            let subject = subject.unwrap_or_else(|| format!("{role}-{region}"));
+            let key = whistle_platform::auth::SigningKey::read(&key)?;
+            let token = key.issue(&whistle_platform::auth::TokenRequest::new(
+                subject,
+                role,
+                region,
+                whistle::tokens::parse_ttl(&ttl)?,
+            ))?;
+            println!("{token}");
+        }
         Command::Up {
             data_dir,
             nats_url,
@@ -353,6 +497,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 "  department tokens   {}",
                 platform.credentials_file.display()
             );
+            println!(
+                "  people's tokens     {} (--as street|community|reporter|callback|supervisor|admin)",
+                platform.auth.tokens_file.display()
+            );
             let stop = whistle_platform::shutdown::cancel_on_signals();
             if demo {
                 let local = Endpoints {
@@ -376,6 +524,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Grid { command } => whistle::grid::run(&endpoints, command).await?,
         Command::Outbox { command } => whistle::outbox::run(command).await?,
         Command::Demo { credentials } => {
+            // the people's tokens beside the department credentials of that data folder
+            let people = whistle::tokens::tokens_path(&credentials.data_dir);
+            if cli.identity.as_person.is_none() && people.exists() {
+                whistle::client::set_identity(whistle::client::Identity {
+                    token: cli.identity.bearer_token.clone(),
+                    personas: whistle::tokens::read_tokens(&people)?,
+                });
+            }
             let tokens = whistle::client::read_credentials(&credentials.path())?;
             whistle::demo::play(&endpoints, tokens).await?;
         }

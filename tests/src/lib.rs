@@ -10,7 +10,106 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use whistle_platform::auth::{BearerLayer, Role, SigningKey, TokenRequest, WithBearer};
 pub use whistle_platform::local_nats::{LocalNatsServer, free_port};
+
+/// A client channel that adds the harness's bearer token for each call.
+pub type AuthedChannel = WithBearer<tonic::transport::Channel>;
+
+/// The street of the demo catalogue the harness's people work in (车城路街道).
+pub const DEMO_STREET: &str = "420303003";
+/// Its district (张湾区).
+pub const DEMO_DISTRICT: &str = "420303";
+/// Its city (十堰市).
+pub const DEMO_CITY: &str = "420300";
+
+/// The signing key of a test platform and the people it issues tokens to.
+#[derive(Debug, Clone)]
+pub struct TestAuth {
+    pub key: SigningKey,
+}
+
+impl TestAuth {
+    /// A new key pair.
+    pub fn generate() -> Self {
+        Self {
+            key: SigningKey::generate().expect("signing key"),
+        }
+    }
+
+    /// A token for `subject` with `role` in `region`, valid for an hour.
+    pub fn token(&self, subject: &str, role: Role, region: &str) -> String {
+        self.key
+            .issue(&TokenRequest::new(
+                subject,
+                role,
+                region,
+                Duration::from_secs(3600),
+            ))
+            .expect("token")
+    }
+
+    /// The harness's default person of `role`: in the demo street for street operators and
+    /// community workers (a community worker scoped to the whole street, so a test may verify a
+    /// case in any of its communities), the district for reporters, call-back operators and
+    /// supervisors, the city for the administrator, `department-gateway` for the service role.
+    pub fn default_token(&self, role: Role) -> String {
+        let (subject, region) = match role {
+            Role::StreetOperator => ("chechenglu-dispatch", DEMO_STREET),
+            Role::CommunityWorker => ("chechenglu-community-worker", DEMO_STREET),
+            Role::Reporter => ("grid-worker-17", DEMO_DISTRICT),
+            Role::CallbackOperator => ("zhangwan-callback", DEMO_DISTRICT),
+            Role::Supervisor => ("zhangwan-supervisor", DEMO_DISTRICT),
+            Role::Admin => ("catalogue-admin", DEMO_CITY),
+            Role::Service => ("department-gateway", DEMO_CITY),
+        };
+        self.token(subject, role, region)
+    }
+
+    /// A layer choosing, per call, the default person of the role that may make it
+    /// ([`role_for_call`]); department-gateway calls get none (departments send their own token).
+    pub fn layer(&self) -> BearerLayer {
+        let tokens: BTreeMap<Role, String> = Role::ALL
+            .into_iter()
+            .map(|role| (role, self.default_token(role)))
+            .collect();
+        BearerLayer::per_call(std::sync::Arc::new(move |path: &str| {
+            role_for_call(path).and_then(|role| tokens.get(&role).cloned())
+        }))
+    }
+
+    /// `channel` with the right token attached to each call.
+    pub fn wrap(&self, channel: tonic::transport::Channel) -> AuthedChannel {
+        tower::Layer::layer(&self.layer(), channel)
+    }
+
+    /// A lazily connecting channel to `url` that attaches the right token to each call.
+    pub fn channel(&self, url: &str) -> AuthedChannel {
+        let channel = tonic::transport::Endpoint::from_shared(url.to_string())
+            .expect("url")
+            .connect_lazy();
+        tower::Layer::layer(&self.layer(), channel)
+    }
+}
+
+/// The role that makes a call in the existing tests: the street operator for dispatch's street
+/// work and most reads, the community worker to verify, a reporter to report, the administrator
+/// for the catalogue, the call-back operator for satisfaction, a supervisor for scorecards, the
+/// gateway's service identity for department actions; none for the department gateway.
+pub fn role_for_call(path: &str) -> Option<Role> {
+    let (service, method) = path.trim_start_matches('/').split_once('/')?;
+    let role = match (service, method) {
+        (service, _) if service.starts_with("whistle.gateway.") => return None,
+        (_, "VerifyCase") => Role::CommunityWorker,
+        (_, "RecordDepartmentAction") => Role::Service,
+        (_, "PutRoute" | "ImportGrids" | "ClosePeriod") => Role::Admin,
+        (_, "SubmitReport" | "AttachEvidence") => Role::Reporter,
+        (_, "RecordSatisfaction") => Role::CallbackOperator,
+        (_, "GetScorecard" | "GetRanking" | "ExplainScore") => Role::Supervisor,
+        _ => Role::StreetOperator,
+    };
+    Some(role)
+}
 
 /// The four services, by binary.
 pub const SERVICES: [&str; 4] = ["intake", "dispatch", "department-gateway", "evaluation"];
@@ -236,6 +335,8 @@ pub struct Platform {
     pub gateway: ServiceProcess,
     pub evaluation: ServiceProcess,
     pub credentials_file: PathBuf,
+    /// The key every service verifies tokens with, and the harness's people.
+    pub auth: TestAuth,
     postgres: Option<(String, Vec<String>)>,
 }
 
@@ -250,6 +351,14 @@ impl Platform {
         let nats = LocalNatsServer::start(&dir.path().join("nats")).expect("nats-server");
         let catalogue = demo_catalogue();
         let credentials_file = dir.path().join("demo-credentials.json");
+        let auth = TestAuth::generate();
+        let keys_file = dir.path().join("auth-public-keys.txt");
+        let service_token_file = dir.path().join("department-gateway.token");
+        auth.key
+            .write(&dir.path().join("auth-signing-key.pem"), &keys_file)
+            .expect("write keys");
+        std::fs::write(&service_token_file, auth.default_token(Role::Service))
+            .expect("write service token");
         let mut postgres = None;
         let mut database_urls = BTreeMap::new();
         match &storage {
@@ -314,6 +423,10 @@ impl Platform {
             );
             env.insert(format!("{prefix}__NATS__URL"), nats.url());
             env.insert(
+                format!("{prefix}__AUTH__KEYS_FILE"),
+                keys_file.display().to_string(),
+            );
+            env.insert(
                 format!("{prefix}__CATALOGUE__FILE"),
                 catalogue.display().to_string(),
             );
@@ -342,6 +455,10 @@ impl Platform {
             "WHISTLE_DEPARTMENT_GATEWAY__CATALOGUE__CREDENTIALS_FILE".into(),
             credentials_file.display().to_string(),
         );
+        gateway.env.insert(
+            "WHISTLE_DEPARTMENT_GATEWAY__DISPATCH__SERVICE_TOKEN_FILE".into(),
+            service_token_file.display().to_string(),
+        );
         Platform {
             dir,
             nats,
@@ -350,6 +467,7 @@ impl Platform {
             gateway,
             evaluation,
             credentials_file,
+            auth,
             postgres,
         }
     }
@@ -383,6 +501,12 @@ impl Platform {
             &mut self.gateway,
             &mut self.evaluation,
         ]
+    }
+
+    /// A channel to `process` whose calls carry the harness's token for each call
+    /// ([`role_for_call`]).
+    pub fn channel(&self, process: &ServiceProcess) -> AuthedChannel {
+        self.auth.channel(&process.url())
     }
 
     /// The department tokens the gateway wrote.

@@ -38,6 +38,12 @@ fn bad_configuration_exits_64_naming_the_setting() {
             "open311.api_keys_file",
         ),
         (
+            "dispatch",
+            "WHISTLE_DISPATCH__AUTH__LEEWAY_SECS",
+            "100000",
+            "auth.leeway_secs",
+        ),
+        (
             "intake",
             "WHISTLE_INTAKE__MERGING__DISTANCE_METERS",
             "0",
@@ -68,6 +74,7 @@ fn bad_configuration_exits_64_naming_the_setting() {
     }
     let output = Command::new(binary("intake"))
         .env("WHISTLE_INTAKE__ADMIN__LISTEN", "127.0.0.1:0")
+        .env("WHISTLE_INTAKE__AUTH__ENABLED", "false")
         .arg("--config")
         .arg("/nonexistent/whistle.toml")
         .output()
@@ -192,7 +199,7 @@ fn every_configuration_error_exits_64_before_migrating() {
         command
             .env(format!("{prefix}__GRPC__LISTEN"), "127.0.0.1:0")
             .env(format!("{prefix}__ADMIN__LISTEN"), "127.0.0.1:0")
-            .env(format!("{prefix}__ADMIN__LISTEN"), "127.0.0.1:0")
+            .env(format!("{prefix}__AUTH__ENABLED"), "false")
             .env(
                 format!("{prefix}__DATABASE__URL"),
                 format!("sqlite://{}", database.display()),
@@ -263,6 +270,7 @@ async fn nats_credentials_come_from_the_url() {
     let mut intake = std::process::Command::new(binary("intake"))
         .env("WHISTLE_INTAKE__GRPC__LISTEN", format!("127.0.0.1:{port}"))
         .env("WHISTLE_INTAKE__ADMIN__LISTEN", "127.0.0.1:0")
+        .env("WHISTLE_INTAKE__AUTH__ENABLED", "false")
         .env(
             "WHISTLE_INTAKE__DATABASE__URL",
             format!("sqlite://{}", dir.path().join("intake.sqlite").display()),
@@ -305,6 +313,7 @@ async fn nats_credentials_come_from_the_url() {
         .replace("nats://", "nats://intake:wrong-password@");
     let output = std::process::Command::new(binary("intake"))
         .env("WHISTLE_INTAKE__ADMIN__LISTEN", "127.0.0.1:0")
+        .env("WHISTLE_INTAKE__AUTH__ENABLED", "false")
         .env(
             "WHISTLE_INTAKE__GRPC__LISTEN",
             format!("127.0.0.1:{}", free_port().expect("port")),
@@ -337,6 +346,7 @@ fn a_refused_database_connection_says_so() {
     command
         .env("WHISTLE_INTAKE__GRPC__LISTEN", "127.0.0.1:0")
         .env("WHISTLE_INTAKE__ADMIN__LISTEN", "127.0.0.1:0")
+        .env("WHISTLE_INTAKE__AUTH__ENABLED", "false")
         .env(
             "WHISTLE_INTAKE__DATABASE__URL",
             format!("postgres://whistle:s3cret@127.0.0.1:{closed}/whistle_intake"),
@@ -362,6 +372,7 @@ fn logs_go_to_stderr_without_colour() {
     let port = free_port().expect("port");
     let output = std::process::Command::new(binary("intake"))
         .env("WHISTLE_INTAKE__ADMIN__LISTEN", "127.0.0.1:0")
+        .env("WHISTLE_INTAKE__AUTH__ENABLED", "false")
         .env("WHISTLE_INTAKE__GRPC__LISTEN", "127.0.0.1:0")
         .env(
             "WHISTLE_INTAKE__DATABASE__URL",
@@ -397,6 +408,7 @@ fn an_admin_port_in_use_exits_64() {
     let address = taken.local_addr().expect("address");
     let output = Command::new(binary("dispatch"))
         .env("WHISTLE_DISPATCH__ADMIN__LISTEN", address.to_string())
+        .env("WHISTLE_DISPATCH__AUTH__ENABLED", "false")
         .env("WHISTLE_DISPATCH__GRPC__LISTEN", "127.0.0.1:0")
         .env(
             "WHISTLE_DISPATCH__DATABASE__URL",

@@ -108,7 +108,7 @@ async fn calls_fail_fast_while_the_database_is_down() {
         .connect()
         .await
         .expect("connect");
-    let mut intake = IntakeServiceClient::new(channel.clone());
+    let mut intake = IntakeServiceClient::new(platform.auth.wrap(channel.clone()));
     let mut health = HealthClient::new(channel);
     intake
         .submit_report(report("before"))

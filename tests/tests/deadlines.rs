@@ -45,8 +45,8 @@ fn report(run: &str, index: usize) -> SubmitReportRequest {
 
 /// Reports `count` cases through intake and waits until dispatch opened each.
 async fn reported_cases(
-    intake: &mut IntakeServiceClient<tonic::transport::Channel>,
-    dispatch: &mut DispatchServiceClient<tonic::transport::Channel>,
+    intake: &mut IntakeServiceClient<whistle_e2e::AuthedChannel>,
+    dispatch: &mut DispatchServiceClient<whistle_e2e::AuthedChannel>,
     run: &str,
     count: usize,
 ) -> Vec<String> {
@@ -87,7 +87,7 @@ async fn reported_cases(
 /// Whistles each case to the housing bureau: 报到 within two seconds, 督办 two seconds later.
 /// Returns the assignment ids.
 async fn whistle(
-    dispatch: &mut DispatchServiceClient<tonic::transport::Channel>,
+    dispatch: &mut DispatchServiceClient<whistle_e2e::AuthedChannel>,
     case_ids: &[String],
 ) -> Vec<String> {
     let seconds = |value: i64| prost_types::Duration {
@@ -227,12 +227,8 @@ async fn every_clock_fires_once_when_dispatch_is_killed_while_clocks_are_due() {
     platform.dispatch.start();
     wait_serving(&platform.intake).await;
     wait_serving(&platform.dispatch).await;
-    let mut intake = IntakeServiceClient::connect(platform.intake.url())
-        .await
-        .expect("intake");
-    let mut dispatch = DispatchServiceClient::connect(platform.dispatch.url())
-        .await
-        .expect("dispatch");
+    let mut intake = IntakeServiceClient::new(platform.auth.channel(&platform.intake.url()));
+    let mut dispatch = DispatchServiceClient::new(platform.auth.channel(&platform.dispatch.url()));
 
     // 1. killed before the deadlines, down while both steps of every clock come due
     let cases = reported_cases(&mut intake, &mut dispatch, "down", WHILE_DOWN).await;
@@ -246,9 +242,7 @@ async fn every_clock_fires_once_when_dispatch_is_killed_while_clocks_are_due() {
     assert_each_once(&counts, &assignments);
 
     // 2. killed in the middle of firing: as soon as the first overdue of the burst is on NATS
-    let mut dispatch = DispatchServiceClient::connect(platform.dispatch.url())
-        .await
-        .expect("dispatch");
+    let mut dispatch = DispatchServiceClient::new(platform.auth.channel(&platform.dispatch.url()));
     let cases = reported_cases(&mut intake, &mut dispatch, "burst", IN_THE_MIDDLE).await;
     assignments.extend(whistle(&mut dispatch, &cases).await);
     let before = 2 * WHILE_DOWN;
@@ -298,15 +292,9 @@ async fn two_dispatch_replicas_on_one_postgres_fire_every_clock_once() {
     wait_serving(&platform.dispatch).await;
     replica.start();
     wait_serving(&replica).await;
-    let mut intake = IntakeServiceClient::connect(platform.intake.url())
-        .await
-        .expect("intake");
-    let mut first = DispatchServiceClient::connect(platform.dispatch.url())
-        .await
-        .expect("dispatch");
-    let mut second = DispatchServiceClient::connect(replica.url())
-        .await
-        .expect("replica");
+    let mut intake = IntakeServiceClient::new(platform.auth.channel(&platform.intake.url()));
+    let mut first = DispatchServiceClient::new(platform.auth.channel(&platform.dispatch.url()));
+    let mut second = DispatchServiceClient::new(platform.auth.channel(&replica.url()));
     let cases = reported_cases(&mut intake, &mut first, "replicas", CASES).await;
     // the street's whistles go to either replica
     let (one, other) = cases.split_at(CASES / 2);

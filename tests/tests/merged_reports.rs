@@ -29,12 +29,8 @@ async fn two_reports_of_one_problem_make_one_case_one_whistle_and_a_merge_notice
     platform.start_all().await;
     let tokens = platform.credentials().await;
     let sanitation = tokens.get("zw-sanitation").expect("token").clone();
-    let mut intake = IntakeServiceClient::connect(platform.intake.url())
-        .await
-        .expect("intake");
-    let mut dispatch = DispatchServiceClient::connect(platform.dispatch.url())
-        .await
-        .expect("dispatch");
+    let mut intake = IntakeServiceClient::new(platform.auth.channel(&platform.intake.url()));
+    let mut dispatch = DispatchServiceClient::new(platform.auth.channel(&platform.dispatch.url()));
     let mut gateway = DepartmentGatewayClient::connect(platform.gateway.url())
         .await
         .expect("gateway");

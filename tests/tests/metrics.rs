@@ -231,9 +231,7 @@ async fn every_metric_a_dashboard_queries_is_served() {
         .await
         .expect("subscribe")
         .into_inner();
-    let mut intake = IntakeServiceClient::connect(platform.intake.url())
-        .await
-        .expect("intake");
+    let mut intake = IntakeServiceClient::new(platform.auth.channel(&platform.intake.url()));
     intake
         .submit_report(SubmitReportRequest {
             request_id: "metrics-1".into(),

@@ -32,7 +32,7 @@ async fn reports_made_while_nats_is_down_are_whistled_when_it_returns() {
         .connect()
         .await
         .expect("intake");
-    let mut intake = IntakeServiceClient::new(channel.clone());
+    let mut intake = IntakeServiceClient::new(platform.auth.wrap(channel.clone()));
     let mut health = HealthClient::new(channel);
 
     platform.nats.kill();

@@ -61,9 +61,7 @@ async fn an_oversized_report_is_refused_and_later_reports_are_whistled() {
         .await
         .expect("subscribe")
         .into_inner();
-    let mut intake = IntakeServiceClient::connect(platform.intake.url())
-        .await
-        .expect("intake")
+    let mut intake = IntakeServiceClient::new(platform.auth.channel(&platform.intake.url()))
         .max_encoding_message_size(8 * 1024 * 1024);
 
     // 1.2 MB: over the request size limit, refused before any field is read

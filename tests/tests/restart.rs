@@ -94,9 +94,7 @@ async fn whistles_are_issued_exactly_once_across_dispatch_stops_and_crashes() {
     platform.intake.start();
     platform.gateway.start();
     wait_serving(&platform.intake).await;
-    let mut intake = IntakeServiceClient::connect(platform.intake.url())
-        .await
-        .expect("intake");
+    let mut intake = IntakeServiceClient::new(platform.auth.channel(&platform.intake.url()));
     let mut case_ids = Vec::new();
     for index in 0..REPORTS / 2 {
         case_ids.push(

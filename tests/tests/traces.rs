@@ -156,9 +156,7 @@ async fn one_case_is_one_trace_across_the_four_services() {
         .into_inner();
 
     // a blocked fire lane at 半山尚 (the demo's second case), whistled to the fire brigade
-    let mut intake = IntakeServiceClient::connect(platform.intake.url())
-        .await
-        .expect("intake");
+    let mut intake = IntakeServiceClient::new(platform.auth.channel(&platform.intake.url()));
     let submitted = intake
         .submit_report(SubmitReportRequest {
             request_id: "trace-1".into(),

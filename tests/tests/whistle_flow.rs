@@ -77,18 +77,13 @@ async fn walk_the_whistle(storage: Storage) {
         .expect("enforcement token")
         .clone();
 
-    let mut intake = IntakeServiceClient::connect(platform.intake.url())
-        .await
-        .expect("intake");
-    let mut dispatch = DispatchServiceClient::connect(platform.dispatch.url())
-        .await
-        .expect("dispatch");
+    let mut intake = IntakeServiceClient::new(platform.auth.channel(&platform.intake.url()));
+    let mut dispatch = DispatchServiceClient::new(platform.auth.channel(&platform.dispatch.url()));
     let mut gateway = DepartmentGatewayClient::connect(platform.gateway.url())
         .await
         .expect("gateway");
-    let mut evaluation = EvaluationServiceClient::connect(platform.evaluation.url())
-        .await
-        .expect("evaluation");
+    let mut evaluation =
+        EvaluationServiceClient::new(platform.auth.channel(&platform.evaluation.url()));
 
     let unauthenticated = gateway
         .subscribe(SubscribeRequest { after_sequence: 0 })

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use whistle_platform::clock::{SharedClock, to_millis};
+use whistle_platform::config::ConfigError;
 use whistle_platform::grpc::{GrpcListener, HealthProbe};
 use whistle_platform::inbox::{self, ConsumerSpec};
 use whistle_platform::{db, grpc, nats};
@@ -29,6 +30,12 @@ pub async fn run(
     clock: SharedClock,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    // the credential check first: a service with no key refuses to start (exit 64)
+    let auth = whistle_platform::auth::AuthLayer::new(
+        whistle_platform::auth::Verifier::from_config(&config.auth)?,
+        "department-gateway",
+        crate::policy::access,
+    );
     // NATS first: a server that cannot hold our streams or events is a configuration error, found
     // before any migration runs
     let nats_client = nats::connect(&config.nats, crate::grpc::SOURCE).await?;
@@ -43,7 +50,23 @@ pub async fn run(
     if let Some(file) = &config.catalogue.credentials_file {
         crate::credentials::issue_missing_credentials(&db, file).await?;
     }
-    let dispatch = DispatchForwarder::new(&config.dispatch).map_err(|error| {
+    let service_token = match &config.dispatch.service_token_file {
+        Some(file) => Some(
+            whistle_platform::auth::read_token_file(file).map_err(|error| {
+                anyhow::Error::new(ConfigError::Invalid(format!(
+                    "dispatch.service_token_file: {error}"
+                )))
+            })?,
+        ),
+        None if config.auth.enabled => {
+            return Err(ConfigError::Invalid(
+                "dispatch.service_token_file is required with auth on: dispatch accepts department actions only from the gateway's service identity".into(),
+            )
+            .into());
+        }
+        None => None,
+    };
+    let dispatch = DispatchForwarder::new(&config.dispatch, service_token).map_err(|error| {
         anyhow::anyhow!(
             "dispatch.url {:?} is unusable: {error}",
             config.dispatch.url
@@ -111,7 +134,15 @@ pub async fn run(
         services: vec!["whistle.gateway.v1.DepartmentGateway"],
         works_without_nats: false,
     };
-    let served = grpc::serve(listener, &config.grpc, routes, probe, shutdown.clone()).await;
+    let served = grpc::serve(
+        listener,
+        &config.grpc,
+        routes,
+        probe,
+        auth,
+        shutdown.clone(),
+    )
+    .await;
     shutdown.cancel();
     let _ = consumer_task.await;
     let _ = cases_task.await;

@@ -21,6 +21,9 @@ pub struct GatewayConfig {
     pub telemetry: TelemetryConfig,
     /// The HTTP port of `/metrics`, `/healthz` and `/readyz`.
     pub admin: AdminConfig,
+    /// Bearer tokens of people and services (docs/security.md); on by default.
+    #[serde(default)]
+    pub auth: whistle_platform::auth::AuthConfig,
     /// Lengths and counts of request fields (see docs/operations.md).
     #[serde(default)]
     pub limits: LimitsConfig,
@@ -79,6 +82,10 @@ pub struct DispatchConfig {
     pub url: String,
     /// How long one forwarded action may take before the caller gets UNAVAILABLE.
     pub request_timeout_ms: u64,
+    /// A file holding the gateway's service token (role `service`, subject `department-gateway`),
+    /// sent to dispatch on every forwarded action; required when `auth.enabled` (docs/security.md).
+    #[serde(default)]
+    pub service_token_file: Option<std::path::PathBuf>,
 }
 
 impl Default for DispatchConfig {
@@ -86,6 +93,7 @@ impl Default for DispatchConfig {
         Self {
             url: "http://127.0.0.1:50052".into(),
             request_timeout_ms: 10_000,
+            service_token_file: None,
         }
     }
 }
@@ -110,6 +118,7 @@ impl Default for GatewayConfig {
             outbox: OutboxConfig::default(),
             telemetry: TelemetryConfig::default(),
             admin: AdminConfig::on(9103),
+            auth: whistle_platform::auth::AuthConfig::default(),
             limits: LimitsConfig::default(),
             dispatch: DispatchConfig::default(),
             catalogue: CatalogueConfig::default(),
@@ -139,6 +148,7 @@ impl ServiceConfig for GatewayConfig {
         self.outbox.validate()?;
         self.telemetry.validate()?;
         self.grpc.validate()?;
+        self.auth.validate()?;
         self.limits.validate()?;
         self.subscriptions.validate()?;
         let url = self.dispatch.url.as_str();

@@ -15,14 +15,22 @@ use whistle_proto::types::Assignment;
 /// (and serves subscriptions) while dispatch is down.
 #[derive(Debug, Clone)]
 pub struct DispatchForwarder {
-    client: DispatchServiceClient<TracedChannel>,
+    client: DispatchServiceClient<whistle_platform::auth::WithBearer<TracedChannel>>,
 }
 
 /// A channel whose calls get a client span and carry its `traceparent`.
 type TracedChannel = tonic_tracing_opentelemetry::middleware::client::OtelGrpcService<Channel>;
 
 impl DispatchForwarder {
-    pub fn new(config: &DispatchConfig) -> Result<Self, tonic::transport::Error> {
+    /// `service_token` is the gateway's own credential, sent on every call (none with auth off).
+    pub fn new(
+        config: &DispatchConfig,
+        service_token: Option<String>,
+    ) -> Result<Self, tonic::transport::Error> {
+        let bearer = match service_token {
+            Some(token) => whistle_platform::auth::BearerLayer::new(token),
+            None => whistle_platform::auth::BearerLayer::none(),
+        };
         let endpoint = Endpoint::from_shared(config.url.clone())?
             .connect_timeout(Duration::from_secs(3))
             .timeout(Duration::from_millis(config.request_timeout_ms))
@@ -30,6 +38,7 @@ impl DispatchForwarder {
         Ok(Self {
             client: DispatchServiceClient::new(
                 tower::ServiceBuilder::new()
+                    .layer(bearer)
                     .layer(whistle_platform::grpc::client_trace_layer())
                     .service(endpoint.connect_lazy()),
             ),

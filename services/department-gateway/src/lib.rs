@@ -13,6 +13,7 @@ pub mod error;
 pub mod forwarding;
 pub mod grpc;
 pub mod notices;
+pub mod policy;
 pub mod slots;
 pub mod storage;
 pub mod subscription;

@@ -24,6 +24,12 @@ pub async fn run(
     clock: SharedClock,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    // the credential check first: a service with no key refuses to start (exit 64)
+    let auth = whistle_platform::auth::AuthLayer::new(
+        whistle_platform::auth::Verifier::from_config(&config.auth)?,
+        "dispatch",
+        crate::policy::access,
+    );
     // NATS first: a server that cannot hold our streams or events is a configuration error, found
     // before any migration runs
     let nats_client = nats::connect(&config.nats, crate::service::SOURCE).await?;
@@ -108,7 +114,15 @@ pub async fn run(
         services: vec!["whistle.dispatch.v1.DispatchService"],
         works_without_nats: false,
     };
-    let served = grpc::serve(listener, &config.grpc, routes, probe, shutdown.clone()).await;
+    let served = grpc::serve(
+        listener,
+        &config.grpc,
+        routes,
+        probe,
+        auth,
+        shutdown.clone(),
+    )
+    .await;
     shutdown.cancel();
     let _ = consumer_task.await;
     let _ = scanner_task.await;

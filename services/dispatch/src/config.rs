@@ -19,6 +19,9 @@ pub struct DispatchConfig {
     pub telemetry: TelemetryConfig,
     /// The HTTP port of `/metrics`, `/healthz` and `/readyz`.
     pub admin: AdminConfig,
+    /// Bearer tokens of people and services (docs/security.md); on by default.
+    #[serde(default)]
+    pub auth: whistle_platform::auth::AuthConfig,
     /// Lengths and counts of request fields (see docs/operations.md).
     #[serde(default)]
     pub limits: LimitsConfig,
@@ -119,6 +122,7 @@ impl Default for DispatchConfig {
             outbox: OutboxConfig::default(),
             telemetry: TelemetryConfig::default(),
             admin: AdminConfig::on(9102),
+            auth: whistle_platform::auth::AuthConfig::default(),
             limits: LimitsConfig::default(),
             catalogue: CatalogueConfig::default(),
             dispatch: DispatchSettings::default(),
@@ -149,6 +153,7 @@ impl ServiceConfig for DispatchConfig {
         self.outbox.validate()?;
         self.telemetry.validate()?;
         self.grpc.validate()?;
+        self.auth.validate()?;
         self.limits.validate()?;
         self.deadline_policy()?;
         let largest = crate::bounds::largest_events(&self.limits).map_err(|error| {

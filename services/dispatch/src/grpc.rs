@@ -7,6 +7,7 @@ use crate::config::DispatchSettings;
 use crate::convert::{assignment_to_proto, case_status_to_proto, route_to_proto};
 use crate::domain::{ActionRules, Assignment, Command, DeadlinePolicy, Route};
 use crate::error::DispatchError;
+use crate::policy;
 use crate::requests;
 use crate::service;
 use crate::storage::{self, CaseRecord, Lock, assignment, case, route};
@@ -17,6 +18,7 @@ use sea_orm::{
 use std::collections::HashMap;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
+use whistle_platform::auth::Caller;
 use whistle_platform::clock::{SharedClock, to_proto_timestamp};
 use whistle_platform::outbox::OutboxSignal;
 use whistle_platform::validation::LimitsConfig;
@@ -136,6 +138,24 @@ impl DispatchGrpc {
     }
 
     /// The case's row as stored, to look up what a command needs before it runs.
+    /// The case's row, if the caller's region covers the case (PERMISSION_DENIED otherwise).
+    async fn authorize_case(&self, caller: &Caller, case_id: &str) -> Result<case::Model, Status> {
+        let row = self.case_row(case_id).await?;
+        let code = [
+            &row.grid_code,
+            &row.community_code,
+            &row.street_code,
+            &row.district_code,
+            &row.city_code,
+        ]
+        .into_iter()
+        .find(|code| !code.is_empty())
+        .cloned()
+        .unwrap_or_default();
+        caller.require_region(&format!("case {case_id}"), &code)?;
+        Ok(row)
+    }
+
     async fn case_row(&self, case_id: &str) -> Result<case::Model, DispatchError> {
         case::Entity::find_by_id(case_id)
             .one(&self.db)
@@ -170,6 +190,7 @@ impl DispatchGrpc {
 
     async fn list_cases_page(
         &self,
+        caller: &Caller,
         request: pb::ListCasesRequest,
     ) -> Result<pb::ListCasesResponse, DispatchError> {
         let requests::CaseListing { status, page_size } =
@@ -179,6 +200,18 @@ impl DispatchGrpc {
             .limit(page_size + 1);
         if let Some(status) = status {
             query = query.filter(case::Column::Status.eq(status.as_str()));
+        }
+        if caller.checked {
+            // only the cases inside the caller's region: codes nest, so one of the case's codes
+            // starts with the region's prefix exactly when the case lies inside it
+            let prefix = whistle_platform::auth::region_prefix(&caller.region);
+            query = query.filter(
+                sea_orm::Condition::any()
+                    .add(case::Column::DistrictCode.starts_with(prefix))
+                    .add(case::Column::StreetCode.starts_with(prefix))
+                    .add(case::Column::CommunityCode.starts_with(prefix))
+                    .add(case::Column::GridCode.starts_with(prefix)),
+            );
         }
         if !request.street_slug.is_empty() {
             query = query.filter(case::Column::StreetSlug.eq(request.street_slug.as_str()));
@@ -298,8 +331,10 @@ impl DispatchService for DispatchGrpc {
         &self,
         request: Request<pb::GetCaseRequest>,
     ) -> Result<Response<pb::Case>, Status> {
+        let caller = Caller::of(&request)?;
         let request = request.into_inner();
         requests::check_get_case(&self.limits, &request)?;
+        self.authorize_case(&caller, &request.case_id).await?;
         Ok(Response::new(self.case_view(&request.case_id).await?))
     }
 
@@ -307,8 +342,9 @@ impl DispatchService for DispatchGrpc {
         &self,
         request: Request<pb::ListCasesRequest>,
     ) -> Result<Response<pb::ListCasesResponse>, Status> {
+        let caller = Caller::of(&request)?;
         Ok(Response::new(
-            self.list_cases_page(request.into_inner()).await?,
+            self.list_cases_page(&caller, request.into_inner()).await?,
         ))
     }
 
@@ -316,8 +352,12 @@ impl DispatchService for DispatchGrpc {
         &self,
         request: Request<pb::AcceptCaseRequest>,
     ) -> Result<Response<pb::Case>, Status> {
-        let request = request.into_inner();
+        let caller = Caller::of(&request)?;
+        let mut request = request.into_inner();
+        // the actor is the credential's subject; a operator_id given must be the same
+        request.operator_id = caller.actor("operator_id", &request.operator_id)?;
         requests::check_accept(&self.limits, &request)?;
+        self.authorize_case(&caller, &request.case_id).await?;
         let command = Command::Accept {
             by: request.operator_id,
         };
@@ -330,8 +370,12 @@ impl DispatchService for DispatchGrpc {
         &self,
         request: Request<pb::RejectCaseRequest>,
     ) -> Result<Response<pb::Case>, Status> {
-        let request = request.into_inner();
+        let caller = Caller::of(&request)?;
+        let mut request = request.into_inner();
+        // the actor is the credential's subject; a operator_id given must be the same
+        request.operator_id = caller.actor("operator_id", &request.operator_id)?;
         requests::check_reject(&self.limits, &request)?;
+        self.authorize_case(&caller, &request.case_id).await?;
         let command = Command::Reject {
             by: request.operator_id,
             reason: request.reason,
@@ -345,9 +389,12 @@ impl DispatchService for DispatchGrpc {
         &self,
         request: Request<pb::WhistleCaseRequest>,
     ) -> Result<Response<pb::Case>, Status> {
-        let request = request.into_inner();
+        let caller = Caller::of(&request)?;
+        let mut request = request.into_inner();
+        // the actor is the credential's subject; a operator_id given must be the same
+        request.operator_id = caller.actor("operator_id", &request.operator_id)?;
         let overrides = requests::check_whistle(&self.limits, &request)?;
-        let row = self.case_row(&request.case_id).await?;
+        let row = self.authorize_case(&caller, &request.case_id).await?;
         let (limits, requires_on_site) = service::whistle_terms(&self.db, &row, &overrides).await?;
         let targets = service::whistle_targets(
             &self.db,
@@ -370,8 +417,12 @@ impl DispatchService for DispatchGrpc {
         &self,
         request: Request<pb::ResolveLocallyRequest>,
     ) -> Result<Response<pb::Case>, Status> {
-        let request = request.into_inner();
+        let caller = Caller::of(&request)?;
+        let mut request = request.into_inner();
+        // the actor is the credential's subject; a operator_id given must be the same
+        request.operator_id = caller.actor("operator_id", &request.operator_id)?;
         requests::check_resolve_locally(&self.limits, &request)?;
+        self.authorize_case(&caller, &request.case_id).await?;
         let command = Command::ResolveLocally {
             by: request.operator_id,
             resolution: request.resolution,
@@ -385,8 +436,12 @@ impl DispatchService for DispatchGrpc {
         &self,
         request: Request<pb::VerifyCaseRequest>,
     ) -> Result<Response<pb::Case>, Status> {
-        let request = request.into_inner();
+        let caller = Caller::of(&request)?;
+        let mut request = request.into_inner();
+        // the actor is the credential's subject; a verifier_id given must be the same
+        request.verifier_id = caller.actor("verifier_id", &request.verifier_id)?;
         requests::check_verify(&self.limits, &request)?;
+        self.authorize_case(&caller, &request.case_id).await?;
         let command = Command::Verify {
             by: request.verifier_id,
             passed: request.passed,
@@ -402,8 +457,12 @@ impl DispatchService for DispatchGrpc {
         &self,
         request: Request<pb::DecideExtensionRequest>,
     ) -> Result<Response<pb::Case>, Status> {
-        let request = request.into_inner();
+        let caller = Caller::of(&request)?;
+        let mut request = request.into_inner();
+        // the actor is the credential's subject; a operator_id given must be the same
+        request.operator_id = caller.actor("operator_id", &request.operator_id)?;
         requests::check_decide_extension(&self.limits, &request)?;
+        self.authorize_case(&caller, &request.case_id).await?;
         let command = Command::DecideExtension {
             by: request.operator_id,
             assignment_id: request.assignment_id,
@@ -419,9 +478,12 @@ impl DispatchService for DispatchGrpc {
         &self,
         request: Request<pb::DecideReturnRequest>,
     ) -> Result<Response<pb::Case>, Status> {
-        let request = request.into_inner();
+        let caller = Caller::of(&request)?;
+        let mut request = request.into_inner();
+        // the actor is the credential's subject; a operator_id given must be the same
+        request.operator_id = caller.actor("operator_id", &request.operator_id)?;
         requests::check_decide_return(&self.limits, &request)?;
-        let row = self.case_row(&request.case_id).await?;
+        let row = self.authorize_case(&caller, &request.case_id).await?;
         let (route_departments, fallback) = service::return_terms(&self.db, &row).await?;
         let command = Command::DecideReturn {
             by: request.operator_id,
@@ -440,8 +502,12 @@ impl DispatchService for DispatchGrpc {
         &self,
         request: Request<pb::DeferCaseRequest>,
     ) -> Result<Response<pb::Case>, Status> {
-        let request = request.into_inner();
+        let caller = Caller::of(&request)?;
+        let mut request = request.into_inner();
+        // the actor is the credential's subject; a operator_id given must be the same
+        request.operator_id = caller.actor("operator_id", &request.operator_id)?;
         let until = requests::check_defer(&self.limits, self.clock.now(), &request)?;
+        self.authorize_case(&caller, &request.case_id).await?;
         let command = Command::Defer {
             by: request.operator_id,
             reason: request.reason,
@@ -456,8 +522,12 @@ impl DispatchService for DispatchGrpc {
         &self,
         request: Request<pb::ResumeCaseRequest>,
     ) -> Result<Response<pb::Case>, Status> {
-        let request = request.into_inner();
+        let caller = Caller::of(&request)?;
+        let mut request = request.into_inner();
+        // the actor is the credential's subject; a operator_id given must be the same
+        request.operator_id = caller.actor("operator_id", &request.operator_id)?;
         requests::check_resume(&self.limits, &request)?;
+        self.authorize_case(&caller, &request.case_id).await?;
         let command = Command::Resume {
             by: request.operator_id,
             note: request.note,
@@ -471,7 +541,9 @@ impl DispatchService for DispatchGrpc {
         &self,
         request: Request<pb::PutRouteRequest>,
     ) -> Result<Response<pb::Route>, Status> {
+        let caller = Caller::of(&request)?;
         let route = requests::check_put_route(&self.limits, request.get_ref())?;
+        caller.require_region("the route's area", &route.area_code)?;
         let version = service::retry_on_conflict(self.settings.conflict_retries, || async {
             let transaction = self.db.begin().await?;
             let version = catalogue::put_route(&transaction, &route, &self.limits).await?;
@@ -509,6 +581,7 @@ impl DispatchService for DispatchGrpc {
         &self,
         request: Request<pb::RecordDepartmentActionRequest>,
     ) -> Result<Response<types_pb::Assignment>, Status> {
+        policy::require_gateway(&Caller::of(&request)?)?;
         Ok(Response::new(
             self.department_action(request.into_inner()).await?,
         ))

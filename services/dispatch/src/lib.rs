@@ -15,6 +15,7 @@ pub mod domain;
 pub mod error;
 pub mod events;
 pub mod grpc;
+pub mod policy;
 pub mod requests;
 pub mod scanner;
 pub mod service;

@@ -38,6 +38,8 @@ async fn start() -> Harness {
 async fn start_on(database_url: Option<String>) -> Harness {
     let bed = TestBed::new().await;
     let mut config = DispatchConfig::default();
+    // one service in-process: authentication is the end-to-end tests' (tests/tests/authorization.rs)
+    config.auth.enabled = false;
     config.database.url = database_url.unwrap_or_else(|| bed.sqlite_url("dispatch"));
     config.nats.url = bed.nats.url();
     config.catalogue.file = Some(catalogue_with_test_departments(&bed));

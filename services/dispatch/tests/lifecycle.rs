@@ -61,6 +61,8 @@ async fn start(postgres: bool) -> Harness {
         .map(|database| database.url.clone())
         .unwrap_or_else(|| bed.sqlite_url("dispatch"));
     let mut config = DispatchConfig::default();
+    // one service in-process: authentication is the end-to-end tests' (tests/tests/authorization.rs)
+    config.auth.enabled = false;
     config.database.url = url.clone();
     config.nats.url = bed.nats.url();
     config.catalogue.file = Some(TestBed::demo_catalogue());

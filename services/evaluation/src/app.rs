@@ -25,6 +25,12 @@ pub async fn run(
     let utc_offset = config.evaluation.utc_offset()?;
     let scoring = config.evaluation.scoring()?;
 
+    // the credential check first: a service with no key refuses to start (exit 64)
+    let auth = whistle_platform::auth::AuthLayer::new(
+        whistle_platform::auth::Verifier::from_config(&config.auth)?,
+        "evaluation",
+        crate::policy::access,
+    );
     // NATS first: a server that cannot hold our streams or events is a configuration error, found
     // before any migration runs
     let nats_client = nats::connect(&config.nats, SOURCE).await?;
@@ -101,7 +107,15 @@ pub async fn run(
         services: vec!["whistle.evaluation.v1.EvaluationService"],
         works_without_nats: false,
     };
-    let served = grpc::serve(listener, &config.grpc, routes, probe, shutdown.clone()).await;
+    let served = grpc::serve(
+        listener,
+        &config.grpc,
+        routes,
+        probe,
+        auth,
+        shutdown.clone(),
+    )
+    .await;
     shutdown.cancel();
     for consumer in consumers {
         let _ = consumer.await;

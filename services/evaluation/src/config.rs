@@ -20,6 +20,9 @@ pub struct EvaluationConfig {
     pub telemetry: TelemetryConfig,
     /// The HTTP port of `/metrics`, `/healthz` and `/readyz`.
     pub admin: AdminConfig,
+    /// Bearer tokens of people and services (docs/security.md); on by default.
+    #[serde(default)]
+    pub auth: whistle_platform::auth::AuthConfig,
     /// Lengths and counts of request fields (see docs/operations.md).
     #[serde(default)]
     pub limits: LimitsConfig,
@@ -165,6 +168,7 @@ impl Default for EvaluationConfig {
             outbox: OutboxConfig::default(),
             telemetry: TelemetryConfig::default(),
             admin: AdminConfig::on(9104),
+            auth: whistle_platform::auth::AuthConfig::default(),
             limits: LimitsConfig::default(),
             catalogue: CatalogueConfig::default(),
             evaluation: EvaluationSettings::default(),
@@ -193,6 +197,7 @@ impl ServiceConfig for EvaluationConfig {
         self.outbox.validate()?;
         self.telemetry.validate()?;
         self.grpc.validate()?;
+        self.auth.validate()?;
         self.limits.validate()?;
         if let Some(file) = &self.catalogue.file
             && !file.is_file()

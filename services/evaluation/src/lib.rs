@@ -10,6 +10,7 @@ pub mod domain;
 pub mod error;
 pub mod events;
 pub mod grpc;
+pub mod policy;
 pub mod rebuild;
 pub mod storage;
 

@@ -48,6 +48,12 @@ pub async fn run_with_open311(
     clock: SharedClock,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    // the credential check first: a service with no key refuses to start (exit 64)
+    let auth = whistle_platform::auth::AuthLayer::new(
+        whistle_platform::auth::Verifier::from_config(&config.auth)?,
+        "intake",
+        crate::policy::access,
+    );
     // NATS first: a server that cannot hold our streams or events is a configuration error, found
     // before any migration runs
     let nats_client = nats::connect(&config.nats, crate::service::SOURCE).await?;
@@ -129,7 +135,15 @@ pub async fn run_with_open311(
         services: vec!["whistle.intake.v1.IntakeService"],
         works_without_nats: true,
     };
-    let served = grpc::serve(listener, &config.grpc, routes, probe, shutdown.clone()).await;
+    let served = grpc::serve(
+        listener,
+        &config.grpc,
+        routes,
+        probe,
+        auth,
+        shutdown.clone(),
+    )
+    .await;
     shutdown.cancel();
     if let Some(task) = open311_task {
         match task.await {

@@ -21,6 +21,9 @@ pub struct IntakeConfig {
     pub telemetry: TelemetryConfig,
     /// The HTTP port of `/metrics`, `/healthz` and `/readyz`.
     pub admin: AdminConfig,
+    /// Bearer tokens of people and services (docs/security.md); on by default.
+    #[serde(default)]
+    pub auth: whistle_platform::auth::AuthConfig,
     /// Lengths and counts of request fields (see docs/operations.md).
     #[serde(default)]
     pub limits: LimitsConfig,
@@ -186,6 +189,7 @@ impl Default for IntakeConfig {
             outbox: OutboxConfig::default(),
             telemetry: TelemetryConfig::default(),
             admin: AdminConfig::on(9101),
+            auth: whistle_platform::auth::AuthConfig::default(),
             limits: LimitsConfig::default(),
             catalogue: CatalogueConfig::default(),
             open311: Open311Config::default(),
@@ -217,6 +221,7 @@ impl ServiceConfig for IntakeConfig {
         self.outbox.validate()?;
         self.telemetry.validate()?;
         self.grpc.validate()?;
+        self.auth.validate()?;
         self.limits.validate()?;
         let largest = crate::grpc::largest_event_bytes(&self.limits).map_err(|error| {
             ConfigError::Invalid(format!("the limits leave no valid report: {error}"))

@@ -1,7 +1,9 @@
 //! `IntakeService` over gRPC: a thin adapter over the use cases in `service.rs`.
 
+use crate::policy;
 use crate::service::Intake;
 use tonic::{Request, Response, Status};
+use whistle_platform::auth::Caller;
 use whistle_proto::intake::intake_service_server::IntakeService;
 use whistle_proto::intake::{
     AttachEvidenceRequest, AttachEvidenceResponse, GetReportRequest, ImportGridsRequest,
@@ -24,18 +26,49 @@ impl IntakeService for IntakeGrpc {
         &self,
         request: Request<SubmitReportRequest>,
     ) -> Result<Response<SubmitReportResponse>, Status> {
-        Ok(Response::new(
-            self.intake.submit(request.into_inner()).await?,
-        ))
+        let caller = Caller::of(&request)?;
+        let mut request = request.into_inner();
+        // reporter_id names the person who reported the problem: a hotline operator enters the
+        // resident's; when absent it is the credential's subject
+        if caller.checked && request.reporter_id.is_empty() {
+            request.reporter_id = caller.subject.clone();
+        }
+        if caller.checked {
+            // the report's grid, named or found from the position, must lie in the caller's region
+            let place = request.place.clone().unwrap_or_default();
+            let grid_code = if place.grid_code.is_empty() {
+                self.intake
+                    .locate(LocateGridRequest {
+                        lat: place.lat,
+                        lng: place.lng,
+                        datum: request.datum,
+                    })
+                    .ok()
+                    .and_then(|located| located.region)
+                    .map(|region| policy::region_code(&region).to_string())
+            } else {
+                Some(place.grid_code.clone())
+            };
+            if let Some(grid_code) = grid_code {
+                caller.require_region("the report's place", &grid_code)?;
+            }
+        }
+        Ok(Response::new(self.intake.submit(request).await?))
     }
 
     async fn get_report(
         &self,
         request: Request<GetReportRequest>,
     ) -> Result<Response<Report>, Status> {
-        Ok(Response::new(
-            self.intake.report(request.into_inner()).await?,
-        ))
+        let caller = Caller::of(&request)?;
+        let report = self.intake.report(request.into_inner()).await?;
+        let code = report
+            .region
+            .as_ref()
+            .map(policy::region_code)
+            .unwrap_or_default();
+        caller.require_region(&format!("report {}", report.report_id), code)?;
+        Ok(Response::new(report))
     }
 
     async fn list_categories(
@@ -58,6 +91,10 @@ impl IntakeService for IntakeGrpc {
         &self,
         request: Request<ImportGridsRequest>,
     ) -> Result<Response<ImportGridsResponse>, Status> {
+        let caller = Caller::of(&request)?;
+        for area in &request.get_ref().areas {
+            caller.require_region(&format!("area {}", area.code), &area.code)?;
+        }
         Ok(Response::new(
             self.intake.import(request.into_inner()).await?,
         ))
@@ -67,27 +104,59 @@ impl IntakeService for IntakeGrpc {
         &self,
         request: Request<ListReportsRequest>,
     ) -> Result<Response<ListReportsResponse>, Status> {
-        Ok(Response::new(
-            self.intake.list_reports(request.into_inner()).await?,
-        ))
+        let caller = Caller::of(&request)?;
+        let mut listed = self.intake.list_reports(request.into_inner()).await?;
+        // only the reports inside the caller's region (a page may then hold fewer)
+        listed.reports.retain(|report| {
+            caller.covers(
+                report
+                    .region
+                    .as_ref()
+                    .map(policy::region_code)
+                    .unwrap_or_default(),
+            )
+        });
+        Ok(Response::new(listed))
     }
 
     async fn split_report(
         &self,
         request: Request<SplitReportRequest>,
     ) -> Result<Response<SplitReportResponse>, Status> {
-        Ok(Response::new(
-            self.intake.split(request.into_inner()).await?,
-        ))
+        let caller = Caller::of(&request)?;
+        let mut request = request.into_inner();
+        request.operator_id = caller.actor("operator_id", &request.operator_id)?;
+        if caller.checked && !request.report_id.is_empty() {
+            let report = self
+                .intake
+                .report(GetReportRequest {
+                    report_id: request.report_id.clone(),
+                })
+                .await?;
+            let code = report
+                .region
+                .as_ref()
+                .map(policy::region_code)
+                .unwrap_or_default();
+            caller.require_region(&format!("report {}", report.report_id), code)?;
+        }
+        Ok(Response::new(self.intake.split(request).await?))
     }
 
     async fn attach_evidence(
         &self,
         request: Request<AttachEvidenceRequest>,
     ) -> Result<Response<AttachEvidenceResponse>, Status> {
-        Ok(Response::new(
-            self.intake.attach_evidence(request.into_inner()).await?,
-        ))
+        let caller = Caller::of(&request)?;
+        let mut request = request.into_inner();
+        if request.community_code.is_empty() {
+            if caller.checked && request.reporter_id.is_empty() {
+                request.reporter_id = caller.subject.clone();
+            }
+        } else {
+            caller.require_region("community_code", &request.community_code)?;
+        }
+        Ok(Response::new(self.intake.attach_evidence(request).await?))
     }
 }
 

@@ -15,6 +15,7 @@ pub mod lifecycle;
 pub mod merging;
 pub mod metrics;
 pub mod open311;
+pub mod policy;
 pub mod requests;
 pub mod service;
 pub mod storage;

@@ -22,6 +22,8 @@ struct Harness {
 async fn start() -> Harness {
     let bed = TestBed::new().await;
     let mut config = IntakeConfig::default();
+    // one service in-process: authentication is the end-to-end tests' (tests/tests/authorization.rs)
+    config.auth.enabled = false;
     config.database.url = bed.sqlite_url("intake");
     config.nats.url = bed.nats.url();
     config.catalogue.file = Some(TestBed::demo_catalogue());

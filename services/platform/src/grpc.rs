@@ -81,12 +81,14 @@ impl HealthProbe {
     }
 }
 
-/// Serves `routes` on `listener` until `shutdown`, then lets in-flight calls finish.
+/// Serves `routes` on `listener` until `shutdown`, then lets in-flight calls finish. Every call
+/// except health and reflection passes `auth` first (bearer token, the service's method table).
 pub async fn serve(
     listener: GrpcListener,
     config: &GrpcConfig,
     routes: Routes,
     probe: HealthProbe,
+    auth: crate::auth::AuthLayer,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let (reporter, health_service) = tonic_health::server::health_reporter();
@@ -149,6 +151,7 @@ pub async fn serve(
         .max_concurrent_streams(config.max_concurrent_streams)
         .layer(server_trace_layer())
         .layer(tower::layer::layer_fn(|inner| RpcMetrics { inner }))
+        .layer(auth)
         .layer(tower::layer::layer_fn(move |inner| DatabaseGate {
             inner,
             database_up: database_up.clone(),

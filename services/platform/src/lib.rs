@@ -3,6 +3,7 @@
 //! and the clock. Domain types, entities of a service and business rules never live here (see README.md).
 
 pub mod admin;
+pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod db;

@@ -32,6 +32,9 @@ pub struct Metrics {
     pub cases_escalated: Counter<u64>,
     /// Cases dispatch flagged recurrent (几经反复, intake's `case.recurrent`), by category.
     pub cases_recurrent: Counter<u64>,
+    /// Calls refused by authentication or authorization, by `reason` and `service`
+    /// (`whistle_auth_refusals_total`).
+    pub auth_refusals: Counter<u64>,
 }
 
 impl Metrics {
@@ -51,6 +54,7 @@ impl Metrics {
             &self.assignments_overdue,
             &self.cases_escalated,
             &self.cases_recurrent,
+            &self.auth_refusals,
         ] {
             counter.add(0, &[]);
         }
@@ -168,6 +172,10 @@ pub fn metrics() -> &'static Metrics {
             cases_recurrent: meter
                 .u64_counter("whistle.cases.recurrent")
                 .with_description("cases flagged recurrent (几经反复), by category")
+                .build(),
+            auth_refusals: meter
+                .u64_counter("whistle.auth.refusals")
+                .with_description("calls refused: no or bad credential (UNAUTHENTICATED) or a role or region that may not (PERMISSION_DENIED), by reason and service")
                 .build(),
         }
     })

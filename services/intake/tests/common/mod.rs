@@ -44,6 +44,8 @@ pub async fn start_on(
     let bed = TestBed::new().await;
     let database_url = database_url.unwrap_or_else(|| bed.sqlite_url("intake"));
     let mut config = IntakeConfig::default();
+    // one service in-process: authentication is the end-to-end tests' (tests/tests/authorization.rs)
+    config.auth.enabled = false;
     config.database.url = database_url.clone();
     config.nats.url = bed.nats.url();
     config.catalogue.file = Some(TestBed::demo_catalogue());
