@@ -8,6 +8,7 @@ const RATERS: &[Role] = &[Role::StreetOperator, Role::CommunityWorker];
 const CALLBACKS: &[Role] = &[Role::CallbackOperator];
 const READERS: &[Role] = &[Role::Supervisor, Role::StreetOperator];
 const ADMIN: &[Role] = &[Role::Admin];
+const SUPERVISORS: &[Role] = &[Role::Supervisor];
 /// The period's whole set of cards, so that its SHA-256 can be checked: the filing office.
 const PERIOD_READERS: &[Role] = &[Role::Supervisor, Role::Admin];
 
@@ -16,7 +17,10 @@ pub fn access(method: &str) -> Option<Access> {
     let roles = match method {
         "RateCooperation" => RATERS,
         "RecordSatisfaction" => CALLBACKS,
-        "GetScorecard" | "GetRanking" | "ExplainScore" => READERS,
+        "GetScorecard" | "GetRanking" => READERS,
+        // the explanation of a department's whole card: its supervisors (a street reads its
+        // own view of the card with GetScorecard's region_code)
+        "ExplainScore" => SUPERVISORS,
         "ClosePeriod" | "ReopenPeriod" => ADMIN,
         "GetPeriodScorecards" => PERIOD_READERS,
         _ => return None,
