@@ -511,9 +511,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 };
                 tokio::spawn(async move {
                     match whistle::demo::play(&local, tokens).await {
-                        Ok(_) => println!(
-                            "\ndemo finished; the platform keeps running (Ctrl-C stops it)"
-                        ),
+                        // on stderr with the logs: the cards' last line, how the period is
+                        // closed, stays the last line of the demo's output
+                        Ok(_) => {
+                            eprintln!("demo finished; the platform keeps running (Ctrl-C stops it)")
+                        }
                         Err(error) => eprintln!("demo failed: {error:#}"),
                     }
                 });

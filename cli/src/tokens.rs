@@ -70,6 +70,12 @@ pub const PERSONAS: &[Persona] = &[
         region: "420303",
     },
     Persona {
+        name: "city-supervisor",
+        subject: "shiyan-supervisor",
+        role: Role::Supervisor,
+        region: "420300",
+    },
+    Persona {
         name: "admin",
         subject: "catalogue-admin",
         role: Role::Admin,

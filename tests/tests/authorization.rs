@@ -632,9 +632,10 @@ async fn every_rpc_every_role_in_and_out_of_region() {
     }
     // evaluation knows the case (and so its region) once a call-back on it is refused as "not
     // closed" rather than "not found"
-    let callback_operator = platform
-        .auth
-        .token("zhangwan-person", Role::CallbackOperator, "420303");
+    let callback_operator =
+        platform
+            .auth
+            .token("zhangwan-person", Role::CallbackOperator, "420303");
     let evaluation_url = platform.evaluation.url();
     let evaluation_channel = tonic::transport::Endpoint::from_shared(evaluation_url)
         .expect("url")
@@ -768,7 +769,10 @@ async fn every_rpc_every_role_in_and_out_of_region() {
     served.sort();
     let mut listed: Vec<String> = rows.iter().map(|row| row.path.to_string()).collect();
     listed.sort();
-    assert_eq!(listed, served, "the matrix must list every RPC exactly once");
+    assert_eq!(
+        listed, served,
+        "the matrix must list every RPC exactly once"
+    );
     let mut cells = 0usize;
     let mut failures = Vec::new();
     let mut counts = std::collections::BTreeMap::<&str, usize>::new();
