@@ -13,6 +13,7 @@ pub mod local_nats;
 pub mod metrics;
 pub mod nats;
 pub mod outbox;
+pub mod provenance;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;
