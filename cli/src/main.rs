@@ -325,6 +325,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 platform.open311_api_key_file.display()
             );
             println!("  nats                {}", platform.nats_url);
+            if let Some(seed) = &platform.nats_admin_seed_file {
+                println!(
+                    "  nats login          nkey users only; operator seed {} (nats --nkey {} ...)",
+                    seed.display(),
+                    seed.display()
+                );
+            }
             let [
                 intake_admin,
                 dispatch_admin,

@@ -210,6 +210,11 @@ pub struct NatsConfig {
     pub stream_max_age_days: u64,
     /// JetStream de-duplication window; must exceed the outbox relay's longest retry.
     pub duplicate_window_secs: u64,
+    /// The service's nkey seed (a file holding `SU…`, mode 0600), for a server whose users log in
+    /// with nkeys (`whistle nats-config`, `whistle up`). Without it the service logs in with the
+    /// user and password of `url`, or anonymously.
+    #[serde(default)]
+    pub nkey_seed_file: Option<std::path::PathBuf>,
 }
 
 impl Default for NatsConfig {
@@ -220,6 +225,7 @@ impl Default for NatsConfig {
             stream_replicas: 1,
             stream_max_age_days: 400,
             duplicate_window_secs: 2 * 3600,
+            nkey_seed_file: None,
         }
     }
 }
@@ -270,7 +276,31 @@ impl NatsConfig {
                 "nats.stream_max_age_days must be at least 1".into(),
             ));
         }
+        if self.nkey_seed_file.is_some() {
+            self.nkey_seed()?;
+        }
         Ok(())
+    }
+
+    /// The seed in `nats.nkey_seed_file`, checked to be a user seed; `None` when not set.
+    pub fn nkey_seed(&self) -> Result<Option<String>, ConfigError> {
+        let Some(file) = &self.nkey_seed_file else {
+            return Ok(None);
+        };
+        let seed = std::fs::read_to_string(file).map_err(|error| {
+            ConfigError::Invalid(format!(
+                "nats.nkey_seed_file {}: cannot read it: {error}",
+                file.display()
+            ))
+        })?;
+        let seed = seed.trim().to_string();
+        if !seed.starts_with("SU") || nkeys::KeyPair::from_seed(&seed).is_err() {
+            return Err(ConfigError::Invalid(format!(
+                "nats.nkey_seed_file {} holds no nkey user seed (a line starting with SU)",
+                file.display()
+            )));
+        }
+        Ok(Some(seed))
     }
 }
 
@@ -464,6 +494,32 @@ mod tests {
             let error = with(bad).validate().expect_err(bad);
             assert!(error.to_string().contains("nats.url"), "{error}");
         }
+    }
+
+    #[test]
+    fn nkey_seed_files_are_checked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let missing = NatsConfig {
+            nkey_seed_file: Some(dir.path().join("absent.nk")),
+            ..NatsConfig::default()
+        };
+        let error = missing.validate().expect_err("missing file");
+        assert!(error.to_string().contains("nats.nkey_seed_file"), "{error}");
+        let garbage = dir.path().join("garbage.nk");
+        std::fs::write(&garbage, "not a seed\n").expect("write");
+        let error = NatsConfig {
+            nkey_seed_file: Some(garbage),
+            ..NatsConfig::default()
+        }
+        .validate()
+        .expect_err("not a seed");
+        assert!(error.to_string().contains("no nkey user seed"), "{error}");
+        crate::nats_accounts::user_key(dir.path(), "intake").expect("seed");
+        let good = NatsConfig {
+            nkey_seed_file: Some(crate::nats_accounts::seed_file(dir.path(), "intake")),
+            ..NatsConfig::default()
+        };
+        assert!(good.validate().is_ok());
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod inbox;
 pub mod local_nats;
 pub mod metrics;
 pub mod nats;
+pub mod nats_accounts;
 pub mod outbox;
 pub mod provenance;
 pub mod service;
