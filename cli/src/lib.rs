@@ -8,5 +8,6 @@ pub mod client;
 pub mod demo;
 pub mod grid;
 pub mod local;
+pub mod nats_config;
 pub mod outbox;
 pub mod output;

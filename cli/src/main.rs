@@ -137,6 +137,8 @@ enum Command {
         #[command(subcommand)]
         command: whistle::outbox::OutboxCommand,
     },
+    /// Generate the production NATS users (nkeys) from the registry: services, departments, supervisors.
+    NatsConfig(whistle::nats_config::NatsConfigArgs),
     /// Play the demo scenario against running services.
     Demo {
         #[command(flatten)]
@@ -367,6 +369,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Grid { command } => whistle::grid::run(&endpoints, command).await?,
         Command::Outbox { command } => whistle::outbox::run(command).await?,
+        Command::NatsConfig(args) => whistle::nats_config::run(&args)?,
         Command::Demo { credentials } => {
             let tokens = whistle::client::read_credentials(&credentials.path())?;
             whistle::demo::play(&endpoints, tokens).await?;

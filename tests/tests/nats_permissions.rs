@@ -301,3 +301,58 @@ async fn users_are_held_to_their_subjects_and_kinds() {
     );
     platform.shutdown().await;
 }
+
+/// `nkey: "U…"` replaced, so files generated with other seeds compare equal.
+fn without_keys(text: &str) -> String {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .map(|line| match line.find("nkey: \"") {
+            Some(at) => format!("{}nkey: <key>{}", &line[..at], &line[at + 63..]),
+            None => line.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// deploy/nats/whistle-accounts.conf is what `whistle nats-config` makes of the Kubernetes
+/// catalogue (apart from the example keys), and nats-server accepts it.
+#[test]
+fn the_checked_in_account_is_generated_from_the_registry() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let registry = Registry::from_catalogue_json(
+        &std::fs::read_to_string(root.join("deploy/k8s/base/catalogue.json")).expect("catalogue"),
+    )
+    .expect("registry");
+    let users = whistle_platform::nats_accounts::users(&registry).expect("users");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let generated =
+        whistle_platform::nats_accounts::generate(&users, &dir.path().join("seeds"), "", true)
+            .expect("generate");
+    let checked_in =
+        std::fs::read_to_string(root.join("deploy/nats/whistle-accounts.conf")).expect("file");
+    assert_eq!(
+        without_keys(&checked_in).trim(),
+        without_keys(&generated).trim(),
+        "regenerate deploy/nats/whistle-accounts.conf with `whistle nats-config`"
+    );
+    // the production file needs nats-server 2.10 (CI checks it); the account alone is checked
+    // here with whatever server the machine has
+    std::fs::write(dir.path().join("whistle-accounts.conf"), &checked_in).expect("write");
+    std::fs::write(
+        dir.path().join("server.conf"),
+        "accounts {\n  include \"whistle-accounts.conf\"\n}\n",
+    )
+    .expect("write");
+    let output = std::process::Command::new(LocalNatsServer::find_binary().expect("nats-server"))
+        .arg("-t")
+        .arg("-c")
+        .arg(dir.path().join("server.conf"))
+        .output()
+        .expect("nats-server -t");
+    assert!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
