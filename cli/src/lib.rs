@@ -5,6 +5,7 @@
 
 pub mod bench;
 pub mod client;
+pub mod credentials;
 pub mod demo;
 pub mod grid;
 pub mod local;

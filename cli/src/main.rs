@@ -139,6 +139,11 @@ enum Command {
     },
     /// Generate the production NATS users (nkeys) from the registry: services, departments, supervisors.
     NatsConfig(whistle::nats_config::NatsConfigArgs),
+    /// Department API tokens at the gateway: issue, rotate, revoke, list.
+    Credentials {
+        #[command(subcommand)]
+        command: whistle::credentials::CredentialsCommand,
+    },
     /// Play the demo scenario against running services.
     Demo {
         #[command(flatten)]
@@ -370,6 +375,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Grid { command } => whistle::grid::run(&endpoints, command).await?,
         Command::Outbox { command } => whistle::outbox::run(command).await?,
         Command::NatsConfig(args) => whistle::nats_config::run(&args)?,
+        Command::Credentials { command } => whistle::credentials::run(command).await?,
         Command::Demo { credentials } => {
             let tokens = whistle::client::read_credentials(&credentials.path())?;
             whistle::demo::play(&endpoints, tokens).await?;
