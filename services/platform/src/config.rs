@@ -64,6 +64,13 @@ pub struct GrpcConfig {
     /// before they are closed (keep it below Kubernetes' terminationGracePeriodSeconds).
     #[serde(default = "defaults::shutdown_grace_secs")]
     pub shutdown_grace_secs: u64,
+    /// Calls per second one caller may make, sustained (0 turns the limit off); beyond it,
+    /// RESOURCE_EXHAUSTED with a retry hint. A caller is its credential, else its connection.
+    #[serde(default = "defaults::rate_per_second")]
+    pub rate_per_second: u32,
+    /// Calls one caller may make at once above the sustained rate.
+    #[serde(default = "defaults::rate_burst")]
+    pub rate_burst: u32,
 }
 
 mod defaults {
@@ -81,6 +88,12 @@ mod defaults {
     }
     pub fn shutdown_grace_secs() -> u64 {
         10
+    }
+    pub fn rate_per_second() -> u32 {
+        2000
+    }
+    pub fn rate_burst() -> u32 {
+        4000
     }
     pub fn acquire_timeout_ms() -> u64 {
         5000
@@ -100,7 +113,17 @@ impl GrpcConfig {
             keepalive_interval_secs: defaults::keepalive_interval_secs(),
             max_concurrent_streams: defaults::max_concurrent_streams(),
             shutdown_grace_secs: defaults::shutdown_grace_secs(),
+            rate_per_second: defaults::rate_per_second(),
+            rate_burst: defaults::rate_burst(),
         }
+    }
+
+    /// The per-caller rate limit, `None` when `rate_per_second` is 0.
+    pub fn caller_rate(&self) -> Option<crate::rate_limit::Rate> {
+        (self.rate_per_second > 0).then(|| crate::rate_limit::Rate {
+            per_second: f64::from(self.rate_per_second),
+            burst: f64::from(self.rate_burst),
+        })
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -123,6 +146,11 @@ impl GrpcConfig {
         if self.max_concurrent_streams == 0 {
             return Err(ConfigError::Invalid(
                 "grpc.max_concurrent_streams must be at least 1".into(),
+            ));
+        }
+        if self.rate_per_second > 0 && self.rate_burst == 0 {
+            return Err(ConfigError::Invalid(
+                "grpc.rate_burst must be at least 1 while grpc.rate_per_second is set (0 turns the limit off)".into(),
             ));
         }
         Ok(())

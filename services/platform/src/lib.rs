@@ -15,6 +15,7 @@ pub mod nats;
 pub mod nats_accounts;
 pub mod outbox;
 pub mod provenance;
+pub mod rate_limit;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;
