@@ -22,11 +22,14 @@ pub struct DispatchForwarder {
 type TracedChannel = tonic_tracing_opentelemetry::middleware::client::OtelGrpcService<Channel>;
 
 impl DispatchForwarder {
-    pub fn new(config: &DispatchConfig) -> Result<Self, tonic::transport::Error> {
-        let endpoint = Endpoint::from_shared(config.url.clone())?
+    pub fn new(config: &DispatchConfig) -> anyhow::Result<Self> {
+        let mut endpoint = Endpoint::from_shared(config.url.clone())?
             .connect_timeout(Duration::from_secs(3))
             .timeout(Duration::from_millis(config.request_timeout_ms))
             .tcp_nodelay(true);
+        if let Some(tls) = config.tls()? {
+            endpoint = endpoint.tls_config(tls)?;
+        }
         Ok(Self {
             client: DispatchServiceClient::new(
                 tower::ServiceBuilder::new()

@@ -71,6 +71,108 @@ pub struct GrpcConfig {
     /// Calls one caller may make at once above the sustained rate.
     #[serde(default = "defaults::rate_burst")]
     pub rate_burst: u32,
+    /// `[grpc.tls]`: serve over TLS (rustls); without it the port speaks plaintext HTTP/2.
+    #[serde(default)]
+    pub tls: Option<ServerTlsFiles>,
+}
+
+/// The PEM files of a TLS listener.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTlsFiles {
+    /// The server's certificate chain (PEM), e.g. cert-manager's `tls.crt`.
+    pub cert_file: std::path::PathBuf,
+    /// Its private key (PEM), e.g. `tls.key`.
+    pub key_file: std::path::PathBuf,
+    /// With it, mutual TLS: only clients with a certificate signed by this CA (PEM, `ca.crt`) get in.
+    #[serde(default)]
+    pub client_ca_file: Option<std::path::PathBuf>,
+}
+
+/// Reads a PEM file for a setting, refusing a missing, unreadable or non-PEM file by name.
+pub fn read_pem(setting: &str, file: &Path) -> Result<Vec<u8>, ConfigError> {
+    let bytes = std::fs::read(file).map_err(|error| {
+        ConfigError::Invalid(format!(
+            "{setting} {}: cannot read it: {error}",
+            file.display()
+        ))
+    })?;
+    if !bytes.windows(11).any(|window| window == b"-----BEGIN ") {
+        return Err(ConfigError::Invalid(format!(
+            "{setting} {} is not a PEM file",
+            file.display()
+        )));
+    }
+    Ok(bytes)
+}
+
+impl ServerTlsFiles {
+    /// The rustls server configuration: identity, and client CA for mutual TLS.
+    pub fn server_config(&self) -> Result<tonic::transport::ServerTlsConfig, ConfigError> {
+        let identity = tonic::transport::Identity::from_pem(
+            read_pem("grpc.tls.cert_file", &self.cert_file)?,
+            read_pem("grpc.tls.key_file", &self.key_file)?,
+        );
+        let mut config = tonic::transport::ServerTlsConfig::new().identity(identity);
+        if let Some(ca) = &self.client_ca_file {
+            config = config.client_ca_root(tonic::transport::Certificate::from_pem(read_pem(
+                "grpc.tls.client_ca_file",
+                ca,
+            )?));
+        }
+        Ok(config)
+    }
+}
+
+/// The TLS settings of a gRPC client (`<section>.ca_file`, and a certificate for mutual TLS).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientTlsFiles {
+    /// The CA (PEM) that signed the server's certificate; with an `https://` URL.
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// The client's own certificate (PEM) for a server that requires mutual TLS.
+    #[serde(default)]
+    pub cert_file: Option<std::path::PathBuf>,
+    /// Its private key (PEM).
+    #[serde(default)]
+    pub key_file: Option<std::path::PathBuf>,
+}
+
+impl ClientTlsFiles {
+    /// The rustls client configuration, `None` when no CA is set. `section` names the settings in
+    /// errors (e.g. `dispatch`).
+    pub fn client_config(
+        &self,
+        section: &str,
+    ) -> Result<Option<tonic::transport::ClientTlsConfig>, ConfigError> {
+        let Some(ca) = &self.ca_file else {
+            if self.cert_file.is_some() || self.key_file.is_some() {
+                return Err(ConfigError::Invalid(format!(
+                    "{section}.cert_file and {section}.key_file need {section}.ca_file"
+                )));
+            }
+            return Ok(None);
+        };
+        let mut config = tonic::transport::ClientTlsConfig::new().ca_certificate(
+            tonic::transport::Certificate::from_pem(read_pem(&format!("{section}.ca_file"), ca)?),
+        );
+        match (&self.cert_file, &self.key_file) {
+            (Some(cert), Some(key)) => {
+                config = config.identity(tonic::transport::Identity::from_pem(
+                    read_pem(&format!("{section}.cert_file"), cert)?,
+                    read_pem(&format!("{section}.key_file"), key)?,
+                ));
+            }
+            (None, None) => {}
+            _ => {
+                return Err(ConfigError::Invalid(format!(
+                    "{section}.cert_file and {section}.key_file go together"
+                )));
+            }
+        }
+        Ok(Some(config))
+    }
 }
 
 mod defaults {
@@ -115,6 +217,7 @@ impl GrpcConfig {
             shutdown_grace_secs: defaults::shutdown_grace_secs(),
             rate_per_second: defaults::rate_per_second(),
             rate_burst: defaults::rate_burst(),
+            tls: None,
         }
     }
 
@@ -152,6 +255,9 @@ impl GrpcConfig {
             return Err(ConfigError::Invalid(
                 "grpc.rate_burst must be at least 1 while grpc.rate_per_second is set (0 turns the limit off)".into(),
             ));
+        }
+        if let Some(tls) = &self.tls {
+            tls.server_config()?;
         }
         Ok(())
     }

@@ -146,7 +146,13 @@ pub async fn serve(
     let caller_buckets = config
         .caller_rate()
         .map(crate::rate_limit::CallerBuckets::new);
-    let server = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &config.tls {
+        builder = builder
+            .tls_config(tls.server_config()?)
+            .map_err(|error| anyhow::anyhow!("grpc.tls: {error}"))?;
+    }
+    let server = builder
         .http2_keepalive_interval(Some(keepalive))
         .http2_keepalive_timeout(Some(keepalive))
         .max_concurrent_streams(config.max_concurrent_streams)
