@@ -38,7 +38,7 @@ pub async fn connect(config: &NatsConfig, client_name: &str) -> anyhow::Result<a
             {
                 // waiting does not fix a refused login
                 anyhow::bail!(
-                    "nats at {} refused the login of {client_name}: {error} (check nats.nkey_seed_file or the user in nats.url)",
+                    "cannot reach nats at {}: the server refused the login of {client_name}: {error} (check nats.nkey_seed_file or the user in nats.url)",
                     redact_url(&config.url)
                 )
             }

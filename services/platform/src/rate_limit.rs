@@ -84,19 +84,18 @@ pub fn caller_key<B>(request: &http::Request<B>) -> u64 {
     if let Some(credential) = request.headers().get(http::header::AUTHORIZATION) {
         "credential".hash(&mut hasher);
         credential.as_bytes().hash(&mut hasher);
-    } else if let Some(peer) =
-        request
-            .extensions()
-            .get::<tonic::transport::server::TcpConnectInfo>()
-            .and_then(|info| info.remote_addr())
-            .or_else(|| {
-                request
+    } else if let Some(peer) = request
+        .extensions()
+        .get::<tonic::transport::server::TcpConnectInfo>()
+        .and_then(|info| info.remote_addr())
+        .or_else(|| {
+            request
                     .extensions()
                     .get::<tonic::transport::server::TlsConnectInfo<
                         tonic::transport::server::TcpConnectInfo,
                     >>()
                     .and_then(|info| info.get_ref().remote_addr())
-            })
+        })
     {
         "connection".hash(&mut hasher);
         peer.hash(&mut hasher);
