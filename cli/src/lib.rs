@@ -5,10 +5,12 @@
 
 pub mod bench;
 pub mod client;
+pub mod credentials;
 pub mod demo;
 pub mod evaluation;
 pub mod grid;
 pub mod local;
+pub mod nats_config;
 pub mod outbox;
 pub mod output;
 pub mod tokens;

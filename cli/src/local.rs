@@ -61,6 +61,9 @@ pub struct LocalPlatform {
     /// The demo Open311 API key (`<data-dir>/open311-api-key`).
     pub open311_api_key_file: PathBuf,
     pub nats_url: String,
+    /// The nkey seed of `whistle-admin` (every subject) on the private server; `None` with
+    /// `--nats-url`.
+    pub nats_admin_seed_file: Option<PathBuf>,
     pub credentials_file: PathBuf,
     /// The key pair and the demo people's tokens (docs/security.md).
     pub auth: crate::tokens::LocalAuth,
@@ -101,11 +104,16 @@ impl LocalPlatform {
                 (None, url.clone())
             }
             None => {
-                let server = LocalNatsServer::start(&data_dir.join("nats"))?;
+                // every service logs in as its own user; nobody gets in anonymously
+                let registry =
+                    whistle_platform::nats_accounts::Registry::from_catalogue_json(DEMO_CATALOGUE)?;
+                let server =
+                    LocalNatsServer::start_with_accounts(&data_dir.join("nats"), &registry)?;
                 let url = server.url();
                 (Some(server), url)
             }
         };
+        let seed_of = |user: &str| nats.as_ref().and_then(|server| server.seed_file(user));
         let catalogue = data_dir.join("demo-catalogue.json");
         std::fs::write(&catalogue, DEMO_CATALOGUE)?;
         let credentials_file = data_dir.join("demo-credentials.json");
@@ -149,6 +157,9 @@ impl LocalPlatform {
         intake_config.database.url = sqlite_url(&data_dir, "intake");
         intake_config.nats.url = nats_url.clone();
         intake_config.auth.keys_file = Some(auth.public_keys_file.clone());
+        if let Some(seed) = seed_of("intake") {
+            intake_config.nats.nkey_seed_file = Some(seed);
+        }
         intake_config.catalogue.file = Some(catalogue.clone());
         intake_config.open311.enabled = true;
         intake_config.open311.listen = open311;
@@ -159,6 +170,9 @@ impl LocalPlatform {
         dispatch_config.database.url = sqlite_url(&data_dir, "dispatch");
         dispatch_config.nats.url = nats_url.clone();
         dispatch_config.auth.keys_file = Some(auth.public_keys_file.clone());
+        if let Some(seed) = seed_of("dispatch") {
+            dispatch_config.nats.nkey_seed_file = Some(seed);
+        }
         dispatch_config.catalogue.file = Some(catalogue.clone());
 
         let mut gateway_config = whistle_department_gateway::GatewayConfig::load(None)?;
@@ -166,6 +180,9 @@ impl LocalPlatform {
         gateway_config.database.url = sqlite_url(&data_dir, "department-gateway");
         gateway_config.nats.url = nats_url.clone();
         gateway_config.auth.keys_file = Some(auth.public_keys_file.clone());
+        if let Some(seed) = seed_of("department-gateway") {
+            gateway_config.nats.nkey_seed_file = Some(seed);
+        }
         gateway_config.dispatch.url = format!("http://{}", connectable(dispatch));
         gateway_config.catalogue.file = Some(catalogue.clone());
         gateway_config.catalogue.credentials_file = Some(credentials_file.clone());
@@ -176,6 +193,9 @@ impl LocalPlatform {
         evaluation_config.database.url = sqlite_url(&data_dir, "evaluation");
         evaluation_config.nats.url = nats_url.clone();
         evaluation_config.auth.keys_file = Some(auth.public_keys_file.clone());
+        if let Some(seed) = seed_of("evaluation") {
+            evaluation_config.nats.nkey_seed_file = Some(seed);
+        }
         evaluation_config.catalogue.file = Some(catalogue.clone());
 
         let shutdown = CancellationToken::new();
@@ -234,6 +254,7 @@ impl LocalPlatform {
             open311: connectable(open311),
             open311_api_key_file,
             nats_url,
+            nats_admin_seed_file: seed_of("whistle-admin"),
             credentials_file,
             auth,
             admin: admin_addresses

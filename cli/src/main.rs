@@ -187,6 +187,13 @@ enum Command {
         #[command(subcommand)]
         command: whistle::outbox::OutboxCommand,
     },
+    /// Generate the production NATS users (nkeys) from the registry: services, departments, supervisors.
+    NatsConfig(whistle::nats_config::NatsConfigArgs),
+    /// Department API tokens at the gateway: issue, rotate, revoke, list.
+    Credentials {
+        #[command(subcommand)]
+        command: whistle::credentials::CredentialsCommand,
+    },
     /// Play the demo scenario against running services.
     Demo {
         #[command(flatten)]
@@ -484,6 +491,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 platform.open311_api_key_file.display()
             );
             println!("  nats                {}", platform.nats_url);
+            if let Some(seed) = &platform.nats_admin_seed_file {
+                println!(
+                    "  nats login          nkey users only; operator seed {} (nats --nkey {} ...)",
+                    seed.display(),
+                    seed.display()
+                );
+            }
             let [
                 intake_admin,
                 dispatch_admin,
@@ -525,6 +539,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Grid { command } => whistle::grid::run(&endpoints, command).await?,
         Command::Outbox { command } => whistle::outbox::run(command).await?,
+        Command::NatsConfig(args) => whistle::nats_config::run(&args)?,
+        Command::Credentials { command } => whistle::credentials::run(command).await?,
         Command::Demo { credentials } => {
             // the people's tokens beside the department credentials of that data folder
             let people = whistle::tokens::tokens_path(&credentials.data_dir);

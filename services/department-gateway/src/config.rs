@@ -78,7 +78,7 @@ impl SubscriptionsConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DispatchConfig {
-    /// `http://host:port`; `https://` is refused until the workspace builds tonic with TLS.
+    /// `http://host:port`, or `https://host:port` with `ca_file` (dispatch serving `[grpc.tls]`).
     pub url: String,
     /// How long one forwarded action may take before the caller gets UNAVAILABLE.
     pub request_timeout_ms: u64,
@@ -86,6 +86,27 @@ pub struct DispatchConfig {
     /// sent to dispatch on every forwarded action; required when `auth.enabled` (docs/security.md).
     #[serde(default)]
     pub service_token_file: Option<std::path::PathBuf>,
+    /// The CA (PEM) that signed dispatch's certificate; required with `https://`.
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// The gateway's client certificate (PEM), when dispatch requires mutual TLS.
+    #[serde(default)]
+    pub cert_file: Option<std::path::PathBuf>,
+    /// Its private key (PEM).
+    #[serde(default)]
+    pub key_file: Option<std::path::PathBuf>,
+}
+
+impl DispatchConfig {
+    /// The TLS settings of the channel to dispatch, `None` for `http://`.
+    pub fn tls(&self) -> Result<Option<tonic::transport::ClientTlsConfig>, ConfigError> {
+        whistle_platform::config::ClientTlsFiles {
+            ca_file: self.ca_file.clone(),
+            cert_file: self.cert_file.clone(),
+            key_file: self.key_file.clone(),
+        }
+        .client_config("dispatch")
+    }
 }
 
 impl Default for DispatchConfig {
@@ -94,6 +115,9 @@ impl Default for DispatchConfig {
             url: "http://127.0.0.1:50052".into(),
             request_timeout_ms: 10_000,
             service_token_file: None,
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
         }
     }
 }
@@ -162,11 +186,15 @@ impl ServiceConfig for GatewayConfig {
                 "dispatch.url must look like http://host:port, got {url:?}"
             )));
         }
-        if url.starts_with("https://") {
-            // tonic is built without its TLS features in this workspace: every call would fail
+        let tls = self.dispatch.tls()?;
+        if url.starts_with("https://") && tls.is_none() {
             return Err(ConfigError::Invalid(format!(
-                "dispatch.url {url:?}: https:// is not supported by this build (no TLS in the gRPC client); \
-                 use http:// inside the cluster or a TLS-terminating sidecar"
+                "dispatch.url {url:?} is https:// but dispatch.ca_file is not set: name the CA that signed dispatch's certificate"
+            )));
+        }
+        if url.starts_with("http://") && tls.is_some() {
+            return Err(ConfigError::Invalid(format!(
+                "dispatch.ca_file is set but dispatch.url {url:?} is http://: use https://"
             )));
         }
         if self.dispatch.request_timeout_ms == 0 {
@@ -250,7 +278,7 @@ mod tests {
         config.dispatch.url = "http://dispatch.whistle.svc:50052".into();
         assert!(config.validate().is_ok());
         config.dispatch.url = "https://dispatch.whistle.svc:443".into();
-        let error = config.validate().expect_err("no TLS in this build");
-        assert!(error.to_string().contains("https://"), "{error}");
+        let error = config.validate().expect_err("https without a CA");
+        assert!(error.to_string().contains("dispatch.ca_file"), "{error}");
     }
 }

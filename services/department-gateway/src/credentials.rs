@@ -1,5 +1,6 @@
-//! Department credentials: bearer tokens, stored only as SHA-256 digests, checked on every call;
-//! and, for local runs, a credentials file through which tokens are handed out.
+//! Department credentials: bearer tokens, stored only as SHA-256 digests, with an optional expiry
+//! and a revocation mark, checked on every call; `whistle credentials` issues, rotates, revokes
+//! and lists them; for local runs, a credentials file through which tokens are handed out.
 
 use crate::domain::{self, BearerError};
 use crate::error::GatewayError;
@@ -12,8 +13,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use whistle_platform::clock::{Clock, SystemClock, to_millis};
 
-/// How long a token's department is remembered: a credential removed from the database stops
-/// working within this time.
+/// How long a token's department is remembered: a credential revoked or removed in the database
+/// stops working within this time (an expiry is exact: nothing is remembered past it).
 pub const CREDENTIAL_CACHE_TTL: Duration = Duration::from_secs(5);
 /// Tokens remembered at most; beyond it the expired ones are forgotten, or all of them.
 const CREDENTIAL_CACHE_ENTRIES: usize = 10_000;
@@ -34,7 +35,17 @@ impl CredentialCache {
             .map(|(department_code, _)| department_code.clone())
     }
 
-    fn remember(&self, token_sha256: String, department_code: String, now: Instant) {
+    /// Remembers for [`CREDENTIAL_CACHE_TTL`], or less when the token expires sooner.
+    fn remember_until_expiry(
+        &self,
+        token_sha256: String,
+        department_code: String,
+        now: Instant,
+        remaining: Option<Duration>,
+    ) {
+        let lifetime = remaining.map_or(CREDENTIAL_CACHE_TTL, |remaining| {
+            remaining.min(CREDENTIAL_CACHE_TTL)
+        });
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         if entries.len() >= CREDENTIAL_CACHE_ENTRIES {
             entries.retain(|_, (_, expires_at)| now < *expires_at);
@@ -42,7 +53,12 @@ impl CredentialCache {
                 entries.clear();
             }
         }
-        entries.insert(token_sha256, (department_code, now + CREDENTIAL_CACHE_TTL));
+        entries.insert(token_sha256, (department_code, now + lifetime));
+    }
+
+    #[cfg(test)]
+    fn remember(&self, token_sha256: String, department_code: String, now: Instant) {
+        self.remember_until_expiry(token_sha256, department_code, now, None);
     }
 }
 
@@ -66,7 +82,7 @@ pub async fn authenticate(
     if let Some(department_code) = cache.department_of(&digest, Instant::now()) {
         return Ok(department_code);
     }
-    let department_code = storage::department_of_token(db, &digest)
+    let credential = storage::credential_of_token(db, &digest)
         .await?
         .ok_or_else(|| {
             GatewayError::Unauthenticated(
@@ -74,8 +90,144 @@ pub async fn authenticate(
                     .into(),
             )
         })?;
-    cache.remember(digest, department_code.clone(), Instant::now());
-    Ok(department_code)
+    let now_ms = to_millis(SystemClock.now());
+    let remaining = usable(&credential, now_ms).map_err(GatewayError::Unauthenticated)?;
+    cache.remember_until_expiry(
+        digest,
+        credential.department_code.clone(),
+        Instant::now(),
+        remaining,
+    );
+    Ok(credential.department_code)
+}
+
+/// How long a stored credential stays usable from `now_ms` (`None`: no expiry), or why it is not.
+pub fn usable(credential: &credential::Model, now_ms: i64) -> Result<Option<Duration>, String> {
+    if let Some(revoked_at_ms) = credential.revoked_at_ms {
+        return Err(format!(
+            "token revoked at {}: ask the operator of the gateway for a new one",
+            rfc3339(revoked_at_ms)
+        ));
+    }
+    match credential.expires_at_ms {
+        Some(expires_at_ms) if expires_at_ms <= now_ms => Err(format!(
+            "token expired at {}: ask the operator of the gateway for a new one",
+            rfc3339(expires_at_ms)
+        )),
+        Some(expires_at_ms) => Ok(Some(Duration::from_millis(
+            u64::try_from(expires_at_ms - now_ms).unwrap_or(0),
+        ))),
+        None => Ok(None),
+    }
+}
+
+fn rfc3339(at_ms: i64) -> String {
+    // whole seconds are enough to tell an operator when
+    let at = whistle_platform::clock::from_millis(at_ms - at_ms.rem_euclid(1000));
+    at.to_rfc3339().replace("+00:00", "Z")
+}
+
+/// A credential as `whistle credentials list` shows it (never the token, which is not stored).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CredentialSummary {
+    pub department_code: String,
+    /// The first 12 hex characters of the token's SHA-256, enough to tell tokens apart.
+    pub digest_prefix: String,
+    pub created_at_ms: i64,
+    pub expires_at_ms: Option<i64>,
+    pub revoked_at_ms: Option<i64>,
+}
+
+/// Issues a new token to a department of the registry, stored as its digest; returns the token,
+/// which is shown once and never stored.
+pub async fn issue_token(
+    db: &DatabaseConnection,
+    department_code: &str,
+    expires_at_ms: Option<i64>,
+    now_ms: i64,
+) -> anyhow::Result<String> {
+    if department::Entity::find_by_id(department_code)
+        .one(db)
+        .await?
+        .is_none()
+    {
+        anyhow::bail!("department {department_code} is not in the gateway's registry");
+    }
+    let token = new_token();
+    credential::Entity::insert(credential::ActiveModel {
+        token_sha256: Set(domain::token_digest(&token)),
+        department_code: Set(department_code.to_string()),
+        created_at_ms: Set(now_ms),
+        expires_at_ms: Set(expires_at_ms),
+        revoked_at_ms: Set(None),
+    })
+    .exec_without_returning(db)
+    .await?;
+    Ok(token)
+}
+
+/// Revokes every live token of a department (or only those whose digest starts with
+/// `digest_prefix`); returns how many. Revoked tokens are refused within
+/// [`CREDENTIAL_CACHE_TTL`].
+pub async fn revoke(
+    db: &DatabaseConnection,
+    department_code: &str,
+    digest_prefix: Option<&str>,
+    now_ms: i64,
+) -> anyhow::Result<u64> {
+    use sea_orm::{ColumnTrait, QueryFilter};
+    let mut update = credential::Entity::update_many()
+        .col_expr(credential::Column::RevokedAtMs, now_ms.into())
+        .filter(credential::Column::DepartmentCode.eq(department_code))
+        .filter(credential::Column::RevokedAtMs.is_null());
+    if let Some(prefix) = digest_prefix {
+        update = update.filter(credential::Column::TokenSha256.starts_with(prefix));
+    }
+    Ok(update.exec(db).await?.rows_affected)
+}
+
+/// Sets the expiry of a department's live tokens that expire later than `expires_at_ms` (or never)
+/// to `expires_at_ms`: after a rotation the old tokens keep working for a grace period only.
+pub async fn expire_live_tokens(
+    db: &DatabaseConnection,
+    department_code: &str,
+    expires_at_ms: i64,
+    except_digest: &str,
+) -> anyhow::Result<u64> {
+    use sea_orm::sea_query::Condition;
+    use sea_orm::{ColumnTrait, QueryFilter};
+    Ok(credential::Entity::update_many()
+        .col_expr(credential::Column::ExpiresAtMs, expires_at_ms.into())
+        .filter(credential::Column::DepartmentCode.eq(department_code))
+        .filter(credential::Column::RevokedAtMs.is_null())
+        .filter(credential::Column::TokenSha256.ne(except_digest))
+        .filter(
+            Condition::any()
+                .add(credential::Column::ExpiresAtMs.is_null())
+                .add(credential::Column::ExpiresAtMs.gt(expires_at_ms)),
+        )
+        .exec(db)
+        .await?
+        .rows_affected)
+}
+
+/// Every credential, by department then creation.
+pub async fn list(db: &DatabaseConnection) -> anyhow::Result<Vec<CredentialSummary>> {
+    use sea_orm::QueryOrder;
+    Ok(credential::Entity::find()
+        .order_by_asc(credential::Column::DepartmentCode)
+        .order_by_asc(credential::Column::CreatedAtMs)
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|credential| CredentialSummary {
+            digest_prefix: credential.token_sha256.chars().take(12).collect(),
+            department_code: credential.department_code,
+            created_at_ms: credential.created_at_ms,
+            expires_at_ms: credential.expires_at_ms,
+            revoked_at_ms: credential.revoked_at_ms,
+        })
+        .collect())
 }
 
 /// A fresh token: 32 random bytes (from the OS generator, via two UUIDv4), hex-encoded.
@@ -163,6 +315,8 @@ pub async fn issue_missing_credentials(
                 token_sha256: Set(token_sha256),
                 department_code: Set(department_code),
                 created_at_ms: Set(now_ms),
+                expires_at_ms: Set(None),
+                revoked_at_ms: Set(None),
             })
             .on_conflict(
                 OnConflict::column(credential::Column::TokenSha256)
@@ -279,6 +433,49 @@ mod tests {
             cache.department_of("digest", now + CREDENTIAL_CACHE_TTL),
             None
         );
+    }
+
+    #[test]
+    fn a_token_is_not_remembered_past_its_expiry() {
+        let cache = CredentialCache::default();
+        let now = Instant::now();
+        cache.remember_until_expiry(
+            "digest".into(),
+            "zw-sanitation".into(),
+            now,
+            Some(Duration::from_secs(1)),
+        );
+        assert_eq!(
+            cache.department_of("digest", now + Duration::from_millis(999)),
+            Some("zw-sanitation".into())
+        );
+        assert_eq!(
+            cache.department_of("digest", now + Duration::from_secs(1)),
+            None
+        );
+    }
+
+    #[test]
+    fn expired_and_revoked_credentials_say_which() {
+        let credential = |expires_at_ms, revoked_at_ms| credential::Model {
+            token_sha256: "digest".into(),
+            department_code: "zw-sanitation".into(),
+            created_at_ms: 0,
+            expires_at_ms,
+            revoked_at_ms,
+        };
+        assert_eq!(usable(&credential(None, None), 5_000), Ok(None));
+        assert_eq!(
+            usable(&credential(Some(7_000), None), 5_000),
+            Ok(Some(Duration::from_secs(2)))
+        );
+        let expired = usable(&credential(Some(5_000), None), 5_000).expect_err("expired");
+        assert!(
+            expired.starts_with("token expired at 1970-01-01T00:00:05Z"),
+            "{expired}"
+        );
+        let revoked = usable(&credential(None, Some(4_000)), 5_000).expect_err("revoked");
+        assert!(revoked.starts_with("token revoked at"), "{revoked}");
     }
 
     #[test]

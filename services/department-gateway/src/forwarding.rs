@@ -23,18 +23,18 @@ type TracedChannel = tonic_tracing_opentelemetry::middleware::client::OtelGrpcSe
 
 impl DispatchForwarder {
     /// `service_token` is the gateway's own credential, sent on every call (none with auth off).
-    pub fn new(
-        config: &DispatchConfig,
-        service_token: Option<String>,
-    ) -> Result<Self, tonic::transport::Error> {
+    pub fn new(config: &DispatchConfig, service_token: Option<String>) -> anyhow::Result<Self> {
         let bearer = match service_token {
             Some(token) => whistle_platform::auth::BearerLayer::new(token),
             None => whistle_platform::auth::BearerLayer::none(),
         };
-        let endpoint = Endpoint::from_shared(config.url.clone())?
+        let mut endpoint = Endpoint::from_shared(config.url.clone())?
             .connect_timeout(Duration::from_secs(3))
             .timeout(Duration::from_millis(config.request_timeout_ms))
             .tcp_nodelay(true);
+        if let Some(tls) = config.tls()? {
+            endpoint = endpoint.tls_config(tls)?;
+        }
         Ok(Self {
             client: DispatchServiceClient::new(
                 tower::ServiceBuilder::new()

@@ -41,6 +41,10 @@ pub mod credential {
         pub token_sha256: String,
         pub department_code: String,
         pub created_at_ms: i64,
+        /// After this instant the token is refused as expired; `None`: it does not expire.
+        pub expires_at_ms: Option<i64>,
+        /// When the operator revoked it; a revoked token is refused.
+        pub revoked_at_ms: Option<i64>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -191,15 +195,14 @@ pub mod delivery_cursor {
     impl ActiveModelBehavior for ActiveModel {}
 }
 
-/// The department a token digest belongs to.
-pub async fn department_of_token<C: ConnectionTrait>(
+/// The credential of a token digest: its department, expiry and revocation.
+pub async fn credential_of_token<C: ConnectionTrait>(
     connection: &C,
     token_sha256: &str,
-) -> Result<Option<String>, DbErr> {
-    Ok(credential::Entity::find_by_id(token_sha256)
+) -> Result<Option<credential::Model>, DbErr> {
+    credential::Entity::find_by_id(token_sha256)
         .one(connection)
-        .await?
-        .map(|credential| credential.department_code))
+        .await
 }
 
 /// Creates the notice counters of `department_codes` that do not exist yet and locks them all
@@ -372,7 +375,56 @@ impl MigratorTrait for Migrator {
         whistle_platform::db::migrations::with_platform(vec![
             Box::new(CreateGatewayTables),
             Box::new(CreateAssignmentTraces),
+            Box::new(AddCredentialExpiry),
         ])
+    }
+}
+
+#[derive(Debug)]
+struct AddCredentialExpiry;
+
+impl MigrationName for AddCredentialExpiry {
+    fn name(&self) -> &str {
+        "m20261129_000002_gateway_credential_expiry"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for AddCredentialExpiry {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        use sea_orm_migration::schema::*;
+        // one column per statement: SQLite adds one at a time
+        for column in [
+            credential::Column::ExpiresAtMs,
+            credential::Column::RevokedAtMs,
+        ] {
+            manager
+                .alter_table(
+                    Table::alter()
+                        .table(credential::Entity)
+                        .add_column(big_integer_null(column))
+                        .to_owned(),
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        for column in [
+            credential::Column::ExpiresAtMs,
+            credential::Column::RevokedAtMs,
+        ] {
+            manager
+                .alter_table(
+                    Table::alter()
+                        .table(credential::Entity)
+                        .drop_column(column)
+                        .to_owned(),
+                )
+                .await?;
+        }
+        Ok(())
     }
 }
 

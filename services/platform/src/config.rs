@@ -64,6 +64,115 @@ pub struct GrpcConfig {
     /// before they are closed (keep it below Kubernetes' terminationGracePeriodSeconds).
     #[serde(default = "defaults::shutdown_grace_secs")]
     pub shutdown_grace_secs: u64,
+    /// Calls per second one caller may make, sustained (0 turns the limit off); beyond it,
+    /// RESOURCE_EXHAUSTED with a retry hint. A caller is its credential, else its connection.
+    #[serde(default = "defaults::rate_per_second")]
+    pub rate_per_second: u32,
+    /// Calls one caller may make at once above the sustained rate.
+    #[serde(default = "defaults::rate_burst")]
+    pub rate_burst: u32,
+    /// `[grpc.tls]`: serve over TLS (rustls); without it the port speaks plaintext HTTP/2.
+    #[serde(default)]
+    pub tls: Option<ServerTlsFiles>,
+}
+
+/// The PEM files of a TLS listener.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTlsFiles {
+    /// The server's certificate chain (PEM), e.g. cert-manager's `tls.crt`.
+    pub cert_file: std::path::PathBuf,
+    /// Its private key (PEM), e.g. `tls.key`.
+    pub key_file: std::path::PathBuf,
+    /// With it, mutual TLS: only clients with a certificate signed by this CA (PEM, `ca.crt`) get in.
+    #[serde(default)]
+    pub client_ca_file: Option<std::path::PathBuf>,
+}
+
+/// Reads a PEM file for a setting, refusing a missing, unreadable or non-PEM file by name.
+pub fn read_pem(setting: &str, file: &Path) -> Result<Vec<u8>, ConfigError> {
+    let bytes = std::fs::read(file).map_err(|error| {
+        ConfigError::Invalid(format!(
+            "{setting} {}: cannot read it: {error}",
+            file.display()
+        ))
+    })?;
+    if !bytes.windows(11).any(|window| window == b"-----BEGIN ") {
+        return Err(ConfigError::Invalid(format!(
+            "{setting} {} is not a PEM file",
+            file.display()
+        )));
+    }
+    Ok(bytes)
+}
+
+impl ServerTlsFiles {
+    /// The rustls server configuration: identity, and client CA for mutual TLS.
+    pub fn server_config(&self) -> Result<tonic::transport::ServerTlsConfig, ConfigError> {
+        let identity = tonic::transport::Identity::from_pem(
+            read_pem("grpc.tls.cert_file", &self.cert_file)?,
+            read_pem("grpc.tls.key_file", &self.key_file)?,
+        );
+        let mut config = tonic::transport::ServerTlsConfig::new().identity(identity);
+        if let Some(ca) = &self.client_ca_file {
+            config = config.client_ca_root(tonic::transport::Certificate::from_pem(read_pem(
+                "grpc.tls.client_ca_file",
+                ca,
+            )?));
+        }
+        Ok(config)
+    }
+}
+
+/// The TLS settings of a gRPC client (`<section>.ca_file`, and a certificate for mutual TLS).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientTlsFiles {
+    /// The CA (PEM) that signed the server's certificate; with an `https://` URL.
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// The client's own certificate (PEM) for a server that requires mutual TLS.
+    #[serde(default)]
+    pub cert_file: Option<std::path::PathBuf>,
+    /// Its private key (PEM).
+    #[serde(default)]
+    pub key_file: Option<std::path::PathBuf>,
+}
+
+impl ClientTlsFiles {
+    /// The rustls client configuration, `None` when no CA is set. `section` names the settings in
+    /// errors (e.g. `dispatch`).
+    pub fn client_config(
+        &self,
+        section: &str,
+    ) -> Result<Option<tonic::transport::ClientTlsConfig>, ConfigError> {
+        let Some(ca) = &self.ca_file else {
+            if self.cert_file.is_some() || self.key_file.is_some() {
+                return Err(ConfigError::Invalid(format!(
+                    "{section}.cert_file and {section}.key_file need {section}.ca_file"
+                )));
+            }
+            return Ok(None);
+        };
+        let mut config = tonic::transport::ClientTlsConfig::new().ca_certificate(
+            tonic::transport::Certificate::from_pem(read_pem(&format!("{section}.ca_file"), ca)?),
+        );
+        match (&self.cert_file, &self.key_file) {
+            (Some(cert), Some(key)) => {
+                config = config.identity(tonic::transport::Identity::from_pem(
+                    read_pem(&format!("{section}.cert_file"), cert)?,
+                    read_pem(&format!("{section}.key_file"), key)?,
+                ));
+            }
+            (None, None) => {}
+            _ => {
+                return Err(ConfigError::Invalid(format!(
+                    "{section}.cert_file and {section}.key_file go together"
+                )));
+            }
+        }
+        Ok(Some(config))
+    }
 }
 
 mod defaults {
@@ -81,6 +190,12 @@ mod defaults {
     }
     pub fn shutdown_grace_secs() -> u64 {
         10
+    }
+    pub fn rate_per_second() -> u32 {
+        2000
+    }
+    pub fn rate_burst() -> u32 {
+        4000
     }
     pub fn acquire_timeout_ms() -> u64 {
         5000
@@ -100,7 +215,18 @@ impl GrpcConfig {
             keepalive_interval_secs: defaults::keepalive_interval_secs(),
             max_concurrent_streams: defaults::max_concurrent_streams(),
             shutdown_grace_secs: defaults::shutdown_grace_secs(),
+            rate_per_second: defaults::rate_per_second(),
+            rate_burst: defaults::rate_burst(),
+            tls: None,
         }
+    }
+
+    /// The per-caller rate limit, `None` when `rate_per_second` is 0.
+    pub fn caller_rate(&self) -> Option<crate::rate_limit::Rate> {
+        (self.rate_per_second > 0).then(|| crate::rate_limit::Rate {
+            per_second: f64::from(self.rate_per_second),
+            burst: f64::from(self.rate_burst),
+        })
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -124,6 +250,14 @@ impl GrpcConfig {
             return Err(ConfigError::Invalid(
                 "grpc.max_concurrent_streams must be at least 1".into(),
             ));
+        }
+        if self.rate_per_second > 0 && self.rate_burst == 0 {
+            return Err(ConfigError::Invalid(
+                "grpc.rate_burst must be at least 1 while grpc.rate_per_second is set (0 turns the limit off)".into(),
+            ));
+        }
+        if let Some(tls) = &self.tls {
+            tls.server_config()?;
         }
         Ok(())
     }
@@ -210,6 +344,11 @@ pub struct NatsConfig {
     pub stream_max_age_days: u64,
     /// JetStream de-duplication window; must exceed the outbox relay's longest retry.
     pub duplicate_window_secs: u64,
+    /// The service's nkey seed (a file holding `SU…`, mode 0600), for a server whose users log in
+    /// with nkeys (`whistle nats-config`, `whistle up`). Without it the service logs in with the
+    /// user and password of `url`, or anonymously.
+    #[serde(default)]
+    pub nkey_seed_file: Option<std::path::PathBuf>,
 }
 
 impl Default for NatsConfig {
@@ -220,6 +359,7 @@ impl Default for NatsConfig {
             stream_replicas: 1,
             stream_max_age_days: 400,
             duplicate_window_secs: 2 * 3600,
+            nkey_seed_file: None,
         }
     }
 }
@@ -270,7 +410,31 @@ impl NatsConfig {
                 "nats.stream_max_age_days must be at least 1".into(),
             ));
         }
+        if self.nkey_seed_file.is_some() {
+            self.nkey_seed()?;
+        }
         Ok(())
+    }
+
+    /// The seed in `nats.nkey_seed_file`, checked to be a user seed; `None` when not set.
+    pub fn nkey_seed(&self) -> Result<Option<String>, ConfigError> {
+        let Some(file) = &self.nkey_seed_file else {
+            return Ok(None);
+        };
+        let seed = std::fs::read_to_string(file).map_err(|error| {
+            ConfigError::Invalid(format!(
+                "nats.nkey_seed_file {}: cannot read it: {error}",
+                file.display()
+            ))
+        })?;
+        let seed = seed.trim().to_string();
+        if !seed.starts_with("SU") || nkeys::KeyPair::from_seed(&seed).is_err() {
+            return Err(ConfigError::Invalid(format!(
+                "nats.nkey_seed_file {} holds no nkey user seed (a line starting with SU)",
+                file.display()
+            )));
+        }
+        Ok(Some(seed))
     }
 }
 
@@ -464,6 +628,32 @@ mod tests {
             let error = with(bad).validate().expect_err(bad);
             assert!(error.to_string().contains("nats.url"), "{error}");
         }
+    }
+
+    #[test]
+    fn nkey_seed_files_are_checked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let missing = NatsConfig {
+            nkey_seed_file: Some(dir.path().join("absent.nk")),
+            ..NatsConfig::default()
+        };
+        let error = missing.validate().expect_err("missing file");
+        assert!(error.to_string().contains("nats.nkey_seed_file"), "{error}");
+        let garbage = dir.path().join("garbage.nk");
+        std::fs::write(&garbage, "not a seed\n").expect("write");
+        let error = NatsConfig {
+            nkey_seed_file: Some(garbage),
+            ..NatsConfig::default()
+        }
+        .validate()
+        .expect_err("not a seed");
+        assert!(error.to_string().contains("no nkey user seed"), "{error}");
+        crate::nats_accounts::user_key(dir.path(), "intake").expect("seed");
+        let good = NatsConfig {
+            nkey_seed_file: Some(crate::nats_accounts::seed_file(dir.path(), "intake")),
+            ..NatsConfig::default()
+        };
+        assert!(good.validate().is_ok());
     }
 
     #[test]

@@ -145,12 +145,27 @@ pub async fn serve(
     };
     let keepalive = Duration::from_secs(config.keepalive_interval_secs);
     let grace = Duration::from_secs(config.shutdown_grace_secs);
-    let server = tonic::transport::Server::builder()
+    let caller_buckets = config
+        .caller_rate()
+        .map(crate::rate_limit::CallerBuckets::new);
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &config.tls {
+        builder = builder
+            .tls_config(tls.server_config()?)
+            .map_err(|error| anyhow::anyhow!("grpc.tls: {error}"))?;
+    }
+    let server = builder
         .http2_keepalive_interval(Some(keepalive))
         .http2_keepalive_timeout(Some(keepalive))
         .max_concurrent_streams(config.max_concurrent_streams)
         .layer(server_trace_layer())
         .layer(tower::layer::layer_fn(|inner| RpcMetrics { inner }))
+        .layer(tower::layer::layer_fn(move |inner| {
+            crate::rate_limit::RateLimit {
+                inner,
+                buckets: caller_buckets.clone(),
+            }
+        }))
         .layer(auth)
         .layer(tower::layer::layer_fn(move |inner| DatabaseGate {
             inner,

@@ -393,6 +393,18 @@ async fn apply_batch_isolated<H: EventHandler>(
             .await?;
             continue;
         };
+        // an event whose source may not publish its kind is recorded as rejected, never applied
+        if crate::provenance::refuse(
+            &transaction,
+            consumer,
+            subject,
+            event,
+            to_millis(clock.now()),
+        )
+        .await?
+        {
+            continue;
+        }
         let span = tracing::info_span!(
             "consume",
             otel.name = format!("{consumer} process {}", crate::outbox::kind_of_subject(subject)),

@@ -17,6 +17,8 @@ pub enum LocalNatsError {
     NotFound,
     #[error("cannot start nats-server: {0}")]
     Io(#[from] std::io::Error),
+    #[error("cannot write the nats-server users: {0}")]
+    Accounts(String),
     #[error("cannot create the NATS store folder {dir}: {error}")]
     StoreDir { dir: String, error: std::io::Error },
     #[error("nats-server exited at start ({status}): {output}")]
@@ -39,6 +41,8 @@ pub struct LocalNatsServer {
     store_dir: PathBuf,
     port: u16,
     extra_args: Vec<String>,
+    /// With users (`start_with_accounts`): the folder of their configuration and nkey seeds.
+    auth_dir: Option<PathBuf>,
 }
 
 impl LocalNatsServer {
@@ -79,6 +83,34 @@ impl LocalNatsServer {
         }
     }
 
+    /// Starts a server that admits only the users generated from `registry` (the four services,
+    /// read-only departments and supervisors, and `whistle-admin`), each logging in with the nkey
+    /// seed at [`LocalNatsServer::seed_file`]; no anonymous access. Users and seeds are written to
+    /// `<store_dir>/auth/` (existing seeds are kept, so a restart keeps every login).
+    pub fn start_with_accounts(
+        store_dir: &Path,
+        registry: &crate::nats_accounts::Registry,
+    ) -> Result<Self, LocalNatsError> {
+        let auth_dir = store_dir.join("auth");
+        std::fs::create_dir_all(&auth_dir).map_err(|error| LocalNatsError::StoreDir {
+            dir: auth_dir.display().to_string(),
+            error,
+        })?;
+        let config = crate::nats_accounts::write_local(&auth_dir, registry)
+            .map_err(|error| LocalNatsError::Accounts(format!("{error:#}")))?;
+        let config = config.display().to_string();
+        let mut server = Self::start_with_args(store_dir, &["-c", &config])?;
+        server.auth_dir = Some(auth_dir);
+        Ok(server)
+    }
+
+    /// The nkey seed file of `user` on a server started with [`LocalNatsServer::start_with_accounts`].
+    pub fn seed_file(&self, user: &str) -> Option<PathBuf> {
+        self.auth_dir
+            .as_ref()
+            .map(|dir| crate::nats_accounts::seed_file(&dir.join("nkeys"), user))
+    }
+
     /// Starts a server on a given port (used to restart one on the port its clients know).
     pub fn start_on_port(store_dir: &Path, port: u16) -> Result<Self, LocalNatsError> {
         Self::spawn_new(store_dir, port, &[])
@@ -96,6 +128,7 @@ impl LocalNatsServer {
             store_dir: store_dir.to_path_buf(),
             port,
             extra_args: extra_args.iter().map(|arg| arg.to_string()).collect(),
+            auth_dir: None,
         };
         server.spawn()?;
         Ok(server)

@@ -26,6 +26,8 @@ pub struct Metrics {
     pub consumer_pending: Gauge<u64>,
     /// Messages JetStream delivered again (an earlier delivery was not acknowledged in time).
     pub consumer_redeliveries: Counter<u64>,
+    /// Calls refused with RESOURCE_EXHAUSTED because their caller exceeded its rate, by `rpc`.
+    pub grpc_rate_limited: Counter<u64>,
     /// gRPC calls served, by `rpc.service`, `rpc.method` and `rpc.grpc.status_code`.
     pub rpc_server_duration: Histogram<f64>,
     pub assignments_overdue: Counter<u64>,
@@ -152,6 +154,10 @@ pub fn metrics() -> &'static Metrics {
             consumer_redeliveries: meter
                 .u64_counter("whistle.consumer.redeliveries")
                 .with_description("messages delivered again because an earlier delivery was not acknowledged")
+                .build(),
+            grpc_rate_limited: meter
+                .u64_counter("whistle.grpc.rate_limited")
+                .with_description("calls refused because their caller exceeded grpc.rate_per_second")
                 .build(),
             rpc_server_duration: meter
                 .f64_histogram("rpc.server.duration")

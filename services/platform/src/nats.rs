@@ -22,11 +22,26 @@ pub async fn connect(config: &NatsConfig, client_name: &str) -> anyhow::Result<a
             .name(client_name)
             .connection_timeout(Duration::from_secs(5))
             .max_reconnects(None);
-        if let Some((user, password)) = credentials {
+        if let Some(seed) = config.nkey_seed()? {
+            options = options.nkey(seed);
+        } else if let Some((user, password)) = credentials {
             options = options.user_and_password(user, password);
         }
         match options.connect(servers.as_str()).await {
             Ok(client) => return Ok(client),
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    async_nats::ConnectErrorKind::AuthorizationViolation
+                        | async_nats::ConnectErrorKind::Authentication
+                ) =>
+            {
+                // waiting does not fix a refused login
+                anyhow::bail!(
+                    "cannot reach nats at {}: the server refused the login of {client_name}: {error} (check nats.nkey_seed_file or the user in nats.url)",
+                    redact_url(&config.url)
+                )
+            }
             Err(error) if Instant::now() < deadline => {
                 tracing::warn!(url = %redact_url(&config.url), %error, "nats not reachable yet, retrying");
                 tokio::time::sleep(wait).await;
