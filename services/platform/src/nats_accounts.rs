@@ -143,6 +143,8 @@ const SERVICES: &[(&str, Option<Producer>, &[ConsumerOf])] = &[
         &[
             (CASES_STREAM, "evaluation-cases", "case.v1.>"),
             (WHISTLES_STREAM, "evaluation-whistles", "whistle.v1.>"),
+            // its own ratings, call-backs and period decisions, applied as events
+            (EVALUATION_STREAM, "evaluation-own", "evaluation.v1.>"),
         ],
     ),
 ];

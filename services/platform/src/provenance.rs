@@ -73,6 +73,9 @@ pub const PRODUCERS: &[(&str, &str, Producer)] = &[
     ("whistle", "recurrent", Producer::Dispatch),
     // evaluation
     ("evaluation", "period_closed", Producer::Evaluation),
+    ("evaluation", "period_reopened", Producer::Evaluation),
+    ("evaluation", "cooperation_rated", Producer::Evaluation),
+    ("evaluation", "satisfaction_recorded", Producer::Evaluation),
 ];
 
 /// The service allowed to publish events of `family`.`name`, `None` for an unknown kind.
@@ -174,7 +177,7 @@ mod tests {
 
     /// One payload of every kind; a new kind that is not in [`PRODUCERS`] fails here.
     fn every_payload() -> Vec<Payload> {
-        vec![
+        let payloads = vec![
             Payload::CaseReported(Default::default()),
             Payload::CaseMerged(Default::default()),
             Payload::CaseAccepted(Default::default()),
@@ -204,7 +207,51 @@ mod tests {
             Payload::AssignmentReportMerged(Default::default()),
             Payload::AssignmentEvidenceAttached(Default::default()),
             Payload::AssignmentRecurrent(Default::default()),
-        ]
+            Payload::EvaluationPeriodReopened(Default::default()),
+            Payload::EvaluationCooperationRated(Default::default()),
+            Payload::EvaluationSatisfactionRecorded(Default::default()),
+        ];
+        payloads.iter().for_each(listed);
+        payloads
+    }
+
+    /// No wildcard: a new kind of payload does not compile until it is listed above (and so in
+    /// [`PRODUCERS`]).
+    fn listed(payload: &Payload) {
+        match payload {
+            Payload::CaseReported(_) => {}
+            Payload::CaseMerged(_) => {}
+            Payload::CaseAccepted(_) => {}
+            Payload::CaseRejected(_) => {}
+            Payload::CaseVerified(_) => {}
+            Payload::CaseClosed(_) => {}
+            Payload::CaseReopened(_) => {}
+            Payload::CaseEscalated(_) => {}
+            Payload::CaseEvidenceAttached(_) => {}
+            Payload::CaseRecurrent(_) => {}
+            Payload::ReportSplit(_) => {}
+            Payload::WhistleIssued(_) => {}
+            Payload::AssignmentAcknowledged(_) => {}
+            Payload::AssignmentCheckedIn(_) => {}
+            Payload::AssignmentProgressed(_) => {}
+            Payload::AssignmentResolved(_) => {}
+            Payload::AssignmentReturned(_) => {}
+            Payload::AssignmentOverdue(_) => {}
+            Payload::AssignmentExtended(_) => {}
+            Payload::EvaluationPeriodClosed(_) => {}
+            Payload::CaseResolvedLocally(_) => {}
+            Payload::CaseDeferred(_) => {}
+            Payload::CaseResumed(_) => {}
+            Payload::AssignmentExtensionRequested(_) => {}
+            Payload::AssignmentExtensionRefused(_) => {}
+            Payload::AssignmentReturnDecided(_) => {}
+            Payload::AssignmentReportMerged(_) => {}
+            Payload::AssignmentEvidenceAttached(_) => {}
+            Payload::AssignmentRecurrent(_) => {}
+            Payload::EvaluationPeriodReopened(_) => {}
+            Payload::EvaluationCooperationRated(_) => {}
+            Payload::EvaluationSatisfactionRecorded(_) => {}
+        }
     }
 
     #[test]
@@ -279,7 +326,12 @@ mod tests {
         assert!(!dispatch.contains(&"case.v1.*.*.*.reported".to_string()));
         assert_eq!(
             publish_subjects(Producer::Evaluation),
-            ["evaluation.v1.period_closed"]
+            [
+                "evaluation.v1.period_closed",
+                "evaluation.v1.period_reopened",
+                "evaluation.v1.cooperation_rated",
+                "evaluation.v1.satisfaction_recorded"
+            ]
         );
     }
 }
