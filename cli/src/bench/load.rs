@@ -448,7 +448,7 @@ impl Load {
             let token = self.roles.reporter.clone();
             tokio::spawn(async move {
                 let sent = Instant::now();
-                let result = with_retries(&state, "SubmitReport", 5, None, || {
+                let result = with_retries(&state, "SubmitReport", 50, None, || {
                     let request = authorized(request.clone(), token.as_deref());
                     let mut intake = intake.clone();
                     async move { intake.submit_report(request).await }
@@ -610,7 +610,7 @@ impl Worker {
         lock(state)
             .ack_sent
             .insert(assignment_id.clone(), Instant::now());
-        let acknowledged = with_retries(state, "Acknowledge", 5, None, || {
+        let acknowledged = with_retries(state, "Acknowledge", 50, None, || {
             let mut gateway = self.gateway.clone();
             let request = authorized(
                 AcknowledgeRequest {
@@ -636,7 +636,7 @@ impl Worker {
                 }
             }
         }
-        let checked_in = with_retries(state, "CheckIn", 5, None, || {
+        let checked_in = with_retries(state, "CheckIn", 50, None, || {
             let mut gateway = self.gateway.clone();
             let request = authorized(
                 CheckInRequest {
@@ -655,7 +655,7 @@ impl Worker {
         if checked_in.is_err() {
             return self.give_up(&case_id);
         }
-        let resolved = with_retries(state, "Resolve", 5, None, || {
+        let resolved = with_retries(state, "Resolve", 50, None, || {
             let mut gateway = self.gateway.clone();
             let request = authorized(
                 ResolveRequest {
