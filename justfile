@@ -13,9 +13,12 @@ lint:
     cargo fmt --all --check
     cargo clippy --workspace --all-targets -- -D warnings
 
-# latency and throughput on this machine, with raw JetStream on the same box for the ratio
-bench:
-    cargo run --release -p whistle -- bench
+# the whole lifecycle on this machine (four service processes, SQLite, 2000 cases), beside raw
+# JetStream and insert limits measured in the same run; a few minutes. Flags pass through, e.g.
+# `just bench --rate 200 --cases 6000 --json bench.json` or `just bench --postgres postgres://postgres@127.0.0.1:5432/postgres`
+bench *flags:
+    cargo build --release --bins
+    target/release/whistle bench {{flags}}
 
 # the contract: buf lint (STANDARD + comments, proto/buf.yaml), buf format, and the generated code builds
 # time `whistle evaluation rebuild` on a generated history of 100,000 cases (docs/evaluation.md)

@@ -1,302 +1,458 @@
-//! `whistle bench`: measures the pipeline on this machine against raw JetStream on the same NATS
-//! server, so the numbers come with a ratio that survives a change of machine.
+//! `whistle bench`: the whole lifecycle of a case, measured from outside the way a deployment runs:
+//! the four service binaries as separate processes with a database each and a private
+//! `nats-server`; simulated department systems and a community driving every case to its
+//! scorecard; and, in the same run, this machine's raw limits (JetStream, insert transactions), so
+//! every figure comes with a ratio that survives a change of machine. See docs/benchmarks.md.
 
-use crate::client::{Endpoints, with_token};
-use crate::local::{LocalOptions, LocalPlatform};
-use futures::StreamExt;
-use std::time::{Duration, Instant};
-use tokio_util::sync::CancellationToken;
-use whistle_proto::gateway::SubscribeRequest;
-use whistle_proto::intake::SubmitReportRequest;
-use whistle_proto::types::{Channel, Place, Severity};
+mod load;
+mod processes;
+mod raw;
+mod stats;
+
+pub use load::{LoadResult, LoadShape, Roles};
+pub use processes::{ProcessUsage, Storage};
+pub use raw::RawLimits;
+
+use processes::ProcessPlatform;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
 
 /// What to measure.
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
-    /// Reports submitted one at a time for the latency figures.
-    pub latency_reports: usize,
-    /// Reports submitted concurrently for the throughput figure.
-    pub throughput_reports: usize,
-    /// Reports in flight during the throughput run.
-    pub concurrency: usize,
+    /// Cases through the whole lifecycle.
+    pub cases: usize,
+    /// Arrivals per second (open loop); `None`: as fast as `in_flight` open cases allow.
+    pub rate: Option<f64>,
+    /// Cases open at a time without `rate`.
+    pub in_flight: usize,
+    /// PostgreSQL admin URL: a fresh database per service on that server; SQLite files otherwise.
+    pub postgres: Option<String>,
+    /// Where to write the JSON report.
+    pub json: Option<PathBuf>,
+    /// Cases stored before the measured run.
+    pub preload: usize,
+    /// Folder of the `whistle-<service>` binaries (default: next to this executable).
+    pub bin_dir: Option<PathBuf>,
+    /// Bearer tokens of the reporter, community and observer roles (departments use the gateway's).
+    pub reporter_token: Option<String>,
+    pub community_token: Option<String>,
+    pub observer_token: Option<String>,
+    /// Give up when no case progressed for this long.
+    pub stall: Duration,
 }
 
-fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let index = ((sorted.len() as f64 - 1.0) * fraction).round() as usize;
-    sorted[index.min(sorted.len() - 1)]
-}
-
-fn millis(duration: Duration) -> f64 {
-    duration.as_secs_f64() * 1000.0
-}
-
-fn report(index: usize, run: &str) -> SubmitReportRequest {
-    // distinct problems about 100 m apart (a 997 × 997 lattice of 0.001°), so none joins another's
-    // case; the grid code is given, so the position need not lie in the grid
-    let (row, column) = ((index % 997) as f64, ((index / 997) % 997) as f64);
-    SubmitReportRequest {
-        request_id: format!("bench-{run}-{index}"),
-        channel: Channel::GridPatrol as i32,
-        reporter_id: "bench".into(),
-        category_code: "E-01-03".into(),
-        severity: Severity::Urgent as i32,
-        description: format!("bench report {index}: 垃圾满溢"),
-        place: Some(Place {
-            grid_code: "420303003001001".into(),
-            lat: 32.6369 + row * 0.001,
-            lng: 110.7986 + column * 0.001,
-            address: "中岳路2号".into(),
-        }),
-        attachments: vec![],
-        observed_at: None,
-        ..Default::default()
-    }
-}
-
-/// Runs the benchmark on a fresh local platform in a temporary folder and prints a Markdown report.
-pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
-    let folder = std::env::temp_dir().join(format!("whistle-bench-{}", uuid::Uuid::now_v7()));
-    let mut platform = LocalPlatform::start(&LocalOptions {
-        data_dir: folder.clone(),
-        intake_port: 0,
-        dispatch_port: 0,
-        gateway_port: 0,
-        evaluation_port: 0,
-        open311_port: 0,
-        ..LocalOptions::default()
-    })
-    .await?;
-    platform.wait_ready().await?;
-    let endpoints = Endpoints {
-        intake: format!("http://{}", platform.intake),
-        dispatch: format!("http://{}", platform.dispatch),
-        gateway: format!("http://{}", platform.gateway),
-        evaluation: format!("http://{}", platform.evaluation),
-    };
-    let tokens = platform.credentials().await?;
-    let token = tokens
-        .get("zw-sanitation")
-        .ok_or_else(|| anyhow::anyhow!("no token for zw-sanitation"))?
-        .clone();
-    let nats_url = platform.nats_url.clone();
-    let result = measure(&endpoints, &token, &nats_url, &options).await;
-    let stop = CancellationToken::new();
-    stop.cancel();
-    platform.run_until(stop).await?;
-    let _ = std::fs::remove_dir_all(&folder);
-    result
-}
-
-async fn measure(
-    endpoints: &Endpoints,
-    token: &str,
-    nats_url: &str,
-    options: &BenchOptions,
-) -> anyhow::Result<()> {
-    let mut intake = endpoints.intake().await?;
-    let mut gateway = endpoints.gateway().await?;
-    // wait until the pipeline is up: one warm-up report travels end to end
-    let mut notices = gateway
-        .subscribe(with_token(SubscribeRequest { after_sequence: 0 }, token)?)
-        .await?
-        .into_inner();
-    let run = uuid::Uuid::now_v7().simple().to_string();
-    let warm_up = intake
-        .submit_report(report(usize::MAX, &run))
-        .await?
-        .into_inner();
-    wait_for_case(&mut notices, &warm_up.case_id).await?;
-
-    // latency: one report at a time, SubmitReport returning -> Notice arriving at the lead department
-    let mut after_response = Vec::with_capacity(options.latency_reports);
-    let mut end_to_end = Vec::with_capacity(options.latency_reports);
-    for index in 0..options.latency_reports {
-        let started = Instant::now();
-        let response = intake
-            .submit_report(report(index, &run))
-            .await?
-            .into_inner();
-        let returned = Instant::now();
-        wait_for_case(&mut notices, &response.case_id).await?;
-        let arrived = Instant::now();
-        after_response.push(arrived - returned);
-        end_to_end.push(arrived - started);
-    }
-    after_response.sort();
-    end_to_end.sort();
-
-    // throughput: many reports in flight, until every lead department notice arrived
-    let started = Instant::now();
-    let submitted = futures::stream::iter(0..options.throughput_reports)
-        .map(|index| {
-            let mut intake = intake.clone();
-            let request = report(1_000_000 + index, &run);
-            async move {
-                intake
-                    .submit_report(request)
-                    .await
-                    .map(|response| response.into_inner().case_id)
-            }
-        })
-        .buffer_unordered(options.concurrency)
-        .collect::<Vec<_>>()
-        .await;
-    let intake_elapsed = started.elapsed();
-    let mut waiting: std::collections::HashSet<String> = std::collections::HashSet::new();
-    for case_id in submitted {
-        waiting.insert(case_id?);
-    }
-    while !waiting.is_empty() {
-        let notice = tokio::time::timeout(Duration::from_secs(60), notices.next())
-            .await
-            .map_err(|_| anyhow::anyhow!("{} notices still missing after 60s", waiting.len()))?
-            .ok_or_else(|| anyhow::anyhow!("notice stream ended"))??;
-        if notice.kind == "whistle.issued" {
-            waiting.remove(&notice.case_id);
+impl Default for BenchOptions {
+    fn default() -> Self {
+        Self {
+            cases: 2000,
+            rate: None,
+            in_flight: 64,
+            postgres: None,
+            json: None,
+            preload: 0,
+            bin_dir: None,
+            reporter_token: None,
+            community_token: None,
+            observer_token: None,
+            stall: Duration::from_secs(60),
         }
     }
-    let pipeline_elapsed = started.elapsed();
-    let pipeline_rate = options.throughput_reports as f64 / pipeline_elapsed.as_secs_f64();
+}
 
-    let raw = raw_jetstream(nats_url, options).await?;
+/// Everything one run measured; also the JSON report.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BenchReport {
+    pub storage: String,
+    pub mode: String,
+    pub cases: usize,
+    pub completed: usize,
+    pub rate: Option<f64>,
+    pub in_flight: Option<usize>,
+    pub preload: usize,
+    /// Cases through the whole lifecycle (counted on the scorecard) per second.
+    pub cases_per_second: f64,
+    pub report_to_notice_ms: stats::Percentiles,
+    pub load: LoadResult,
+    /// CPU seconds spent during the measured run, and peak RSS, per process.
+    pub processes: BTreeMap<String, ProcessUsage>,
+    pub raw: RawLimits,
+    /// Each raw figure divided by `cases_per_second`.
+    pub ratios_raw_to_pipeline: BTreeMap<String, f64>,
+    pub machine: BTreeMap<String, String>,
+}
 
-    println!("## whistle bench\n");
-    println!(
-        "machine: {} cores; NATS and the four services on this machine, SQLite in a temporary folder\n",
+/// Runs the benchmark, prints a Markdown report and writes the JSON one.
+pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
+    let bin_dir = processes::binary_folder(options.bin_dir.as_deref())?;
+    let run = uuid::Uuid::now_v7().simple().to_string();
+    let folder = std::env::temp_dir().join(format!("whistle-bench-{run}"));
+    let storage = match &options.postgres {
+        Some(admin_url) => Storage::Postgres {
+            admin_url: admin_url.clone(),
+        },
+        None => Storage::Sqlite,
+    };
+    let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let mut platform = ProcessPlatform::start(&folder, &bin_dir, &storage, &run).await?;
+    let result = measure(&platform, &options, &storage, &run).await;
+    let usage_end = platform.usage();
+    platform.stop().await;
+    let mut report = match result {
+        Ok(report) => {
+            let _ = std::fs::remove_dir_all(&folder);
+            report
+        }
+        Err(error) => {
+            return Err(error.context(format!("the services' logs are in {}", folder.display())));
+        }
+    };
+    for (name, usage) in usage_end {
+        let entry = report.processes.entry(name).or_default();
+        entry.peak_rss_mib = usage.peak_rss_mib;
+        entry.rss_mib = usage.rss_mib;
+    }
+    report.machine.insert(
+        "cores".into(),
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(0)
+            .to_string(),
     );
-    println!("| measure | value |\n|---|---|");
-    println!("| reports (latency run) | {} |", options.latency_reports);
-    println!(
-        "| SubmitReport returned -> Notice arrived, median | {:.2} ms |",
-        millis(percentile(&after_response, 0.5))
+    report.machine.insert(
+        "load_average_at_start".into(),
+        load_before.trim().to_string(),
     );
-    println!(
-        "| SubmitReport returned -> Notice arrived, p90 | {:.2} ms |",
-        millis(percentile(&after_response, 0.9))
-    );
-    println!(
-        "| SubmitReport returned -> Notice arrived, max | {:.2} ms |",
-        millis(percentile(&after_response, 1.0))
-    );
-    println!(
-        "| SubmitReport sent -> Notice arrived, median | {:.2} ms |",
-        millis(percentile(&end_to_end, 0.5))
-    );
-    println!(
-        "| raw JetStream publish -> pull consumer receives, median | {:.2} ms |",
-        millis(raw.round_trip_median)
-    );
-    println!(
-        "| ratio pipeline median / raw JetStream hop median | {:.1}x |",
-        millis(percentile(&after_response, 0.5)) / millis(raw.round_trip_median).max(0.001)
-    );
-    println!(
-        "| throughput: {} reports, {} in flight, report -> lead notice | {:.0} reports/s |",
-        options.throughput_reports, options.concurrency, pipeline_rate
-    );
-    println!(
-        "| … intake alone: every SubmitReport answered | {:.0} reports/s |",
-        options.throughput_reports as f64 / intake_elapsed.as_secs_f64()
-    );
-    println!(
-        "| raw JetStream async publish (256 acks in flight, 512 B) | {:.0} msg/s |",
-        raw.publish_rate
-    );
-    println!(
-        "| ratio raw publish rate / pipeline rate | {:.1}x |",
-        raw.publish_rate / pipeline_rate.max(0.001)
-    );
-    Ok(())
-}
-
-async fn wait_for_case(
-    notices: &mut tonic::Streaming<whistle_proto::gateway::Notice>,
-    case_id: &str,
-) -> anyhow::Result<()> {
-    loop {
-        let notice = tokio::time::timeout(Duration::from_secs(30), notices.next())
-            .await
-            .map_err(|_| anyhow::anyhow!("no notice for case {case_id} within 30s"))?
-            .ok_or_else(|| anyhow::anyhow!("notice stream ended"))??;
-        if notice.case_id == case_id && notice.kind == "whistle.issued" {
-            return Ok(());
-        }
+    print!("{}", markdown(&report));
+    if let Some(path) = &options.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .map_err(|error| anyhow::anyhow!("cannot write {}: {error}", path.display()))?;
+        println!("\nJSON report: {}", path.display());
     }
+    Ok(report)
 }
 
-struct RawJetStream {
-    round_trip_median: Duration,
-    publish_rate: f64,
-}
-
-/// The same NATS server without Whistle: one hop of publish -> consume, and bulk async publish.
-async fn raw_jetstream(nats_url: &str, options: &BenchOptions) -> anyhow::Result<RawJetStream> {
-    use async_nats::jetstream::{self, consumer::pull, stream};
-    let client = async_nats::connect(nats_url).await?;
-    let js = jetstream::new(client);
-    let name = format!("BENCH_{}", uuid::Uuid::now_v7().simple());
-    let subject = format!("bench.{name}");
-    let bench_stream = js
-        .create_stream(stream::Config {
-            name: name.clone(),
-            subjects: vec![format!("{subject}.>")],
-            storage: stream::StorageType::File,
-            ..Default::default()
-        })
-        .await?;
-    let consumer = bench_stream
-        .create_consumer(pull::Config {
-            durable_name: Some("bench".into()),
-            ..Default::default()
-        })
-        .await?;
-    let mut messages = consumer.messages().await?;
-    let payload = bytes::Bytes::from(vec![b'x'; 512]);
-    let mut round_trips = Vec::with_capacity(options.latency_reports);
-    for index in 0..options.latency_reports {
-        let started = Instant::now();
-        js.publish(format!("{subject}.hop.{index}"), payload.clone())
-            .await?
-            .await?;
-        let message = tokio::time::timeout(Duration::from_secs(10), messages.next())
-            .await
-            .map_err(|_| anyhow::anyhow!("raw consumer got nothing"))?
-            .ok_or_else(|| anyhow::anyhow!("raw consumer ended"))?
-            .map_err(|error| anyhow::anyhow!(error))?;
-        message
-            .ack()
-            .await
-            .map_err(|error| anyhow::anyhow!(error))?;
-        round_trips.push(started.elapsed());
+async fn measure(
+    platform: &ProcessPlatform,
+    options: &BenchOptions,
+    storage: &Storage,
+    run: &str,
+) -> anyhow::Result<BenchReport> {
+    let departments = read_credentials(&platform.credentials_file).await?;
+    let endpoints = crate::client::Endpoints {
+        intake: platform.url("intake"),
+        dispatch: platform.url("dispatch"),
+        gateway: platform.url("department-gateway"),
+        evaluation: platform.url("evaluation"),
+    };
+    let clients = load::Clients {
+        intake: endpoints.intake().await?,
+        dispatch: endpoints.dispatch().await?,
+        gateway: endpoints.gateway().await?,
+        evaluation: endpoints.evaluation().await?,
+    };
+    let roles = Roles {
+        departments,
+        reporter: options.reporter_token.clone(),
+        community: options.community_token.clone(),
+        observer: options.observer_token.clone(),
+    };
+    if options.preload > 0 {
+        anyhow::bail!("--preload is not implemented yet (see docs/benchmarks.md)");
     }
-    round_trips.sort();
-    let count = options.throughput_reports.max(1000) * 10;
-    let started = Instant::now();
-    let mut in_flight = std::collections::VecDeque::new();
-    for index in 0..count {
-        in_flight.push_back(
-            js.publish(format!("{subject}.bulk.{index}"), payload.clone())
-                .await?,
+    let simulation = load::Load::start(clients, roles, &platform.nats_url).await?;
+    // one case through the whole lifecycle first: connections, streams and consumers are warm
+    let warm_up = simulation
+        .phase(
+            "warm-up",
+            LoadShape {
+                cases: 1,
+                rate: None,
+                in_flight: 1,
+            },
+            options.stall,
+        )
+        .await?;
+    if warm_up.completed != 1 {
+        simulation.stop();
+        anyhow::bail!(
+            "the warm-up case did not complete its lifecycle within {:?} (errors: {:?})",
+            options.stall,
+            warm_up.errors
         );
-        if in_flight.len() >= 256
-            && let Some(ack) = in_flight.pop_front()
-        {
-            ack.await?;
+    }
+    let usage_before = platform.usage();
+    let shape = LoadShape {
+        cases: options.cases,
+        rate: options.rate,
+        in_flight: options.in_flight,
+    };
+    let measured = simulation.phase("measured", shape, options.stall).await;
+    let usage_after = platform.usage();
+    simulation.stop();
+    let measured = measured?;
+
+    let mut raw = RawLimits::default();
+    let sizes = if options.cases < 100 {
+        raw::RawSizes {
+            sync_publishes: 200,
+            async_publishes: 2_000,
+            single_row_transactions: 50,
+            hundred_row_transactions: 5,
+        }
+    } else {
+        raw::RawSizes {
+            sync_publishes: 2_000,
+            async_publishes: 50_000,
+            single_row_transactions: 1_000,
+            hundred_row_transactions: 50,
+        }
+    };
+    raw::jetstream(&platform.nats_url, sizes, &mut raw).await?;
+    match storage {
+        Storage::Sqlite => {
+            let url = format!("sqlite://{}", platform.folder.join("raw.sqlite").display());
+            raw::database(&url, sizes, &mut raw).await?;
+        }
+        Storage::Postgres { admin_url } => {
+            let name = processes::database_name(run, "raw");
+            let url = processes::create_postgres_database(admin_url, &name).await?;
+            let result = raw::database(&url, sizes, &mut raw).await;
+            processes::drop_postgres_databases(admin_url, &[name]).await;
+            result?;
         }
     }
-    for ack in in_flight {
-        ack.await?;
+
+    let cases_per_second = measured
+        .stages_cases_per_second
+        .get("6 counted on the scorecard")
+        .copied()
+        .unwrap_or(0.0);
+    let mut ratios = BTreeMap::new();
+    for (name, value) in [
+        (
+            "jetstream_publish_sync",
+            raw.jetstream_publish_sync_per_second,
+        ),
+        (
+            "jetstream_publish_async",
+            raw.jetstream_publish_async_per_second,
+        ),
+        (
+            "jetstream_consume_acked",
+            raw.jetstream_consume_acked_per_second,
+        ),
+        (
+            "insert_1_row_transactions",
+            raw.insert_1_row_transactions_per_second,
+        ),
+        (
+            "insert_100_row_transactions",
+            raw.insert_100_row_transactions_per_second,
+        ),
+        (
+            "insert_100_row_transactions_rows",
+            raw.insert_100_row_transactions_rows_per_second,
+        ),
+    ] {
+        ratios.insert(
+            name.to_string(),
+            if cases_per_second > 0.0 {
+                value / cases_per_second
+            } else {
+                0.0
+            },
+        );
     }
-    let publish_rate = count as f64 / started.elapsed().as_secs_f64();
-    js.delete_stream(&name).await?;
-    Ok(RawJetStream {
-        round_trip_median: percentile(&round_trips, 0.5),
-        publish_rate,
+    let mut processes = BTreeMap::new();
+    for (name, after) in usage_after {
+        let before = usage_before.get(&name).copied().unwrap_or_default();
+        processes.insert(
+            name,
+            ProcessUsage {
+                cpu_seconds: after.cpu_seconds - before.cpu_seconds,
+                ..after
+            },
+        );
+    }
+    Ok(BenchReport {
+        storage: match storage {
+            Storage::Sqlite => "sqlite".into(),
+            Storage::Postgres { .. } => "postgresql".into(),
+        },
+        mode: match options.rate {
+            Some(rate) => format!("open loop, {rate} arrivals/s"),
+            None => format!("closed loop, {} cases open at a time", options.in_flight),
+        },
+        cases: options.cases,
+        completed: measured.completed,
+        rate: options.rate,
+        in_flight: options.rate.is_none().then_some(options.in_flight),
+        preload: options.preload,
+        cases_per_second,
+        report_to_notice_ms: measured.report_to_notice_ms,
+        load: measured,
+        processes,
+        raw,
+        ratios_raw_to_pipeline: ratios,
+        machine: BTreeMap::new(),
     })
+}
+
+async fn read_credentials(path: &std::path::Path) -> anyhow::Result<BTreeMap<String, String>> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path)
+            && let Ok(tokens) = serde_json::from_str::<BTreeMap<String, String>>(&text)
+            && !tokens.is_empty()
+        {
+            return Ok(tokens);
+        }
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!("the gateway did not write {} within 30 s", path.display());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn percentiles_row(name: &str, value: &stats::Percentiles) -> String {
+    format!(
+        "| {name} | {:.2} | {:.2} | {:.2} | {:.2} | {} |\n",
+        value.p50, value.p90, value.p99, value.max, value.count
+    )
+}
+
+/// The human-readable report (Markdown, ready for docs/benchmarks.md).
+pub fn markdown(report: &BenchReport) -> String {
+    let mut out = String::new();
+    let load = &report.load;
+    out.push_str(&format!(
+        "## whistle bench: {} ({}), {} cases{}\n\n",
+        report.storage,
+        report.mode,
+        report.cases,
+        if report.preload > 0 {
+            format!(", {} preloaded", report.preload)
+        } else {
+            String::new()
+        }
+    ));
+    out.push_str(&format!(
+        "machine: {} cores, load average at start {}\n\n",
+        report.machine.get("cores").cloned().unwrap_or_default(),
+        report
+            .machine
+            .get("load_average_at_start")
+            .cloned()
+            .unwrap_or_default()
+    ));
+    out.push_str(&format!(
+        "**{:.1} cases/s through the whole lifecycle**: {} of {} cases counted on the scorecard in {:.1} s\n\n",
+        report.cases_per_second, report.completed, report.cases, load.elapsed_seconds
+    ));
+    out.push_str("| stage | cases | cases/s |\n|---|---|---|\n");
+    for (stage, rate) in &load.stages_cases_per_second {
+        out.push_str(&format!(
+            "| {stage} | {} | {rate:.1} |\n",
+            load.stages_count.get(stage).copied().unwrap_or(0)
+        ));
+    }
+    out.push_str("\n| latency, ms | p50 | p90 | p99 | max | n |\n|---|---|---|---|---|---|\n");
+    out.push_str(&percentiles_row("SubmitReport", &load.submit_report_ms));
+    out.push_str(&percentiles_row(
+        "report → first Notice",
+        &load.report_to_notice_ms,
+    ));
+    out.push_str(&percentiles_row(
+        "report answered → first Notice",
+        &load.report_answered_to_notice_ms,
+    ));
+    out.push_str(&percentiles_row(
+        "Acknowledge → its event on NATS",
+        &load.acknowledge_to_event_ms,
+    ));
+    out.push_str(&percentiles_row(
+        "report → counted on the scorecard",
+        &load.report_to_scorecard_ms,
+    ));
+    if report.rate.is_some() {
+        out.push_str(&percentiles_row(
+            "arrival sent behind schedule",
+            &load.arrival_lag_ms,
+        ));
+    }
+    out.push_str(
+        "\n| process | CPU s (measured run) | CPU s per 1000 cases | peak RSS MiB |\n|---|---|---|---|\n",
+    );
+    for (name, usage) in &report.processes {
+        out.push_str(&format!(
+            "| {name} | {:.2} | {:.2} | {:.1} |\n",
+            usage.cpu_seconds,
+            if report.completed > 0 {
+                usage.cpu_seconds * 1000.0 / report.completed as f64
+            } else {
+                0.0
+            },
+            usage.peak_rss_mib
+        ));
+    }
+    let raw = &report.raw;
+    out.push_str(
+        "\n| raw limit (same run) | per second | ratio to pipeline cases/s |\n|---|---|---|\n",
+    );
+    for (name, value, ratio) in [
+        (
+            "JetStream publish, sync (512 B)",
+            raw.jetstream_publish_sync_per_second,
+            "jetstream_publish_sync",
+        ),
+        (
+            "JetStream publish, async, 256 in flight",
+            raw.jetstream_publish_async_per_second,
+            "jetstream_publish_async",
+        ),
+        (
+            "JetStream pull consume with acks",
+            raw.jetstream_consume_acked_per_second,
+            "jetstream_consume_acked",
+        ),
+        (
+            "insert transaction, 1 row",
+            raw.insert_1_row_transactions_per_second,
+            "insert_1_row_transactions",
+        ),
+        (
+            "insert transaction, 100 rows (transactions)",
+            raw.insert_100_row_transactions_per_second,
+            "insert_100_row_transactions",
+        ),
+        (
+            "insert transaction, 100 rows (rows)",
+            raw.insert_100_row_transactions_rows_per_second,
+            "insert_100_row_transactions_rows",
+        ),
+    ] {
+        out.push_str(&format!(
+            "| {name} | {value:.0} | {:.1}× |\n",
+            report
+                .ratios_raw_to_pipeline
+                .get(ratio)
+                .copied()
+                .unwrap_or(0.0)
+        ));
+    }
+    out.push_str("\nerrors: ");
+    if load.errors.is_empty() {
+        out.push_str("none\n");
+    } else {
+        let errors: Vec<String> = load
+            .errors
+            .iter()
+            .map(|(kind, count)| format!("{kind} ×{count}"))
+            .collect();
+        out.push_str(&errors.join(", "));
+        out.push('\n');
+    }
+    out
 }

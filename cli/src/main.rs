@@ -306,15 +306,99 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
-    /// Measure latency and throughput on this machine (see docs/benchmarks.md).
-    Bench {
-        #[arg(long, default_value_t = 100)]
-        reports: usize,
-        #[arg(long, default_value_t = 1000)]
-        throughput_reports: usize,
-        #[arg(long, default_value_t = 32)]
-        concurrency: usize,
-    },
+    /// Measure the whole lifecycle on this machine, beside its raw limits (see docs/benchmarks.md).
+    /// `whistle bench --json FILE` also writes the report as JSON.
+    Bench(BenchArgs),
+}
+
+/// The flags of `whistle bench`.
+#[derive(Debug, Args)]
+struct BenchArgs {
+    /// Cases driven through the whole lifecycle (report → whistle → 报到/到场/办结 → 核查 →
+    /// counted on the scorecard).
+    #[arg(long, default_value_t = 2000)]
+    cases: usize,
+    /// Open loop: arrivals per second. Without it, as fast as --in-flight open cases allow.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Cases open at a time (between SubmitReport and verification) without --rate.
+    #[arg(long, default_value_t = 64)]
+    in_flight: usize,
+    /// PostgreSQL admin URL, e.g. postgres://postgres@127.0.0.1:5432/postgres: a fresh database
+    /// per service on that server, dropped afterwards. SQLite files otherwise.
+    #[arg(long)]
+    postgres: Option<String>,
+    /// Cases stored before the measured run.
+    #[arg(long, default_value_t = 0)]
+    preload: usize,
+    /// Folder of the whistle-<service> binaries (default: next to this executable).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// Bearer token for SubmitReport (the reporter role), when the services require one.
+    #[arg(long, env = "WHISTLE_BENCH_REPORTER_TOKEN", hide_env_values = true)]
+    reporter_token: Option<String>,
+    /// Bearer token for VerifyCase (the community role).
+    #[arg(long, env = "WHISTLE_BENCH_COMMUNITY_TOKEN", hide_env_values = true)]
+    community_token: Option<String>,
+    /// Bearer token for GetScorecard (the observer role).
+    #[arg(long, env = "WHISTLE_BENCH_OBSERVER_TOKEN", hide_env_values = true)]
+    observer_token: Option<String>,
+    /// Give up when no case progressed for this many seconds.
+    #[arg(long, default_value_t = 60)]
+    stall_secs: u64,
+}
+
+/// `whistle bench`'s own command line, parsed apart from the others: its `--json` names the report
+/// file, where the other commands' global `--json` is a switch.
+#[derive(Debug, Parser)]
+#[command(
+    name = "whistle bench",
+    about = "Measure the whole lifecycle on this machine, beside its raw limits (see docs/benchmarks.md)"
+)]
+struct BenchCli {
+    #[command(flatten)]
+    args: BenchArgs,
+    /// Also write the report as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+}
+
+async fn run_bench(arguments: BenchArgs, json: Option<PathBuf>) -> anyhow::Result<()> {
+    let BenchArgs {
+        cases,
+        rate,
+        in_flight,
+        postgres,
+        preload,
+        bin_dir,
+        reporter_token,
+        community_token,
+        observer_token,
+        stall_secs,
+    } = arguments;
+    if cases == 0 || in_flight == 0 {
+        anyhow::bail!("--cases and --in-flight must be at least 1");
+    }
+    if let Some(rate) = rate
+        && !(rate > 0.0 && rate.is_finite())
+    {
+        anyhow::bail!("--rate must be a positive number of arrivals per second, got {rate}");
+    }
+    bench::run(BenchOptions {
+        cases,
+        rate,
+        in_flight,
+        postgres,
+        json,
+        preload,
+        bin_dir,
+        reporter_token,
+        community_token,
+        observer_token,
+        stall: std::time::Duration::from_secs(stall_secs.max(1)),
+    })
+    .await?;
+    Ok(())
 }
 
 #[derive(Debug, Subcommand)]
@@ -353,7 +437,13 @@ fn severity(value: &str) -> anyhow::Result<Severity> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let arguments: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let bench = (arguments.get(1).is_some_and(|argument| argument == "bench")).then(|| {
+        BenchCli::parse_from(
+            std::iter::once(std::ffi::OsString::from("whistle bench"))
+                .chain(arguments.iter().skip(2).cloned()),
+        )
+    });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -364,7 +454,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let result = match bench {
+        Some(bench) => runtime.block_on(run_bench(bench.args, bench.json)),
+        None => runtime.block_on(run(Cli::parse_from(arguments))),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("whistle: {error:#}");
@@ -758,18 +852,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .into_inner();
             print!("{}", output::scorecard(&scorecard, format));
         }
-        Command::Bench {
-            reports,
-            throughput_reports,
-            concurrency,
-        } => {
-            bench::run(BenchOptions {
-                latency_reports: reports,
-                throughput_reports,
-                concurrency,
-            })
-            .await?;
-        }
+        Command::Bench(arguments) => run_bench(arguments, None).await?,
     }
     Ok(())
 }

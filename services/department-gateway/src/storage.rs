@@ -4,7 +4,7 @@
 use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect,
+    QueryOrder, QuerySelect, Statement,
 };
 use sea_orm_migration::prelude::*;
 use std::collections::BTreeSet;
@@ -257,29 +257,24 @@ pub async fn notice_counters<C: ConnectionTrait>(
 /// Hands out the next sequence of a department's notice log. Call inside the transaction that
 /// inserts the notice: the counter row stays locked until commit (on PostgreSQL; SQLite has one
 /// writer), so concurrent writers queue, sequences commit in order and readers never see a gap.
+/// One statement: the upsert returns the new value (`RETURNING`, SQLite 3.35+ and PostgreSQL).
 pub async fn next_notice_sequence<C: ConnectionTrait>(
     connection: &C,
     department_code: &str,
 ) -> Result<i64, DbErr> {
-    notice_counter::Entity::insert(notice_counter::ActiveModel {
-        department_code: Set(department_code.to_string()),
-        last_sequence: Set(1),
-    })
-    .on_conflict(
-        OnConflict::column(notice_counter::Column::DepartmentCode)
-            .value(
-                notice_counter::Column::LastSequence,
-                Expr::col((notice_counter::Entity, notice_counter::Column::LastSequence)).add(1),
-            )
-            .to_owned(),
-    )
-    .exec_without_returning(connection)
-    .await?;
-    notice_counter::Entity::find_by_id(department_code)
-        .one(connection)
+    let statement = Statement::from_sql_and_values(
+        connection.get_database_backend(),
+        "INSERT INTO gateway_notice_counters (department_code, last_sequence) VALUES ($1, 1) \
+         ON CONFLICT (department_code) DO UPDATE \
+         SET last_sequence = gateway_notice_counters.last_sequence + 1 \
+         RETURNING last_sequence",
+        [department_code.into()],
+    );
+    connection
+        .query_one_raw(statement)
         .await?
-        .map(|counter| counter.last_sequence)
-        .ok_or_else(|| DbErr::Custom(format!("notice counter of {department_code} vanished")))
+        .ok_or_else(|| DbErr::Custom(format!("notice counter of {department_code} vanished")))?
+        .try_get::<i64>("", "last_sequence")
 }
 
 /// Up to `limit` notices of a department after `after_sequence`, oldest first.
@@ -298,25 +293,15 @@ pub async fn notices_after<C: ConnectionTrait>(
         .await
 }
 
-/// Stores an assignment unless a newer version of it is already stored.
+/// Stores an assignment unless a newer version of it is already stored: one conditional upsert
+/// (the update applies only when the stored version is not newer).
 pub async fn upsert_assignment<C: ConnectionTrait>(
     connection: &C,
     model: assignment::Model,
 ) -> Result<(), DbErr> {
-    if let Some(stored) = assignment::Entity::find_by_id(model.assignment_id.as_str())
-        .one(connection)
-        .await?
-        && stored.version > model.version
-    {
-        tracing::debug!(
-            assignment_id = %model.assignment_id,
-            stored_version = stored.version,
-            event_version = model.version,
-            "older assignment version ignored"
-        );
-        return Ok(());
-    }
-    assignment::Entity::insert(assignment::ActiveModel::from(model))
+    let assignment_id = model.assignment_id.clone();
+    let version = model.version;
+    let written = assignment::Entity::insert(assignment::ActiveModel::from(model))
         .on_conflict(
             OnConflict::column(assignment::Column::AssignmentId)
                 .update_columns([
@@ -327,10 +312,20 @@ pub async fn upsert_assignment<C: ConnectionTrait>(
                     assignment::Column::Assignment,
                     assignment::Column::UpdatedAtMs,
                 ])
+                .action_and_where(
+                    Expr::col((assignment::Entity, assignment::Column::Version)).lte(version),
+                )
                 .to_owned(),
         )
         .exec_without_returning(connection)
         .await?;
+    if written == 0 {
+        tracing::debug!(
+            %assignment_id,
+            event_version = version,
+            "older assignment version ignored"
+        );
+    }
     Ok(())
 }
 

@@ -62,6 +62,50 @@ pub async fn record_once<C: ConnectionTrait>(
     Ok(inserted == 1)
 }
 
+/// Records that `consumer` handles each of `event_ids` in one statement (a multi-row
+/// `INSERT … ON CONFLICT DO NOTHING RETURNING`); returns the ids it had not handled before. An id
+/// another transaction is recording at the same moment (a replica given a redelivery) waits for it
+/// and comes back only if that transaction rolled back, as with [`record_once`].
+pub async fn record_batch_once<C: ConnectionTrait>(
+    connection: &C,
+    consumer: &str,
+    event_ids: &[&str],
+    now_ms: i64,
+) -> Result<std::collections::HashSet<String>, DbErr> {
+    let mut fresh = std::collections::HashSet::with_capacity(event_ids.len());
+    // 4 values a row; SQLite allows 32,766 and PostgreSQL 65,535 parameters a statement
+    for chunk in event_ids.chunks(1000) {
+        let mut sql = String::from(
+            "INSERT INTO whistle_inbox (consumer, event_id, outcome, processed_at_ms) VALUES ",
+        );
+        let mut values: Vec<sea_orm::Value> = Vec::with_capacity(chunk.len() * 4);
+        for (index, event_id) in chunk.iter().enumerate() {
+            let base = index * 4;
+            if index > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!(
+                "(${}, ${}, ${}, ${})",
+                base + 1,
+                base + 2,
+                base + 3,
+                base + 4
+            ));
+            values.push(consumer.into());
+            values.push((*event_id).into());
+            values.push("applied".into());
+            values.push(now_ms.into());
+        }
+        sql.push_str(" ON CONFLICT (consumer, event_id) DO NOTHING RETURNING event_id");
+        let statement =
+            sea_orm::Statement::from_sql_and_values(connection.get_database_backend(), sql, values);
+        for row in connection.query_all_raw(statement).await? {
+            fresh.insert(row.try_get::<String>("", "event_id")?);
+        }
+    }
+    Ok(fresh)
+}
+
 /// What went wrong applying one event.
 #[derive(Debug, thiserror::Error)]
 pub enum HandleError {
@@ -376,6 +420,20 @@ async fn apply_batch_isolated<H: EventHandler>(
         })
         .collect();
     handler.before_batch(&transaction, &events).await?;
+    // the fast path records the whole batch in the inbox with one statement; the per-event path
+    // (rare: a batch that met a rejection) records each event inside its own savepoint logic
+    let mut claimed = match isolation {
+        Isolation::Batch => {
+            let mut ids: Vec<&str> = events
+                .iter()
+                .map(|batch_event| batch_event.event.event_id.as_str())
+                .collect();
+            ids.sort_unstable();
+            ids.dedup();
+            Some(record_batch_once(&transaction, consumer, &ids, to_millis(clock.now())).await?)
+        }
+        Isolation::PerEvent => None,
+    };
     for inbound in batch {
         let subject = inbound.subject;
         let Some(event) = inbound.event.as_ref() else {
@@ -421,6 +479,11 @@ async fn apply_batch_isolated<H: EventHandler>(
             department = crate::outbox::department_of_subject(subject).unwrap_or_default(),
         );
         crate::telemetry::set_parent_from_traceparent(&span, inbound.traceparent);
+        // an event recorded by this batch's claim is applied once: a second copy of it in the same
+        // batch finds it taken and is skipped as a duplicate
+        let fresh = claimed
+            .as_mut()
+            .map(|claimed| claimed.remove(event.event_id.as_str()));
         let outcome = apply_event(
             &transaction,
             clock,
@@ -429,6 +492,7 @@ async fn apply_batch_isolated<H: EventHandler>(
             subject,
             event,
             isolation,
+            fresh,
         )
         .instrument(span)
         .await?;
@@ -445,7 +509,10 @@ async fn apply_batch_isolated<H: EventHandler>(
     Ok(true)
 }
 
-/// Applies one event inside the batch transaction, directly or in a savepoint.
+/// Applies one event inside the batch transaction, directly or in a savepoint. `fresh` says whether
+/// the batch's claim already recorded the event (`Some(true)`) or found it handled before
+/// (`Some(false)`); `None`: record it here.
+#[allow(clippy::too_many_arguments)]
 async fn apply_event<H: EventHandler>(
     transaction: &DatabaseTransaction,
     clock: &SharedClock,
@@ -454,10 +521,15 @@ async fn apply_event<H: EventHandler>(
     subject: &str,
     event: &Event,
     isolation: Isolation,
+    fresh: Option<bool>,
 ) -> Result<EventOutcome, DbErr> {
     let consumer_attribute = [crate::metrics::attribute("consumer", consumer.to_string())];
     let now_ms = to_millis(clock.now());
-    if !record_once(transaction, consumer, &event.event_id, "applied", now_ms).await? {
+    let fresh = match fresh {
+        Some(fresh) => fresh,
+        None => record_once(transaction, consumer, &event.event_id, "applied", now_ms).await?,
+    };
+    if !fresh {
         tracing::debug!(consumer, event_id = %event.event_id, "duplicate event skipped");
         crate::metrics::metrics()
             .events_duplicate

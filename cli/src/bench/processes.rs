@@ -1,0 +1,386 @@
+//! The platform as a deployment runs it: the four service binaries as separate processes, each with
+//! its own database (SQLite files, or fresh PostgreSQL databases dropped afterwards), and a private
+//! `nats-server`; plus what each process spent (CPU seconds, peak RSS) from `/proc`.
+
+use sea_orm::ConnectionTrait;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use whistle_platform::local_nats::{LocalNatsServer, free_port};
+
+/// The four services, by binary name (`whistle-<service>`).
+pub const SERVICES: [&str; 4] = ["intake", "dispatch", "department-gateway", "evaluation"];
+
+/// Where the databases live.
+#[derive(Debug, Clone)]
+pub enum Storage {
+    /// One SQLite file per service in the run's folder.
+    Sqlite,
+    /// A fresh database per service on this server (admin URL), dropped afterwards.
+    Postgres { admin_url: String },
+}
+
+/// One child process and its log.
+#[derive(Debug)]
+pub struct Process {
+    pub name: String,
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Process {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The last lines of its log, for error messages.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// SIGTERM, then SIGKILL after `grace`.
+    fn stop(&mut self, grace: Duration) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!(
+            "{} did not stop within {grace:?} of SIGTERM: killed",
+            self.name
+        );
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// CPU time and peak memory of a process, read from `/proc/<pid>/stat` and `/proc/<pid>/status`.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct ProcessUsage {
+    /// utime + stime, seconds.
+    pub cpu_seconds: f64,
+    /// VmHWM: the peak resident set, MiB.
+    pub peak_rss_mib: f64,
+    /// VmRSS now, MiB.
+    pub rss_mib: f64,
+}
+
+fn clock_ticks_per_second() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|output| String::from_utf8(output.stdout).ok())
+        .and_then(|text| text.trim().parse::<f64>().ok())
+        .filter(|ticks| *ticks > 0.0)
+        .unwrap_or(100.0)
+}
+
+/// What `/proc` says about `pid` now (zeros where it cannot be read, e.g. not Linux).
+pub fn usage(pid: u32) -> ProcessUsage {
+    let ticks = clock_ticks_per_second();
+    let cpu_seconds = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            // the command name may hold spaces: fields are counted after its closing parenthesis
+            let rest = stat.rsplit_once(") ")?.1;
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let utime: f64 = fields.get(11)?.parse().ok()?;
+            let stime: f64 = fields.get(12)?.parse().ok()?;
+            Some((utime + stime) / ticks)
+        })
+        .unwrap_or(0.0);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib = |key: &str| {
+        status
+            .lines()
+            .find(|line| line.starts_with(key))
+            .and_then(|line| line.split_whitespace().nth(1))
+            .and_then(|value| value.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    ProcessUsage {
+        cpu_seconds,
+        peak_rss_mib: kib("VmHWM:") / 1024.0,
+        rss_mib: kib("VmRSS:") / 1024.0,
+    }
+}
+
+/// A running platform of separate processes.
+#[derive(Debug)]
+pub struct ProcessPlatform {
+    pub folder: PathBuf,
+    pub nats: Process,
+    pub nats_url: String,
+    /// intake, dispatch, department-gateway, evaluation.
+    pub services: Vec<Process>,
+    pub addresses: BTreeMap<&'static str, SocketAddr>,
+    pub credentials_file: PathBuf,
+    postgres: Option<(String, Vec<String>)>,
+}
+
+fn env_prefix(service: &str) -> String {
+    format!("WHISTLE_{}", service.to_uppercase().replace('-', "_"))
+}
+
+/// The folder holding the service binaries: `--bin-dir`, else next to the running executable.
+pub fn binary_folder(bin_dir: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let folder = match bin_dir {
+        Some(folder) => folder.to_path_buf(),
+        None => std::env::current_exe()?
+            .parent()
+            .map(Path::to_path_buf)
+            .ok_or_else(|| anyhow::anyhow!("the whistle executable has no folder"))?,
+    };
+    for service in SERVICES {
+        let binary = folder.join(format!("whistle-{service}"));
+        if !binary.is_file() {
+            anyhow::bail!(
+                "{} is missing: build the service binaries next to whistle first (`cargo build --release --bins`), or point --bin-dir at them",
+                binary.display()
+            );
+        }
+    }
+    Ok(folder)
+}
+
+/// Creates a database on the server of `admin_url` and returns its URL.
+pub async fn create_postgres_database(admin_url: &str, name: &str) -> anyhow::Result<String> {
+    let admin = sea_orm::Database::connect(admin_url)
+        .await
+        .map_err(|error| anyhow::anyhow!("cannot reach PostgreSQL at --postgres: {error}"))?;
+    admin
+        .execute_unprepared(&format!("CREATE DATABASE {name}"))
+        .await?;
+    let base = admin_url
+        .rsplit_once('/')
+        .map(|(base, _)| base.to_string())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "--postgres must name a database, e.g. postgres://postgres@127.0.0.1:5432/postgres"
+            )
+        })?;
+    Ok(format!("{base}/{name}"))
+}
+
+/// Drops the databases made by [`create_postgres_database`].
+pub async fn drop_postgres_databases(admin_url: &str, names: &[String]) {
+    match sea_orm::Database::connect(admin_url).await {
+        Ok(admin) => {
+            for name in names {
+                if let Err(error) = admin
+                    .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await
+                {
+                    eprintln!("cannot drop database {name}: {error}");
+                }
+            }
+        }
+        Err(error) => eprintln!("cannot drop the bench databases {names:?}: {error}"),
+    }
+}
+
+impl ProcessPlatform {
+    /// Starts NATS and the four services, and waits until each listens.
+    pub async fn start(
+        folder: &Path,
+        bin_dir: &Path,
+        storage: &Storage,
+        run: &str,
+    ) -> anyhow::Result<ProcessPlatform> {
+        std::fs::create_dir_all(folder)?;
+        let nats_port = free_port()?;
+        let nats_log = folder.join("nats.log");
+        let nats_child = Command::new(LocalNatsServer::find_binary()?)
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &nats_port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(folder.join("nats"))
+            .arg("-l")
+            .arg(&nats_log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let nats = Process {
+            name: "nats-server".into(),
+            child: nats_child,
+            log: nats_log,
+        };
+        let nats_url = format!("nats://127.0.0.1:{nats_port}");
+        let catalogue = folder.join("demo-catalogue.json");
+        std::fs::write(&catalogue, crate::local::DEMO_CATALOGUE)?;
+        let credentials_file = folder.join("demo-credentials.json");
+
+        let mut database_urls = BTreeMap::new();
+        let mut postgres = None;
+        match storage {
+            Storage::Sqlite => {
+                for service in SERVICES {
+                    database_urls.insert(
+                        service,
+                        format!(
+                            "sqlite://{}",
+                            folder.join(format!("{service}.sqlite")).display()
+                        ),
+                    );
+                }
+            }
+            Storage::Postgres { admin_url } => {
+                let mut names = Vec::new();
+                for service in SERVICES {
+                    let name = database_name(run, service);
+                    let url = create_postgres_database(admin_url, &name).await?;
+                    names.push(name);
+                    database_urls.insert(service, url);
+                }
+                postgres = Some((admin_url.clone(), names));
+            }
+        }
+
+        let mut platform = ProcessPlatform {
+            folder: folder.to_path_buf(),
+            nats,
+            nats_url: nats_url.clone(),
+            services: Vec::new(),
+            addresses: BTreeMap::new(),
+            credentials_file: credentials_file.clone(),
+            postgres,
+        };
+        wait_for_port(nats_port, "nats-server", &mut platform.nats).await?;
+
+        for service in SERVICES {
+            let port = free_port()?;
+            let admin_port = free_port()?;
+            let prefix = env_prefix(service);
+            let mut env = BTreeMap::new();
+            env.insert(
+                format!("{prefix}__GRPC__LISTEN"),
+                format!("127.0.0.1:{port}"),
+            );
+            env.insert(
+                format!("{prefix}__ADMIN__LISTEN"),
+                format!("127.0.0.1:{admin_port}"),
+            );
+            env.insert(
+                format!("{prefix}__DATABASE__URL"),
+                database_urls[service].clone(),
+            );
+            env.insert(format!("{prefix}__NATS__URL"), nats_url.clone());
+            env.insert(
+                format!("{prefix}__CATALOGUE__FILE"),
+                catalogue.display().to_string(),
+            );
+            if service == "department-gateway" {
+                env.insert(
+                    format!("{prefix}__DISPATCH__URL"),
+                    format!("http://{}", platform.addresses["dispatch"]),
+                );
+                env.insert(
+                    format!("{prefix}__CATALOGUE__CREDENTIALS_FILE"),
+                    credentials_file.display().to_string(),
+                );
+            }
+            let log = folder.join(format!("{service}.log"));
+            let log_file = std::fs::File::create(&log)?;
+            let child = Command::new(bin_dir.join(format!("whistle-{service}")))
+                .envs(&env)
+                .stdin(Stdio::null())
+                .stdout(log_file.try_clone()?)
+                .stderr(log_file)
+                .spawn()?;
+            platform.services.push(Process {
+                name: service.to_string(),
+                child,
+                log,
+            });
+            platform
+                .addresses
+                .insert(service, std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+        }
+        for (index, service) in SERVICES.iter().enumerate() {
+            let port = platform.addresses[service].port();
+            if let Err(error) = wait_for_port(port, service, &mut platform.services[index]).await {
+                platform.stop().await;
+                return Err(error);
+            }
+        }
+        Ok(platform)
+    }
+
+    /// `http://127.0.0.1:<port>` of a service.
+    pub fn url(&self, service: &str) -> String {
+        format!("http://{}", self.addresses[service])
+    }
+
+    /// CPU and memory of every process so far.
+    pub fn usage(&self) -> BTreeMap<String, ProcessUsage> {
+        let mut usages = BTreeMap::new();
+        for process in self.services.iter().chain(std::iter::once(&self.nats)) {
+            usages.insert(process.name.clone(), usage(process.pid()));
+        }
+        usages
+    }
+
+    /// The services (they drain), then NATS, then the PostgreSQL databases.
+    pub async fn stop(&mut self) {
+        for process in self.services.iter_mut().rev() {
+            process.stop(Duration::from_secs(30));
+        }
+        self.nats.stop(Duration::from_secs(10));
+        if let Some((admin_url, names)) = self.postgres.take() {
+            drop_postgres_databases(&admin_url, &names).await;
+        }
+    }
+}
+
+/// `whistle_bench_<run>_<what>`: short, lowercase, one per run.
+pub fn database_name(run: &str, what: &str) -> String {
+    format!(
+        "whistle_bench_{}_{}",
+        &run[run.len().saturating_sub(12)..],
+        what.replace('-', "_")
+    )
+}
+
+async fn wait_for_port(port: u16, name: &str, process: &mut Process) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!(
+                "{name} did not listen within 90 s; its log:\n{}",
+                process.log_tail()
+            );
+        }
+        if let Ok(Some(status)) = process.child.try_wait() {
+            anyhow::bail!(
+                "{name} exited during start-up ({status}); its log:\n{}",
+                process.log_tail()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

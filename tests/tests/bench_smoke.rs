@@ -1,0 +1,113 @@
+//! `whistle bench` runs end to end with a handful of cases: the four service binaries as processes,
+//! every case driven to its scorecard, and a JSON report with the documented fields. It asserts the
+//! structure and that every case completed, never how fast.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn whistle_binary() -> PathBuf {
+    // the service binaries must be there too: `binary` asserts and says how to build them
+    let service = whistle_e2e::binary("intake");
+    let path = service.with_file_name("whistle");
+    assert!(
+        path.is_file(),
+        "{} is missing: build the binaries first (`cargo build --workspace --bins`)",
+        path.display()
+    );
+    path
+}
+
+#[test]
+fn bench_drives_every_case_to_its_scorecard_and_writes_the_json_report() {
+    let folder = tempfile::tempdir().expect("tempdir");
+    let json = folder.path().join("bench.json");
+    let output = Command::new(whistle_binary())
+        .args([
+            "bench",
+            "--cases",
+            "6",
+            "--in-flight",
+            "3",
+            "--stall-secs",
+            "60",
+        ])
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .expect("run whistle bench");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "whistle bench failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("cases/s through the whole lifecycle"),
+        "{stdout}"
+    );
+
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("json written"))
+            .expect("json report");
+    assert_eq!(report["cases"], 6);
+    assert_eq!(
+        report["completed"], 6,
+        "every case counted on the scorecard: {report:#}"
+    );
+    assert_eq!(report["storage"], "sqlite");
+    assert!(
+        report["cases_per_second"]
+            .as_f64()
+            .expect("cases_per_second")
+            > 0.0
+    );
+    for percentile in ["p50", "p90", "p99", "max"] {
+        assert!(
+            report["report_to_notice_ms"][percentile].is_number(),
+            "report_to_notice_ms.{percentile}: {report:#}"
+        );
+    }
+    let load = &report["load"];
+    // every stage saw every case; the latencies cover every case (three assignments each)
+    for (stage, count) in load["stages_count"].as_object().expect("stages") {
+        assert_eq!(count, 6, "stage {stage}: {report:#}");
+    }
+    assert_eq!(load["report_to_notice_ms"]["count"], 6);
+    assert_eq!(load["report_to_scorecard_ms"]["count"], 6);
+    assert_eq!(load["submit_report_ms"]["count"], 6);
+    assert_eq!(load["acknowledge_to_event_ms"]["count"], 18);
+    assert_eq!(load["errors"], serde_json::json!({}), "{report:#}");
+    for process in [
+        "intake",
+        "dispatch",
+        "department-gateway",
+        "evaluation",
+        "nats-server",
+    ] {
+        let usage = &report["processes"][process];
+        assert!(
+            usage["peak_rss_mib"].as_f64().expect("peak rss") > 0.0,
+            "{process}: {report:#}"
+        );
+        assert!(usage["cpu_seconds"].is_number(), "{process}: {report:#}");
+    }
+    for raw in [
+        "jetstream_publish_sync_per_second",
+        "jetstream_publish_async_per_second",
+        "jetstream_consume_acked_per_second",
+        "insert_1_row_transactions_per_second",
+        "insert_100_row_transactions_per_second",
+    ] {
+        assert!(
+            report["raw"][raw].as_f64().expect("raw figure") > 0.0,
+            "{raw}: {report:#}"
+        );
+    }
+    assert_eq!(
+        report["ratios_raw_to_pipeline"]
+            .as_object()
+            .expect("ratios")
+            .len(),
+        6
+    );
+}
