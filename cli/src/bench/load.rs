@@ -230,7 +230,11 @@ fn report(index: usize, run: &str, phase: &str) -> SubmitReportRequest {
 impl Load {
     /// Starts the department systems (one Subscribe stream each), the NATS observer and the
     /// scorecard poller.
-    pub async fn start(clients: Clients, roles: Roles, nats_url: &str) -> anyhow::Result<Load> {
+    pub async fn start(
+        clients: Clients,
+        roles: Roles,
+        nats: async_nats::Client,
+    ) -> anyhow::Result<Load> {
         let load = Load {
             clients,
             roles,
@@ -245,7 +249,6 @@ impl Load {
         for (department, token) in &load.roles.departments {
             tokio::spawn(load.department(department.clone(), token.clone()));
         }
-        let nats = async_nats::connect(nats_url).await?;
         let mut events = nats.subscribe("whistle.v1.>").await?;
         let state = load.state.clone();
         let stop = load.stop.clone();
@@ -578,6 +581,7 @@ async fn lead_verified(
             GetScorecardRequest {
                 department_code: LEAD_DEPARTMENT.into(),
                 period: period.into(),
+                ..Default::default()
             },
             token,
         ))
@@ -705,7 +709,8 @@ impl Worker {
                 let request = authorized(
                     VerifyCaseRequest {
                         case_id: case_id.clone(),
-                        verifier_id: "bench-community".into(),
+                        // the verifier is the credential's subject
+                        verifier_id: String::new(),
                         passed: true,
                         note: String::new(),
                         failed_assignment_ids: vec![],

@@ -128,6 +128,11 @@ pub struct ProcessPlatform {
     pub services: Vec<Process>,
     pub addresses: BTreeMap<&'static str, SocketAddr>,
     pub credentials_file: PathBuf,
+    /// The key pair and the people's tokens, as `whistle up` makes them: every call is
+    /// authenticated, as in a deployment.
+    pub auth: crate::tokens::LocalAuth,
+    /// The nkey seed of `whistle-admin` on the private server (no anonymous access).
+    pub nats_admin_seed_file: PathBuf,
     postgres: Option<(String, Vec<String>)>,
 }
 
@@ -201,9 +206,22 @@ impl ProcessPlatform {
         run: &str,
     ) -> anyhow::Result<ProcessPlatform> {
         std::fs::create_dir_all(folder)?;
+        // NATS users and bearer tokens exactly as `whistle up` makes them
+        let registry = whistle_platform::nats_accounts::Registry::from_catalogue_json(
+            crate::local::DEMO_CATALOGUE,
+        )?;
+        let nats_auth_dir = folder.join("nats-auth");
+        std::fs::create_dir_all(&nats_auth_dir)?;
+        let nats_config = whistle_platform::nats_accounts::write_local(&nats_auth_dir, &registry)?;
+        let seed_of = |user: &str| {
+            whistle_platform::nats_accounts::seed_file(&nats_auth_dir.join("nkeys"), user)
+        };
+        let auth = crate::tokens::prepare_local(folder)?;
         let nats_port = free_port()?;
         let nats_log = folder.join("nats.log");
         let nats_child = Command::new(LocalNatsServer::find_binary()?)
+            .arg("-c")
+            .arg(&nats_config)
             .args([
                 "-a",
                 "127.0.0.1",
@@ -262,6 +280,8 @@ impl ProcessPlatform {
             services: Vec::new(),
             addresses: BTreeMap::new(),
             credentials_file: credentials_file.clone(),
+            nats_admin_seed_file: seed_of("whistle-admin"),
+            auth,
             postgres,
         };
         wait_for_port(nats_port, "nats-server", &mut platform.nats).await?;
@@ -285,6 +305,14 @@ impl ProcessPlatform {
             );
             env.insert(format!("{prefix}__NATS__URL"), nats_url.clone());
             env.insert(
+                format!("{prefix}__NATS__NKEY_SEED_FILE"),
+                seed_of(service).display().to_string(),
+            );
+            env.insert(
+                format!("{prefix}__AUTH__KEYS_FILE"),
+                platform.auth.public_keys_file.display().to_string(),
+            );
+            env.insert(
                 format!("{prefix}__CATALOGUE__FILE"),
                 catalogue.display().to_string(),
             );
@@ -296,6 +324,10 @@ impl ProcessPlatform {
                 env.insert(
                     format!("{prefix}__CATALOGUE__CREDENTIALS_FILE"),
                     credentials_file.display().to_string(),
+                );
+                env.insert(
+                    format!("{prefix}__DISPATCH__SERVICE_TOKEN_FILE"),
+                    platform.auth.service_token_file.display().to_string(),
                 );
             }
             let log = folder.join(format!("{service}.log"));
@@ -323,6 +355,16 @@ impl ProcessPlatform {
             }
         }
         Ok(platform)
+    }
+
+    /// A NATS connection as `whistle-admin` (the private server admits no anonymous client).
+    pub async fn connect_nats(&self) -> anyhow::Result<async_nats::Client> {
+        let seed = std::fs::read_to_string(&self.nats_admin_seed_file)?;
+        Ok(
+            async_nats::ConnectOptions::with_nkey(seed.trim().to_string())
+                .connect(&self.nats_url)
+                .await?,
+        )
     }
 
     /// `http://127.0.0.1:<port>` of a service.

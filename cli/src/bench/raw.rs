@@ -35,12 +35,11 @@ pub struct RawSizes {
 
 /// JetStream sync and async publish, then pull-consume with acks, on a stream of its own.
 pub async fn jetstream(
-    nats_url: &str,
+    client: async_nats::Client,
     sizes: RawSizes,
     limits: &mut RawLimits,
 ) -> anyhow::Result<()> {
     use async_nats::jetstream::{self, consumer::pull, stream};
-    let client = async_nats::connect(nats_url).await?;
     let js = jetstream::new(client);
     let name = format!("BENCH_RAW_{}", uuid::Uuid::now_v7().simple());
     let subject = format!("benchraw.{}", uuid::Uuid::now_v7().simple());
