@@ -424,8 +424,12 @@ async fn apply_batch_isolated<H: EventHandler>(
     // (rare: a batch that met a rejection) records each event inside its own savepoint logic
     let mut claimed = match isolation {
         Isolation::Batch => {
+            // an event provenance refuses is recorded below with its rejection, not claimed
             let mut ids: Vec<&str> = events
                 .iter()
+                .filter(|batch_event| {
+                    crate::provenance::check(batch_event.subject, batch_event.event).is_ok()
+                })
                 .map(|batch_event| batch_event.event.event_id.as_str())
                 .collect();
             ids.sort_unstable();
