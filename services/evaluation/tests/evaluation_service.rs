@@ -1115,7 +1115,7 @@ async fn a_month_is_closed_automatically_after_the_dispute_window() {
     );
     assert_eq!(
         october.scorecards.len(),
-        12,
+        15,
         "the demo catalogue's departments"
     );
     assert!(

@@ -30,6 +30,8 @@ const CASES: usize = 3_000;
 
 async fn start(bed: &TestBed, database_url: String, clock: Arc<ManualClock>) -> (Served, Client) {
     let mut config = EvaluationConfig::default();
+    // one service in-process: authentication is the end-to-end tests' (tests/tests/authorization.rs)
+    config.auth.enabled = false;
     config.database.url = database_url;
     config.nats.url = bed.nats.url();
     config.catalogue.file = Some(TestBed::demo_catalogue());
@@ -298,7 +300,7 @@ async fn live_equals_rebuilt(rebuild_into: impl FnOnce(&TestBed) -> String) {
     );
     assert_eq!(
         closed.scorecards.len(),
-        12,
+        15,
         "the demo catalogue's departments"
     );
     let again = client
