@@ -548,7 +548,7 @@ async fn call(
     grpc.unary(
         request,
         http::uri::PathAndQuery::from_static(path),
-        raw::RawCodec,
+        whistle_platform::testing::RawCodec,
     )
     .await
     .map(|_| ())
@@ -904,53 +904,4 @@ fn a_service_with_auth_on_and_no_key_exits_64_naming_the_setting() {
     assert_eq!(output.status.code(), Some(64));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("auth.keys"), "{stderr}");
-}
-
-mod raw {
-    /// Sends bytes as they are; reads and drops the answer.
-    #[derive(Debug, Clone, Copy, Default)]
-    pub struct RawCodec;
-
-    impl tonic::codec::Codec for RawCodec {
-        type Encode = Vec<u8>;
-        type Decode = ();
-        type Encoder = RawCodec;
-        type Decoder = RawCodec;
-
-        fn encoder(&mut self) -> Self::Encoder {
-            RawCodec
-        }
-
-        fn decoder(&mut self) -> Self::Decoder {
-            RawCodec
-        }
-    }
-
-    impl tonic::codec::Encoder for RawCodec {
-        type Item = Vec<u8>;
-        type Error = tonic::Status;
-
-        fn encode(
-            &mut self,
-            item: Self::Item,
-            buf: &mut tonic::codec::EncodeBuf<'_>,
-        ) -> Result<(), Self::Error> {
-            bytes::BufMut::put_slice(buf, &item);
-            Ok(())
-        }
-    }
-
-    impl tonic::codec::Decoder for RawCodec {
-        type Item = ();
-        type Error = tonic::Status;
-
-        fn decode(
-            &mut self,
-            buf: &mut tonic::codec::DecodeBuf<'_>,
-        ) -> Result<Option<Self::Item>, Self::Error> {
-            let remaining = bytes::Buf::remaining(buf);
-            bytes::Buf::advance(buf, remaining);
-            Ok(Some(()))
-        }
-    }
 }

@@ -159,9 +159,10 @@ pub async fn call_raw(url: &str, path: &'static str, body: Vec<u8>) -> Result<()
     .map(|_| ())
 }
 
-/// Sends bytes as they are; reads and drops the answer.
+/// Sends bytes as they are; reads and drops the answer (requests built by hand, e.g. undecodable
+/// ones or the authorization matrix's).
 #[derive(Debug, Clone, Copy, Default)]
-struct RawCodec;
+pub struct RawCodec;
 
 impl tonic::codec::Codec for RawCodec {
     type Encode = Vec<u8>;
