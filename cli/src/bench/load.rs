@@ -146,6 +146,13 @@ impl State {
     }
 }
 
+/// How often the bench reads the lead department's live scorecard. A live card is computed from
+/// every assignment of the period on each read, so the observer's own load grows with the cases
+/// already counted: at 20 ms (as first written) those reads were a quarter or more of
+/// evaluation's CPU (docs/benchmarks.md). A supervisor's dashboard refreshes every few seconds;
+/// 500 ms keeps report → counted (seconds) measurable.
+pub const SCORECARD_POLL: Duration = Duration::from_millis(500);
+
 /// The running simulation: department systems, community, observers.
 pub struct Load {
     clients: Clients,
@@ -398,7 +405,7 @@ impl Load {
                     }
                     Err(status) => lock(&state).error("GetScorecard", &status),
                 }
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                tokio::time::sleep(SCORECARD_POLL).await;
             }
         }
     }

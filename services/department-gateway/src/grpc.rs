@@ -76,7 +76,8 @@ impl GatewayGrpc {
             let action_name = action.name();
             let assignment_id = action.assignment_id.clone();
             let assignment = self.dispatch.forward(&department_code, action).await?;
-            tracing::info!(
+            // dispatch's timeline keeps every action with its actor; a line per action is debug
+            tracing::debug!(
                 action = action_name,
                 department = %department_code,
                 assignment_id = %assignment_id,

@@ -29,9 +29,13 @@ pub fn largest_events(
 ) -> Result<BTreeMap<String, (usize, Event)>, DispatchError> {
     let clock = ManualClock::new(latest_instant());
     let mut largest: BTreeMap<String, (usize, Event)> = BTreeMap::new();
-    let mut keep = |events: &[Event]| -> Result<(), DispatchError> {
-        for event in events {
-            let bytes = envelope::to_outbox(event)
+    // one event at a time: materialising every event of the largest case at once (hundreds of
+    // them, up to ~450 KB each) made dispatch's start peak at ~220 MiB, and glibc kept that
+    // memory for the life of the process
+    let mut keep = |record: &CaseRecord| -> Result<(), DispatchError> {
+        for emitted in record.emitted() {
+            let event = crate::events::to_event(record, emitted);
+            let bytes = envelope::to_outbox(&event)
                 .map_err(DispatchError::unexpected)?
                 .traced_wire_bytes();
             let kind = event
@@ -41,23 +45,15 @@ pub fn largest_events(
                 .unwrap_or_default();
             let entry = largest.entry(kind).or_insert((0, Event::default()));
             if bytes > entry.0 {
-                *entry = (bytes, event.clone());
+                *entry = (bytes, event);
             }
         }
         Ok(())
     };
-    keep(&events_of(&largest_case(limits, &clock)?))?;
-    keep(&events_of(&rejected_case(limits, &clock)?))?;
-    keep(&events_of(&locally_resolved_case(limits, &clock)?))?;
+    keep(&largest_case(limits, &clock)?)?;
+    keep(&rejected_case(limits, &clock)?)?;
+    keep(&locally_resolved_case(limits, &clock)?)?;
     Ok(largest)
-}
-
-fn events_of(record: &CaseRecord) -> Vec<Event> {
-    record
-        .emitted()
-        .iter()
-        .map(|emitted| crate::events::to_event(record, emitted))
-        .collect()
 }
 
 /// `chars` 4-byte characters.

@@ -919,9 +919,18 @@ pub async fn save<C: ConnectionTrait>(
                 .await?;
         }
         Some(original) if row_changed => {
-            let active = record.row.clone().into_active_model().reset_all();
+            // only what a command can change: the report (its blob, text, place) stays as written
             let updated = case::Entity::update_many()
-                .set(active)
+                .col_expr(case::Column::Status, record.row.status.clone().into())
+                .col_expr(case::Column::Version, record.row.version.into())
+                .col_expr(
+                    case::Column::RejectReason,
+                    record.row.reject_reason.clone().into(),
+                )
+                .col_expr(case::Column::RouteId, record.row.route_id.clone().into())
+                .col_expr(case::Column::UpdatedAtMs, record.row.updated_at_ms.into())
+                .col_expr(case::Column::State, record.row.state.clone().into())
+                .col_expr(case::Column::Recurrent, record.row.recurrent.into())
                 .filter(case::Column::CaseId.eq(record.row.case_id.as_str()))
                 .filter(case::Column::Version.eq(original))
                 .exec(connection)
@@ -1033,10 +1042,13 @@ pub async fn save<C: ConnectionTrait>(
             .exec_without_returning(connection)
             .await?;
     }
-    for event in &events {
-        let outbox_event =
-            whistle_platform::envelope::to_outbox(event).map_err(DispatchError::unexpected)?;
-        outbox::enqueue(connection, outbox_event, now_ms).await?;
+    let outbox_events = events
+        .iter()
+        .map(whistle_platform::envelope::to_outbox)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(DispatchError::unexpected)?;
+    if !outbox_events.is_empty() {
+        outbox::enqueue_many(connection, outbox_events, now_ms).await?;
     }
     Ok(())
 }

@@ -566,9 +566,22 @@ pub async fn assignments_whistled_in<C: ConnectionTrait>(
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect();
-    let facts = facts_on(connection, &case_ids).await?;
+    // each assignment is decided by its own case's facts: grouped once, so a card over N cases
+    // costs N lookups rather than N scans of every fact
+    let mut facts_by_case: std::collections::HashMap<String, Vec<CaseFact>> =
+        std::collections::HashMap::with_capacity(case_ids.len());
+    for fact in facts_on(connection, &case_ids).await? {
+        facts_by_case
+            .entry(fact.case_id.clone())
+            .or_default()
+            .push(fact);
+    }
     for assignment in &mut assignments {
-        assignment.outcome = domain::derive_outcome(assignment, &facts);
+        let facts = facts_by_case
+            .get(&assignment.case_id)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        assignment.outcome = domain::derive_outcome(assignment, facts);
     }
     Ok(assignments)
 }
