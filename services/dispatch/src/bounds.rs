@@ -32,9 +32,9 @@ pub fn largest_events(
     // one event at a time: materialising every event of the largest case at once (hundreds of
     // them, up to ~450 KB each) made dispatch's start peak at ~220 MiB, and glibc kept that
     // memory for the life of the process
-    let mut keep = |record: &CaseRecord| -> Result<(), DispatchError> {
-        for emitted in record.emitted() {
-            let event = crate::events::to_event(record, emitted);
+    let mut keep = |record: &mut CaseRecord| -> Result<(), DispatchError> {
+        for emitted in record.take_emitted() {
+            let event = crate::events::to_event(record, &emitted);
             let bytes = envelope::to_outbox(&event)
                 .map_err(DispatchError::unexpected)?
                 .traced_wire_bytes();
@@ -50,9 +50,9 @@ pub fn largest_events(
         }
         Ok(())
     };
-    keep(&largest_case(limits, &clock)?)?;
-    keep(&rejected_case(limits, &clock)?)?;
-    keep(&locally_resolved_case(limits, &clock)?)?;
+    largest_case(limits, &clock, &mut keep)?;
+    keep(&mut rejected_case(limits, &clock)?)?;
+    keep(&mut locally_resolved_case(limits, &clock)?)?;
     Ok(largest)
 }
 
@@ -129,14 +129,20 @@ fn reported_event(limits: &LimitsConfig, clock: &ManualClock) -> (Event, CaseRep
     (event, reported)
 }
 
-fn largest_case(limits: &LimitsConfig, clock: &ManualClock) -> Result<CaseRecord, DispatchError> {
+/// Plays the largest case, handing each command's events to `keep` as they come (so they are
+/// never all held at once).
+fn largest_case(
+    limits: &LimitsConfig,
+    clock: &ManualClock,
+    keep: &mut dyn FnMut(&mut CaseRecord) -> Result<(), DispatchError>,
+) -> Result<(), DispatchError> {
     let (event, reported) = reported_event(limits, clock);
     let mut record = CaseRecord::open(&event, &reported, clock.now());
     let operator = text(limits.id_chars);
     let policy = CalendarTime;
-    let run = |record: &mut CaseRecord, command: Command| -> Result<(), DispatchError> {
+    let mut run = |record: &mut CaseRecord, command: Command| -> Result<(), DispatchError> {
         record.execute(command, clock.now(), &policy)?;
-        Ok(())
+        keep(record)
     };
     let targets: Vec<WhistleTarget> = (0..limits.list_items.max(1))
         .map(|index| WhistleTarget {
@@ -301,7 +307,7 @@ fn largest_case(limits: &LimitsConfig, clock: &ManualClock) -> Result<CaseRecord
             failed_assignment_ids: Vec::new(),
         },
     )?;
-    Ok(record)
+    Ok(())
 }
 
 /// Progress at the limits until the assignment keeps all the evidence it may.

@@ -797,6 +797,12 @@ impl CaseRecord {
         &self.emitted
     }
 
+    /// Takes the events emitted so far (they are then not saved with the case): for playing a case
+    /// in memory, as the start-up limits check does.
+    pub fn take_emitted(&mut self) -> Vec<Emitted> {
+        std::mem::take(&mut self.emitted)
+    }
+
     /// Rewrites every clock row of the case when saved (the scanner makes sure stale rows go).
     pub fn rewrite_clocks(&mut self) {
         self.rewrite_clocks = true;
