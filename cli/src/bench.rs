@@ -5,7 +5,7 @@
 //! every figure comes with a ratio that survives a change of machine. See docs/benchmarks.md.
 
 mod load;
-mod preload;
+pub mod preload;
 mod processes;
 mod raw;
 mod stats;
