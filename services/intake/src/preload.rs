@@ -180,7 +180,7 @@ pub async fn relay_outbox(
     outbox::entity::Entity::update_many()
         .col_expr(
             outbox::entity::Column::SentAtMs,
-            Expr::col(outbox::entity::Column::CreatedAtMs).into(),
+            Expr::col(outbox::entity::Column::CreatedAtMs),
         )
         .filter(outbox::entity::Column::SentAtMs.is_null())
         .exec(transaction)
