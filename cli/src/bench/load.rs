@@ -425,7 +425,19 @@ impl Load {
         shape: LoadShape,
         stall: Duration,
     ) -> anyhow::Result<LoadResult> {
-        let baseline = self.lead_verified().await?;
+        // the scorecard as it stands: asked again while evaluation cannot answer yet (a service
+        // starting on a large preloaded history), for at most `stall`
+        let asked = Instant::now();
+        let baseline = loop {
+            match self.lead_verified().await {
+                Ok(verified) => break verified,
+                Err(error) if asked.elapsed() < stall => {
+                    eprintln!("{name}: the scorecard before the phase: {error}; asking again");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(error) => return Err(error),
+            }
+        };
         {
             let mut state = lock(&self.state);
             state.verified_order.clear();
