@@ -5,11 +5,13 @@
 //! every figure comes with a ratio that survives a change of machine. See docs/benchmarks.md.
 
 mod load;
+pub mod preload;
 mod processes;
 mod raw;
 mod stats;
 
 pub use load::{LoadResult, LoadShape, Roles};
+pub use preload::PreloadResult;
 pub use processes::{ProcessUsage, Storage};
 pub use raw::RawLimits;
 
@@ -75,6 +77,10 @@ pub struct BenchReport {
     pub rate: Option<f64>,
     pub in_flight: Option<usize>,
     pub preload: usize,
+    /// How long storing the `preload` cases took (before the services started).
+    pub preload_seconds: f64,
+    /// Per service, rows in its main tables after the preload.
+    pub preload_rows: BTreeMap<String, BTreeMap<String, u64>>,
     /// Cases through the whole lifecycle (counted on the scorecard) per second.
     pub cases_per_second: f64,
     pub report_to_notice_ms: stats::Percentiles,
@@ -99,7 +105,8 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
         None => Storage::Sqlite,
     };
     let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let mut platform = ProcessPlatform::start(&folder, &bin_dir, &storage, &run).await?;
+    let mut platform =
+        ProcessPlatform::start(&folder, &bin_dir, &storage, &run, options.preload).await?;
     let result = measure(&platform, &options, &storage, &run).await;
     let usage_end = platform.usage();
     platform.stop().await;
@@ -182,10 +189,13 @@ async fn measure(
             .observer_token
             .clone()
             .or_else(|| person("supervisor")),
+        // the department systems of the history had received every preloaded notice
+        after_sequence: platform
+            .preload
+            .as_ref()
+            .map(|preload| preload.after_sequence.clone())
+            .unwrap_or_default(),
     };
-    if options.preload > 0 {
-        anyhow::bail!("--preload is not implemented yet (see docs/benchmarks.md)");
-    }
     let simulation = load::Load::start(clients, roles, platform.connect_nats().await?).await?;
     // one case through the whole lifecycle first: connections, streams and consumers are warm
     let warm_up = simulation
@@ -315,6 +325,16 @@ async fn measure(
         rate: options.rate,
         in_flight: options.rate.is_none().then_some(options.in_flight),
         preload: options.preload,
+        preload_seconds: platform
+            .preload
+            .as_ref()
+            .map(|preload| preload.seconds)
+            .unwrap_or(0.0),
+        preload_rows: platform
+            .preload
+            .as_ref()
+            .map(|preload| preload.rows.clone())
+            .unwrap_or_default(),
         cases_per_second,
         report_to_notice_ms: measured.report_to_notice_ms,
         load: measured,
@@ -363,6 +383,14 @@ pub fn markdown(report: &BenchReport) -> String {
             String::new()
         }
     ));
+    if report.preload > 0 {
+        out.push_str(&format!(
+            "preload: {} finished cases stored in {:.1} s ({:.0} cases/s) before the services started\n\n",
+            report.preload,
+            report.preload_seconds,
+            report.preload as f64 / report.preload_seconds.max(0.001)
+        ));
+    }
     out.push_str(&format!(
         "machine: {} cores, load average at start {}\n\n",
         report.machine.get("cores").cloned().unwrap_or_default(),

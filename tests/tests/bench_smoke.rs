@@ -111,3 +111,69 @@ fn bench_drives_every_case_to_its_scorecard_and_writes_the_json_report() {
         6
     );
 }
+
+#[test]
+fn bench_with_preloaded_cases_reports_the_preload_and_completes_every_case() {
+    let folder = tempfile::tempdir().expect("tempdir");
+    let json = folder.path().join("bench-preload.json");
+    let output = Command::new(whistle_binary())
+        .args([
+            "bench",
+            "--cases",
+            "6",
+            "--in-flight",
+            "3",
+            "--preload",
+            "500",
+            "--stall-secs",
+            "60",
+        ])
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .expect("run whistle bench");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "whistle bench --preload failed:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("500 preloaded"), "{stdout}");
+    assert!(stderr.contains("preload: 500 cases in"), "{stderr}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("json written"))
+            .expect("json report");
+    assert_eq!(report["preload"], 500);
+    assert!(
+        report["preload_seconds"].as_f64().expect("preload_seconds") > 0.0,
+        "{report:#}"
+    );
+    let rows = &report["preload_rows"];
+    assert_eq!(rows["intake"]["intake_cases_closed"], 500, "{report:#}");
+    assert_eq!(rows["dispatch"]["dispatch_cases_closed"], 500, "{report:#}");
+    assert_eq!(rows["dispatch"]["dispatch_clocks"], 0, "{report:#}");
+    assert_eq!(rows["dispatch"]["whistle_outbox_unsent"], 0, "{report:#}");
+    assert_eq!(rows["evaluation"]["evaluation_cases"], 500, "{report:#}");
+    assert!(
+        rows["department-gateway"]["gateway_notices"]
+            .as_u64()
+            .expect("notices")
+            > 0,
+        "{report:#}"
+    );
+    // the measured run on top: every case through its lifecycle, once, without errors
+    assert_eq!(report["cases"], 6);
+    assert_eq!(
+        report["completed"], 6,
+        "every case counted on the scorecard: {report:#}"
+    );
+    for (stage, count) in report["load"]["stages_count"].as_object().expect("stages") {
+        assert_eq!(count, 6, "stage {stage}: {report:#}");
+    }
+    assert_eq!(report["load"]["acknowledge_to_event_ms"]["count"], 18);
+    assert_eq!(
+        report["load"]["errors"],
+        serde_json::json!({}),
+        "{report:#}"
+    );
+}

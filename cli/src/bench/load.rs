@@ -43,6 +43,9 @@ pub struct Roles {
     pub community: Option<String>,
     /// GetScorecard (the bench watching evaluation).
     pub observer: Option<String>,
+    /// Department code → the sequence its system had already received (`--preload`'s history):
+    /// its Subscribe stream starts after it.
+    pub after_sequence: BTreeMap<String, u64>,
 }
 
 fn authorized<T>(message: T, token: Option<&str>) -> tonic::Request<T> {
@@ -254,7 +257,13 @@ impl Load {
                 .to_string(),
         };
         for (department, token) in &load.roles.departments {
-            tokio::spawn(load.department(department.clone(), token.clone()));
+            let after_sequence = load
+                .roles
+                .after_sequence
+                .get(department)
+                .copied()
+                .unwrap_or(0);
+            tokio::spawn(load.department(department.clone(), token.clone(), after_sequence));
         }
         let mut events = nats.subscribe("whistle.v1.>").await?;
         let state = load.state.clone();
@@ -290,13 +299,18 @@ impl Load {
 
     /// One department system: follows its Subscribe stream (resuming after its last sequence when
     /// the stream breaks) and works every assignment whistled to it.
-    fn department(&self, department: String, token: String) -> impl Future<Output = ()> + 'static {
+    fn department(
+        &self,
+        department: String,
+        token: String,
+        after_sequence: u64,
+    ) -> impl Future<Output = ()> + 'static {
         let mut gateway = self.clients.gateway.clone();
         let state = self.state.clone();
         let stop = self.stop.clone();
         let worker = self.worker();
         async move {
-            let mut after_sequence = 0;
+            let mut after_sequence = after_sequence;
             while !stop.is_cancelled() {
                 let stream = gateway
                     .subscribe(authorized(
@@ -418,7 +432,19 @@ impl Load {
         shape: LoadShape,
         stall: Duration,
     ) -> anyhow::Result<LoadResult> {
-        let baseline = self.lead_verified().await?;
+        // the scorecard as it stands: asked again while evaluation cannot answer yet (a service
+        // starting on a large preloaded history), for at most `stall`
+        let asked = Instant::now();
+        let baseline = loop {
+            match self.lead_verified().await {
+                Ok(verified) => break verified,
+                Err(error) if asked.elapsed() < stall => {
+                    eprintln!("{name}: the scorecard before the phase: {error}; asking again");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(error) => return Err(error),
+            }
+        };
         {
             let mut state = lock(&self.state);
             state.verified_order.clear();

@@ -133,6 +133,8 @@ pub struct ProcessPlatform {
     pub auth: crate::tokens::LocalAuth,
     /// The nkey seed of `whistle-admin` on the private server (no anonymous access).
     pub nats_admin_seed_file: PathBuf,
+    /// What `--preload` stored before the services started.
+    pub preload: Option<super::preload::PreloadResult>,
     postgres: Option<(String, Vec<String>)>,
 }
 
@@ -198,12 +200,14 @@ pub async fn drop_postgres_databases(admin_url: &str, names: &[String]) {
 }
 
 impl ProcessPlatform {
-    /// Starts NATS and the four services, and waits until each listens.
+    /// Starts NATS and the four services, and waits until each listens; with `preload` > 0, that
+    /// many finished cases are stored in the services' databases before the services start.
     pub async fn start(
         folder: &Path,
         bin_dir: &Path,
         storage: &Storage,
         run: &str,
+        preload: usize,
     ) -> anyhow::Result<ProcessPlatform> {
         std::fs::create_dir_all(folder)?;
         // NATS users and bearer tokens exactly as `whistle up` makes them
@@ -282,9 +286,19 @@ impl ProcessPlatform {
             credentials_file: credentials_file.clone(),
             nats_admin_seed_file: seed_of("whistle-admin"),
             auth,
+            preload: None,
             postgres,
         };
         wait_for_port(nats_port, "nats-server", &mut platform.nats).await?;
+        if preload > 0 {
+            match super::preload::run(&database_urls, &catalogue, preload).await {
+                Ok(result) => platform.preload = Some(result),
+                Err(error) => {
+                    platform.stop().await;
+                    return Err(error.context("--preload failed"));
+                }
+            }
+        }
 
         for service in SERVICES {
             let port = free_port()?;

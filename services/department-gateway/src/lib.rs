@@ -14,6 +14,7 @@ pub mod forwarding;
 pub mod grpc;
 pub mod notices;
 pub mod policy;
+pub mod preload;
 pub mod slots;
 pub mod storage;
 pub mod subscription;

@@ -16,6 +16,7 @@ pub mod error;
 pub mod events;
 pub mod grpc;
 pub mod policy;
+pub mod preload;
 pub mod requests;
 pub mod scanner;
 pub mod service;

@@ -11,6 +11,7 @@ pub mod error;
 pub mod events;
 pub mod grpc;
 pub mod policy;
+pub mod preload;
 pub mod rebuild;
 pub mod storage;
 

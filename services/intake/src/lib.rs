@@ -16,6 +16,7 @@ pub mod merging;
 pub mod metrics;
 pub mod open311;
 pub mod policy;
+pub mod preload;
 pub mod requests;
 pub mod service;
 pub mod storage;
