@@ -1112,13 +1112,23 @@ mod tests {
         // valid for about two more seconds (inside the default leeway once it has passed)
         let short = key.sign(&claims(now + 2)).expect("token");
         let header = format!("Bearer {short}");
-        assert_eq!(verifier.verify(Some(&header)).expect("fresh").subject, "op-1");
-        assert_eq!(verifier.verify(Some(&header)).expect("remembered").subject, "op-1");
+        assert_eq!(
+            verifier.verify(Some(&header)).expect("fresh").subject,
+            "op-1"
+        );
+        assert_eq!(
+            verifier.verify(Some(&header)).expect("remembered").subject,
+            "op-1"
+        );
         // a copy with its signature altered is another string: verified, and refused
         let mut tampered = short.clone();
         let last = tampered.pop().expect("char");
         tampered.push(if last == 'A' { 'B' } else { 'A' });
-        assert!(verifier.verify(Some(&format!("Bearer {tampered}"))).is_err());
+        assert!(
+            verifier
+                .verify(Some(&format!("Bearer {tampered}")))
+                .is_err()
+        );
         std::thread::sleep(Duration::from_millis(3100));
         // past its exp the memory no longer answers; the full check (with its leeway) decides
         assert!(verifier.remembered(&short).is_none());
