@@ -205,6 +205,25 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
+        // A client that hangs up right after its last notice cancels the stream before it records
+        // how far it was served (that write runs when the next notice is asked for): record it
+        // here, apart from the cancelled stream. The cursor only ever rises, so the order of such
+        // writes does not matter.
+        if self.after > self.recorded
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let db = self.shared.db.clone();
+            let department_code = self.department_code.clone();
+            let sequence = self.after;
+            let now_ms = to_millis(self.shared.clock.now());
+            runtime.spawn(async move {
+                if let Err(error) =
+                    storage::advance_delivery_cursor(&db, &department_code, sequence, now_ms).await
+                {
+                    tracing::warn!(department = %department_code, sequence, %error, "recording the delivery cursor failed");
+                }
+            });
+        }
         tracing::info!(department = %self.department_code, last_sent = self.after, "subscription closed");
     }
 }
