@@ -757,15 +757,22 @@ pub async fn close_periods_automatically(
     if close_after_days == 0 {
         return;
     }
+    // The period's row appears when evaluation's own consumer applies the close event, which can
+    // take longer than a minute under load: what this loop closed is remembered here, so it never
+    // asks for the same close twice.
+    let mut closed_here = std::collections::HashSet::new();
     loop {
         let now_ms = to_millis(service.clock.now());
         let window_ms = i64::from(close_after_days) * 86_400_000;
         if let Some(period) =
             domain::latest_month_ended_before(now_ms - window_ms, service.utc_offset)
+            && !closed_here.contains(&period.label())
         {
             match storage::find_period(&service.db, &period.label()).await {
                 Ok(None) => match service.close(period, "automatic").await {
-                    Ok(_) => {}
+                    Ok(_) => {
+                        closed_here.insert(period.label());
+                    }
                     Err(EvaluationError::FailedPrecondition(reason)) => {
                         tracing::debug!(period = %period.label(), %reason, "not closed")
                     }
