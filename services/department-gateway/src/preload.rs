@@ -7,12 +7,12 @@
 use crate::notices::{self, NoticeRecorder, NoticeSignal};
 use crate::storage::{self, Migrator, assignment, notice};
 use sea_orm::{DatabaseConnection, EntityTrait, PaginatorTrait, TransactionTrait};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use whistle_platform::clock::SystemClock;
 use whistle_platform::db;
 use whistle_platform::envelope::Event;
-use whistle_platform::inbox::{BatchEvent, EventHandler, HandleError, record_batch_once};
+use whistle_platform::inbox::apply_history;
 
 /// Migrates the database (as the service does at start).
 pub async fn prepare(db: &DatabaseConnection) -> anyhow::Result<()> {
@@ -37,43 +37,15 @@ pub async fn apply(
     events: &[(String, Event)],
     now_ms: i64,
 ) -> anyhow::Result<()> {
-    let transaction = db.begin().await?;
-    let mut fresh = HashSet::new();
-    for consumer in [notices::CONSUMER, notices::CASES_CONSUMER] {
-        let ids: Vec<&str> = events
-            .iter()
-            .filter(|(subject, _)| consumer_of(subject) == Some(consumer))
-            .map(|(_, event)| event.event_id.as_str())
-            .collect();
-        fresh.extend(record_batch_once(&transaction, consumer, &ids, now_ms).await?);
-    }
-    let batch: Vec<(&str, &Event)> = events
-        .iter()
-        .filter(|(subject, event)| {
-            consumer_of(subject).is_some() && fresh.contains(&event.event_id)
-        })
-        .map(|(subject, event)| (subject.as_str(), event))
-        .collect();
     let recorder = NoticeRecorder::new(Arc::new(SystemClock), NoticeSignal::default());
-    let batch_events: Vec<BatchEvent<'_>> = batch
-        .iter()
-        .map(|(subject, event)| BatchEvent { subject, event })
-        .collect();
-    recorder.before_batch(&transaction, &batch_events).await?;
-    for (subject, event) in batch {
-        match recorder.handle(&transaction, subject, event).await {
-            Ok(()) => {}
-            Err(HandleError::Rejected(reason)) => {
-                anyhow::bail!(
-                    "the gateway refused preloaded event {}: {reason}",
-                    event.event_id
-                )
-            }
-            Err(HandleError::Transient(error)) => return Err(error.into()),
-        }
-    }
-    transaction.commit().await?;
-    Ok(())
+    apply_history(
+        db,
+        &recorder,
+        |subject| consumer_of(subject).map(str::to_string),
+        events,
+        now_ms,
+    )
+    .await
 }
 
 /// Sets every department's delivery cursor to its last notice and returns those sequences: a

@@ -5,14 +5,14 @@
 
 use crate::events::{CASES_CONSUMER, EvaluationEvents, WHISTLES_CONSUMER};
 use crate::storage::{Migrator, assignment, case, fact};
-use sea_orm::{DatabaseConnection, EntityTrait, PaginatorTrait, TransactionTrait};
-use std::collections::{BTreeMap, HashSet};
+use sea_orm::{DatabaseConnection, EntityTrait, PaginatorTrait};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use whistle_platform::clock::SystemClock;
 use whistle_platform::db;
 use whistle_platform::envelope::Event;
-use whistle_platform::inbox::{BatchEvent, EventHandler, HandleError, record_batch_once};
+use whistle_platform::inbox::apply_history;
 
 /// Migrates the database and loads the catalogue's departments (as the service does at start).
 pub async fn prepare(db: &DatabaseConnection, catalogue_file: &Path) -> anyhow::Result<()> {
@@ -38,45 +38,17 @@ pub async fn apply(
     events: &[(String, Event)],
     now_ms: i64,
 ) -> anyhow::Result<()> {
-    let transaction = db.begin().await?;
-    let mut fresh = HashSet::new();
-    for consumer in [CASES_CONSUMER, WHISTLES_CONSUMER] {
-        let ids: Vec<&str> = events
-            .iter()
-            .filter(|(subject, _)| consumer_of(subject) == Some(consumer))
-            .map(|(_, event)| event.event_id.as_str())
-            .collect();
-        fresh.extend(record_batch_once(&transaction, consumer, &ids, now_ms).await?);
-    }
-    let batch: Vec<(&str, &Event)> = events
-        .iter()
-        .filter(|(subject, event)| {
-            consumer_of(subject).is_some() && fresh.contains(&event.event_id)
-        })
-        .map(|(subject, event)| (subject.as_str(), event))
-        .collect();
     let handler = EvaluationEvents {
         clock: Arc::new(SystemClock),
     };
-    let batch_events: Vec<BatchEvent<'_>> = batch
-        .iter()
-        .map(|(subject, event)| BatchEvent { subject, event })
-        .collect();
-    handler.before_batch(&transaction, &batch_events).await?;
-    for (subject, event) in batch {
-        match handler.handle(&transaction, subject, event).await {
-            Ok(()) => {}
-            Err(HandleError::Rejected(reason)) => {
-                anyhow::bail!(
-                    "evaluation refused preloaded event {}: {reason}",
-                    event.event_id
-                )
-            }
-            Err(HandleError::Transient(error)) => return Err(error.into()),
-        }
-    }
-    transaction.commit().await?;
-    Ok(())
+    apply_history(
+        db,
+        &handler,
+        |subject| consumer_of(subject).map(str::to_string),
+        events,
+        now_ms,
+    )
+    .await
 }
 
 /// Rows in evaluation's tables of cases, assignments, facts, inbox and outbox.

@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use whistle_platform::clock::{ManualClock, from_millis, to_proto_timestamp};
 use whistle_platform::envelope::{self, Event, Payload};
-use whistle_platform::inbox::{EventHandler, HandleError, record_batch_once};
+use whistle_platform::inbox::apply_history;
 use whistle_platform::{db, outbox};
 use whistle_proto::events::CaseReported;
 use whistle_proto::intake::{CaseState, SubmitReportRequest};
@@ -200,31 +200,18 @@ pub async fn apply_case_events(
     now_ms: i64,
 ) -> anyhow::Result<()> {
     let spec = consumer_spec();
-    let transaction = db.begin().await?;
-    let ids: Vec<&str> = events
-        .iter()
-        .filter(|(subject, _)| subject.starts_with("case.v1."))
-        .map(|(_, event)| event.event_id.as_str())
-        .collect();
-    let fresh = record_batch_once(&transaction, &spec.durable, &ids, now_ms).await?;
-    let handler = CaseLifecycle;
-    for (subject, event) in events {
-        if !subject.starts_with("case.v1.") || !fresh.contains(&event.event_id) {
-            continue;
-        }
-        match handler.handle(&transaction, subject, event).await {
-            Ok(()) => {}
-            Err(HandleError::Rejected(reason)) => {
-                anyhow::bail!(
-                    "intake refused preloaded event {}: {reason}",
-                    event.event_id
-                )
-            }
-            Err(HandleError::Transient(error)) => return Err(error.into()),
-        }
-    }
-    transaction.commit().await?;
-    Ok(())
+    apply_history(
+        db,
+        &CaseLifecycle,
+        |subject| {
+            subject
+                .starts_with("case.v1.")
+                .then(|| spec.durable.clone())
+        },
+        events,
+        now_ms,
+    )
+    .await
 }
 
 /// Rows in intake's tables of cases, reports, inbox and outbox.

@@ -317,6 +317,52 @@ fn record_delivery(consumer: &str, messages: &[jetstream::Message]) {
     }
 }
 
+/// Applies a history of events (with their subjects) in one transaction, as consumer batches would
+/// have: each event is recorded in the inbox of the consumer `consumer_of` names for its subject
+/// (none: not consumed here), and those not recorded before go through `before_batch` and `handle`
+/// in order. For bulk loading (`whistle bench --preload`): a refused event is an error naming it.
+pub async fn apply_history<H: EventHandler>(
+    db: &DatabaseConnection,
+    handler: &H,
+    consumer_of: impl Fn(&str) -> Option<String>,
+    events: &[(String, Event)],
+    now_ms: i64,
+) -> anyhow::Result<()> {
+    let transaction = db.begin().await?;
+    let mut by_consumer: std::collections::BTreeMap<String, Vec<&str>> = Default::default();
+    let mut consumed = Vec::with_capacity(events.len());
+    for (subject, event) in events {
+        if let Some(consumer) = consumer_of(subject) {
+            by_consumer
+                .entry(consumer)
+                .or_default()
+                .push(event.event_id.as_str());
+            consumed.push((subject.as_str(), event));
+        }
+    }
+    let mut fresh = std::collections::HashSet::new();
+    for (consumer, ids) in &by_consumer {
+        fresh.extend(record_batch_once(&transaction, consumer, ids, now_ms).await?);
+    }
+    consumed.retain(|(_, event)| fresh.contains(&event.event_id));
+    let batch_events: Vec<BatchEvent<'_>> = consumed
+        .iter()
+        .map(|(subject, event)| BatchEvent { subject, event })
+        .collect();
+    handler.before_batch(&transaction, &batch_events).await?;
+    for (subject, event) in consumed {
+        match handler.handle(&transaction, subject, event).await {
+            Ok(()) => {}
+            Err(HandleError::Rejected(reason)) => {
+                anyhow::bail!("preloaded event {} was refused: {reason}", event.event_id)
+            }
+            Err(HandleError::Transient(error)) => return Err(error.into()),
+        }
+    }
+    transaction.commit().await?;
+    Ok(())
+}
+
 /// How a batch isolates its events from each other.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Isolation {
