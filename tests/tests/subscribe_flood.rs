@@ -82,6 +82,12 @@ async fn a_subscribe_flood_is_bounded_and_leaves_nothing_behind() {
         "WHISTLE_DEPARTMENT_GATEWAY__SUBSCRIPTIONS__MAX_PER_DEPARTMENT",
         LIMIT.to_string(),
     );
+    // this test is about subscription slots: the per-caller rate (2,000/s, burst 4,000) would
+    // answer part of a fast flood of 10,000 first, so it is raised above the flood here
+    platform.gateway.set_env(
+        "WHISTLE_DEPARTMENT_GATEWAY__GRPC__RATE_BURST",
+        (2 * ATTEMPTS).to_string(),
+    );
     platform.gateway.start();
     wait_serving(&platform.gateway).await;
     let pid = platform.gateway.pid().expect("gateway runs");
