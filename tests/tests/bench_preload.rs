@@ -21,6 +21,7 @@ async fn connect(url: &str) -> sea_orm::DatabaseConnection {
         url: url.to_string(),
         max_connections: 2,
         acquire_timeout_ms: 30_000,
+        read_connections: 1,
     })
     .await
     .expect("connect")

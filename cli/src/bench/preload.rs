@@ -149,6 +149,7 @@ async fn connect(url: &str) -> anyhow::Result<DatabaseConnection> {
         url: url.to_string(),
         max_connections: 4,
         acquire_timeout_ms: 30_000,
+        read_connections: 1,
     })
     .await?)
 }

@@ -84,8 +84,10 @@ pub async fn run(
         ))
     });
 
+    let reader = db::connect_reader(&config.database, &db).await?;
     let service = EvaluationGrpc {
         db: db.clone(),
+        reader: reader.clone(),
         clock,
         utc_offset,
         scoring,
@@ -122,6 +124,7 @@ pub async fn run(
     }
     let _ = closer.await;
     let _ = relay_task.await;
+    reader.close().await?;
     db.close().await?;
     served
 }

@@ -9,10 +9,10 @@ use crate::domain::{
     CaseRegion, FactKind, Milestone,
 };
 use crate::storage::{self, callback, milestone, period_state, rating};
-use sea_orm::DatabaseTransaction;
+use sea_orm::{DatabaseTransaction, DbErr};
 use whistle_platform::clock::{SharedClock, from_proto_timestamp, to_millis};
 use whistle_platform::envelope::{Event, Payload};
-use whistle_platform::inbox::{EventHandler, HandleError};
+use whistle_platform::inbox::{BatchEvent, EventHandler, HandleError};
 use whistle_proto::events::{
     EvaluationCooperationRated, EvaluationPeriodClosed, EvaluationPeriodReopened,
     EvaluationSatisfactionRecorded,
@@ -43,7 +43,36 @@ struct WhistleExtras {
     fact: Option<(FactKind, bool)>,
 }
 
+/// What an event reads, merges and writes back, as the key its batch locks: its case (the
+/// assignments, the case's state, ratings and call-backs are all kept per case) or its period.
+fn lock_key(event: &Event) -> Option<String> {
+    match &event.payload {
+        Some(Payload::EvaluationPeriodClosed(closed)) => Some(format!("period:{}", closed.period)),
+        Some(Payload::EvaluationPeriodReopened(reopened)) => {
+            Some(format!("period:{}", reopened.period))
+        }
+        _ if !event.case_id.is_empty() => Some(format!("case:{}", event.case_id)),
+        _ => None,
+    }
+}
+
 impl EventHandler for EvaluationEvents {
+    /// Every case (and period) of the batch is locked before any event is applied: the three
+    /// consumers, and every replica's, merge events into the same rows, and two merges of one case
+    /// at once on PostgreSQL would each start from the row as it was, the later write dropping the
+    /// earlier event (seen as a resolution missing from a scorecard with two replicas).
+    async fn before_batch(
+        &self,
+        transaction: &DatabaseTransaction,
+        events: &[BatchEvent<'_>],
+    ) -> Result<(), DbErr> {
+        let keys: Vec<String> = events
+            .iter()
+            .filter_map(|batch_event| lock_key(batch_event.event))
+            .collect();
+        whistle_platform::db::lock_keys(transaction, keys.iter().map(String::as_str)).await
+    }
+
     async fn handle(
         &self,
         transaction: &DatabaseTransaction,

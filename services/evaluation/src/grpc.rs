@@ -36,7 +36,11 @@ pub const SOURCE: &str = "whistle-evaluation";
 /// The gRPC face of evaluation.
 #[derive(Debug, Clone)]
 pub struct EvaluationGrpc {
+    /// The writer: ratings, call-backs, closes (and every consumer).
     pub db: DatabaseConnection,
+    /// Reads that may span a period (cards, rankings, explanations): on SQLite a read-only pool
+    /// beside the writer, so a card over a long period does not hold the consumers up.
+    pub reader: DatabaseConnection,
     pub clock: SharedClock,
     pub utc_offset: UtcOffset,
     pub scoring: Scoring,
@@ -302,6 +306,12 @@ impl EvaluationGrpc {
                 "assignment {assignment_id} not found"
             )));
         };
+        // the rating's row is merged like the consumers merge theirs: under the case's lock
+        whistle_platform::db::lock_keys(
+            &transaction,
+            [format!("case:{}", assignment.case_id).as_str()],
+        )
+        .await?;
         // cooperation is rated on what the department did: not before it acknowledged, checked
         // in, resolved or returned
         if !domain::department_acted(&assignment) {
@@ -426,7 +436,7 @@ impl EvaluationGrpc {
         scope: Option<&str>,
     ) -> Result<DepartmentPeriod, EvaluationError> {
         let bounds = period.bounds(self.utc_offset);
-        let transaction = self.db.begin().await?;
+        let transaction = self.reader.begin().await?;
         if !storage::department_known(&transaction, department_code).await? {
             return Err(EvaluationError::NotFound(format!(
                 "department {department_code} not found"
@@ -471,7 +481,7 @@ impl EvaluationGrpc {
     async fn scorecard(&self, request: GetScorecardRequest) -> Result<Scorecard, EvaluationError> {
         let (department_code, period, scope) = check_scorecard(&self.limits, &request)?;
         if scope.is_none() {
-            let closed = storage::find_period(&self.db, &period.label()).await?;
+            let closed = storage::find_period(&self.reader, &period.label()).await?;
             if let Some(closed) = closed.filter(|closed| closed.closed) {
                 return self
                     .frozen_scorecard(&closed, &department_code, period)
@@ -520,7 +530,7 @@ impl EvaluationGrpc {
         } = check_ranking(&self.limits, &request)?;
         let bounds = period.bounds(self.utc_offset);
 
-        let transaction = self.db.begin().await?;
+        let transaction = self.reader.begin().await?;
         let departments = storage::departments(&transaction).await?;
         let mut assignments = storage::assignments_whistled_in(&transaction, None, bounds).await?;
         if let Some(case_region) = &case_region {
@@ -624,7 +634,7 @@ impl EvaluationGrpc {
             .iter()
             .map(|assignment| assignment.assignment_id.clone())
             .collect();
-        let mut milestones = storage::milestones_of(&self.db, &explained_ids).await?;
+        let mut milestones = storage::milestones_of(&self.reader, &explained_ids).await?;
         let ids = |pick: fn(&domain::ExplainedAssignment) -> bool| {
             explanation
                 .assignments
@@ -808,7 +818,7 @@ impl EvaluationGrpc {
     /// department whistled in it.
     async fn all_live_cards(&self, period: Period) -> Result<Vec<FrozenCard>, EvaluationError> {
         let bounds = period.bounds(self.utc_offset);
-        let transaction = self.db.begin().await?;
+        let transaction = self.reader.begin().await?;
         let departments = storage::departments(&transaction).await?;
         let assignments = storage::assignments_whistled_in(&transaction, None, bounds).await?;
         let assignment_ids: Vec<String> = assignments
@@ -970,7 +980,7 @@ impl EvaluationGrpc {
     ) -> Result<u64, EvaluationError> {
         let bounds = period.bounds(self.utc_offset);
         let assignments =
-            storage::assignments_whistled_in(&self.db, Some(department_code), bounds).await?;
+            storage::assignments_whistled_in(&self.reader, Some(department_code), bounds).await?;
         let milestones: u64 = assignments
             .iter()
             .map(|assignment| {
@@ -997,7 +1007,7 @@ impl EvaluationGrpc {
             .into_iter()
             .collect();
         let later =
-            storage::records_after(&self.db, &assignment_ids, &case_ids, closed_at_ms).await?;
+            storage::records_after(&self.reader, &assignment_ids, &case_ids, closed_at_ms).await?;
         Ok(milestones + later)
     }
 
@@ -1071,7 +1081,7 @@ impl EvaluationGrpc {
         if !region_code.is_empty() {
             return caller.require_region("region_code", region_code);
         }
-        let departments = storage::departments(&self.db)
+        let departments = storage::departments(&self.reader)
             .await
             .map_err(EvaluationError::from)?;
         // an unknown department is NOT_FOUND later, for every caller alike
@@ -1097,7 +1107,7 @@ impl EvaluationGrpc {
         if case_id.is_empty() {
             return Ok(());
         }
-        let region = storage::case_region(&self.db, case_id)
+        let region = storage::case_region(&self.reader, case_id)
             .await
             .map_err(EvaluationError::from)?;
         match region {
@@ -1114,7 +1124,7 @@ impl EvaluationGrpc {
         request: GetPeriodScorecardsRequest,
     ) -> Result<PeriodScorecards, EvaluationError> {
         let period = parse_period(&self.limits, &request.period)?;
-        if let Some(closed) = storage::find_period(&self.db, &period.label())
+        if let Some(closed) = storage::find_period(&self.reader, &period.label())
             .await?
             .filter(|closed| closed.closed)
         {

@@ -49,6 +49,7 @@ pub async fn rebuild(
         url: database_url.to_string(),
         max_connections: 4,
         acquire_timeout_ms: 30_000,
+        read_connections: 1,
     })
     .await?;
     db::migrate::<Migrator>(&database).await?;

@@ -197,6 +197,9 @@ mod defaults {
     pub fn rate_burst() -> u32 {
         4000
     }
+    pub fn read_connections() -> u32 {
+        4
+    }
     pub fn acquire_timeout_ms() -> u64 {
         5000
     }
@@ -274,6 +277,11 @@ pub struct DatabaseConfig {
     /// How long a call waits for a pooled connection before it fails with UNAVAILABLE.
     #[serde(default = "defaults::acquire_timeout_ms")]
     pub acquire_timeout_ms: u64,
+    /// SQLite only: read-only connections beside the single writer, for the long reads
+    /// (scorecards over a period), so they neither wait for the writer nor hold it up. PostgreSQL
+    /// reads share the pool.
+    #[serde(default = "defaults::read_connections")]
+    pub read_connections: u32,
 }
 
 impl DatabaseConfig {
@@ -295,6 +303,11 @@ impl DatabaseConfig {
                 "database.acquire_timeout_ms must be at least 1".into(),
             ));
         }
+        if self.read_connections == 0 {
+            return Err(ConfigError::Invalid(
+                "database.read_connections must be at least 1".into(),
+            ));
+        }
         if let Some(path) = crate::db::sqlite_path(&self.url) {
             check_writable_folder("database.url", std::path::Path::new(&path))?;
         }
@@ -307,6 +320,7 @@ impl DatabaseConfig {
             url: url.into(),
             max_connections,
             acquire_timeout_ms: defaults::acquire_timeout_ms(),
+            read_connections: defaults::read_connections(),
         }
     }
 }

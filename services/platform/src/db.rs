@@ -54,6 +54,34 @@ pub async fn connect(config: &DatabaseConfig) -> Result<DatabaseConnection, DbEr
     })
 }
 
+/// The pool for reads that may take long: scorecards over a whole period, exports. On a SQLite
+/// file it is up to `database.read_connections` read-only connections to the same file: in WAL
+/// mode they see every committed write, and the single writer (consumers, commands) neither waits
+/// for them nor makes them wait. On PostgreSQL, and on an in-memory SQLite database (which a second
+/// pool could not see), it is `writer` itself.
+pub async fn connect_reader(
+    config: &DatabaseConfig,
+    writer: &DatabaseConnection,
+) -> Result<DatabaseConnection, DbErr> {
+    if !config.url.starts_with("sqlite:") || sqlite_path(&config.url).is_none() {
+        return Ok(writer.clone());
+    }
+    let mut options = ConnectOptions::new(config.url.clone());
+    options
+        .sqlx_logging(false)
+        .connect_timeout(Duration::from_secs(10))
+        .acquire_timeout(Duration::from_millis(config.acquire_timeout_ms))
+        .max_connections(config.read_connections)
+        .min_connections(0)
+        .map_sqlx_sqlite_opts(|sqlite| sqlite.read_only(true).busy_timeout(Duration::from_secs(5)));
+    Database::connect(options).await.map_err(|error| {
+        DbErr::Custom(format!(
+            "cannot open database {} for reading: {error}",
+            redact_url(&config.url)
+        ))
+    })
+}
+
 /// One plain connection before the pool is built, retried for a while (a database that is still
 /// starting), so a refused or rejected connection is reported with its cause rather than as a pool
 /// timeout.
@@ -99,6 +127,49 @@ pub async fn migrate<M: MigratorTrait>(db: &DatabaseConnection) -> Result<(), Db
 /// Whether the pool is PostgreSQL, where row claims use `FOR UPDATE SKIP LOCKED`.
 pub fn is_postgres(db: &impl ConnectionTrait) -> bool {
     db.get_database_backend() == DbBackend::Postgres
+}
+
+/// Serialises the transactions that change what is kept under the same keys (a case, a period):
+/// on PostgreSQL, a transaction-scoped advisory lock per key, taken in one global order (by a
+/// stable hash) so two transactions locking overlapping sets never wait on each other in a cycle,
+/// and released at commit or rollback. A consumer whose handler reads a row, merges an event into
+/// it and writes it back takes these first, or two replicas (or two batches) applying events of
+/// the same case at once would each merge into the row as it was and the later write would drop
+/// the earlier one. On SQLite it does nothing: the pool's one connection already runs one
+/// transaction at a time.
+pub async fn lock_keys<'a, C: ConnectionTrait>(
+    transaction: &C,
+    keys: impl IntoIterator<Item = &'a str>,
+) -> Result<(), DbErr> {
+    if !is_postgres(transaction) {
+        return Ok(());
+    }
+    let hashes: std::collections::BTreeSet<i64> = keys.into_iter().map(lock_key_hash).collect();
+    if hashes.is_empty() {
+        return Ok(());
+    }
+    // numbers only, so the list is written into the statement; unnest yields them in array order
+    let list = hashes
+        .iter()
+        .map(i64::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    transaction
+        .execute_unprepared(&format!(
+            "SELECT pg_advisory_xact_lock(k) FROM unnest('{{{list}}}'::bigint[]) AS k"
+        ))
+        .await?;
+    Ok(())
+}
+
+/// The advisory-lock key of `key`: the first eight bytes of its SHA-256, the same in every
+/// replica and every release.
+fn lock_key_hash(key: &str) -> i64 {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(key.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    i64::from_be_bytes(first)
 }
 
 /// The file of a SQLite URL, if it names one.
