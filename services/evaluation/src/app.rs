@@ -42,6 +42,14 @@ pub async fn run(
     if let Some(file) = &config.catalogue.file {
         crate::catalogue::load(&db, file).await?;
     }
+    // rows kept before tallies existed: decided once, before any card is served
+    let tallied = crate::cards::tally_missing(&db).await?;
+    if tallied > 0 {
+        tracing::info!(
+            cases = tallied,
+            "tallies decided for cases kept before tallies existed"
+        );
+    }
 
     let shutdown = shutdown.child_token();
     // ratings, call-backs, closes and reopenings: applied in the request's transaction and

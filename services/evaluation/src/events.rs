@@ -51,7 +51,7 @@ fn lock_key(event: &Event) -> Option<String> {
         Some(Payload::EvaluationPeriodReopened(reopened)) => {
             Some(format!("period:{}", reopened.period))
         }
-        _ if !event.case_id.is_empty() => Some(format!("case:{}", event.case_id)),
+        _ if !event.case_id.is_empty() => Some(storage::case_lock_key(&event.case_id)),
         _ => None,
     }
 }
@@ -461,6 +461,7 @@ async fn record_facts(
         };
         storage::record_fact(transaction, &fact).await?;
     }
+    storage::retally_case(transaction, case_id).await?;
     tracing::debug!(
         case_id,
         kind = kind.as_str(),
@@ -525,6 +526,7 @@ async fn apply_assignment(
         };
         storage::record_fact(transaction, &fact).await?;
     }
+    storage::retally_case(transaction, &merged.case_id).await?;
     tracing::debug!(
         assignment_id = %merged.assignment_id,
         department_code = %merged.department_code,

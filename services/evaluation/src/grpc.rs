@@ -2,13 +2,13 @@
 
 use crate::domain::{
     self, AssignmentFacts, CallbackResult, CaseRegion, CooperationRating, DepartmentLevel,
-    Explained, FrozenCard, Period, PeriodBounds, RankingCandidate, SatisfactionCallback,
-    ScorecardFigures, Scoring, UtcOffset,
+    Explained, FrozenCard, Period, PeriodBounds, RankingCandidate, SatisfactionCallback, Scoring,
+    UtcOffset,
 };
 use crate::error::EvaluationError;
 use crate::storage::{self, callback, period_state, rating};
 use sea_orm::{DatabaseConnection, DatabaseTransaction, TransactionTrait};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
@@ -50,13 +50,11 @@ pub struct EvaluationGrpc {
     pub signal: OutboxSignal,
 }
 
-/// One department's period, scored.
+/// One department's period, every assignment decided (for explanations).
 struct DepartmentPeriod {
-    bounds: PeriodBounds,
     assignments: Vec<AssignmentFacts>,
     ratings: Vec<CooperationRating>,
     callbacks: Vec<SatisfactionCallback>,
-    figures: ScorecardFigures,
     computed_at_ms: i64,
 }
 
@@ -307,11 +305,8 @@ impl EvaluationGrpc {
             )));
         };
         // the rating's row is merged like the consumers merge theirs: under the case's lock
-        whistle_platform::db::lock_keys(
-            &transaction,
-            [format!("case:{}", assignment.case_id).as_str()],
-        )
-        .await?;
+        let key = storage::case_lock_key(&assignment.case_id);
+        whistle_platform::db::lock_keys(&transaction, [key.as_str()]).await?;
         // cooperation is rated on what the department did: not before it acknowledged, checked
         // in, resolved or returned
         if !domain::department_acted(&assignment) {
@@ -460,21 +455,11 @@ impl EvaluationGrpc {
         let ratings = storage::ratings_of(&transaction, &assignment_ids).await?;
         let callbacks = storage::callbacks_on(&transaction, &case_ids).await?;
         transaction.commit().await?;
-        let computed_at_ms = to_millis(self.clock.now());
-        let figures = domain::scorecard(
-            &assignments,
-            &ratings,
-            &callbacks,
-            computed_at_ms,
-            &self.scoring,
-        );
         Ok(DepartmentPeriod {
-            bounds,
             assignments,
             ratings,
             callbacks,
-            figures,
-            computed_at_ms,
+            computed_at_ms: to_millis(self.clock.now()),
         })
     }
 
@@ -499,19 +484,37 @@ impl EvaluationGrpc {
         scope: Option<&str>,
     ) -> Result<Scorecard, EvaluationError> {
         let department_code = department_code.to_string();
-        let scored = self
-            .department_period(&department_code, period, scope)
-            .await?;
+        let bounds = period.bounds(self.utc_offset);
+        // one snapshot: the department check and the sums
+        let transaction = self.reader.begin().await?;
+        if !storage::department_known(&transaction, &department_code).await? {
+            return Err(EvaluationError::NotFound(format!(
+                "department {department_code} not found"
+            )));
+        }
+        let computed_at_ms = to_millis(self.clock.now());
+        let figures = crate::cards::live_figures(
+            &transaction,
+            Some(&department_code),
+            bounds,
+            scope,
+            computed_at_ms,
+            &self.scoring,
+        )
+        .await?
+        .remove(&department_code)
+        .unwrap_or_else(|| self.unwhistled_figures());
+        transaction.commit().await?;
         Ok(Scorecard {
             department_code,
             period: period.label(),
-            period_start: Some(to_proto_timestamp(from_millis(scored.bounds.start_ms))),
-            period_end: Some(to_proto_timestamp(from_millis(scored.bounds.end_ms))),
-            counts: Some(scorecard_counts(&scored.figures.counts)),
-            indicators: Some(indicators(&scored.figures.indicators)),
-            composite: scored.figures.composite,
-            computed_at: Some(to_proto_timestamp(from_millis(scored.computed_at_ms))),
-            rated: scored.figures.rated,
+            period_start: Some(to_proto_timestamp(from_millis(bounds.start_ms))),
+            period_end: Some(to_proto_timestamp(from_millis(bounds.end_ms))),
+            counts: Some(scorecard_counts(&figures.counts)),
+            indicators: Some(indicators(&figures.indicators)),
+            composite: figures.composite,
+            computed_at: Some(to_proto_timestamp(from_millis(computed_at_ms))),
+            rated: figures.rated,
             scoring_config: self.scoring.fingerprint(),
             region_code: scope.unwrap_or_default().to_string(),
             frozen: false,
@@ -530,33 +533,19 @@ impl EvaluationGrpc {
         } = check_ranking(&self.limits, &request)?;
         let bounds = period.bounds(self.utc_offset);
 
+        let now_ms = to_millis(self.clock.now());
         let transaction = self.reader.begin().await?;
         let departments = storage::departments(&transaction).await?;
-        let mut assignments = storage::assignments_whistled_in(&transaction, None, bounds).await?;
-        if let Some(case_region) = &case_region {
-            keep_cases_in(&transaction, &mut assignments, case_region).await?;
-        }
-        let assignment_ids: Vec<String> = assignments
-            .iter()
-            .map(|assignment| assignment.assignment_id.clone())
-            .collect();
-        let case_ids: Vec<String> = assignments
-            .iter()
-            .map(|assignment| assignment.case_id.clone())
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        let ratings = storage::ratings_of(&transaction, &assignment_ids).await?;
-        let callbacks = storage::callbacks_on(&transaction, &case_ids).await?;
+        let mut by_department = crate::cards::live_figures(
+            &transaction,
+            None,
+            bounds,
+            case_region.as_deref(),
+            now_ms,
+            &self.scoring,
+        )
+        .await?;
         transaction.commit().await?;
-
-        let mut by_department: BTreeMap<String, Vec<AssignmentFacts>> = BTreeMap::new();
-        for assignment in assignments {
-            by_department
-                .entry(assignment.department_code.clone())
-                .or_default()
-                .push(assignment);
-        }
         // Registry departments that match the filters; departments seen only in events have no
         // level or region, so they are ranked only when nothing is filtered.
         let mut ranked_codes: Vec<String> = departments
@@ -581,16 +570,12 @@ impl EvaluationGrpc {
                     .cloned(),
             );
         }
-        let now_ms = to_millis(self.clock.now());
         let candidates = ranked_codes
             .into_iter()
             .map(|department_code| {
-                let assignments = by_department
-                    .get(&department_code)
-                    .map(Vec::as_slice)
-                    .unwrap_or_default();
-                let figures =
-                    domain::scorecard(assignments, &ratings, &callbacks, now_ms, &self.scoring);
+                let figures = by_department
+                    .remove(&department_code)
+                    .unwrap_or_else(|| self.unwhistled_figures());
                 RankingCandidate {
                     department_code,
                     composite: figures.composite,
@@ -802,6 +787,11 @@ pub async fn close_periods_automatically(
 }
 
 impl EvaluationGrpc {
+    /// The card of a department nothing was whistled to in the period.
+    fn unwhistled_figures(&self) -> domain::ScorecardFigures {
+        domain::figures(&domain::CardSums::default(), &[], &[], &self.scoring)
+    }
+
     /// Puts an event in evaluation's outbox inside `transaction`.
     async fn publish(
         &self,
@@ -818,41 +808,24 @@ impl EvaluationGrpc {
     /// department whistled in it.
     async fn all_live_cards(&self, period: Period) -> Result<Vec<FrozenCard>, EvaluationError> {
         let bounds = period.bounds(self.utc_offset);
+        let now_ms = to_millis(self.clock.now());
         let transaction = self.reader.begin().await?;
         let departments = storage::departments(&transaction).await?;
-        let assignments = storage::assignments_whistled_in(&transaction, None, bounds).await?;
-        let assignment_ids: Vec<String> = assignments
-            .iter()
-            .map(|assignment| assignment.assignment_id.clone())
-            .collect();
-        let case_ids: Vec<String> = assignments
-            .iter()
-            .map(|assignment| assignment.case_id.clone())
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        let ratings = storage::ratings_of(&transaction, &assignment_ids).await?;
-        let callbacks = storage::callbacks_on(&transaction, &case_ids).await?;
+        let mut by_department =
+            crate::cards::live_figures(&transaction, None, bounds, None, now_ms, &self.scoring)
+                .await?;
         transaction.commit().await?;
-        let mut by_department: BTreeMap<String, Vec<AssignmentFacts>> = departments
-            .into_iter()
-            .map(|department| (department.code, Vec::new()))
-            .collect();
-        for assignment in assignments {
+        for department in departments {
             by_department
-                .entry(assignment.department_code.clone())
-                .or_default()
-                .push(assignment);
+                .entry(department.code)
+                .or_insert_with(|| self.unwhistled_figures());
         }
-        let now_ms = to_millis(self.clock.now());
         let label = period.label();
         let fingerprint = self.scoring.fingerprint();
         Ok(by_department
             .iter()
-            .map(|(department_code, assignments)| {
-                let figures =
-                    domain::scorecard(assignments, &ratings, &callbacks, now_ms, &self.scoring);
-                FrozenCard::new(department_code, &label, &figures, &fingerprint)
+            .map(|(department_code, figures)| {
+                FrozenCard::new(department_code, &label, figures, &fingerprint)
             })
             .collect())
     }

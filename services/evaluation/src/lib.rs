@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod cards;
 pub mod catalogue;
 pub mod config;
 pub mod domain;

@@ -7,9 +7,10 @@ use crate::domain::{
     CooperationRating, DepartmentLevel, DerivedOutcome, FactKind, PeriodBounds, ReportedVerdict,
     SatisfactionCallback,
 };
-use sea_orm::sea_query::OnConflict;
+use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect,
 };
 
 pub use migration::Migrator;
@@ -80,6 +81,11 @@ pub mod assignment {
         pub reopen_count: i32,
         pub return_accepted: bool,
         pub updated_at_ms: i64,
+        /// What the assignment adds to its department's card (`domain::Tally`), kept current
+        /// whenever its facts or its case's facts change; `None` until first decided.
+        pub tally_bits: Option<i64>,
+        pub returns_rejected_count: i64,
+        pub due_from_ms: Option<i64>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -399,7 +405,71 @@ fn row_from_facts(facts: &AssignmentFacts, now_ms: i64) -> assignment::ActiveMod
         reopen_count: Set(i32::try_from(facts.outcome.reopen_count).unwrap_or(i32::MAX)),
         return_accepted: Set(facts.outcome.return_accepted),
         updated_at_ms: Set(now_ms),
+        // written by `retally_case` only (the upsert leaves them as they are)
+        tally_bits: Set(None),
+        returns_rejected_count: Set(0),
+        due_from_ms: Set(None),
     }
+}
+
+/// The key a transaction locks (`whistle_platform::db::lock_keys`) before it merges anything into
+/// the rows kept per case: its assignments, their tallies, its state, ratings and call-backs.
+pub fn case_lock_key(case_id: &str) -> String {
+    format!("case:{case_id}")
+}
+
+/// Decides every assignment of the case again from the case's facts and keeps what each adds to
+/// its department's card (`domain::Tally`); writes only the rows whose tally changed. Called after
+/// every change to an assignment or to its case's facts, inside the same transaction.
+pub async fn retally_case<C: ConnectionTrait>(connection: &C, case_id: &str) -> Result<(), DbErr> {
+    let rows = assignment::Entity::find()
+        .filter(assignment::Column::CaseId.eq(case_id))
+        .all(connection)
+        .await?;
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let facts = facts_on(connection, &[case_id.to_string()]).await?;
+    for row in rows {
+        let stored = (row.tally_bits, row.returns_rejected_count, row.due_from_ms);
+        let mut decided = facts_from_row(row)?;
+        decided.outcome = domain::derive_outcome(&decided, &facts);
+        let tally = domain::Tally::of(&decided);
+        if stored == (Some(tally.bits), tally.returns_rejected, tally.due_from_ms) {
+            continue;
+        }
+        assignment::Entity::update_many()
+            .col_expr(assignment::Column::TallyBits, Expr::value(tally.bits))
+            .col_expr(
+                assignment::Column::ReturnsRejectedCount,
+                Expr::value(tally.returns_rejected),
+            )
+            .col_expr(
+                assignment::Column::DueFromMs,
+                Expr::value(tally.due_from_ms),
+            )
+            .filter(assignment::Column::AssignmentId.eq(decided.assignment_id.as_str()))
+            .exec(connection)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Cases with an assignment whose tally was never decided (rows kept before tallies existed), at
+/// most `limit`.
+pub async fn untallied_cases<C: ConnectionTrait>(
+    connection: &C,
+    limit: u64,
+) -> Result<Vec<String>, DbErr> {
+    assignment::Entity::find()
+        .select_only()
+        .column(assignment::Column::CaseId)
+        .distinct()
+        .filter(assignment::Column::TallyBits.is_null())
+        .limit(limit)
+        .into_tuple::<String>()
+        .all(connection)
+        .await
 }
 
 /// The facts of one assignment, when any event about it arrived.
@@ -1055,6 +1125,7 @@ mod migration {
                 Box::new(CreateEvaluationTables),
                 Box::new(CreateFactTable),
                 Box::new(CreateRaterAndPeriodTables),
+                Box::new(AddAssignmentTallies),
             ])
         }
     }
@@ -1374,6 +1445,74 @@ mod migration {
                         .to_owned(),
                 )
                 .await
+        }
+    }
+
+    /// What each assignment adds to its department's card, so a live card is a sum in the
+    /// database. Rows kept before this are decided at start-up (`crate::cards::tally_missing`).
+    #[derive(Debug)]
+    struct AddAssignmentTallies;
+
+    impl MigrationName for AddAssignmentTallies {
+        fn name(&self) -> &str {
+            "m20261130_000001_assignment_tallies"
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl MigrationTrait for AddAssignmentTallies {
+        async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+            use assignment::Column as A;
+            use sea_orm_migration::schema::*;
+            // one column per statement: SQLite adds one at a time
+            for column in [
+                big_integer_null(A::TallyBits),
+                big_integer(A::ReturnsRejectedCount).default(0).to_owned(),
+                big_integer_null(A::DueFromMs),
+            ] {
+                let mut column = column;
+                manager
+                    .alter_table(
+                        Table::alter()
+                            .table(assignment::Entity)
+                            .add_column(&mut column)
+                            .to_owned(),
+                    )
+                    .await?;
+            }
+            manager
+                .create_index(
+                    Index::create()
+                        .name("evaluation_assignments_untallied")
+                        .table(assignment::Entity)
+                        .col(A::TallyBits)
+                        .if_not_exists()
+                        .to_owned(),
+                )
+                .await
+        }
+
+        async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+            use assignment::Column as A;
+            manager
+                .drop_index(
+                    Index::drop()
+                        .name("evaluation_assignments_untallied")
+                        .table(assignment::Entity)
+                        .to_owned(),
+                )
+                .await?;
+            for column in [A::TallyBits, A::ReturnsRejectedCount, A::DueFromMs] {
+                manager
+                    .alter_table(
+                        Table::alter()
+                            .table(assignment::Entity)
+                            .drop_column(column)
+                            .to_owned(),
+                    )
+                    .await?;
+            }
+            Ok(())
         }
     }
 }

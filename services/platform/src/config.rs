@@ -278,8 +278,8 @@ pub struct DatabaseConfig {
     #[serde(default = "defaults::acquire_timeout_ms")]
     pub acquire_timeout_ms: u64,
     /// SQLite only: read-only connections beside the single writer, for the long reads
-    /// (scorecards over a period), so they neither wait for the writer nor hold it up. PostgreSQL
-    /// reads share the pool.
+    /// (scorecards over a period), so they neither wait for the writer nor hold it up; 0 for none
+    /// (reads share the writer's connection). PostgreSQL reads share the pool.
     #[serde(default = "defaults::read_connections")]
     pub read_connections: u32,
 }
@@ -301,11 +301,6 @@ impl DatabaseConfig {
         if self.acquire_timeout_ms == 0 {
             return Err(ConfigError::Invalid(
                 "database.acquire_timeout_ms must be at least 1".into(),
-            ));
-        }
-        if self.read_connections == 0 {
-            return Err(ConfigError::Invalid(
-                "database.read_connections must be at least 1".into(),
             ));
         }
         if let Some(path) = crate::db::sqlite_path(&self.url) {

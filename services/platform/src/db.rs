@@ -55,7 +55,7 @@ pub async fn connect(config: &DatabaseConfig) -> Result<DatabaseConnection, DbEr
 }
 
 /// The pool for reads that may take long: scorecards over a whole period, exports. On a SQLite
-/// file it is up to `database.read_connections` read-only connections to the same file: in WAL
+/// file it is up to `database.read_connections` (when not 0) read-only connections to the same file: in WAL
 /// mode they see every committed write, and the single writer (consumers, commands) neither waits
 /// for them nor makes them wait. On PostgreSQL, and on an in-memory SQLite database (which a second
 /// pool could not see), it is `writer` itself.
@@ -63,7 +63,10 @@ pub async fn connect_reader(
     config: &DatabaseConfig,
     writer: &DatabaseConnection,
 ) -> Result<DatabaseConnection, DbErr> {
-    if !config.url.starts_with("sqlite:") || sqlite_path(&config.url).is_none() {
+    if config.read_connections == 0
+        || !config.url.starts_with("sqlite:")
+        || sqlite_path(&config.url).is_none()
+    {
         return Ok(writer.clone());
     }
     let mut options = ConnectOptions::new(config.url.clone());

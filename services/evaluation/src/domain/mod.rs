@@ -8,6 +8,7 @@ mod parsing;
 mod periods;
 mod rankings;
 mod scorecards;
+mod tallies;
 
 pub use closing::*;
 pub use facts::*;
@@ -15,6 +16,7 @@ pub use parsing::*;
 pub use periods::*;
 pub use rankings::*;
 pub use scorecards::*;
+pub use tallies::*;
 
 #[cfg(test)]
 mod tests;

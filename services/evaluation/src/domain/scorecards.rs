@@ -1,6 +1,7 @@
 //! Indicators, weights and scorecards: every number of a department's card and its explanation.
 
 use super::facts::{AssignmentFacts, AssignmentRole, AssignmentState};
+use super::tallies::{CardSums, Tally, TallyBit};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Who rated a department's cooperation.
@@ -375,9 +376,17 @@ pub fn satisfaction_rate(callbacks: &[SatisfactionCallback]) -> Option<f64> {
     if callbacks.is_empty() {
         return None;
     }
-    let credit: f64 = callbacks
-        .iter()
-        .map(|callback| callback.result.credit())
+    // summed per result, so the figure does not depend on the order the call-backs come in
+    let mut per_result: BTreeMap<&'static str, (f64, u64)> = BTreeMap::new();
+    for callback in callbacks {
+        per_result
+            .entry(callback.result.as_str())
+            .or_insert((callback.result.credit(), 0))
+            .1 += 1;
+    }
+    let credit: f64 = per_result
+        .values()
+        .map(|(credit, count)| credit * *count as f64)
         .sum();
     Some(credit / callbacks.len() as f64)
 }
@@ -423,60 +432,45 @@ pub fn scorecard(
     as_of_ms: i64,
     scoring: &Scoring,
 ) -> ScorecardFigures {
-    let count = |include: &dyn Fn(&AssignmentFacts) -> bool| {
-        assignments
-            .iter()
-            .filter(|assignment| include(assignment))
-            .count() as u64
-    };
-    let tally = |indicator: Indicator| {
-        let numerator = count(&|assignment| indicator.membership(assignment, as_of_ms).numerator);
-        let denominator =
-            count(&|assignment| indicator.membership(assignment, as_of_ms).denominator);
-        (numerator, denominator)
-    };
-    let report = tally(Indicator::ReportRate);
-    let on_site = tally(Indicator::OnSiteRate);
-    let resolution = tally(Indicator::ResolutionRate);
-    let on_time = tally(Indicator::OnTimeRate);
-    let rework = tally(Indicator::ReworkRate);
-    let mut counts = Counts {
-        whistled: assignments.len() as u64,
-        acknowledged: count(&|assignment| assignment.acknowledged_at_ms.is_some()),
-        acknowledged_within_limit: report.0,
-        required_on_site: on_site.1,
-        on_site_within_limit: on_site.0,
-        resolved: rework.1,
-        resolved_within_limit: on_time.0,
-        verified: count(&|assignment| assignment.is_resolved() && assignment.outcome.verified),
-        returned: count(&AssignmentFacts::is_returned),
-        returns_accepted: count(&|assignment| assignment.outcome.return_accepted),
-        deferred: count(&|assignment| assignment.outcome.deferred),
-        reopened: rework.0,
-        due_in_period: on_time.1,
-        cooperation_ratings: 0,
-        satisfaction_callbacks: 0,
-        returns_rejected: assignments
-            .iter()
-            .map(|assignment| u64::from(assignment.outcome.returns_rejected))
-            .sum(),
-        overdue: count(&|assignment| assignment.outcome.overdue > 0),
-        escalated: count(&|assignment| assignment.outcome.escalations > 0),
-    };
-
+    let mut sums = CardSums::default();
+    for assignment in assignments {
+        sums.add(&Tally::of(assignment), as_of_ms);
+    }
     let period_ratings = ratings_counted(assignments, ratings);
     let period_callbacks = callbacks_counted(assignments, callbacks, scoring.satisfaction_scope);
+    figures(&sums, &period_ratings, &period_callbacks, scoring)
+}
+
+/// A card's figures from the sums of its assignments' tallies and the ratings and call-backs that
+/// count in it (see [`ratings_counted`] and [`callbacks_counted`]).
+pub fn figures(
+    sums: &CardSums,
+    period_ratings: &[CooperationRating],
+    period_callbacks: &[SatisfactionCallback],
+    scoring: &Scoring,
+) -> ScorecardFigures {
+    let mut counts = sums.counts();
     counts.cooperation_ratings = period_ratings.len() as u64;
     counts.satisfaction_callbacks = period_callbacks.len() as u64;
-
+    let count = |bit: TallyBit| sums.count(bit);
     let indicators = Indicators {
-        report_rate: ratio(report.0, report.1),
-        on_site_rate: ratio(on_site.0, on_site.1),
-        resolution_rate: ratio(resolution.0, resolution.1),
-        on_time_rate: ratio(on_time.0, on_time.1),
-        rework_rate: ratio(rework.0, rework.1),
-        cooperation: cooperation_score(&period_ratings),
-        satisfaction: satisfaction_rate(&period_callbacks),
+        // 报到率's denominator is every assignment whistled
+        report_rate: ratio(count(TallyBit::ReportNumerator), sums.whistled),
+        on_site_rate: ratio(
+            count(TallyBit::OnSiteNumerator),
+            count(TallyBit::OnSiteDenominator),
+        ),
+        resolution_rate: ratio(
+            count(TallyBit::ResolutionNumerator),
+            count(TallyBit::ResolutionDenominator),
+        ),
+        on_time_rate: ratio(count(TallyBit::OnTimeNumerator), sums.due),
+        rework_rate: ratio(
+            count(TallyBit::ReworkNumerator),
+            count(TallyBit::ReworkDenominator),
+        ),
+        cooperation: cooperation_score(period_ratings),
+        satisfaction: satisfaction_rate(period_callbacks),
     };
     let rated = counts.whistled >= scoring.minimum_assignments.max(1);
     ScorecardFigures {

@@ -1,0 +1,273 @@
+//! Live cards summed in the database (`cards::live_figures`, over the tallies the consumer keeps
+//! per assignment) against the same cards decided in memory from every assignment and fact of the
+//! period (`domain::scorecard`), over a generated history applied out of order with redeliveries,
+//! with ratings and call-backs: every department, both periods, every kind of scope, several
+//! moments and both satisfaction scopes; on SQLite and on PostgreSQL. Then the tallies are erased,
+//! as in a database kept before they existed, and filled in again at start-up
+//! (`cards::tally_missing`): the cards are the same.
+
+mod common;
+
+use common::history::{self, DAY, NOVEMBER, NOW, OCTOBER};
+use sea_orm::{ConnectionTrait, Database, DatabaseConnection, TransactionTrait};
+use std::collections::{BTreeMap, BTreeSet};
+use whistle_evaluation::cards;
+use whistle_evaluation::domain::{
+    self, Period, SatisfactionScope, ScorecardFigures, Scoring, UtcOffset,
+};
+use whistle_evaluation::events::EvaluationEvents;
+use whistle_evaluation::storage::{self, Migrator};
+use whistle_platform::ManualClock;
+use whistle_platform::clock::{from_millis, to_proto_timestamp};
+use whistle_platform::envelope::{self, Event, Payload};
+use whistle_platform::inbox::{BatchEvent, EventHandler};
+use whistle_platform::testing::TestPostgres;
+use whistle_proto::events::{EvaluationCooperationRated, EvaluationSatisfactionRecorded};
+
+/// The history, shuffled with redeliveries, and ratings and call-backs on some of its cases.
+fn history() -> Vec<Event> {
+    let cases = history::generate(160, 7);
+    let mut events: Vec<Event> = history::shuffled_with_redeliveries(&cases, 10, 7)
+        .into_iter()
+        .map(|(event, _)| event)
+        .collect();
+    let clock = ManualClock::new(from_millis(NOW));
+    for (index, case) in cases.iter().enumerate() {
+        let community = &case.community;
+        for (position, (assignment_id, _)) in case.assignments.iter().enumerate() {
+            if (index + position) % 3 == 0 {
+                events.push(envelope::new_event(
+                    &clock,
+                    "whistle-evaluation",
+                    &case.case_id,
+                    0,
+                    None,
+                    Payload::EvaluationCooperationRated(EvaluationCooperationRated {
+                        assignment_id: assignment_id.clone(),
+                        rater: "community".into(),
+                        rater_id: community.clone(),
+                        score: 1 + (index % 5) as u32,
+                        comment: String::new(),
+                        rated_at: Some(to_proto_timestamp(from_millis(NOW - DAY))),
+                    }),
+                ));
+            }
+        }
+        if case.closed && index % 3 != 0 {
+            events.push(envelope::new_event(
+                &clock,
+                "whistle-evaluation",
+                &case.case_id,
+                0,
+                None,
+                Payload::EvaluationSatisfactionRecorded(EvaluationSatisfactionRecorded {
+                    callback_id: format!("callback-{index}"),
+                    result: ["satisfied", "basically_satisfied", "dissatisfied"][index % 3].into(),
+                    note: String::new(),
+                    recorded_at: Some(to_proto_timestamp(from_millis(NOW - DAY))),
+                }),
+            ));
+        }
+    }
+    events
+}
+
+/// Applies the events in batches of 16, as a consumer does (locks, then each event).
+async fn apply(db: &DatabaseConnection, events: &[Event]) {
+    let handler = EvaluationEvents {
+        clock: std::sync::Arc::new(ManualClock::new(from_millis(NOW))),
+    };
+    for batch in events.chunks(16) {
+        let transaction = db.begin().await.expect("begin");
+        let batch_events: Vec<BatchEvent<'_>> = batch
+            .iter()
+            .map(|event| BatchEvent {
+                subject: "test",
+                event,
+            })
+            .collect();
+        handler
+            .before_batch(&transaction, &batch_events)
+            .await
+            .expect("locks");
+        for event in batch {
+            handler
+                .handle(&transaction, "test", event)
+                .await
+                .expect("applied");
+        }
+        transaction.commit().await.expect("commit");
+    }
+}
+
+/// The cards decided in memory from every assignment and fact of the period.
+async fn decided(
+    db: &DatabaseConnection,
+    period: Period,
+    scope: Option<&str>,
+    as_of_ms: i64,
+    scoring: &Scoring,
+) -> BTreeMap<String, ScorecardFigures> {
+    let bounds = period.bounds(UtcOffset::from_hours(8).expect("offset"));
+    let mut assignments = storage::assignments_whistled_in(db, None, bounds)
+        .await
+        .expect("assignments");
+    let case_ids: Vec<String> = assignments
+        .iter()
+        .map(|assignment| assignment.case_id.clone())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if let Some(scope) = scope {
+        let regions = storage::case_regions(db, &case_ids).await.expect("regions");
+        assignments.retain(|assignment| {
+            regions
+                .get(&assignment.case_id)
+                .is_some_and(|region| region.lies_in(scope))
+        });
+    }
+    let assignment_ids: Vec<String> = assignments
+        .iter()
+        .map(|assignment| assignment.assignment_id.clone())
+        .collect();
+    let ratings = storage::ratings_of(db, &assignment_ids)
+        .await
+        .expect("ratings");
+    let callbacks = storage::callbacks_on(db, &case_ids)
+        .await
+        .expect("callbacks");
+    let mut by_department: BTreeMap<String, Vec<domain::AssignmentFacts>> = BTreeMap::new();
+    for assignment in assignments {
+        by_department
+            .entry(assignment.department_code.clone())
+            .or_default()
+            .push(assignment);
+    }
+    by_department
+        .into_iter()
+        .map(|(department, assignments)| {
+            let figures = domain::scorecard(&assignments, &ratings, &callbacks, as_of_ms, scoring);
+            (department, figures)
+        })
+        .collect()
+}
+
+/// Every card both ways; returns how many were compared.
+async fn compare_every_card(db: &DatabaseConnection) -> usize {
+    let offset = UtcOffset::from_hours(8).expect("offset");
+    let scopes = [
+        None,
+        Some("4203"),
+        Some(history::STREET),
+        Some(history::COMMUNITIES[0]),
+        Some(history::COMMUNITIES[2]),
+        Some("4204"),
+    ];
+    let moments = [OCTOBER + 10 * DAY, NOVEMBER + 5 * DAY, NOW];
+    let scorings = [
+        Scoring::default(),
+        Scoring {
+            satisfaction_scope: SatisfactionScope::Resolvers,
+            minimum_assignments: 5,
+            ..Scoring::default()
+        },
+    ];
+    let mut compared = 0;
+    for label in ["2026-10", "2026-11", "2026-Q4"] {
+        let period = Period::parse(label).expect("period");
+        for scope in scopes {
+            for as_of_ms in moments {
+                for scoring in &scorings {
+                    let summed = cards::live_figures(
+                        db,
+                        None,
+                        period.bounds(offset),
+                        scope,
+                        as_of_ms,
+                        scoring,
+                    )
+                    .await
+                    .expect("summed");
+                    let expected = decided(db, period, scope, as_of_ms, scoring).await;
+                    assert_eq!(
+                        summed, expected,
+                        "{label}, scope {scope:?}, as of {as_of_ms}, {scoring:?}"
+                    );
+                    // one department alone gives its line of the whole
+                    if let Some((department, figures)) = expected.iter().next() {
+                        let alone = cards::live_figures(
+                            db,
+                            Some(department),
+                            period.bounds(offset),
+                            scope,
+                            as_of_ms,
+                            scoring,
+                        )
+                        .await
+                        .expect("one department");
+                        assert_eq!(alone.get(department), Some(figures));
+                        assert_eq!(alone.len(), 1);
+                    }
+                    compared += expected.len();
+                }
+            }
+        }
+    }
+    compared
+}
+
+async fn summed_cards_equal_decided_cards(url: &str) {
+    let db = Database::connect(url).await.expect("connect");
+    whistle_platform::db::migrate::<Migrator>(&db)
+        .await
+        .expect("migrate");
+    apply(&db, &history()).await;
+    let compared = compare_every_card(&db).await;
+    assert!(compared > 100, "only {compared} cards compared");
+    // a card over cases with verdicts, call-backs and ratings, so the sums carry something
+    let offset = UtcOffset::from_hours(8).expect("offset");
+    let november = cards::live_figures(
+        &db,
+        None,
+        Period::parse("2026-11").expect("period").bounds(offset),
+        None,
+        NOW,
+        &Scoring::default(),
+    )
+    .await
+    .expect("cards");
+    let total = |pick: fn(&ScorecardFigures) -> u64| november.values().map(pick).sum::<u64>();
+    assert!(total(|figures| figures.counts.verified) > 0);
+    assert!(total(|figures| figures.counts.cooperation_ratings) > 0);
+    assert!(total(|figures| figures.counts.satisfaction_callbacks) > 0);
+    assert!(total(|figures| figures.counts.due_in_period) > 0);
+
+    // a database kept before tallies existed: filled in at start-up, the same cards
+    db.execute_unprepared(
+        "UPDATE evaluation_assignments SET tally_bits = NULL, returns_rejected_count = 0, due_from_ms = NULL",
+    )
+    .await
+    .expect("erase tallies");
+    let decided_cases = cards::tally_missing(&db).await.expect("tally");
+    assert_eq!(decided_cases, 160, "every case decided once");
+    assert_eq!(cards::tally_missing(&db).await.expect("again"), 0);
+    assert_eq!(compare_every_card(&db).await, compared);
+    db.close().await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn summed_cards_equal_decided_cards_on_sqlite() {
+    let folder = tempfile::tempdir().expect("tempdir");
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        folder.path().join("evaluation.sqlite").display()
+    );
+    summed_cards_equal_decided_cards(&url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn summed_cards_equal_decided_cards_on_postgres() {
+    let postgres = TestPostgres::create().await;
+    summed_cards_equal_decided_cards(&postgres.url).await;
+    postgres.drop_database().await;
+}
