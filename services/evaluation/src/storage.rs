@@ -1489,19 +1489,40 @@ mod migration {
                         .if_not_exists()
                         .to_owned(),
                 )
+                .await?;
+            // a card's sums read this index alone, never the table
+            manager
+                .create_index(
+                    Index::create()
+                        .name("evaluation_assignments_card")
+                        .table(assignment::Entity)
+                        .col(A::DepartmentCode)
+                        .col(A::WhistledAtMs)
+                        .col(A::TallyBits)
+                        .col(A::ReturnsRejectedCount)
+                        .col(A::DueFromMs)
+                        .col(A::CaseId)
+                        .if_not_exists()
+                        .to_owned(),
+                )
                 .await
         }
 
         async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
             use assignment::Column as A;
-            manager
-                .drop_index(
-                    Index::drop()
-                        .name("evaluation_assignments_untallied")
-                        .table(assignment::Entity)
-                        .to_owned(),
-                )
-                .await?;
+            for index in [
+                "evaluation_assignments_untallied",
+                "evaluation_assignments_card",
+            ] {
+                manager
+                    .drop_index(
+                        Index::drop()
+                            .name(index)
+                            .table(assignment::Entity)
+                            .to_owned(),
+                    )
+                    .await?;
+            }
             for column in [A::TallyBits, A::ReturnsRejectedCount, A::DueFromMs] {
                 manager
                     .alter_table(
