@@ -9,9 +9,9 @@ use crate::domain::{
     self, CallbackResult, CardSums, CooperationRating, PeriodBounds, SatisfactionCallback,
     SatisfactionScope, ScorecardFigures, Scoring, TallyBit,
 };
-use crate::storage::{self, assignment, callback, case_state, rating};
+use crate::storage::{self, assignment, callback, case_state, fact, rating, rating_history};
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, Func, Query, SelectStatement, SimpleExpr};
-use sea_orm::{ConnectionTrait, DbErr, QueryResult, TransactionTrait};
+use sea_orm::{ConnectionTrait, DbErr, EntityName, QueryResult, TransactionTrait};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Cases decided again per transaction when tallies are filled in at start-up.
@@ -248,6 +248,102 @@ async fn callbacks_in<C: ConnectionTrait>(
             });
     }
     Ok(callbacks)
+}
+
+/// Per department, how many events about its period's assignments happened after `closed_at_ms`
+/// (a frozen card's `after_close`): milestones reached later, facts published later (verdicts,
+/// decisions, clocks), ratings given and call-backs recorded later.
+pub async fn after_close<C: ConnectionTrait>(
+    connection: &C,
+    department_code: Option<&str>,
+    bounds: PeriodBounds,
+    closed_at_ms: i64,
+) -> Result<BTreeMap<String, u64>, DbErr> {
+    use assignment::Column as A;
+    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+    let mut add = |rows: Vec<QueryResult>| -> Result<(), DbErr> {
+        for row in rows {
+            let later: Option<i64> = row.try_get("", "later")?;
+            *counts
+                .entry(row.try_get("", "department_code")?)
+                .or_default() += u64::try_from(later.unwrap_or_default()).unwrap_or_default();
+        }
+        Ok(())
+    };
+    let later = |column: &str| format!("CASE WHEN {column} > {closed_at_ms} THEN 1 ELSE 0 END");
+
+    let mut milestones = Query::select();
+    milestones
+        .from(assignment::Entity)
+        .column((assignment::Entity, A::DepartmentCode))
+        .expr_as(
+            Expr::cust(format!(
+                "CAST(SUM({} + {} + {} + {}) AS BIGINT)",
+                later("acknowledged_at_ms"),
+                later("on_site_at_ms"),
+                later("resolved_at_ms"),
+                later("returned_at_ms")
+            )),
+            Alias::new("later"),
+        )
+        .group_by_col((assignment::Entity, A::DepartmentCode));
+    period_filter(&mut milestones, department_code, bounds, None);
+    add(query(connection, &milestones).await?)?;
+
+    // facts and ratings name their assignment
+    for (table, assignment_column, at_column) in [
+        (
+            Alias::new(fact::Entity.table_name()),
+            "assignment_id",
+            "occurred_at_ms",
+        ),
+        (
+            Alias::new(rating_history::Entity.table_name()),
+            "assignment_id",
+            "rated_at_ms",
+        ),
+    ] {
+        let mut select = Query::select();
+        select
+            .from(table.clone())
+            .column((assignment::Entity, A::DepartmentCode))
+            .expr_as(Expr::cust("COUNT(*)"), Alias::new("later"))
+            .inner_join(
+                assignment::Entity,
+                Expr::col((assignment::Entity, A::AssignmentId))
+                    .equals((table.clone(), Alias::new(assignment_column))),
+            )
+            .and_where(Expr::col((table, Alias::new(at_column))).gt(closed_at_ms))
+            .group_by_col((assignment::Entity, A::DepartmentCode));
+        period_filter(&mut select, department_code, bounds, None);
+        add(query(connection, &select).await?)?;
+    }
+
+    // call-backs name their case: once per department whose period holds the case
+    let mut cases = Query::select();
+    cases
+        .distinct()
+        .from(assignment::Entity)
+        .column((assignment::Entity, A::DepartmentCode))
+        .column((assignment::Entity, A::CaseId));
+    period_filter(&mut cases, department_code, bounds, None);
+    let period_cases = Alias::new("period_cases");
+    let mut callbacks = Query::select();
+    callbacks
+        .from(callback::Entity)
+        .column((period_cases.clone(), A::DepartmentCode))
+        .expr_as(Expr::cust("COUNT(*)"), Alias::new("later"))
+        .join_subquery(
+            sea_orm::sea_query::JoinType::InnerJoin,
+            cases,
+            period_cases.clone(),
+            Expr::col((period_cases.clone(), A::CaseId))
+                .equals((callback::Entity, callback::Column::CaseId)),
+        )
+        .and_where(Expr::col((callback::Entity, callback::Column::RecordedAtMs)).gt(closed_at_ms))
+        .group_by_col((period_cases, A::DepartmentCode));
+    add(query(connection, &callbacks).await?)?;
+    Ok(counts)
 }
 
 /// Decides the tallies of rows kept before tallies existed, a batch of cases per transaction;

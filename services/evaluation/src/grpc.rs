@@ -944,44 +944,16 @@ impl EvaluationGrpc {
         Ok(())
     }
 
-    /// How many events about the department's period assignments happened after the close.
+    /// How many events about each department's period assignments happened after the close: one
+    /// department's with `department_code`.
     async fn after_close(
         &self,
-        department_code: &str,
+        department_code: Option<&str>,
         period: Period,
         closed_at_ms: i64,
-    ) -> Result<u64, EvaluationError> {
+    ) -> Result<std::collections::BTreeMap<String, u64>, EvaluationError> {
         let bounds = period.bounds(self.utc_offset);
-        let assignments =
-            storage::assignments_whistled_in(&self.reader, Some(department_code), bounds).await?;
-        let milestones: u64 = assignments
-            .iter()
-            .map(|assignment| {
-                [
-                    assignment.acknowledged_at_ms,
-                    assignment.on_site_at_ms,
-                    assignment.resolved_at_ms,
-                    assignment.returned_at_ms,
-                ]
-                .into_iter()
-                .flatten()
-                .filter(|at_ms| *at_ms > closed_at_ms)
-                .count() as u64
-            })
-            .sum();
-        let assignment_ids: Vec<String> = assignments
-            .iter()
-            .map(|assignment| assignment.assignment_id.clone())
-            .collect();
-        let case_ids: Vec<String> = assignments
-            .iter()
-            .map(|assignment| assignment.case_id.clone())
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        let later =
-            storage::records_after(&self.reader, &assignment_ids, &case_ids, closed_at_ms).await?;
-        Ok(milestones + later)
+        Ok(crate::cards::after_close(&self.reader, department_code, bounds, closed_at_ms).await?)
     }
 
     async fn frozen_scorecard(
@@ -1003,8 +975,10 @@ impl EvaluationGrpc {
         };
         let closed_at_ms = closed.closed_at_ms.unwrap_or_default();
         let after_close = self
-            .after_close(department_code, period, closed_at_ms)
-            .await?;
+            .after_close(Some(department_code), period, closed_at_ms)
+            .await?
+            .remove(department_code)
+            .unwrap_or_default();
         Ok(scorecard_of_frozen(
             card,
             period.bounds(self.utc_offset),
@@ -1021,11 +995,13 @@ impl EvaluationGrpc {
         let cards = domain::parse_frozen_cards(&closed.frozen_scorecards_json)
             .map_err(EvaluationError::Unexpected)?;
         let closed_at_ms = closed.closed_at_ms.unwrap_or_default();
+        let after_close = self.after_close(None, period, closed_at_ms).await?;
         let mut scorecards = Vec::with_capacity(cards.len());
         for card in &cards {
-            let after_close = self
-                .after_close(&card.department_code, period, closed_at_ms)
-                .await?;
+            let after_close = after_close
+                .get(&card.department_code)
+                .copied()
+                .unwrap_or_default();
             scorecards.push(scorecard_of_frozen(
                 card,
                 period.bounds(self.utc_offset),

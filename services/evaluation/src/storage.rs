@@ -1016,38 +1016,6 @@ pub async fn apply_period_event<C: ConnectionTrait>(
     Ok(true)
 }
 
-/// How many facts, ratings and call-backs about these assignments and cases happened after
-/// `after_ms` (the "after close" count of a frozen card).
-pub async fn records_after<C: ConnectionTrait>(
-    connection: &C,
-    assignment_ids: &[String],
-    case_ids: &[String],
-    after_ms: i64,
-) -> Result<u64, DbErr> {
-    use sea_orm::PaginatorTrait;
-    let mut count = 0;
-    for chunk in assignment_ids.chunks(IN_LIST_CHUNK) {
-        count += fact::Entity::find()
-            .filter(fact::Column::AssignmentId.is_in(chunk.iter().map(String::as_str)))
-            .filter(fact::Column::OccurredAtMs.gt(after_ms))
-            .count(connection)
-            .await?;
-        count += rating_history::Entity::find()
-            .filter(rating_history::Column::AssignmentId.is_in(chunk.iter().map(String::as_str)))
-            .filter(rating_history::Column::RatedAtMs.gt(after_ms))
-            .count(connection)
-            .await?;
-    }
-    for chunk in case_ids.chunks(IN_LIST_CHUNK) {
-        count += callback::Entity::find()
-            .filter(callback::Column::CaseId.is_in(chunk.iter().map(String::as_str)))
-            .filter(callback::Column::RecordedAtMs.gt(after_ms))
-            .count(connection)
-            .await?;
-    }
-    Ok(count)
-}
-
 /// Notes the event that carried one of an assignment's milestones; redelivery changes nothing.
 pub async fn record_milestone<C: ConnectionTrait>(
     connection: &C,

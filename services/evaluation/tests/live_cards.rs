@@ -152,6 +152,72 @@ async fn decided(
         .collect()
 }
 
+/// Each department's `after_close`, counted in memory: milestones of its period's assignments
+/// reached after `closed_at_ms`, and facts, ratings and call-backs on them recorded after it.
+async fn after_close_decided(
+    db: &DatabaseConnection,
+    period: Period,
+    closed_at_ms: i64,
+) -> BTreeMap<String, u64> {
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+    use whistle_evaluation::storage::{callback, fact, rating_history};
+    let bounds = period.bounds(UtcOffset::from_hours(8).expect("offset"));
+    let assignments = storage::assignments_whistled_in(db, None, bounds)
+        .await
+        .expect("assignments");
+    let facts = fact::Entity::find()
+        .filter(fact::Column::OccurredAtMs.gt(closed_at_ms))
+        .all(db)
+        .await
+        .expect("facts");
+    let ratings = rating_history::Entity::find()
+        .filter(rating_history::Column::RatedAtMs.gt(closed_at_ms))
+        .all(db)
+        .await
+        .expect("ratings");
+    let callbacks = callback::Entity::find()
+        .filter(callback::Column::RecordedAtMs.gt(closed_at_ms))
+        .all(db)
+        .await
+        .expect("callbacks");
+    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+    let mut cases: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for assignment in &assignments {
+        let later = [
+            assignment.acknowledged_at_ms,
+            assignment.on_site_at_ms,
+            assignment.resolved_at_ms,
+            assignment.returned_at_ms,
+        ]
+        .into_iter()
+        .flatten()
+        .filter(|at_ms| *at_ms > closed_at_ms)
+        .count()
+            + facts
+                .iter()
+                .filter(|fact| fact.assignment_id == assignment.assignment_id)
+                .count()
+            + ratings
+                .iter()
+                .filter(|rating| rating.assignment_id == assignment.assignment_id)
+                .count();
+        *counts
+            .entry(assignment.department_code.clone())
+            .or_default() += later as u64;
+        cases
+            .entry(assignment.department_code.clone())
+            .or_default()
+            .insert(assignment.case_id.clone());
+    }
+    for (department, cases) in cases {
+        *counts.entry(department).or_default() += callbacks
+            .iter()
+            .filter(|callback| cases.contains(&callback.case_id))
+            .count() as u64;
+    }
+    counts
+}
+
 /// Every card both ways; returns how many were compared.
 async fn compare_every_card(db: &DatabaseConnection) -> usize {
     let offset = UtcOffset::from_hours(8).expect("offset");
@@ -224,6 +290,37 @@ async fn summed_cards_equal_decided_cards(url: &str) {
     apply(&db, &history()).await;
     let compared = compare_every_card(&db).await;
     assert!(compared > 100, "only {compared} cards compared");
+    // a frozen card's after_close, at several closing moments
+    let offset = UtcOffset::from_hours(8).expect("offset");
+    let mut later_events = 0;
+    for (label, closed_at_ms) in [
+        ("2026-10", NOVEMBER + 2 * DAY),
+        ("2026-10", NOVEMBER + 10 * DAY),
+        ("2026-11", NOW - 2 * DAY),
+    ] {
+        let period = Period::parse(label).expect("period");
+        let summed = cards::after_close(&db, None, period.bounds(offset), closed_at_ms)
+            .await
+            .expect("after close");
+        let expected = after_close_decided(&db, period, closed_at_ms).await;
+        let nonzero = |counts: &BTreeMap<String, u64>| -> BTreeMap<String, u64> {
+            counts
+                .iter()
+                .filter(|(_, count)| **count > 0)
+                .map(|(department, count)| (department.clone(), *count))
+                .collect()
+        };
+        assert_eq!(
+            nonzero(&summed),
+            nonzero(&expected),
+            "{label} closed at {closed_at_ms}"
+        );
+        later_events += expected.values().sum::<u64>();
+    }
+    assert!(
+        later_events > 0,
+        "no event after any close: nothing compared"
+    );
     // a card over cases with verdicts, call-backs and ratings, so the sums carry something
     let offset = UtcOffset::from_hours(8).expect("offset");
     let november = cards::live_figures(
