@@ -64,24 +64,42 @@ pub async fn ensure_streams(
     jetstream: &jetstream::Context,
     config: &NatsConfig,
 ) -> anyhow::Result<()> {
+    // a server that is busy or still recovering its streams answers late: asked again until
+    // `nats.connect_timeout_secs` has passed, as connecting is
+    let deadline = Instant::now() + Duration::from_secs(config.connect_timeout_secs);
     for (name, subjects) in [
         (CASES_STREAM, "case.v1.>"),
         (WHISTLES_STREAM, "whistle.v1.>"),
         (EVALUATION_STREAM, "evaluation.v1.>"),
     ] {
-        jetstream
-            .get_or_create_stream(stream::Config {
-                name: name.to_string(),
-                subjects: vec![subjects.to_string()],
-                storage: stream::StorageType::File,
-                retention: stream::RetentionPolicy::Limits,
-                max_age: Duration::from_secs(config.stream_max_age_days * 86_400),
-                duplicate_window: Duration::from_secs(config.duplicate_window_secs),
-                num_replicas: config.stream_replicas,
-                ..Default::default()
-            })
-            .await
-            .map_err(|error| {
+        let stream_config = stream::Config {
+            name: name.to_string(),
+            subjects: vec![subjects.to_string()],
+            storage: stream::StorageType::File,
+            retention: stream::RetentionPolicy::Limits,
+            max_age: Duration::from_secs(config.stream_max_age_days * 86_400),
+            duplicate_window: Duration::from_secs(config.duplicate_window_secs),
+            num_replicas: config.stream_replicas,
+            ..Default::default()
+        };
+        let mut wait = Duration::from_millis(100);
+        let created = loop {
+            match jetstream.get_or_create_stream(stream_config.clone()).await {
+                Err(error)
+                    if matches!(
+                        error.kind(),
+                        jetstream::context::CreateStreamErrorKind::TimedOut
+                            | jetstream::context::CreateStreamErrorKind::JetStreamUnavailable
+                    ) && Instant::now() < deadline =>
+                {
+                    tracing::warn!(stream = name, %error, "jetstream not answering yet, retrying");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(2));
+                }
+                result => break result,
+            }
+        };
+        created.map_err(|error| {
                 let message = error.to_string();
                 if config.stream_replicas > 1
                     && (message.contains("replicas") || message.contains("insufficient resources"))
