@@ -15,6 +15,8 @@ async fn imported_boundaries_locate_reports_at_once() {
         dispatch_port: 0,
         gateway_port: 0,
         evaluation_port: 0,
+        // free ports for the metrics too, so a `whistle up` running on the machine is no obstacle
+        admin_ports: [0; 4],
         open311_port: 0,
         ..LocalOptions::default()
     })
