@@ -1,9 +1,8 @@
 //! `EvaluationService` over gRPC: request validation, proto <-> domain conversion.
 
 use crate::domain::{
-    self, AssignmentFacts, CallbackResult, CaseRegion, CooperationRating, DepartmentLevel,
-    Explained, FrozenCard, Period, PeriodBounds, RankingCandidate, SatisfactionCallback, Scoring,
-    UtcOffset,
+    self, AssignmentFacts, CallbackResult, CooperationRating, DepartmentLevel, Explained,
+    FrozenCard, Period, PeriodBounds, RankingCandidate, SatisfactionCallback, Scoring, UtcOffset,
 };
 use crate::error::EvaluationError;
 use crate::storage::{self, callback, period_state, rating};
@@ -423,12 +422,11 @@ impl EvaluationGrpc {
         Ok(())
     }
 
-    /// The department's assignments in the period and the figures over them.
+    /// The department's assignments in the period, each decided, with their ratings and call-backs.
     async fn department_period(
         &self,
         department_code: &str,
         period: Period,
-        scope: Option<&str>,
     ) -> Result<DepartmentPeriod, EvaluationError> {
         let bounds = period.bounds(self.utc_offset);
         let transaction = self.reader.begin().await?;
@@ -437,11 +435,8 @@ impl EvaluationGrpc {
                 "department {department_code} not found"
             )));
         }
-        let mut assignments =
+        let assignments =
             storage::assignments_whistled_in(&transaction, Some(department_code), bounds).await?;
-        if let Some(scope) = scope {
-            keep_cases_in(&transaction, &mut assignments, scope).await?;
-        }
         let assignment_ids: Vec<String> = assignments
             .iter()
             .map(|assignment| assignment.assignment_id.clone())
@@ -603,9 +598,7 @@ impl EvaluationGrpc {
         request: ExplainScoreRequest,
     ) -> Result<ExplainScoreResponse, EvaluationError> {
         let (department_code, period, explained) = check_explanation(&self.limits, &request)?;
-        let scored = self
-            .department_period(&department_code, period, None)
-            .await?;
+        let scored = self.department_period(&department_code, period).await?;
         let explanation = domain::explain_score(
             explained,
             &scored.assignments,
@@ -660,27 +653,6 @@ impl EvaluationGrpc {
             scoring_config: self.scoring.fingerprint(),
         })
     }
-}
-
-/// Keeps the assignments whose case lies in `region_code` (a street's or community's view).
-async fn keep_cases_in(
-    transaction: &DatabaseTransaction,
-    assignments: &mut Vec<AssignmentFacts>,
-    region_code: &str,
-) -> Result<(), EvaluationError> {
-    let case_ids: Vec<String> = assignments
-        .iter()
-        .map(|assignment| assignment.case_id.clone())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    let regions = storage::case_regions(transaction, &case_ids).await?;
-    assignments.retain(|assignment| {
-        regions
-            .get(&assignment.case_id)
-            .is_some_and(|region: &CaseRegion| region.lies_in(region_code))
-    });
-    Ok(())
 }
 
 fn timestamp(at_ms: i64) -> Option<prost_types::Timestamp> {
