@@ -107,6 +107,10 @@ pub async fn run(
         config.evaluation.close_after_days,
         shutdown.clone(),
     ));
+    let compactor = tokio::spawn(crate::cells::compact_continually(
+        db.clone(),
+        shutdown.clone(),
+    ));
     let routes = tonic::service::Routes::new(
         EvaluationServiceServer::new(service)
             .max_decoding_message_size(config.limits.max_request_bytes),
@@ -131,6 +135,7 @@ pub async fn run(
         let _ = consumer.await;
     }
     let _ = closer.await;
+    let _ = compactor.await;
     let _ = relay_task.await;
     reader.close().await?;
     db.close().await?;

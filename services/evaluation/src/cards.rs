@@ -28,7 +28,14 @@ pub async fn live_figures<C: ConnectionTrait>(
     as_of_ms: i64,
     scoring: &Scoring,
 ) -> Result<BTreeMap<String, ScorecardFigures>, DbErr> {
-    let sums = card_sums(connection, department_code, bounds, scope, as_of_ms).await?;
+    let sums = match scope {
+        // the running figures per hour (`crate::cells`): a few rows per department
+        None if crate::cells::covers(bounds) => {
+            crate::cells::sums(connection, department_code, bounds, as_of_ms).await?
+        }
+        // a street's or community's card sums the rows of its cases
+        _ => card_sums(connection, department_code, bounds, scope, as_of_ms).await?,
+    };
     let mut ratings = ratings_in(connection, department_code, bounds, scope).await?;
     let mut callbacks = callbacks_in(
         connection,
@@ -102,8 +109,8 @@ async fn query<C: ConnectionTrait>(
     connection.query_all_raw(statement).await
 }
 
-/// The sums of the tallies per department.
-async fn card_sums<C: ConnectionTrait>(
+/// The sums of the tallies per department, over the period's assignment rows.
+pub async fn card_sums<C: ConnectionTrait>(
     connection: &C,
     department_code: Option<&str>,
     bounds: PeriodBounds,

@@ -6,6 +6,7 @@
 pub mod app;
 pub mod cards;
 pub mod catalogue;
+pub mod cells;
 pub mod config;
 pub mod domain;
 pub mod error;

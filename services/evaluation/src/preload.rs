@@ -48,7 +48,10 @@ pub async fn apply(
         events,
         now_ms,
     )
-    .await
+    .await?;
+    // the chunk's deltas folded now, as the service would have done while it consumed them
+    crate::cells::compact(db).await?;
+    Ok(())
 }
 
 /// Rows in evaluation's tables of cases, assignments, facts, inbox and outbox.

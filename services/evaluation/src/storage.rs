@@ -430,14 +430,31 @@ pub async fn retally_case<C: ConnectionTrait>(connection: &C, case_id: &str) -> 
         return Ok(());
     }
     let facts = facts_on(connection, &[case_id.to_string()]).await?;
+    let mut deltas = crate::cells::Deltas::new();
     for row in rows {
         let stored = (row.tally_bits, row.returns_rejected_count, row.due_from_ms);
+        // an assignment's department and whistle time never change (dispatch fixes them when it
+        // whistles), so its old tally was counted in the same hour as its new one
+        let cell = (
+            row.department_code.clone(),
+            crate::cells::hour_of(row.whistled_at_ms),
+        );
         let mut decided = facts_from_row(row)?;
         decided.outcome = domain::derive_outcome(&decided, &facts);
         let tally = domain::Tally::of(&decided);
         if stored == (Some(tally.bits), tally.returns_rejected, tally.due_from_ms) {
             continue;
         }
+        let delta = deltas.entry(cell).or_default();
+        if let (Some(bits), returns_rejected, due_from_ms) = stored {
+            let old = domain::Tally {
+                bits,
+                returns_rejected,
+                due_from_ms,
+            };
+            delta.count(&old, -1);
+        }
+        delta.count(&tally, 1);
         assignment::Entity::update_many()
             .col_expr(assignment::Column::TallyBits, Expr::value(tally.bits))
             .col_expr(
@@ -452,7 +469,7 @@ pub async fn retally_case<C: ConnectionTrait>(connection: &C, case_id: &str) -> 
             .exec(connection)
             .await?;
     }
-    Ok(())
+    crate::cells::record(connection, &deltas).await
 }
 
 /// Cases with an assignment whose tally was never decided (rows kept before tallies existed), at
@@ -1094,6 +1111,7 @@ mod migration {
                 Box::new(CreateFactTable),
                 Box::new(CreateRaterAndPeriodTables),
                 Box::new(AddAssignmentTallies),
+                Box::new(AddCardCells),
             ])
         }
     }
@@ -1501,6 +1519,39 @@ mod migration {
                     )
                     .await?;
             }
+            Ok(())
+        }
+    }
+
+    /// Running card figures per department and hour (`crate::cells`), filled from the tallies
+    /// kept so far.
+    #[derive(Debug)]
+    struct AddCardCells;
+
+    impl MigrationName for AddCardCells {
+        fn name(&self) -> &str {
+            "m20261203_000001_card_cells"
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl MigrationTrait for AddCardCells {
+        async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+            let connection = manager.get_connection();
+            for statement in crate::cells::migration_statements() {
+                connection.execute_unprepared(&statement).await?;
+            }
+            Ok(())
+        }
+
+        async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+            let connection = manager.get_connection();
+            connection
+                .execute_unprepared("DROP INDEX IF EXISTS evaluation_assignments_due_later")
+                .await?;
+            connection
+                .execute_unprepared(&format!("DROP TABLE IF EXISTS {}", crate::cells::TABLE))
+                .await?;
             Ok(())
         }
     }

@@ -4,19 +4,21 @@
 //! with ratings and call-backs: every department, both periods, every kind of scope, several
 //! moments and both satisfaction scopes; on SQLite and on PostgreSQL. Then the tallies are erased,
 //! as in a database kept before they existed, and filled in again at start-up
-//! (`cards::tally_missing`): the cards are the same.
+//! (`cards::tally_missing`): the cards are the same. Unscoped cards are read from the running
+//! figures per department and hour (`cells`): with half the history folded into base rows and the
+//! rest as deltas, folded again, and rebuilt from the tallies as the migration does.
 
 mod common;
 
 use common::history::{self, DAY, NOVEMBER, NOW, OCTOBER};
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection, TransactionTrait};
 use std::collections::{BTreeMap, BTreeSet};
-use whistle_evaluation::cards;
 use whistle_evaluation::domain::{
     self, Period, SatisfactionScope, ScorecardFigures, Scoring, UtcOffset,
 };
 use whistle_evaluation::events::EvaluationEvents;
 use whistle_evaluation::storage::{self, Migrator};
+use whistle_evaluation::{cards, cells};
 use whistle_platform::ManualClock;
 use whistle_platform::clock::{from_millis, to_proto_timestamp};
 use whistle_platform::envelope::{self, Event, Payload};
@@ -282,14 +284,41 @@ async fn compare_every_card(db: &DatabaseConnection) -> usize {
     compared
 }
 
+/// Delta rows not folded yet.
+async fn deltas(db: &DatabaseConnection) -> i64 {
+    let row = db
+        .query_one_raw(sea_orm::Statement::from_string(
+            db.get_database_backend(),
+            "SELECT COUNT(*) AS n FROM evaluation_card_cells WHERE NOT base",
+        ))
+        .await
+        .expect("count deltas")
+        .expect("a row");
+    row.try_get("", "n").expect("n")
+}
+
 async fn summed_cards_equal_decided_cards(url: &str) {
     let db = Database::connect(url).await.expect("connect");
     whistle_platform::db::migrate::<Migrator>(&db)
         .await
         .expect("migrate");
-    apply(&db, &history()).await;
+    // half the history folded into base rows, the other half on top of them as deltas
+    let events = history();
+    let (first, rest) = events.split_at(events.len() / 2);
+    apply(&db, first).await;
+    assert!(cells::compact(&db).await.expect("compact") > 0);
+    assert_eq!(deltas(&db).await, 0, "every delta folded");
+    apply(&db, rest).await;
+    assert!(deltas(&db).await > 0, "the second half left deltas");
     let compared = compare_every_card(&db).await;
     assert!(compared > 100, "only {compared} cards compared");
+    // folded again: the same cards from base rows alone
+    assert!(cells::compact(&db).await.expect("compact") > 0);
+    assert_eq!(deltas(&db).await, 0);
+    assert_eq!(compare_every_card(&db).await, compared);
+    // what the migration writes from the tallies equals what the consumer and compaction kept
+    cells::rebuild(&db).await.expect("rebuild");
+    assert_eq!(compare_every_card(&db).await, compared);
     // a frozen card's after_close, at several closing moments
     let offset = UtcOffset::from_hours(8).expect("offset");
     let mut later_events = 0;
@@ -345,6 +374,9 @@ async fn summed_cards_equal_decided_cards(url: &str) {
     )
     .await
     .expect("erase tallies");
+    db.execute_unprepared("DELETE FROM evaluation_card_cells")
+        .await
+        .expect("no cells before tallies");
     let decided_cases = cards::tally_missing(&db).await.expect("tally");
     assert_eq!(decided_cases, 160, "every case decided once");
     assert_eq!(cards::tally_missing(&db).await.expect("again"), 0);
