@@ -8,8 +8,9 @@ use crate::domain::{
     Role, WhistleTarget,
 };
 use crate::error::DispatchError;
-use crate::storage::{self, CaseRecord, Lock, action, assignment, case};
+use crate::storage::{self, CaseRecord, Lock, action, case};
 use chrono::{DateTime, Utc};
+use sea_orm::sea_query::OnConflict;
 use sea_orm::{ActiveValue::Set, ConnectionTrait, EntityTrait};
 use whistle_platform::clock::to_millis;
 use whistle_platform::envelope::{Event, Payload};
@@ -448,22 +449,11 @@ pub async fn record_department_action<C: ConnectionTrait>(
     department_code: &str,
     department_action: DepartmentAction,
 ) -> Result<RecordedAction, DispatchError> {
-    let row = assignment::Entity::find_by_id(assignment_id)
-        .one(connection)
+    // the case is locked (on PostgreSQL) before the action id is claimed, so a retry racing its
+    // first attempt waits for it, then finds the id taken and answers as a repeat
+    let mut record = storage::load_by_assignment(connection, assignment_id, Lock::ForUpdate)
         .await?
         .ok_or_else(|| DispatchError::NotFound(format!("assignment {assignment_id} not found")))?;
-    if row.department_code != department_code {
-        return Err(DispatchError::PermissionDenied(format!(
-            "assignment {assignment_id} is not addressed to department {department_code}"
-        )));
-    }
-    // the case is locked before the action id is looked up, so a retry racing its first attempt
-    // waits for it, finds its record and answers as a repeat
-    let mut record = storage::load(connection, &row.case_id, Lock::ForUpdate)
-        .await?
-        .ok_or_else(|| {
-            DispatchError::unexpected(format!("assignment {assignment_id} has no case"))
-        })?;
     let current = |record: &CaseRecord| {
         record
             .case
@@ -471,13 +461,35 @@ pub async fn record_department_action<C: ConnectionTrait>(
             .cloned()
             .ok_or_else(|| DispatchError::unexpected("assignment missing from its case"))
     };
-    if let Some(done) =
-        action::Entity::find_by_id((department_code.to_string(), action_id.to_string()))
+    if current(&record)?.department_code != department_code {
+        return Err(DispatchError::PermissionDenied(format!(
+            "assignment {assignment_id} is not addressed to department {department_code}"
+        )));
+    }
+    let kind = department_action.name();
+    // the id is claimed first: a new one (the usual case) costs one statement, no lookup; the
+    // claim is rolled back with the rest when the action is refused
+    let claimed = action::Entity::insert(action::ActiveModel {
+        department_code: Set(department_code.to_string()),
+        action_id: Set(action_id.to_string()),
+        assignment_id: Set(assignment_id.to_string()),
+        kind: Set(kind.to_string()),
+        at_ms: Set(to_millis(now)),
+    })
+    .on_conflict(
+        OnConflict::columns([action::Column::DepartmentCode, action::Column::ActionId])
+            .do_nothing()
+            .to_owned(),
+    )
+    .exec_without_returning(connection)
+    .await?;
+    if claimed == 0 {
+        let done = action::Entity::find_by_id((department_code.to_string(), action_id.to_string()))
             .one(connection)
             .await?
-    {
+            .ok_or_else(|| DispatchError::unexpected("action id neither new nor recorded"))?;
         // the department's own earlier action: naming it tells nothing new
-        if done.assignment_id != assignment_id || done.kind != department_action.name() {
+        if done.assignment_id != assignment_id || done.kind != kind {
             return Err(DispatchError::invalid(
                 "action_id",
                 format!(
@@ -491,7 +503,6 @@ pub async fn record_department_action<C: ConnectionTrait>(
             repeated: true,
         });
     }
-    let kind = department_action.name();
     record.execute(
         Command::Act {
             assignment_id: assignment_id.to_string(),
@@ -503,15 +514,6 @@ pub async fn record_department_action<C: ConnectionTrait>(
         policy,
     )?;
     let assignment = current(&record)?;
-    action::Entity::insert(action::ActiveModel {
-        department_code: Set(department_code.to_string()),
-        action_id: Set(action_id.to_string()),
-        assignment_id: Set(assignment_id.to_string()),
-        kind: Set(kind.to_string()),
-        at_ms: Set(to_millis(now)),
-    })
-    .exec_without_returning(connection)
-    .await?;
     storage::save(connection, record, now).await?;
     Ok(RecordedAction {
         assignment,

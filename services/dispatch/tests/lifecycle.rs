@@ -113,7 +113,13 @@ impl Harness {
         self.clock.set(at);
     }
 
+    /// The case as dispatch answers it; its stored clock rows are checked against its aggregate
+    /// on the way (a save writes only the rows that changed, and must leave them exact).
     async fn case(&mut self, case_id: &str) -> Case {
+        let (stored, expected) = whistle_dispatch::storage::clock_rows_of(&self.db, case_id)
+            .await
+            .expect("clock rows");
+        assert_eq!(stored, expected, "clock rows of case {case_id}");
         self.client
             .get_case(GetCaseRequest {
                 case_id: case_id.into(),
