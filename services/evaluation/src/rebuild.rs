@@ -78,6 +78,8 @@ pub async fn rebuild(
         )
         .await?;
     }
+    // the running card figures the replay appended, folded as the service would have
+    crate::cells::compact(&database).await?;
     database.close().await?;
     report.elapsed = started.elapsed();
     Ok(report)
