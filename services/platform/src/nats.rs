@@ -96,7 +96,13 @@ pub async fn ensure_streams(
                     tokio::time::sleep(wait).await;
                     wait = (wait * 2).min(Duration::from_secs(2));
                 }
-                result => break result,
+                // another service created it between our look and our create (nats-server
+                // answers that race with "subjects overlap with an existing stream"): it is there
+                Err(error) if jetstream.get_stream(name).await.is_ok() => {
+                    tracing::debug!(stream = name, %error, "stream created meanwhile by another service");
+                    break Ok(());
+                }
+                result => break result.map(|_| ()),
             }
         };
         created.map_err(|error| {
