@@ -20,7 +20,7 @@
 
 use crate::domain::{CardSums, PeriodBounds, Tally, TallyBit};
 use crate::storage::assignment;
-use sea_orm::sea_query::{Alias, Expr, ExprTrait, Query, SelectStatement};
+use sea_orm::sea_query::{Alias, Expr, ExprTrait, Order, Query, SelectStatement};
 use sea_orm::{ConnectionTrait, DbErr, QueryResult, TransactionTrait};
 use std::collections::BTreeMap;
 
@@ -251,6 +251,9 @@ pub async fn compact(db: &sea_orm::DatabaseConnection) -> Result<u64, DbErr> {
             .column(Alias::new("department_code"))
             .column(Alias::new("hour_ms"))
             .and_where(Expr::cust("NOT base"))
+            // one order for every compaction, so two replicas' never wait on each other in a cycle
+            .order_by(Alias::new("department_code"), Order::Asc)
+            .order_by(Alias::new("hour_ms"), Order::Asc)
             .limit(COMPACT_GROUPS)
             .to_owned();
         let groups = query(&transaction, &pending).await?;

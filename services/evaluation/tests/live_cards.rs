@@ -312,8 +312,9 @@ async fn summed_cards_equal_decided_cards(url: &str) {
     assert!(deltas(&db).await > 0, "the second half left deltas");
     let compared = compare_every_card(&db).await;
     assert!(compared > 100, "only {compared} cards compared");
-    // folded again: the same cards from base rows alone
-    assert!(cells::compact(&db).await.expect("compact") > 0);
+    // folded again, by two compactions at once (two replicas): the same cards from base rows alone
+    let (one, other) = tokio::join!(cells::compact(&db), cells::compact(&db));
+    assert!(one.expect("compact") + other.expect("compact") > 0);
     assert_eq!(deltas(&db).await, 0);
     assert_eq!(compare_every_card(&db).await, compared);
     // what the migration writes from the tallies equals what the consumer and compaction kept
