@@ -105,17 +105,18 @@ impl IntakeService for IntakeGrpc {
         request: Request<ListReportsRequest>,
     ) -> Result<Response<ListReportsResponse>, Status> {
         let caller = Caller::of(&request)?;
-        let mut listed = self.intake.list_reports(request.into_inner()).await?;
-        // only the reports inside the caller's region (a page may then hold fewer)
-        listed.reports.retain(|report| {
-            caller.covers(
-                report
-                    .region
-                    .as_ref()
-                    .map(policy::region_code)
-                    .unwrap_or_default(),
-            )
-        });
+        // only the reports inside the caller's region, chosen by the query (full pages)
+        let prefix = caller
+            .checked
+            .then(|| whistle_platform::auth::region_prefix(&caller.region));
+        if prefix == Some("") {
+            // a credential without a region covers nothing
+            return Ok(Response::new(ListReportsResponse::default()));
+        }
+        let listed = self
+            .intake
+            .list_reports(request.into_inner(), prefix)
+            .await?;
         Ok(Response::new(listed))
     }
 

@@ -992,12 +992,16 @@ impl Intake {
     }
 
     /// Reports matching `query`, newest first, one page.
+    /// A page of reports, newest first; with `region_prefix`, only reports whose region code (the
+    /// most specific code the report has, `policy::region_code`) begins with it, filtered in the
+    /// query so that every page is full while more reports remain.
     pub async fn list_reports(
         &self,
         request: ListReportsRequest,
+        region_prefix: Option<&str>,
     ) -> Result<ListReportsResponse, IntakeError> {
         let query = check_list_reports(&request, self.limits())?;
-        let (reports, next) = self.query_reports(&query).await?;
+        let (reports, next) = self.query_reports(&query, region_prefix).await?;
         let views = self.with_cases(reports).await?;
         Ok(ListReportsResponse {
             reports: views.iter().map(report_message).collect(),
@@ -1008,11 +1012,15 @@ impl Intake {
     async fn query_reports(
         &self,
         query: &ReportQuery,
+        region_prefix: Option<&str>,
     ) -> Result<(Vec<report::Model>, Option<String>), IntakeError> {
         let mut select = report::Entity::find()
             .order_by_desc(report::Column::ReceivedAtMs)
             .order_by_desc(report::Column::ReportId)
             .limit(query.page_size + 1);
+        if let Some(prefix) = region_prefix {
+            select = select.filter(region_begins_with(prefix));
+        }
         if query.recurrent_only {
             select = select.filter(report::Column::Recurrent.eq(true));
         }
@@ -1287,5 +1295,61 @@ impl Intake {
             case_id: case.case_id,
             evidence_count,
         })
+    }
+}
+
+/// Reports whose region code (the first non-empty code of grid, community, street, district and
+/// city: `policy::region_code`) begins with `prefix`.
+fn region_begins_with(prefix: &str) -> sea_orm::sea_query::SimpleExpr {
+    use sea_orm::sea_query::{Alias, Func, SimpleExpr};
+    let non_empty = |column: report::Column| -> SimpleExpr {
+        Func::cust(Alias::new("NULLIF"))
+            .arg(Expr::col(column))
+            .arg("")
+            .into()
+    };
+    let code = Func::coalesce([
+        non_empty(report::Column::GridCode),
+        non_empty(report::Column::CommunityCode),
+        non_empty(report::Column::StreetCode),
+        non_empty(report::Column::DistrictCode),
+        non_empty(report::Column::CityCode),
+        Expr::value(""),
+    ]);
+    // INT4 arguments: PostgreSQL has no substr(text, bigint, bigint)
+    let chars = i32::try_from(prefix.chars().count()).unwrap_or(i32::MAX);
+    SimpleExpr::from(
+        Func::cust(Alias::new("substr"))
+            .arg(code)
+            .arg(1i32)
+            .arg(chars),
+    )
+    .eq(prefix)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sea_orm::{DbBackend, QueryTrait};
+
+    /// The prefix is bound as a value on both databases, never written into the SQL, and the
+    /// placeholders are the database's own.
+    #[test]
+    fn the_region_filter_binds_its_prefix() {
+        let prefix = "420303004'";
+        for (backend, placeholder) in [(DbBackend::Postgres, "$"), (DbBackend::Sqlite, "?")] {
+            let statement = report::Entity::find()
+                .filter(region_begins_with(prefix))
+                .build(backend);
+            let filter = statement.sql.split(" WHERE ").nth(1).expect("a filter");
+            assert!(filter.starts_with("substr(COALESCE(NULLIF("), "{filter}");
+            assert!(filter.contains(placeholder), "{backend:?}: {filter}");
+            assert!(!filter.contains(prefix), "{filter}");
+            if backend == DbBackend::Postgres {
+                assert!(!filter.contains('?'), "{filter}");
+            }
+            let values = statement.values.expect("bound values").0;
+            assert!(values.contains(&sea_orm::Value::from(prefix)), "{values:?}");
+        }
     }
 }
