@@ -23,12 +23,8 @@ pub fn consumer_spec() -> ConsumerSpec {
 /// A case's state change, decided from one event. Pure.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
-    /// The state and note to set; `only_from` limits it to cases in that state.
-    State {
-        state: CaseState,
-        note: String,
-        only_from: Option<CaseState>,
-    },
+    /// The state and note to set.
+    State { state: CaseState, note: String },
     /// Only the note (an acceptance, an escalation).
     Note(String),
 }
@@ -38,17 +34,14 @@ pub fn change_of(payload: &Payload) -> Option<Change> {
         Payload::CaseClosed(_) => Some(Change::State {
             state: CaseState::Closed,
             note: "closed after verification (结案)".into(),
-            only_from: None,
         }),
         Payload::CaseRejected(rejected) => Some(Change::State {
             state: CaseState::Rejected,
             note: format!("not accepted (不予立案): {}", rejected.reason),
-            only_from: None,
         }),
         Payload::CaseReopened(reopened) => Some(Change::State {
             state: CaseState::Open,
             note: format!("reopened (返工): {}", reopened.reason),
-            only_from: Some(CaseState::Closed),
         }),
         Payload::CaseAccepted(_) => Some(Change::Note("accepted (立案)".into())),
         Payload::CaseEscalated(_) => Some(Change::Note("escalated to supervision (督办)".into())),
@@ -76,21 +69,19 @@ impl EventHandler for CaseLifecycle {
             .and_then(from_proto_timestamp)
             .map(to_millis)
             .ok_or_else(|| HandleError::Rejected("event has no valid occurred_at".into()))?;
-        let mut update =
-            case::Entity::update_many().filter(case::Column::CaseId.eq(event.case_id.as_str()));
+        // events can arrive out of order (redelivery, several consumers): only an event at least
+        // as new as the one behind the stored state changes it
+        let version = i64::try_from(event.case_version).unwrap_or(i64::MAX);
+        let mut update = case::Entity::update_many()
+            .filter(case::Column::CaseId.eq(event.case_id.as_str()))
+            .filter(case::Column::StateVersion.lte(version))
+            .col_expr(case::Column::StateVersion, Expr::value(version));
         match change {
-            Change::State {
-                state,
-                note,
-                only_from,
-            } => {
+            Change::State { state, note } => {
                 update = update
                     .col_expr(case::Column::State, Expr::value(state as i32))
                     .col_expr(case::Column::StateChangedAtMs, Expr::value(at_ms))
                     .col_expr(case::Column::StateNote, Expr::value(note));
-                if let Some(from) = only_from {
-                    update = update.filter(case::Column::State.eq(from as i32));
-                }
             }
             Change::Note(note) => {
                 update = update
@@ -117,7 +108,6 @@ mod tests {
             change_of(&Payload::CaseClosed(CaseClosed {})),
             Some(Change::State {
                 state: CaseState::Closed,
-                only_from: None,
                 ..
             })
         ));
@@ -132,7 +122,6 @@ mod tests {
             change_of(&Payload::CaseReopened(CaseReopened::default())),
             Some(Change::State {
                 state: CaseState::Open,
-                only_from: Some(CaseState::Closed),
                 ..
             })
         ));

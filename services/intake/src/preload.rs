@@ -119,6 +119,7 @@ pub async fn open_cases(
             evidence_count: Set(0),
             recurrent: Set(false),
             first_report_id: Set(preload.report_id.clone()),
+            state_version: Set(0),
         });
         // `case.reported` exactly as the service makes it
         let event = envelope::new_event(

@@ -708,6 +708,7 @@ impl Intake {
             evidence_count: Set(0),
             recurrent: Set(model.recurrent),
             first_report_id: Set(model.report_id.clone()),
+            state_version: Set(0),
         })
         .exec_without_returning(connection)
         .await?;

@@ -194,6 +194,9 @@ pub mod case {
         pub evidence_count: i32,
         pub recurrent: bool,
         pub first_report_id: String,
+        /// The case version of dispatch's event that set `state` (0: none yet): an older event
+        /// arriving later changes nothing.
+        pub state_version: i64,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -261,6 +264,7 @@ impl MigratorTrait for Migrator {
             Box::new(CreateIntakeTables),
             Box::new(GeometryCasesEvidence),
             Box::new(ClosedCasesByPlace),
+            Box::new(CaseStateVersion),
         ])
     }
 }
@@ -583,6 +587,43 @@ impl MigrationTrait for ClosedCasesByPlace {
                 Index::drop()
                     .name("intake_cases_closed_by_place")
                     .table(case::Entity)
+                    .to_owned(),
+            )
+            .await
+    }
+}
+
+/// The version of dispatch's event behind each case's state, so events applied out of order (a
+/// close after a later reopen) leave the newest state.
+#[derive(Debug)]
+struct CaseStateVersion;
+
+impl MigrationName for CaseStateVersion {
+    fn name(&self) -> &str {
+        "m20261204_000001_intake_case_state_version"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for CaseStateVersion {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        use sea_orm_migration::schema::big_integer;
+        manager
+            .alter_table(
+                Table::alter()
+                    .table(case::Entity)
+                    .add_column(big_integer(case::Column::StateVersion).default(0))
+                    .to_owned(),
+            )
+            .await
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .alter_table(
+                Table::alter()
+                    .table(case::Entity)
+                    .drop_column(case::Column::StateVersion)
                     .to_owned(),
             )
             .await

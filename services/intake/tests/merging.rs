@@ -5,11 +5,13 @@
 mod common;
 
 use common::{Harness, garbage_report, garbage_report_north, kinds, start, start_on};
+use sea_orm::EntityTrait;
 use std::collections::BTreeSet;
 use tonic::Code;
+use whistle_intake::storage::case as intake_case;
 use whistle_platform::envelope::Payload;
 use whistle_platform::testing::TestPostgres;
-use whistle_proto::events::{CaseClosed, CaseRejected};
+use whistle_proto::events::{CaseClosed, CaseRejected, CaseReopened};
 use whistle_proto::intake::{
     AttachEvidenceRequest, CaseState, GetReportRequest, ListReportsRequest, SplitReportRequest,
     SubmitReportResponse,
@@ -195,6 +197,73 @@ async fn two_reports_at_once_make_one_case_on_postgres() {
     let database = TestPostgres::create().await;
     concurrent_duplicates_make_one_case(Some(database.url.clone())).await;
     database.drop_database().await;
+}
+
+/// Dispatch's events about a case can reach intake out of order (redeliveries, several
+/// consumers): the state intake shows is the newest event's, whatever the order.
+#[tokio::test]
+async fn case_states_applied_out_of_order_leave_the_newest() {
+    let mut harness = start(|_| {}).await;
+    let answer = submit(&mut harness, garbage_report_north("out-of-order", 0.0)).await;
+    // the reopening (version 7) arrives before the close it followed (version 5)
+    harness
+        .dispatch_publishes_at(
+            &answer.case_id,
+            7,
+            Payload::CaseReopened(CaseReopened {
+                reason: "污水又冒出来了".into(),
+                ..Default::default()
+            }),
+        )
+        .await;
+    harness
+        .dispatch_publishes_at(&answer.case_id, 5, Payload::CaseClosed(CaseClosed {}))
+        .await;
+    // a later event, applied after both, shows both were consumed
+    harness
+        .dispatch_publishes_at(
+            &answer.case_id,
+            8,
+            Payload::CaseEscalated(Default::default()),
+        )
+        .await;
+    let db = sea_orm::Database::connect(harness.database_url.as_str())
+        .await
+        .expect("intake's database");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let stored = intake_case::Entity::find_by_id(answer.case_id.as_str())
+            .one(&db)
+            .await
+            .expect("read")
+            .expect("the case");
+        if stored.state_version == 8 {
+            assert!(stored.state_note.contains("督办"), "{stored:?}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the escalation never arrived: {stored:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    db.close().await.expect("close");
+    let report = harness
+        .client
+        .get_report(whistle_proto::intake::GetReportRequest {
+            report_id: answer.report_id.clone(),
+        })
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(report.case_state(), CaseState::Open, "{report:?}");
+    // and the close that really came last closes it
+    harness
+        .dispatch_publishes_at(&answer.case_id, 9, Payload::CaseClosed(CaseClosed {}))
+        .await;
+    harness
+        .wait_case_state(&answer.report_id, CaseState::Closed)
+        .await;
 }
 
 #[tokio::test]

@@ -171,6 +171,11 @@ impl Harness {
 
     /// Publishes a fact of dispatch about `case_id`, as dispatch's relay would.
     pub async fn dispatch_publishes(&self, case_id: &str, payload: Payload) {
+        self.dispatch_publishes_at(case_id, 2, payload).await;
+    }
+
+    /// As dispatch would, at the case's `version`.
+    pub async fn dispatch_publishes_at(&self, case_id: &str, version: u64, payload: Payload) {
         let region = whistle_proto::types::Region {
             city_code: "420300".into(),
             district_code: "420303".into(),
@@ -183,7 +188,7 @@ impl Harness {
             self.clock.as_ref(),
             "whistle-dispatch",
             case_id,
-            2,
+            version,
             Some(region),
             payload,
         );
