@@ -12,7 +12,7 @@
 //! evaluation and intake's lifecycle consumer, which apply them concurrently (each its own
 //! database) while the next chunk is made. One transaction per service and chunk.
 
-use sea_orm::DatabaseConnection;
+use sea_orm::{ConnectionTrait, DatabaseConnection};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -302,6 +302,12 @@ pub async fn run(
         whistle_evaluation::preload::row_counts(&evaluation).await?,
     );
     for db in [intake, dispatch, gateway, evaluation] {
+        // a bulk load leaves PostgreSQL's planner without statistics until autovacuum gets to the
+        // tables, and its first plans over them are scans: measured from the first case, a
+        // deployment's tables have statistics (SQLite keeps none and needs none here)
+        if whistle_platform::db::is_postgres(&db) {
+            db.execute_unprepared("ANALYZE").await?;
+        }
         db.close().await?;
     }
     eprintln!(
