@@ -101,12 +101,22 @@ fn cases_in(region_code: &str) -> SelectStatement {
         .to_owned()
 }
 
-async fn query<C: ConnectionTrait>(
+/// The rows of a `SELECT` built for the connection's database.
+pub(crate) async fn query<C: ConnectionTrait>(
     connection: &C,
     select: &SelectStatement,
 ) -> Result<Vec<QueryResult>, DbErr> {
     let statement = connection.get_database_backend().build(select);
     connection.query_all_raw(statement).await
+}
+
+/// How many of the summed assignment rows have `bit` in their tally (integers only are written
+/// into the statement; cast so PostgreSQL answers BIGINT, not NUMERIC).
+pub(crate) fn bit_sum(bit: TallyBit) -> String {
+    format!(
+        "CAST(SUM((tally_bits >> {}) & 1) AS BIGINT)",
+        bit.position()
+    )
 }
 
 /// The sums of the tallies per department, over the period's assignment rows.
@@ -138,9 +148,7 @@ pub async fn card_sums<C: ConnectionTrait>(
     for bit in TallyBit::ALL {
         let position = bit.position();
         select.expr_as(
-            Expr::cust(format!(
-                "CAST(SUM((tally_bits >> {position}) & 1) AS BIGINT)"
-            )),
+            Expr::cust(bit_sum(bit)),
             Alias::new(format!("bit_{position}")),
         );
     }

@@ -18,9 +18,10 @@
 //! not due yet, found by the index on `due_from_ms` (only open assignments have one in the
 //! future).
 
+use crate::cards::query;
 use crate::domain::{CardSums, PeriodBounds, Tally, TallyBit};
 use crate::storage::assignment;
-use sea_orm::sea_query::{Alias, Expr, ExprTrait, Order, Query, SelectStatement};
+use sea_orm::sea_query::{Alias, Expr, ExprTrait, Order, Query};
 use sea_orm::{ConnectionTrait, DbErr, QueryResult, TransactionTrait};
 use std::collections::BTreeMap;
 
@@ -306,14 +307,6 @@ pub async fn compact_continually(
     }
 }
 
-async fn query<C: ConnectionTrait>(
-    connection: &C,
-    select: &SelectStatement,
-) -> Result<Vec<QueryResult>, DbErr> {
-    let statement = connection.get_database_backend().build(select);
-    connection.query_all_raw(statement).await
-}
-
 /// Replaces every row by base rows summed from the tallies the assignments keep now (what the
 /// migration did for a database kept before the cells existed), in the caller's transaction. Not
 /// for use while consumers write: a delta committed between the two statements would be lost.
@@ -332,12 +325,7 @@ fn fill_statement() -> String {
         "CAST(SUM(returns_rejected_count) AS BIGINT)".to_string(),
         "CAST(SUM(CASE WHEN due_from_ms IS NULL THEN 0 ELSE 1 END) AS BIGINT)".to_string(),
     ];
-    sums.extend(TallyBit::ALL.into_iter().map(|bit| {
-        format!(
-            "CAST(SUM((tally_bits >> {}) & 1) AS BIGINT)",
-            bit.position()
-        )
-    }));
+    sums.extend(TallyBit::ALL.into_iter().map(crate::cards::bit_sum));
     let hour = format!("whistled_at_ms - (whistled_at_ms % {HOUR_MS})");
     format!(
         "INSERT INTO {TABLE} (department_code, hour_ms, base, {}) \
