@@ -652,7 +652,7 @@ pub struct CaseRecord {
     original_version: Option<i64>,
     original_state: String,
     original_assignments: HashMap<String, u64>,
-    /// The clock rows stored for each assignment when loaded (what [`clock_rows`] gave then), so a
+    /// The clock rows stored for each assignment when loaded (what [`clock_keys`] gave then), so a
     /// save writes only the rows that changed.
     original_clocks: HashMap<String, Vec<ClockRow>>,
     emitted: Vec<Emitted>,
