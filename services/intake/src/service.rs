@@ -992,10 +992,9 @@ impl Intake {
         })
     }
 
-    /// Reports matching `query`, newest first, one page.
-    /// A page of reports, newest first; with `region_prefix`, only reports whose region code (the
-    /// most specific code the report has, `policy::region_code`) begins with it, filtered in the
-    /// query so that every page is full while more reports remain.
+    /// A page of reports matching `query`, newest first; with `region_prefix`, only reports whose
+    /// region code (the most specific code the report has, `policy::region_code`) begins with it,
+    /// filtered in the query so that every page is full while more reports remain.
     pub async fn list_reports(
         &self,
         request: ListReportsRequest,

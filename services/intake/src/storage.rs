@@ -194,8 +194,10 @@ pub mod case {
         pub evidence_count: i32,
         pub recurrent: bool,
         pub first_report_id: String,
-        /// The case version of dispatch's event that set `state` (0: none yet): an older event
-        /// arriving later changes nothing.
+        /// The case version of dispatch's event that set `state` or `state_note` (0: none yet):
+        /// an older event arriving later changes nothing. A note (accepted, escalated) comes only
+        /// while dispatch has the case open, and is applied only to an open case, so a state
+        /// older than a note it skips could only have left the case open.
         pub state_version: i64,
     }
 
