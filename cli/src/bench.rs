@@ -123,6 +123,8 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
         let entry = report.processes.entry(name).or_default();
         entry.peak_rss_mib = usage.peak_rss_mib;
         entry.rss_mib = usage.rss_mib;
+        entry.rss_anon_mib = usage.rss_anon_mib;
+        entry.rss_file_mib = usage.rss_file_mib;
     }
     report.machine.insert(
         "cores".into(),
@@ -436,18 +438,20 @@ pub fn markdown(report: &BenchReport) -> String {
         ));
     }
     out.push_str(
-        "\n| process | CPU s (measured run) | CPU s per 1000 cases | peak RSS MiB |\n|---|---|---|---|\n",
+        "\n| process | CPU s (measured run) | CPU s per 1000 cases | peak RSS MiB | RSS at the end MiB: anonymous / file (code) |\n|---|---|---|---|---|\n",
     );
     for (name, usage) in &report.processes {
         out.push_str(&format!(
-            "| {name} | {:.2} | {:.2} | {:.1} |\n",
+            "| {name} | {:.2} | {:.2} | {:.1} | {:.1} / {:.1} |\n",
             usage.cpu_seconds,
             if report.completed > 0 {
                 usage.cpu_seconds * 1000.0 / report.completed as f64
             } else {
                 0.0
             },
-            usage.peak_rss_mib
+            usage.peak_rss_mib,
+            usage.rss_anon_mib,
+            usage.rss_file_mib
         ));
     }
     let raw = &report.raw;

@@ -90,6 +90,13 @@ fn bench_drives_every_case_to_its_scorecard_and_writes_the_json_report() {
             "{process}: {report:#}"
         );
         assert!(usage["cpu_seconds"].is_number(), "{process}: {report:#}");
+        let anon = usage["rss_anon_mib"].as_f64().expect("anonymous rss");
+        let file = usage["rss_file_mib"].as_f64().expect("file rss");
+        let rss = usage["rss_mib"].as_f64().expect("rss");
+        assert!(
+            anon > 0.0 && file > 0.0 && anon + file <= rss + 0.01,
+            "{process}: the parts of the resident set: {report:#}"
+        );
     }
     for raw in [
         "jetstream_publish_sync_per_second",

@@ -75,6 +75,10 @@ pub struct ProcessUsage {
     pub peak_rss_mib: f64,
     /// VmRSS now, MiB.
     pub rss_mib: f64,
+    /// RssAnon now, MiB: heap, stacks, the databases' page caches.
+    pub rss_anon_mib: f64,
+    /// RssFile now, MiB: mostly the binary's own code, paged in as it runs.
+    pub rss_file_mib: f64,
 }
 
 fn clock_ticks_per_second() -> f64 {
@@ -115,6 +119,8 @@ pub fn usage(pid: u32) -> ProcessUsage {
         cpu_seconds,
         peak_rss_mib: kib("VmHWM:") / 1024.0,
         rss_mib: kib("VmRSS:") / 1024.0,
+        rss_anon_mib: kib("RssAnon:") / 1024.0,
+        rss_file_mib: kib("RssFile:") / 1024.0,
     }
 }
 

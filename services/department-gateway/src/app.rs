@@ -75,7 +75,9 @@ pub async fn run(
 
     let shutdown = shutdown.child_token();
     let signal = NoticeSignal::default();
+    // one recorder per consumer: each gathers the rows of its own batch in progress
     let recorder = Arc::new(NoticeRecorder::new(clock.clone(), signal.clone()));
+    let cases_recorder = Arc::new(NoticeRecorder::new(clock.clone(), signal.clone()));
     let consumer_task = tokio::spawn(inbox::run_consumer(
         jetstream.clone(),
         db.clone(),
@@ -86,7 +88,7 @@ pub async fn run(
             filter_subject: notices::FILTER_SUBJECT.to_string(),
             max_batch: CONSUMER_BATCH,
         },
-        recorder.clone(),
+        recorder,
         shutdown.clone(),
     ));
     // escalations to supervision and deferrals are case events, addressed by the payload
@@ -100,7 +102,7 @@ pub async fn run(
             filter_subject: notices::CASES_FILTER_SUBJECT.to_string(),
             max_batch: CONSUMER_BATCH,
         },
-        recorder,
+        cases_recorder,
         shutdown.clone(),
     ));
 

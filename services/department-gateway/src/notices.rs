@@ -7,8 +7,8 @@
 
 use crate::storage::{self, assignment, notice};
 use prost::Message;
-use sea_orm::{ActiveValue::Set, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait};
-use std::collections::{BTreeSet, HashMap};
+use sea_orm::{ActiveValue::Set, DatabaseConnection, DatabaseTransaction, DbErr};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Notify, watch};
@@ -155,27 +155,59 @@ pub async fn follow_notice_counters(
     }
 }
 
-/// The inbox handler that writes notices and the assignments projection.
-#[derive(Debug, Clone)]
+/// The inbox handler that writes notices and the assignments projection. It gathers a batch's
+/// rows while the batch's events are handled and writes them just before the commit, a few
+/// multi-row statements for the whole batch. A consumer applies one batch at a time, so each
+/// consumer needs its own recorder.
+#[derive(Debug)]
 pub struct NoticeRecorder {
     clock: SharedClock,
     signal: NoticeSignal,
+    batch: std::sync::Mutex<PendingNotices>,
+}
+
+/// What the batch in progress will write.
+#[derive(Debug, Default)]
+struct PendingNotices {
+    /// Each addressed department's last sequence: as committed when the batch took the counters,
+    /// then raised by every notice the batch numbers.
+    last_sequence: HashMap<String, i64>,
+    /// The departments the batch numbered notices for, with their new last sequence.
+    raised: BTreeMap<String, i64>,
+    notices: Vec<notice::ActiveModel>,
+    /// The trace of each assignment's first notice in the batch.
+    traces: BTreeMap<String, String>,
+    /// The newest version of each assignment the batch carries.
+    assignments: HashMap<String, assignment::Model>,
 }
 
 impl NoticeRecorder {
     pub fn new(clock: SharedClock, signal: NoticeSignal) -> Self {
-        Self { clock, signal }
+        Self {
+            clock,
+            signal,
+            batch: std::sync::Mutex::default(),
+        }
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, PendingNotices> {
+        // a panic while the lock was held leaves rows the next batch's `before_batch` discards
+        self.batch
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
 impl EventHandler for NoticeRecorder {
     /// Takes the notice counters of every department the batch addresses, in code order, before
-    /// anything is written (see [`storage::lock_notice_counters`]).
+    /// anything is written (see [`storage::lock_notice_counters`]), and starts the batch's rows
+    /// afresh (a batch that failed or was rolled back to be applied event by event left its own).
     async fn before_batch(
         &self,
         transaction: &DatabaseTransaction,
         events: &[BatchEvent<'_>],
     ) -> Result<(), DbErr> {
+        *self.pending() = PendingNotices::default();
         let addressed: Vec<Addressee> = events
             .iter()
             .filter_map(|batch_event| batch_event.event.payload.as_ref())
@@ -186,12 +218,14 @@ impl EventHandler for NoticeRecorder {
             .map(|addressee| addressee.department_code.as_str())
             .filter(|code| whistle_proto::rules::check_department_code(code).is_ok())
             .collect();
-        storage::lock_notice_counters(transaction, &departments).await
+        let last_sequence = storage::lock_notice_counters(transaction, &departments).await?;
+        self.pending().last_sequence = last_sequence;
+        Ok(())
     }
 
     async fn handle(
         &self,
-        transaction: &DatabaseTransaction,
+        _transaction: &DatabaseTransaction,
         subject: &str,
         event: &Event,
     ) -> Result<(), HandleError> {
@@ -217,10 +251,20 @@ impl EventHandler for NoticeRecorder {
         }
         let now_ms = to_millis(self.clock.now());
         let kind = envelope::kind(payload).label();
+        let encoded = event.encode_to_vec();
+        let traceparent = whistle_platform::telemetry::current_traceparent();
+        let mut pending = self.pending();
         for addressee in addressed {
             let department_code = addressee.department_code.as_str();
-            let sequence = storage::next_notice_sequence(transaction, department_code).await?;
-            notice::Entity::insert(notice::ActiveModel {
+            let Some(last) = pending.last_sequence.get_mut(department_code) else {
+                return Err(HandleError::Transient(DbErr::Custom(format!(
+                    "the notice counter of {department_code} was not taken at the start of the batch"
+                ))));
+            };
+            *last += 1;
+            let sequence = *last;
+            pending.raised.insert(department_code.to_string(), sequence);
+            pending.notices.push(notice::ActiveModel {
                 department_code: Set(department_code.to_string()),
                 sequence: Set(sequence),
                 event_id: Set(event.event_id.clone()),
@@ -228,19 +272,15 @@ impl EventHandler for NoticeRecorder {
                 kind: Set(kind.clone()),
                 case_id: Set(event.case_id.clone()),
                 assignment_id: Set(addressee.assignment_id.clone()),
-                event: Set(event.encode_to_vec()),
+                event: Set(encoded.clone()),
                 created_at_ms: Set(now_ms),
                 ..Default::default()
-            })
-            .exec_without_returning(transaction)
-            .await?;
-            if let Some(traceparent) = whistle_platform::telemetry::current_traceparent() {
-                storage::remember_assignment_trace(
-                    transaction,
-                    &addressee.assignment_id,
-                    &traceparent,
-                )
-                .await?;
+            });
+            if let Some(traceparent) = &traceparent {
+                pending
+                    .traces
+                    .entry(addressee.assignment_id.clone())
+                    .or_insert_with(|| traceparent.clone());
             }
             if let Some(assignment) = &addressee.assignment {
                 let case_id = if assignment.case_id.is_empty() {
@@ -248,19 +288,24 @@ impl EventHandler for NoticeRecorder {
                 } else {
                     assignment.case_id.clone()
                 };
-                storage::upsert_assignment(
-                    transaction,
-                    assignment::Model {
-                        assignment_id: assignment.assignment_id.clone(),
-                        department_code: department_code.to_string(),
-                        case_id,
-                        status: assignment.status,
-                        version: i64::try_from(assignment.version).unwrap_or(i64::MAX),
-                        assignment: assignment.encode_to_vec(),
-                        updated_at_ms: now_ms,
-                    },
-                )
-                .await?;
+                let model = assignment::Model {
+                    assignment_id: assignment.assignment_id.clone(),
+                    department_code: department_code.to_string(),
+                    case_id,
+                    status: assignment.status,
+                    version: i64::try_from(assignment.version).unwrap_or(i64::MAX),
+                    assignment: assignment.encode_to_vec(),
+                    updated_at_ms: now_ms,
+                };
+                // the newest version wins, a later one of the same version too (as the upsert)
+                match pending.assignments.get(&model.assignment_id) {
+                    Some(kept) if kept.version > model.version => {}
+                    _ => {
+                        pending
+                            .assignments
+                            .insert(model.assignment_id.clone(), model);
+                    }
+                }
             }
             // debug, not info: at load this line was a tenth of the gateway's CPU, and the notice is
             // kept in the notice table, its event counted in whistle_inbox_applied_total
@@ -273,6 +318,21 @@ impl EventHandler for NoticeRecorder {
                 "notice recorded"
             );
         }
+        Ok(())
+    }
+
+    /// Writes the batch's notices, the counters they raised, the traces and the assignments.
+    async fn before_commit(&self, transaction: &DatabaseTransaction) -> Result<(), DbErr> {
+        let pending = std::mem::take(&mut *self.pending());
+        if pending.notices.is_empty() {
+            return Ok(());
+        }
+        storage::set_notice_counters(transaction, &pending.raised).await?;
+        storage::insert_notices(transaction, pending.notices).await?;
+        storage::remember_assignment_traces(transaction, &pending.traces).await?;
+        let mut assignments: Vec<assignment::Model> = pending.assignments.into_values().collect();
+        assignments.sort_by(|a, b| a.assignment_id.cmp(&b.assignment_id));
+        storage::upsert_assignments(transaction, assignments).await?;
         Ok(())
     }
 

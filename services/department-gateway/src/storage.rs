@@ -4,7 +4,7 @@
 use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, Statement,
+    QueryOrder, QuerySelect,
 };
 use sea_orm_migration::prelude::*;
 use std::collections::BTreeSet;
@@ -145,23 +145,27 @@ pub mod assignment_trace {
     impl ActiveModelBehavior for ActiveModel {}
 }
 
-/// Remembers the trace of an assignment's first notice; later ones keep the first.
-pub async fn remember_assignment_trace<C: ConnectionTrait>(
+/// Remembers the trace of each assignment's first notice (assignment id → `traceparent`, one entry
+/// per assignment); an assignment remembered before keeps its first. One statement per chunk.
+pub async fn remember_assignment_traces<C: ConnectionTrait>(
     connection: &C,
-    assignment_id: &str,
-    traceparent: &str,
+    traces: &std::collections::BTreeMap<String, String>,
 ) -> Result<(), DbErr> {
-    assignment_trace::Entity::insert(assignment_trace::ActiveModel {
-        assignment_id: Set(assignment_id.to_string()),
-        traceparent: Set(traceparent.to_string()),
-    })
-    .on_conflict(
-        OnConflict::column(assignment_trace::Column::AssignmentId)
-            .do_nothing()
-            .to_owned(),
-    )
-    .exec_without_returning(connection)
-    .await?;
+    let rows: Vec<_> = traces
+        .iter()
+        .map(
+            |(assignment_id, traceparent)| assignment_trace::ActiveModel {
+                assignment_id: Set(assignment_id.clone()),
+                traceparent: Set(traceparent.clone()),
+            },
+        )
+        .collect();
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        assignment_trace::Entity::insert_many(chunk.to_vec())
+            .on_conflict_do_nothing_on([assignment_trace::Column::AssignmentId])
+            .exec_without_returning(connection)
+            .await?;
+    }
     Ok(())
 }
 
@@ -205,16 +209,22 @@ pub async fn credential_of_token<C: ConnectionTrait>(
         .await
 }
 
-/// Creates the notice counters of `department_codes` that do not exist yet and locks them all
-/// until the transaction ends, in ascending code order (PostgreSQL; SQLite has one writer at a
-/// time and needs none of this). A consumer batch takes every counter it will use this way before
-/// it writes anything, so two replicas never hold one counter each while waiting for the other's.
+/// Rows written by one multi-row statement, at most: well under PostgreSQL's 65,535 bound
+/// parameters and SQLite's 32,766 with the widest of these tables (nine columns).
+const ROWS_PER_STATEMENT: usize = 500;
+
+/// Creates the notice counters of `department_codes` that do not exist yet, locks them all until
+/// the transaction ends, in ascending code order (PostgreSQL; SQLite has one writer at a time and
+/// needs no lock), and returns each one's last sequence. A consumer batch takes every counter it
+/// will use this way before it writes anything, so two replicas never hold one counter each while
+/// waiting for the other's; the batch then numbers its notices from these values and writes the
+/// counters back once, before it commits ([`set_notice_counters`]).
 pub async fn lock_notice_counters<C: ConnectionTrait>(
     connection: &C,
     department_codes: &BTreeSet<&str>,
-) -> Result<(), DbErr> {
-    if department_codes.is_empty() || connection.get_database_backend() != DbBackend::Postgres {
-        return Ok(());
+) -> Result<std::collections::HashMap<String, i64>, DbErr> {
+    if department_codes.is_empty() {
+        return Ok(Default::default());
     }
     // rows are inserted in the order given, so new counters are also taken in code order
     notice_counter::Entity::insert_many(department_codes.iter().map(|code| {
@@ -226,18 +236,61 @@ pub async fn lock_notice_counters<C: ConnectionTrait>(
     .on_conflict_do_nothing()
     .exec_without_returning(connection)
     .await?;
-    let locked = notice_counter::Entity::find()
+    let mut query = notice_counter::Entity::find()
         .filter(notice_counter::Column::DepartmentCode.is_in(department_codes.iter().copied()))
-        .order_by_asc(notice_counter::Column::DepartmentCode)
-        .lock_exclusive()
+        .order_by_asc(notice_counter::Column::DepartmentCode);
+    if connection.get_database_backend() == DbBackend::Postgres {
+        query = query.lock_exclusive();
+    }
+    let counters: std::collections::HashMap<String, i64> = query
         .all(connection)
-        .await?;
-    if locked.len() != department_codes.len() {
+        .await?
+        .into_iter()
+        .map(|counter| (counter.department_code, counter.last_sequence))
+        .collect();
+    if counters.len() != department_codes.len() {
         return Err(DbErr::Custom(format!(
             "locked {} of {} notice counters",
-            locked.len(),
+            counters.len(),
             department_codes.len()
         )));
+    }
+    Ok(counters)
+}
+
+/// Writes back the last sequence of each department a batch numbered notices for (its counters
+/// were taken with [`lock_notice_counters`] in the same transaction): one statement per department.
+pub async fn set_notice_counters<C: ConnectionTrait>(
+    connection: &C,
+    last_sequences: &std::collections::BTreeMap<String, i64>,
+) -> Result<(), DbErr> {
+    for (department_code, last_sequence) in last_sequences {
+        let updated = notice_counter::Entity::update_many()
+            .col_expr(
+                notice_counter::Column::LastSequence,
+                (*last_sequence).into(),
+            )
+            .filter(notice_counter::Column::DepartmentCode.eq(department_code.as_str()))
+            .exec(connection)
+            .await?;
+        if updated.rows_affected != 1 {
+            return Err(DbErr::Custom(format!(
+                "notice counter of {department_code} vanished"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Inserts a batch's notices, a few hundred per statement.
+pub async fn insert_notices<C: ConnectionTrait>(
+    connection: &C,
+    notices: Vec<notice::ActiveModel>,
+) -> Result<(), DbErr> {
+    for chunk in notices.chunks(ROWS_PER_STATEMENT) {
+        notice::Entity::insert_many(chunk.to_vec())
+            .exec_without_returning(connection)
+            .await?;
     }
     Ok(())
 }
@@ -252,29 +305,6 @@ pub async fn notice_counters<C: ConnectionTrait>(
         .into_iter()
         .map(|counter| (counter.department_code, counter.last_sequence))
         .collect())
-}
-
-/// Hands out the next sequence of a department's notice log. Call inside the transaction that
-/// inserts the notice: the counter row stays locked until commit (on PostgreSQL; SQLite has one
-/// writer), so concurrent writers queue, sequences commit in order and readers never see a gap.
-/// One statement: the upsert returns the new value (`RETURNING`, SQLite 3.35+ and PostgreSQL).
-pub async fn next_notice_sequence<C: ConnectionTrait>(
-    connection: &C,
-    department_code: &str,
-) -> Result<i64, DbErr> {
-    let statement = Statement::from_sql_and_values(
-        connection.get_database_backend(),
-        "INSERT INTO gateway_notice_counters (department_code, last_sequence) VALUES ($1, 1) \
-         ON CONFLICT (department_code) DO UPDATE \
-         SET last_sequence = gateway_notice_counters.last_sequence + 1 \
-         RETURNING last_sequence",
-        [department_code.into()],
-    );
-    connection
-        .query_one_raw(statement)
-        .await?
-        .ok_or_else(|| DbErr::Custom(format!("notice counter of {department_code} vanished")))?
-        .try_get::<i64>("", "last_sequence")
 }
 
 /// Up to `limit` notices of a department after `after_sequence`, oldest first.
@@ -293,38 +323,37 @@ pub async fn notices_after<C: ConnectionTrait>(
         .await
 }
 
-/// Stores an assignment unless a newer version of it is already stored: one conditional upsert
-/// (the update applies only when the stored version is not newer).
-pub async fn upsert_assignment<C: ConnectionTrait>(
+/// Stores each assignment unless a newer version of it is already stored: one conditional upsert
+/// per chunk (a row updates only when the stored version is not newer than the one written). The
+/// models must name distinct assignments: PostgreSQL refuses to update one row twice in a statement.
+pub async fn upsert_assignments<C: ConnectionTrait>(
     connection: &C,
-    model: assignment::Model,
+    models: Vec<assignment::Model>,
 ) -> Result<(), DbErr> {
-    let assignment_id = model.assignment_id.clone();
-    let version = model.version;
-    let written = assignment::Entity::insert(assignment::ActiveModel::from(model))
-        .on_conflict(
-            OnConflict::column(assignment::Column::AssignmentId)
-                .update_columns([
-                    assignment::Column::DepartmentCode,
-                    assignment::Column::CaseId,
-                    assignment::Column::Status,
-                    assignment::Column::Version,
-                    assignment::Column::Assignment,
-                    assignment::Column::UpdatedAtMs,
-                ])
-                .action_and_where(
-                    Expr::col((assignment::Entity, assignment::Column::Version)).lte(version),
-                )
-                .to_owned(),
-        )
-        .exec_without_returning(connection)
-        .await?;
-    if written == 0 {
-        tracing::debug!(
-            %assignment_id,
-            event_version = version,
-            "older assignment version ignored"
-        );
+    let rows: Vec<assignment::ActiveModel> = models
+        .into_iter()
+        .map(assignment::ActiveModel::from)
+        .collect();
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        assignment::Entity::insert_many(chunk.to_vec())
+            .on_conflict(
+                OnConflict::column(assignment::Column::AssignmentId)
+                    .update_columns([
+                        assignment::Column::DepartmentCode,
+                        assignment::Column::CaseId,
+                        assignment::Column::Status,
+                        assignment::Column::Version,
+                        assignment::Column::Assignment,
+                        assignment::Column::UpdatedAtMs,
+                    ])
+                    .action_and_where(
+                        Expr::col((assignment::Entity, assignment::Column::Version))
+                            .lte(Expr::cust("excluded.version")),
+                    )
+                    .to_owned(),
+            )
+            .exec_without_returning(connection)
+            .await?;
     }
     Ok(())
 }

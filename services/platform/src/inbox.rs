@@ -147,6 +147,18 @@ pub trait EventHandler: Send + Sync + 'static {
         async { Ok(()) }
     }
 
+    /// Called once every event of the batch was handled, just before the commit, in the batch's
+    /// transaction. A handler that gathers a batch's rows in `handle` (taking its state afresh in
+    /// `before_batch`) writes them here, a few statements for the whole batch instead of several
+    /// per event. An error aborts the batch, which is redelivered. Does nothing by default.
+    fn before_commit(
+        &self,
+        transaction: &DatabaseTransaction,
+    ) -> impl Future<Output = Result<(), DbErr>> + Send {
+        let _ = transaction;
+        async { Ok(()) }
+    }
+
     /// Called after a batch committed (to wake an outbox relay or waiting subscribers).
     fn after_commit(&self) {}
 }
@@ -359,6 +371,7 @@ pub async fn apply_history<H: EventHandler>(
             Err(HandleError::Transient(error)) => return Err(error.into()),
         }
     }
+    handler.before_commit(&transaction).await?;
     transaction.commit().await?;
     Ok(())
 }
@@ -555,6 +568,7 @@ async fn apply_batch_isolated<H: EventHandler>(
             EventOutcome::Transient(error) => return Err(error.into()),
         }
     }
+    handler.before_commit(&transaction).await?;
     transaction.commit().await?;
     Ok(true)
 }

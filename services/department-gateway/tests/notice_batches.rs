@@ -1,0 +1,195 @@
+//! The notice recorder writes a batch's rows just before the commit: the notices numbered from the
+//! counters taken at the start of the batch, the counters written back, and one row per assignment
+//! (its newest version) even when the batch carries several versions of it, in any order. On a
+//! SQLite file and on PostgreSQL (which refuses to update one row twice in a statement).
+
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder};
+use whistle_department_gateway::preload;
+use whistle_department_gateway::storage::{self, Migrator, assignment, notice};
+use whistle_platform::SystemClock;
+use whistle_platform::config::DatabaseConfig;
+use whistle_platform::db;
+use whistle_platform::envelope::{self, Event, Payload};
+use whistle_platform::testing::TestPostgres;
+use whistle_proto::events::{AssignmentAcknowledged, AssignmentResolved, WhistleIssued};
+use whistle_proto::types::{Assignment, AssignmentRole, AssignmentStatus, Region};
+
+fn region() -> Region {
+    Region {
+        city_code: "420300".into(),
+        district_code: "420303".into(),
+        street_code: "420303003".into(),
+        street_slug: "chechenglu".into(),
+        community_code: "420303003001".into(),
+        grid_code: "420303003001001".into(),
+    }
+}
+
+fn assignment_at(
+    id: &str,
+    department_code: &str,
+    status: AssignmentStatus,
+    version: u64,
+) -> Assignment {
+    Assignment {
+        assignment_id: id.into(),
+        case_id: format!("case-{id}"),
+        department_code: department_code.into(),
+        role: AssignmentRole::Lead as i32,
+        status: status as i32,
+        version,
+        ..Default::default()
+    }
+}
+
+fn event(assignment: Assignment, case_version: u64) -> (String, Event) {
+    let case_id = assignment.case_id.clone();
+    let payload = match AssignmentStatus::try_from(assignment.status) {
+        Ok(AssignmentStatus::Acknowledged) => {
+            Payload::AssignmentAcknowledged(AssignmentAcknowledged {
+                assignment: Some(assignment),
+                within_limit: true,
+            })
+        }
+        Ok(AssignmentStatus::Resolved) => Payload::AssignmentResolved(AssignmentResolved {
+            assignment: Some(assignment),
+            within_limit: true,
+        }),
+        _ => Payload::WhistleIssued(WhistleIssued {
+            assignment: Some(assignment),
+            ..Default::default()
+        }),
+    };
+    let event = envelope::new_event(
+        &SystemClock,
+        "whistle-dispatch",
+        &case_id,
+        case_version,
+        Some(region()),
+        payload,
+    );
+    let subject = envelope::subject(&event).expect("subject");
+    (subject, event)
+}
+
+async fn notices_of(db: &DatabaseConnection, department_code: &str) -> Vec<(i64, String)> {
+    notice::Entity::find()
+        .filter(notice::Column::DepartmentCode.eq(department_code))
+        .order_by_asc(notice::Column::Sequence)
+        .all(db)
+        .await
+        .expect("notices")
+        .into_iter()
+        .map(|notice| (notice.sequence, notice.event_id))
+        .collect()
+}
+
+async fn version_of(db: &DatabaseConnection, assignment_id: &str) -> i64 {
+    assignment::Entity::find_by_id(assignment_id)
+        .one(db)
+        .await
+        .expect("assignment")
+        .expect("stored")
+        .version
+}
+
+async fn batches_number_notices_and_keep_the_newest_assignment(url: &str) {
+    let db = db::connect(&DatabaseConfig::at(url, 2))
+        .await
+        .expect("connect");
+    db::migrate::<Migrator>(&db).await.expect("migrate");
+    let sanitation = "zw-sanitation";
+    let housing = "zw-housing";
+    let first = vec![
+        event(
+            assignment_at("a1", sanitation, AssignmentStatus::Whistled, 1),
+            2,
+        ),
+        event(
+            assignment_at("a1", sanitation, AssignmentStatus::Acknowledged, 2),
+            3,
+        ),
+        // a stale copy after the newer version, in the same batch
+        event(
+            assignment_at("a1", sanitation, AssignmentStatus::Whistled, 1),
+            2,
+        ),
+        event(
+            assignment_at("a2", sanitation, AssignmentStatus::Whistled, 1),
+            2,
+        ),
+        event(
+            assignment_at("a3", housing, AssignmentStatus::Whistled, 1),
+            2,
+        ),
+    ];
+    preload::apply(&db, &first, 0).await.expect("first batch");
+    assert_eq!(
+        version_of(&db, "a1").await,
+        2,
+        "the stale copy after version 2 in the same batch does not win"
+    );
+    let second = vec![
+        event(
+            assignment_at("a1", sanitation, AssignmentStatus::Resolved, 3),
+            4,
+        ),
+        event(
+            assignment_at("a4", sanitation, AssignmentStatus::Whistled, 1),
+            2,
+        ),
+    ];
+    preload::apply(&db, &second, 0).await.expect("second batch");
+    // a batch that carries only an older version changes nothing but adds its notice
+    let stale = vec![event(
+        assignment_at("a1", sanitation, AssignmentStatus::Acknowledged, 2),
+        3,
+    )];
+    preload::apply(&db, &stale, 0).await.expect("stale batch");
+
+    let expected: Vec<(i64, String)> = first
+        .iter()
+        .filter(|(_, event)| event.case_id != "case-a3")
+        .chain(second.iter())
+        .chain(stale.iter())
+        .zip(1..)
+        .map(|((_, event), sequence)| (sequence, event.event_id.clone()))
+        .collect();
+    assert_eq!(
+        notices_of(&db, sanitation).await,
+        expected,
+        "gap-free, in event order"
+    );
+    assert_eq!(
+        notices_of(&db, housing).await,
+        vec![(1, first[4].1.event_id.clone())]
+    );
+    let counters: std::collections::BTreeMap<String, i64> = storage::notice_counters(&db)
+        .await
+        .expect("counters")
+        .into_iter()
+        .collect();
+    assert_eq!(counters.get(sanitation), Some(&7));
+    assert_eq!(counters.get(housing), Some(&1));
+    assert_eq!(version_of(&db, "a1").await, 3, "the newest version is kept");
+    assert_eq!(version_of(&db, "a2").await, 1);
+    assert_eq!(version_of(&db, "a4").await, 1);
+    db.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn batches_on_sqlite() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("gateway.sqlite").display()
+    );
+    batches_number_notices_and_keep_the_newest_assignment(&url).await;
+}
+
+#[tokio::test]
+async fn batches_on_postgresql() {
+    let database = TestPostgres::create().await;
+    batches_number_notices_and_keep_the_newest_assignment(&database.url).await;
+    database.drop_database().await;
+}
