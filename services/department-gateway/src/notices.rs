@@ -179,6 +179,44 @@ struct PendingNotices {
     traces: BTreeMap<String, String>,
     /// The newest version of each assignment the batch carries.
     assignments: HashMap<String, assignment::Model>,
+    /// Encoded bytes held in `notices` and `assignments`.
+    bytes: usize,
+}
+
+/// Rows gathered and not written yet, past which `handle` writes them at once: a batch of large
+/// events never holds more than about this much beside the events themselves.
+const PENDING_BYTES: usize = 256 * 1024;
+
+/// The rows of a batch to write: notices, traces and assignments (the counters are written once,
+/// before the commit).
+#[derive(Debug, Default)]
+struct PendingRows {
+    notices: Vec<notice::ActiveModel>,
+    traces: BTreeMap<String, String>,
+    assignments: HashMap<String, assignment::Model>,
+}
+
+impl PendingNotices {
+    fn take_rows(&mut self) -> PendingRows {
+        self.bytes = 0;
+        PendingRows {
+            notices: std::mem::take(&mut self.notices),
+            traces: std::mem::take(&mut self.traces),
+            assignments: std::mem::take(&mut self.assignments),
+        }
+    }
+}
+
+impl PendingRows {
+    /// Notices in the order they were numbered; an assignment's row written by an earlier flush of
+    /// the same batch is replaced only by a version not older (the upsert's condition).
+    async fn write(self, transaction: &DatabaseTransaction) -> Result<(), DbErr> {
+        storage::insert_notices(transaction, self.notices).await?;
+        storage::remember_assignment_traces(transaction, &self.traces).await?;
+        let mut assignments: Vec<assignment::Model> = self.assignments.into_values().collect();
+        assignments.sort_by(|a, b| a.assignment_id.cmp(&b.assignment_id));
+        storage::upsert_assignments(transaction, assignments).await
+    }
 }
 
 impl NoticeRecorder {
@@ -225,7 +263,7 @@ impl EventHandler for NoticeRecorder {
 
     async fn handle(
         &self,
-        _transaction: &DatabaseTransaction,
+        transaction: &DatabaseTransaction,
         subject: &str,
         event: &Event,
     ) -> Result<(), HandleError> {
@@ -253,7 +291,57 @@ impl EventHandler for NoticeRecorder {
         let kind = envelope::kind(payload).label();
         let encoded = event.encode_to_vec();
         let traceparent = whistle_platform::telemetry::current_traceparent();
-        let mut pending = self.pending();
+        let overflow = {
+            let mut pending = self.pending();
+            Self::gather(
+                &mut pending,
+                subject,
+                event,
+                &kind,
+                &encoded,
+                traceparent.as_deref(),
+                addressed,
+                now_ms,
+            )?;
+            (pending.bytes > PENDING_BYTES).then(|| pending.take_rows())
+        };
+        if let Some(rows) = overflow {
+            rows.write(transaction).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes the batch's notices, the counters they raised, the traces and the assignments.
+    async fn before_commit(&self, transaction: &DatabaseTransaction) -> Result<(), DbErr> {
+        let (raised, rows) = {
+            let mut pending = self.pending();
+            (std::mem::take(&mut pending.raised), pending.take_rows())
+        };
+        if raised.is_empty() {
+            return Ok(());
+        }
+        storage::set_notice_counters(transaction, &raised).await?;
+        rows.write(transaction).await
+    }
+
+    fn after_commit(&self) {
+        self.signal.notify();
+    }
+}
+
+impl NoticeRecorder {
+    /// Numbers the event's notices and adds their rows to the batch's.
+    #[allow(clippy::too_many_arguments)]
+    fn gather(
+        pending: &mut PendingNotices,
+        subject: &str,
+        event: &Event,
+        kind: &str,
+        encoded: &[u8],
+        traceparent: Option<&str>,
+        addressed: Vec<Addressee>,
+        now_ms: i64,
+    ) -> Result<(), HandleError> {
         for addressee in addressed {
             let department_code = addressee.department_code.as_str();
             let Some(last) = pending.last_sequence.get_mut(department_code) else {
@@ -269,18 +357,19 @@ impl EventHandler for NoticeRecorder {
                 sequence: Set(sequence),
                 event_id: Set(event.event_id.clone()),
                 subject: Set(subject.to_string()),
-                kind: Set(kind.clone()),
+                kind: Set(kind.to_string()),
                 case_id: Set(event.case_id.clone()),
                 assignment_id: Set(addressee.assignment_id.clone()),
-                event: Set(encoded.clone()),
+                event: Set(encoded.to_vec()),
                 created_at_ms: Set(now_ms),
                 ..Default::default()
             });
-            if let Some(traceparent) = &traceparent {
+            pending.bytes += encoded.len();
+            if let Some(traceparent) = traceparent {
                 pending
                     .traces
                     .entry(addressee.assignment_id.clone())
-                    .or_insert_with(|| traceparent.clone());
+                    .or_insert_with(|| traceparent.to_string());
             }
             if let Some(assignment) = &addressee.assignment {
                 let case_id = if assignment.case_id.is_empty() {
@@ -301,6 +390,7 @@ impl EventHandler for NoticeRecorder {
                 match pending.assignments.get(&model.assignment_id) {
                     Some(kept) if kept.version > model.version => {}
                     _ => {
+                        pending.bytes += model.assignment.len();
                         pending
                             .assignments
                             .insert(model.assignment_id.clone(), model);
@@ -319,25 +409,6 @@ impl EventHandler for NoticeRecorder {
             );
         }
         Ok(())
-    }
-
-    /// Writes the batch's notices, the counters they raised, the traces and the assignments.
-    async fn before_commit(&self, transaction: &DatabaseTransaction) -> Result<(), DbErr> {
-        let pending = std::mem::take(&mut *self.pending());
-        if pending.notices.is_empty() {
-            return Ok(());
-        }
-        storage::set_notice_counters(transaction, &pending.raised).await?;
-        storage::insert_notices(transaction, pending.notices).await?;
-        storage::remember_assignment_traces(transaction, &pending.traces).await?;
-        let mut assignments: Vec<assignment::Model> = pending.assignments.into_values().collect();
-        assignments.sort_by(|a, b| a.assignment_id.cmp(&b.assignment_id));
-        storage::upsert_assignments(transaction, assignments).await?;
-        Ok(())
-    }
-
-    fn after_commit(&self) {
-        self.signal.notify();
     }
 }
 

@@ -287,8 +287,9 @@ pub async fn insert_notices<C: ConnectionTrait>(
     connection: &C,
     notices: Vec<notice::ActiveModel>,
 ) -> Result<(), DbErr> {
-    for chunk in notices.chunks(ROWS_PER_STATEMENT) {
-        notice::Entity::insert_many(chunk.to_vec())
+    let mut notices = notices.into_iter().peekable();
+    while notices.peek().is_some() {
+        notice::Entity::insert_many(notices.by_ref().take(ROWS_PER_STATEMENT))
             .exec_without_returning(connection)
             .await?;
     }
@@ -330,12 +331,12 @@ pub async fn upsert_assignments<C: ConnectionTrait>(
     connection: &C,
     models: Vec<assignment::Model>,
 ) -> Result<(), DbErr> {
-    let rows: Vec<assignment::ActiveModel> = models
+    let mut rows = models
         .into_iter()
         .map(assignment::ActiveModel::from)
-        .collect();
-    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-        assignment::Entity::insert_many(chunk.to_vec())
+        .peekable();
+    while rows.peek().is_some() {
+        assignment::Entity::insert_many(rows.by_ref().take(ROWS_PER_STATEMENT))
             .on_conflict(
                 OnConflict::column(assignment::Column::AssignmentId)
                     .update_columns([

@@ -42,7 +42,7 @@ fn assignment_at(
     }
 }
 
-fn event(assignment: Assignment, case_version: u64) -> (String, Event) {
+fn event(assignment: Assignment, case_version: u64, padding: usize) -> (String, Event) {
     let case_id = assignment.case_id.clone();
     let payload = match AssignmentStatus::try_from(assignment.status) {
         Ok(AssignmentStatus::Acknowledged) => {
@@ -57,6 +57,7 @@ fn event(assignment: Assignment, case_version: u64) -> (String, Event) {
         }),
         _ => Payload::WhistleIssued(WhistleIssued {
             assignment: Some(assignment),
+            description: "满".repeat(padding),
             ..Default::default()
         }),
     };
@@ -93,7 +94,9 @@ async fn version_of(db: &DatabaseConnection, assignment_id: &str) -> i64 {
         .version
 }
 
-async fn batches_number_notices_and_keep_the_newest_assignment(url: &str) {
+/// `padding`: characters of description per whistle, so a batch's rows outgrow what the recorder
+/// holds before writing them (three bytes each).
+async fn batches_number_notices_and_keep_the_newest_assignment(url: &str, padding: usize) {
     let db = db::connect(&DatabaseConfig::at(url, 2))
         .await
         .expect("connect");
@@ -104,23 +107,28 @@ async fn batches_number_notices_and_keep_the_newest_assignment(url: &str) {
         event(
             assignment_at("a1", sanitation, AssignmentStatus::Whistled, 1),
             2,
+            padding,
         ),
         event(
             assignment_at("a1", sanitation, AssignmentStatus::Acknowledged, 2),
             3,
+            padding,
         ),
         // a stale copy after the newer version, in the same batch
         event(
             assignment_at("a1", sanitation, AssignmentStatus::Whistled, 1),
             2,
+            padding,
         ),
         event(
             assignment_at("a2", sanitation, AssignmentStatus::Whistled, 1),
             2,
+            padding,
         ),
         event(
             assignment_at("a3", housing, AssignmentStatus::Whistled, 1),
             2,
+            padding,
         ),
     ];
     preload::apply(&db, &first, 0).await.expect("first batch");
@@ -133,10 +141,12 @@ async fn batches_number_notices_and_keep_the_newest_assignment(url: &str) {
         event(
             assignment_at("a1", sanitation, AssignmentStatus::Resolved, 3),
             4,
+            padding,
         ),
         event(
             assignment_at("a4", sanitation, AssignmentStatus::Whistled, 1),
             2,
+            padding,
         ),
     ];
     preload::apply(&db, &second, 0).await.expect("second batch");
@@ -144,6 +154,7 @@ async fn batches_number_notices_and_keep_the_newest_assignment(url: &str) {
     let stale = vec![event(
         assignment_at("a1", sanitation, AssignmentStatus::Acknowledged, 2),
         3,
+        padding,
     )];
     preload::apply(&db, &stale, 0).await.expect("stale batch");
 
@@ -184,12 +195,22 @@ async fn batches_on_sqlite() {
         "sqlite://{}?mode=rwc",
         dir.path().join("gateway.sqlite").display()
     );
-    batches_number_notices_and_keep_the_newest_assignment(&url).await;
+    batches_number_notices_and_keep_the_newest_assignment(&url, 0).await;
+    // 4 whistles of 120,000 bytes in the first batch: its rows are written in the middle of it too
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("large.sqlite").display()
+    );
+    batches_number_notices_and_keep_the_newest_assignment(&url, 40_000).await;
 }
 
 #[tokio::test]
 async fn batches_on_postgresql() {
     let database = TestPostgres::create().await;
-    batches_number_notices_and_keep_the_newest_assignment(&database.url).await;
+    batches_number_notices_and_keep_the_newest_assignment(&database.url, 0).await;
+    database.drop_database().await;
+    let database = TestPostgres::create().await;
+    batches_number_notices_and_keep_the_newest_assignment(&database.url, 40_000).await;
     database.drop_database().await;
 }
