@@ -151,17 +151,15 @@ pub async fn remember_assignment_traces<C: ConnectionTrait>(
     connection: &C,
     traces: &std::collections::BTreeMap<String, String>,
 ) -> Result<(), DbErr> {
-    let rows: Vec<_> = traces
-        .iter()
-        .map(
+    let mut rows =
+        traces.iter().map(
             |(assignment_id, traceparent)| assignment_trace::ActiveModel {
                 assignment_id: Set(assignment_id.clone()),
                 traceparent: Set(traceparent.clone()),
             },
-        )
-        .collect();
-    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-        assignment_trace::Entity::insert_many(chunk.to_vec())
+        );
+    for size in statement_sizes(traces.len()) {
+        assignment_trace::Entity::insert_many(rows.by_ref().take(size))
             .on_conflict_do_nothing_on([assignment_trace::Column::AssignmentId])
             .exec_without_returning(connection)
             .await?;
@@ -209,9 +207,7 @@ pub async fn credential_of_token<C: ConnectionTrait>(
         .await
 }
 
-/// Rows written by one multi-row statement, at most: well under PostgreSQL's 65,535 bound
-/// parameters and SQLite's 32,766 with the widest of these tables (nine columns).
-const ROWS_PER_STATEMENT: usize = 500;
+use whistle_platform::db::statement_sizes;
 
 /// Creates the notice counters of `department_codes` that do not exist yet, locks them all until
 /// the transaction ends, in ascending code order (PostgreSQL; SQLite has one writer at a time and
@@ -287,9 +283,10 @@ pub async fn insert_notices<C: ConnectionTrait>(
     connection: &C,
     notices: Vec<notice::ActiveModel>,
 ) -> Result<(), DbErr> {
-    let mut notices = notices.into_iter().peekable();
-    while notices.peek().is_some() {
-        notice::Entity::insert_many(notices.by_ref().take(ROWS_PER_STATEMENT))
+    let sizes = statement_sizes(notices.len());
+    let mut notices = notices.into_iter();
+    for size in sizes {
+        notice::Entity::insert_many(notices.by_ref().take(size))
             .exec_without_returning(connection)
             .await?;
     }
@@ -331,12 +328,10 @@ pub async fn upsert_assignments<C: ConnectionTrait>(
     connection: &C,
     models: Vec<assignment::Model>,
 ) -> Result<(), DbErr> {
-    let mut rows = models
-        .into_iter()
-        .map(assignment::ActiveModel::from)
-        .peekable();
-    while rows.peek().is_some() {
-        assignment::Entity::insert_many(rows.by_ref().take(ROWS_PER_STATEMENT))
+    let sizes = statement_sizes(models.len());
+    let mut rows = models.into_iter().map(assignment::ActiveModel::from);
+    for size in sizes {
+        assignment::Entity::insert_many(rows.by_ref().take(size))
             .on_conflict(
                 OnConflict::column(assignment::Column::AssignmentId)
                     .update_columns([

@@ -175,6 +175,30 @@ fn lock_key_hash(key: &str) -> i64 {
     i64::from_be_bytes(first)
 }
 
+/// Rows one multi-row statement writes, at most: with nine columns, well under PostgreSQL's 65,535
+/// bound parameters and SQLite's 32,766.
+pub const ROWS_PER_STATEMENT: usize = 256;
+
+/// The sizes of the statements that write `rows` rows: powers of two, largest first, none above
+/// [`ROWS_PER_STATEMENT`] (37 rows: 32, 4, 1). Each size is its own statement text, so each
+/// connection's cache of prepared statements (sqlx keeps 100, least recently used out), and each
+/// PostgreSQL session's, holds at most nine per table instead of one for every batch size seen,
+/// and a statement is not parsed and planned again each time a batch size comes back.
+pub fn statement_sizes(mut rows: usize) -> impl Iterator<Item = usize> {
+    std::iter::from_fn(move || {
+        if rows == 0 {
+            return None;
+        }
+        let size = if rows >= ROWS_PER_STATEMENT {
+            ROWS_PER_STATEMENT
+        } else {
+            1 << rows.ilog2()
+        };
+        rows -= size;
+        Some(size)
+    })
+}
+
 /// The file of a SQLite URL, if it names one.
 pub fn sqlite_path(url: &str) -> Option<String> {
     let rest = url
@@ -325,7 +349,25 @@ pub mod migrations {
 
 #[cfg(test)]
 mod tests {
-    use super::sqlite_path;
+    use super::{ROWS_PER_STATEMENT, sqlite_path, statement_sizes};
+
+    #[test]
+    fn statements_are_powers_of_two_up_to_the_limit() {
+        let sizes = |rows| statement_sizes(rows).collect::<Vec<_>>();
+        assert_eq!(sizes(0), Vec::<usize>::new());
+        assert_eq!(sizes(1), vec![1]);
+        assert_eq!(sizes(37), vec![32, 4, 1]);
+        assert_eq!(sizes(256), vec![256]);
+        assert_eq!(sizes(600), vec![256, 256, 64, 16, 8]);
+        for rows in 0..1_000 {
+            let all = sizes(rows);
+            assert_eq!(all.iter().sum::<usize>(), rows);
+            assert!(
+                all.iter()
+                    .all(|size| size.is_power_of_two() && *size <= ROWS_PER_STATEMENT)
+            );
+        }
+    }
 
     #[test]
     fn migration_order_is_stable() {

@@ -73,8 +73,11 @@ pub async fn record_batch_once<C: ConnectionTrait>(
     now_ms: i64,
 ) -> Result<std::collections::HashSet<String>, DbErr> {
     let mut fresh = std::collections::HashSet::with_capacity(event_ids.len());
-    // 4 values a row; SQLite allows 32,766 and PostgreSQL 65,535 parameters a statement
-    for chunk in event_ids.chunks(1000) {
+    // statements of a few fixed sizes, so each stays prepared (`db::statement_sizes`)
+    let mut rest = event_ids;
+    for size in crate::db::statement_sizes(event_ids.len()) {
+        let (chunk, after) = rest.split_at(size);
+        rest = after;
         let mut sql = String::from(
             "INSERT INTO whistle_inbox (consumer, event_id, outcome, processed_at_ms) VALUES ",
         );
