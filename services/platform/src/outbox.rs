@@ -319,11 +319,15 @@ impl OutboxRelay {
                 }
             }
         }
-        if !sent_ids.is_empty() {
-            let now_ms = to_millis(self.clock.now());
+        // marked in statements of a few fixed sizes, so each stays prepared (`db::statement_sizes`)
+        let now_ms = to_millis(self.clock.now());
+        let mut unmarked = sent_ids.as_slice();
+        for size in crate::db::statement_sizes(sent_ids.len()) {
+            let (chunk, rest) = unmarked.split_at(size);
+            unmarked = rest;
             let update = entity::Entity::update_many()
                 .col_expr(entity::Column::SentAtMs, now_ms.into())
-                .filter(entity::Column::Id.is_in(sent_ids.clone()));
+                .filter(entity::Column::Id.is_in(chunk.iter().copied()));
             match &transaction {
                 Some(transaction) => update.exec(transaction).await?,
                 None => update.exec(&self.db).await?,
