@@ -174,12 +174,9 @@ struct PendingNotices {
     last_sequence: HashMap<String, i64>,
     /// The departments the batch numbered notices for, with their new last sequence.
     raised: BTreeMap<String, i64>,
-    notices: Vec<notice::ActiveModel>,
-    /// The trace of each assignment's first notice in the batch.
-    traces: BTreeMap<String, String>,
-    /// The newest version of each assignment the batch carries.
-    assignments: HashMap<String, assignment::Model>,
-    /// Encoded bytes held in `notices` and `assignments`.
+    /// The rows gathered since the last write.
+    rows: PendingRows,
+    /// Encoded bytes held in `rows` (notices and assignments).
     bytes: usize,
 }
 
@@ -192,18 +189,100 @@ const PENDING_BYTES: usize = 256 * 1024;
 #[derive(Debug, Default)]
 struct PendingRows {
     notices: Vec<notice::ActiveModel>,
+    /// The trace of each assignment's first notice.
     traces: BTreeMap<String, String>,
+    /// The newest version of each assignment.
     assignments: HashMap<String, assignment::Model>,
 }
 
 impl PendingNotices {
     fn take_rows(&mut self) -> PendingRows {
         self.bytes = 0;
-        PendingRows {
-            notices: std::mem::take(&mut self.notices),
-            traces: std::mem::take(&mut self.traces),
-            assignments: std::mem::take(&mut self.assignments),
+        std::mem::take(&mut self.rows)
+    }
+
+    /// Numbers the event's notices and adds their rows to the batch's.
+    fn gather(
+        &mut self,
+        subject: &str,
+        event: &Event,
+        encoded: &[u8],
+        traceparent: Option<&str>,
+        addressed: Vec<Addressee>,
+        now_ms: i64,
+    ) -> Result<(), HandleError> {
+        let kind = event
+            .payload
+            .as_ref()
+            .map(|payload| envelope::kind(payload).label())
+            .unwrap_or_default();
+        for addressee in addressed {
+            let department_code = addressee.department_code.as_str();
+            let Some(last) = self.last_sequence.get_mut(department_code) else {
+                return Err(HandleError::Transient(DbErr::Custom(format!(
+                    "the notice counter of {department_code} was not taken at the start of the batch"
+                ))));
+            };
+            *last += 1;
+            let sequence = *last;
+            self.raised.insert(department_code.to_string(), sequence);
+            self.rows.notices.push(notice::ActiveModel {
+                department_code: Set(department_code.to_string()),
+                sequence: Set(sequence),
+                event_id: Set(event.event_id.clone()),
+                subject: Set(subject.to_string()),
+                kind: Set(kind.clone()),
+                case_id: Set(event.case_id.clone()),
+                assignment_id: Set(addressee.assignment_id.clone()),
+                event: Set(encoded.to_vec()),
+                created_at_ms: Set(now_ms),
+                ..Default::default()
+            });
+            self.bytes += encoded.len();
+            if let Some(traceparent) = traceparent {
+                self.rows
+                    .traces
+                    .entry(addressee.assignment_id.clone())
+                    .or_insert_with(|| traceparent.to_string());
+            }
+            if let Some(assignment) = &addressee.assignment {
+                let case_id = if assignment.case_id.is_empty() {
+                    event.case_id.clone()
+                } else {
+                    assignment.case_id.clone()
+                };
+                let model = assignment::Model {
+                    assignment_id: assignment.assignment_id.clone(),
+                    department_code: department_code.to_string(),
+                    case_id,
+                    status: assignment.status,
+                    version: i64::try_from(assignment.version).unwrap_or(i64::MAX),
+                    assignment: assignment.encode_to_vec(),
+                    updated_at_ms: now_ms,
+                };
+                // the newest version wins, a later one of the same version too (as the upsert)
+                match self.rows.assignments.get(&model.assignment_id) {
+                    Some(kept) if kept.version > model.version => {}
+                    _ => {
+                        self.bytes += model.assignment.len();
+                        self.rows
+                            .assignments
+                            .insert(model.assignment_id.clone(), model);
+                    }
+                }
+            }
+            // debug, not info: at load this line was a tenth of the gateway's CPU, and the notice is
+            // kept in the notice table, its event counted in whistle_inbox_applied_total
+            tracing::debug!(
+                department = %department_code,
+                sequence,
+                kind = %kind,
+                case_id = %event.case_id,
+                assignment_id = %addressee.assignment_id,
+                "notice recorded"
+            );
         }
+        Ok(())
     }
 }
 
@@ -288,16 +367,13 @@ impl EventHandler for NoticeRecorder {
             }
         }
         let now_ms = to_millis(self.clock.now());
-        let kind = envelope::kind(payload).label();
         let encoded = event.encode_to_vec();
         let traceparent = whistle_platform::telemetry::current_traceparent();
         let overflow = {
             let mut pending = self.pending();
-            Self::gather(
-                &mut pending,
+            pending.gather(
                 subject,
                 event,
-                &kind,
                 &encoded,
                 traceparent.as_deref(),
                 addressed,
@@ -326,89 +402,6 @@ impl EventHandler for NoticeRecorder {
 
     fn after_commit(&self) {
         self.signal.notify();
-    }
-}
-
-impl NoticeRecorder {
-    /// Numbers the event's notices and adds their rows to the batch's.
-    #[allow(clippy::too_many_arguments)]
-    fn gather(
-        pending: &mut PendingNotices,
-        subject: &str,
-        event: &Event,
-        kind: &str,
-        encoded: &[u8],
-        traceparent: Option<&str>,
-        addressed: Vec<Addressee>,
-        now_ms: i64,
-    ) -> Result<(), HandleError> {
-        for addressee in addressed {
-            let department_code = addressee.department_code.as_str();
-            let Some(last) = pending.last_sequence.get_mut(department_code) else {
-                return Err(HandleError::Transient(DbErr::Custom(format!(
-                    "the notice counter of {department_code} was not taken at the start of the batch"
-                ))));
-            };
-            *last += 1;
-            let sequence = *last;
-            pending.raised.insert(department_code.to_string(), sequence);
-            pending.notices.push(notice::ActiveModel {
-                department_code: Set(department_code.to_string()),
-                sequence: Set(sequence),
-                event_id: Set(event.event_id.clone()),
-                subject: Set(subject.to_string()),
-                kind: Set(kind.to_string()),
-                case_id: Set(event.case_id.clone()),
-                assignment_id: Set(addressee.assignment_id.clone()),
-                event: Set(encoded.to_vec()),
-                created_at_ms: Set(now_ms),
-                ..Default::default()
-            });
-            pending.bytes += encoded.len();
-            if let Some(traceparent) = traceparent {
-                pending
-                    .traces
-                    .entry(addressee.assignment_id.clone())
-                    .or_insert_with(|| traceparent.to_string());
-            }
-            if let Some(assignment) = &addressee.assignment {
-                let case_id = if assignment.case_id.is_empty() {
-                    event.case_id.clone()
-                } else {
-                    assignment.case_id.clone()
-                };
-                let model = assignment::Model {
-                    assignment_id: assignment.assignment_id.clone(),
-                    department_code: department_code.to_string(),
-                    case_id,
-                    status: assignment.status,
-                    version: i64::try_from(assignment.version).unwrap_or(i64::MAX),
-                    assignment: assignment.encode_to_vec(),
-                    updated_at_ms: now_ms,
-                };
-                // the newest version wins, a later one of the same version too (as the upsert)
-                match pending.assignments.get(&model.assignment_id) {
-                    Some(kept) if kept.version > model.version => {}
-                    _ => {
-                        pending.bytes += model.assignment.len();
-                        pending
-                            .assignments
-                            .insert(model.assignment_id.clone(), model);
-                    }
-                }
-            }
-            // debug, not info: at load this line was a tenth of the gateway's CPU, and the notice is
-            // kept in the notice table, its event counted in whistle_inbox_applied_total
-            tracing::debug!(
-                department = %department_code,
-                sequence,
-                kind = %kind,
-                case_id = %event.case_id,
-                assignment_id = %addressee.assignment_id,
-                "notice recorded"
-            );
-        }
-        Ok(())
     }
 }
 

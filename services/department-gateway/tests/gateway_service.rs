@@ -16,7 +16,7 @@ use whistle_department_gateway::storage::{delivery_cursor, notice};
 use whistle_platform::SystemClock;
 use whistle_platform::envelope::{self, Event, Payload};
 use whistle_platform::local_nats::{LocalNatsServer, free_port};
-use whistle_platform::testing::{TestBed, publish_like_relay, serve};
+use whistle_platform::testing::{TestBed, demo_region, publish_like_relay, serve};
 use whistle_proto::events::{
     AssignmentAcknowledged, AssignmentClock, AssignmentProgressed, CaseDeferred, CaseEscalated,
     WhistleIssued,
@@ -26,7 +26,7 @@ use whistle_proto::gateway::{
     AcknowledgeRequest, CheckInRequest, ListAssignmentsRequest, Notice, ReportProgressRequest,
     RequestExtensionRequest, ResolveRequest, ReturnRequest, SubscribeRequest,
 };
-use whistle_proto::types::{Assignment, AssignmentRole, AssignmentStatus, Region, Severity};
+use whistle_proto::types::{Assignment, AssignmentRole, AssignmentStatus, Severity};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -116,17 +116,6 @@ fn authed<T>(message: T, token: &str) -> Request<T> {
     request
 }
 
-fn region() -> Region {
-    Region {
-        city_code: "420300".into(),
-        district_code: "420303".into(),
-        street_code: "420303003".into(),
-        street_slug: "chechenglu".into(),
-        community_code: "420303003001".into(),
-        grid_code: "420303003001001".into(),
-    }
-}
-
 fn assignment(
     assignment_id: &str,
     case_id: &str,
@@ -152,7 +141,7 @@ fn whistle_issued(assignment: Assignment) -> Event {
         "whistle-dispatch",
         &case_id,
         2,
-        Some(region()),
+        Some(demo_region()),
         Payload::WhistleIssued(WhistleIssued {
             assignment: Some(assignment),
             category_code: "E-01-03".into(),
@@ -171,7 +160,7 @@ fn acknowledged(assignment: Assignment) -> Event {
         "whistle-dispatch",
         &case_id,
         3,
-        Some(region()),
+        Some(demo_region()),
         Payload::AssignmentAcknowledged(AssignmentAcknowledged {
             assignment: Some(assignment),
             within_limit: true,
@@ -186,7 +175,7 @@ fn progressed(assignment: Assignment, note: &str) -> Event {
         "whistle-dispatch",
         &case_id,
         4,
-        Some(region()),
+        Some(demo_region()),
         Payload::AssignmentProgressed(AssignmentProgressed {
             assignment: Some(assignment),
             note: note.into(),
@@ -510,7 +499,7 @@ async fn escalations_reach_the_supervision_department_and_deferrals_the_departme
         "whistle-dispatch",
         "case-9",
         4,
-        Some(region()),
+        Some(demo_region()),
         Payload::CaseEscalated(CaseEscalated {
             assignment_id: "a-sanitation".into(),
             department_code: "zw-sanitation".into(),
@@ -526,7 +515,7 @@ async fn escalations_reach_the_supervision_department_and_deferrals_the_departme
         "whistle-dispatch",
         "case-9",
         5,
-        Some(region()),
+        Some(demo_region()),
         Payload::CaseAccepted(whistle_proto::events::CaseAccepted {
             accepted_by: "op".into(),
         }),
@@ -536,7 +525,7 @@ async fn escalations_reach_the_supervision_department_and_deferrals_the_departme
         "whistle-dispatch",
         "case-9",
         6,
-        Some(region()),
+        Some(demo_region()),
         Payload::CaseDeferred(CaseDeferred {
             deferred_by: "op".into(),
             reason: "等待预算".into(),

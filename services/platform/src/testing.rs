@@ -64,6 +64,18 @@ impl TestBed {
 }
 
 /// Publishes an event with the relay's headers and `Nats-Msg-Id` = `message_id`; waits for the ack.
+/// The demo catalogue's 车城路 street (十堰市 张湾区), a region every test event can carry.
+pub fn demo_region() -> whistle_proto::types::Region {
+    whistle_proto::types::Region {
+        city_code: "420300".into(),
+        district_code: "420303".into(),
+        street_code: "420303003".into(),
+        street_slug: "chechenglu".into(),
+        community_code: "420303003001".into(),
+        grid_code: "420303003001001".into(),
+    }
+}
+
 pub async fn publish_like_relay(jetstream: &jetstream::Context, event: &Event, message_id: &str) {
     let outbox = envelope::to_outbox(event).expect("envelope");
     let headers = crate::outbox::headers_for(message_id, &outbox.headers);
@@ -381,14 +393,7 @@ pub mod arbitrary {
     }
 
     fn region() -> BoxedStrategy<Option<Region>> {
-        let demo = Region {
-            city_code: "420300".into(),
-            district_code: "420303".into(),
-            street_code: "420303003".into(),
-            street_slug: "chechenglu".into(),
-            community_code: "420303003001".into(),
-            grid_code: "420303003001001".into(),
-        };
+        let demo = super::demo_region();
         prop_oneof![
             1 => Just(None),
             3 => Just(Some(demo)),
