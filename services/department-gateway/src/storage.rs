@@ -8,6 +8,7 @@ use sea_orm::{
 };
 use sea_orm_migration::prelude::*;
 use std::collections::BTreeSet;
+use whistle_platform::db::statement_sizes;
 
 pub mod department {
     use sea_orm::entity::prelude::*;
@@ -206,8 +207,6 @@ pub async fn credential_of_token<C: ConnectionTrait>(
         .one(connection)
         .await
 }
-
-use whistle_platform::db::statement_sizes;
 
 /// Creates the notice counters of `department_codes` that do not exist yet, locks them all until
 /// the transaction ends, in ascending code order (PostgreSQL; SQLite has one writer at a time and

@@ -1303,8 +1303,9 @@ async fn news_waits_for_its_case(database_url: Option<String>) {
     .await;
     assert_eq!(case.reports[1].report_id, "r-early");
     assert_eq!(case.status, CaseStatus::Whistled as i32);
+    // the case is committed before the relay publishes its events: wait for them, then count
     assert_eq!(
-        whistle_events(&h.bed, &case_id, "report_merged")
+        wait_for_whistle_events(&h.bed, &case_id, "report_merged", 3)
             .await
             .len(),
         3
