@@ -7,7 +7,7 @@ use crate::grpc::{EvaluationGrpc, SOURCE};
 use crate::storage::Migrator;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
-use whistle_platform::clock::SharedClock;
+use whistle_platform::clock::{SharedClock, to_millis};
 use whistle_platform::grpc::{GrpcListener, HealthProbe};
 use whistle_platform::inbox::{ConsumerSpec, run_consumer};
 use whistle_platform::outbox::{OutboxRelay, OutboxSignal};
@@ -43,7 +43,7 @@ pub async fn run(
         crate::catalogue::load(&db, file).await?;
     }
     // rows kept before tallies existed: decided once, before any card is served
-    let tallied = crate::cards::tally_missing(&db).await?;
+    let tallied = crate::cards::tally_missing(&db, to_millis(clock.now())).await?;
     if tallied > 0 {
         tracing::info!(
             cases = tallied,
@@ -64,9 +64,6 @@ pub async fn run(
     );
     let relay_task = tokio::spawn(relay.run(shutdown.clone()));
 
-    let handler = Arc::new(EvaluationEvents {
-        clock: clock.clone(),
-    });
     let consumers = [
         (nats::CASES_STREAM, CASES_CONSUMER, "case.v1.>"),
         (nats::WHISTLES_STREAM, WHISTLES_CONSUMER, "whistle.v1.>"),
@@ -87,7 +84,8 @@ pub async fn run(
                 filter_subject: filter_subject.to_string(),
                 max_batch: config.evaluation.consumer_max_batch,
             },
-            handler.clone(),
+            // each consumer keeps its batch in progress in its own handler
+            Arc::new(EvaluationEvents::new(clock.clone())),
             shutdown.clone(),
         ))
     });

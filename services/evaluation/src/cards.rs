@@ -362,8 +362,8 @@ pub async fn after_close<C: ConnectionTrait>(
 }
 
 /// Decides the tallies of rows kept before tallies existed, a batch of cases per transaction;
-/// returns how many cases were decided. Run at start-up before the cards are served.
-pub async fn tally_missing(db: &sea_orm::DatabaseConnection) -> Result<u64, DbErr> {
+/// returns how many cases were decided. Run at start-up (`now_ms`) before the cards are served.
+pub async fn tally_missing(db: &sea_orm::DatabaseConnection, now_ms: i64) -> Result<u64, DbErr> {
     let mut decided = 0;
     loop {
         let transaction = db.begin().await?;
@@ -377,9 +377,10 @@ pub async fn tally_missing(db: &sea_orm::DatabaseConnection) -> Result<u64, DbEr
             .map(|case_id| storage::case_lock_key(case_id))
             .collect();
         whistle_platform::db::lock_keys(&transaction, keys.iter().map(String::as_str)).await?;
-        for case_id in &cases {
-            storage::retally_case(&transaction, case_id).await?;
-        }
+        let mut batch = crate::case_batch::CaseBatch::default();
+        batch.hold(crate::case_batch::CaseBatch::read(&transaction, &cases).await?);
+        batch.retally_all();
+        batch.write(&transaction, now_ms).await?;
         transaction.commit().await?;
         decided += cases.len() as u64;
     }

@@ -4,6 +4,7 @@
 //! (return decided, verdicts, overdue, escalation, deferral, 自办) are stored as the events publish
 //! them and folded when scoring; nothing is inferred.
 
+use crate::case_batch::CaseBatch;
 use crate::domain::{
     self, AssignmentRole, AssignmentSnapshot, AssignmentState, CallbackResult, CaseFact,
     CaseRegion, FactKind, Milestone,
@@ -11,7 +12,7 @@ use crate::domain::{
 use crate::storage::{self, callback, milestone, period_state, rating};
 use sea_orm::{DatabaseTransaction, DbErr};
 use whistle_platform::clock::{SharedClock, from_proto_timestamp, to_millis};
-use whistle_platform::envelope::{Event, Payload};
+use whistle_platform::envelope::{self, Event, Payload};
 use whistle_platform::inbox::{BatchEvent, EventHandler, HandleError};
 use whistle_proto::events::{
     EvaluationCooperationRated, EvaluationPeriodClosed, EvaluationPeriodReopened,
@@ -27,10 +28,15 @@ pub const WHISTLES_CONSUMER: &str = "evaluation-whistles";
 /// scorecards follow from the event history alone.
 pub const EVALUATION_CONSUMER: &str = "evaluation-own";
 
-/// Applies case and whistle events to evaluation's tables.
-#[derive(Debug, Clone)]
+/// Applies case and whistle events to evaluation's tables. Case and whistle events change a
+/// batch's working copy of their cases ([`CaseBatch`]), written just before the commit; ratings,
+/// call-backs and period events (evaluation's own, rare) are written as they come, into tables the
+/// copy never holds. A consumer applies one batch at a time, so each consumer needs its own
+/// handler.
+#[derive(Debug)]
 pub struct EvaluationEvents {
-    pub clock: SharedClock,
+    clock: SharedClock,
+    batch: std::sync::Mutex<CaseBatch>,
 }
 
 /// What one whistle event adds to its assignment's snapshot.
@@ -56,21 +62,85 @@ fn lock_key(event: &Event) -> Option<String> {
     }
 }
 
+/// The cases a case or whistle event changes (its own, and its assignment's when that names one).
+fn cases_of(event: &Event) -> Vec<String> {
+    let Some(payload) = event.payload.as_ref() else {
+        return Vec::new();
+    };
+    if envelope::kind(payload).family == "evaluation" {
+        return Vec::new();
+    }
+    let mut cases = Vec::with_capacity(1);
+    if !event.case_id.is_empty() {
+        cases.push(event.case_id.clone());
+    }
+    if let Some(assignment) = envelope::assignment_of(payload)
+        && !assignment.case_id.is_empty()
+        && assignment.case_id != event.case_id
+    {
+        cases.push(assignment.case_id.clone());
+    }
+    cases
+}
+
+impl EvaluationEvents {
+    pub fn new(clock: SharedClock) -> Self {
+        Self {
+            clock,
+            batch: std::sync::Mutex::default(),
+        }
+    }
+
+    fn batch(&self) -> std::sync::MutexGuard<'_, CaseBatch> {
+        // a panic while the lock was held leaves a copy the next batch's `before_batch` discards
+        self.batch
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Reads the cases the batch does not hold yet.
+    async fn read_cases(
+        &self,
+        transaction: &DatabaseTransaction,
+        mut case_ids: Vec<String>,
+    ) -> Result<(), DbErr> {
+        {
+            let batch = self.batch();
+            case_ids.retain(|case_id| !batch.holds(case_id));
+        }
+        if case_ids.is_empty() {
+            return Ok(());
+        }
+        case_ids.sort_unstable();
+        case_ids.dedup();
+        let views = CaseBatch::read(transaction, &case_ids).await?;
+        self.batch().hold(views);
+        Ok(())
+    }
+}
+
 impl EventHandler for EvaluationEvents {
-    /// Every case (and period) of the batch is locked before any event is applied: the three
+    /// Every case (and period) of the batch is locked before anything is read: the three
     /// consumers, and every replica's, merge events into the same rows, and two merges of one case
     /// at once on PostgreSQL would each start from the row as it was, the later write dropping the
-    /// earlier event (seen as a resolution missing from a scorecard with two replicas).
+    /// earlier event (seen as a resolution missing from a scorecard with two replicas). Then the
+    /// batch's cases are read, once.
     async fn before_batch(
         &self,
         transaction: &DatabaseTransaction,
         events: &[BatchEvent<'_>],
     ) -> Result<(), DbErr> {
+        *self.batch() = CaseBatch::default();
         let keys: Vec<String> = events
             .iter()
             .filter_map(|batch_event| lock_key(batch_event.event))
             .collect();
-        whistle_platform::db::lock_keys(transaction, keys.iter().map(String::as_str)).await
+        whistle_platform::db::lock_keys(transaction, keys.iter().map(String::as_str)).await?;
+        let cases = events
+            .iter()
+            .flat_map(|batch_event| cases_of(batch_event.event))
+            .collect();
+        self.read_cases(transaction, cases).await
     }
 
     async fn handle(
@@ -79,16 +149,69 @@ impl EventHandler for EvaluationEvents {
         _subject: &str,
         event: &Event,
     ) -> Result<(), HandleError> {
-        let now_ms = to_millis(self.clock.now());
         let Some(payload) = &event.payload else {
             return Err(HandleError::Rejected("event has no payload".into()));
         };
-        // where the case is (who may rate it) and whether it is closed (call-backs)
-        let closed = match payload {
-            Payload::CaseClosed(_) => Some((true, event.case_version)),
-            Payload::CaseReopened(_) => Some((false, event.case_version)),
-            _ => None,
-        };
+        match payload {
+            Payload::EvaluationCooperationRated(rated) => {
+                return apply_rating(transaction, event, rated).await;
+            }
+            Payload::EvaluationSatisfactionRecorded(recorded) => {
+                return apply_callback(transaction, event, recorded).await;
+            }
+            Payload::EvaluationPeriodClosed(closed) => {
+                return apply_period_closed(transaction, event, closed).await;
+            }
+            Payload::EvaluationPeriodReopened(reopened) => {
+                return apply_period_reopened(transaction, event, reopened).await;
+            }
+            // dispatch's notices to departments (a merged report, photos, recurrence): no clock,
+            // no status, nothing evaluation counts
+            Payload::AssignmentReportMerged(_)
+            | Payload::AssignmentEvidenceAttached(_)
+            | Payload::AssignmentRecurrent(_) => return Ok(()),
+            _ => {}
+        }
+        // checked whole before the batch's copy changes, so a rejected event leaves it as it was
+        let change = CaseChange::of(event, payload).map_err(HandleError::Rejected)?;
+        // the batch read its cases at its start; an event handled alone reads its own here
+        self.read_cases(transaction, cases_of(event)).await?;
+        let now_ms = to_millis(self.clock.now());
+        change.apply(&mut self.batch(), now_ms)?;
+        Ok(())
+    }
+
+    /// Decides the tallies of the batch's cases and writes what its events changed.
+    async fn before_commit(&self, transaction: &DatabaseTransaction) -> Result<(), DbErr> {
+        let batch = std::mem::take(&mut *self.batch());
+        batch.write(transaction, to_millis(self.clock.now())).await
+    }
+}
+
+/// What an event says of its case: where it is and (a close or a reopening) its status, with the
+/// case version that set it.
+#[derive(Debug)]
+struct StateNote {
+    case_id: String,
+    region: Option<CaseRegion>,
+    closed: Option<(bool, u64)>,
+}
+
+/// What one case or whistle event changes in its case, checked whole before anything changes.
+#[derive(Debug, Default)]
+struct CaseChange {
+    /// The case the event names, remembered.
+    case_id: String,
+    state: Option<StateNote>,
+    /// The assignment's snapshot and the verdict the event reports.
+    assignment: Option<(AssignmentSnapshot, Option<(Milestone, bool)>)>,
+    milestone: Option<milestone::Model>,
+    facts: Vec<CaseFact>,
+}
+
+impl CaseChange {
+    fn of(event: &Event, payload: &Payload) -> Result<Self, String> {
+        let mut change = CaseChange::default();
         if matches!(
             payload,
             Payload::CaseReported(_)
@@ -102,7 +225,17 @@ impl EventHandler for EvaluationEvents {
                 street_code: region.street_code.clone(),
                 community_code: region.community_code.clone(),
             });
-            storage::note_case_state(transaction, &event.case_id, region.as_ref(), closed).await?;
+            // where the case is (who may rate it) and whether it is closed (call-backs)
+            let closed = match payload {
+                Payload::CaseClosed(_) => Some((true, event.case_version)),
+                Payload::CaseReopened(_) => Some((false, event.case_version)),
+                _ => None,
+            };
+            change.state = Some(StateNote {
+                case_id: event.case_id.clone(),
+                region,
+                closed,
+            });
         }
         let (assignment, extras) = match payload {
             Payload::WhistleIssued(issued) => (&issued.assignment, WhistleExtras::default()),
@@ -181,101 +314,150 @@ impl EventHandler for EvaluationEvents {
                 },
             ),
             Payload::CaseVerified(verified) => {
-                let case_id = case_id_of(event)?;
-                let facts = verified
+                let decisions = verified
                     .verdicts
                     .iter()
-                    .map(|verdict| (verdict.assignment_id.as_str(), verdict.passed))
-                    .collect::<Vec<_>>();
-                return record_facts(transaction, event, case_id, FactKind::Verdict, &facts, now_ms)
-                    .await;
+                    .map(|verdict| (verdict.assignment_id.as_str(), verdict.passed));
+                return change.with_facts(event, FactKind::Verdict, decisions);
             }
             Payload::CaseEscalated(escalated) => {
-                let case_id = case_id_of(event)?;
                 let assignment_id = escalated
                     .assignment
                     .as_ref()
                     .map(|assignment| assignment.assignment_id.as_str())
                     .filter(|id| !id.is_empty())
                     .unwrap_or(escalated.assignment_id.as_str());
-                let facts = [(assignment_id, false)];
-                return record_facts(
-                    transaction,
-                    event,
-                    case_id,
-                    FactKind::Escalated,
-                    &facts,
-                    now_ms,
-                )
-                .await;
+                return change.with_facts(event, FactKind::Escalated, [(assignment_id, false)]);
             }
             Payload::CaseDeferred(deferred) => {
-                let case_id = case_id_of(event)?;
-                let facts = deferred
+                let decisions = deferred
                     .assignments
                     .iter()
-                    .map(|clock| (clock.assignment_id.as_str(), false))
-                    .collect::<Vec<_>>();
-                return record_facts(transaction, event, case_id, FactKind::Deferred, &facts, now_ms)
-                    .await;
+                    .map(|clock| (clock.assignment_id.as_str(), false));
+                return change.with_facts(event, FactKind::Deferred, decisions);
             }
             Payload::CaseResumed(resumed) => {
-                let case_id = case_id_of(event)?;
-                let facts = resumed
+                let decisions = resumed
                     .assignments
                     .iter()
-                    .map(|clock| (clock.assignment_id.as_str(), false))
-                    .collect::<Vec<_>>();
-                return record_facts(transaction, event, case_id, FactKind::Resumed, &facts, now_ms)
-                    .await;
+                    .map(|clock| (clock.assignment_id.as_str(), false));
+                return change.with_facts(event, FactKind::Resumed, decisions);
             }
             Payload::CaseResolvedLocally(_) => {
-                let case_id = case_id_of(event)?;
-                return record_facts(
-                    transaction,
-                    event,
-                    case_id,
-                    FactKind::ResolvedLocally,
-                    &[("", false)],
-                    now_ms,
-                )
-                .await;
+                return change.with_facts(event, FactKind::ResolvedLocally, [("", false)]);
             }
+            // closing follows a passed verification whose verdicts were stored; a reopening
+            // follows a failed one, whose verdicts name the reworked assignments
             Payload::CaseReported(_)
             | Payload::CaseMerged(_)
             | Payload::CaseAccepted(_)
             | Payload::CaseRejected(_)
-            // closing follows a passed verification whose verdicts were stored; a reopening follows
-            // a failed one, whose verdicts name the reworked assignments
             | Payload::CaseClosed(_)
             | Payload::CaseReopened(_)
             | Payload::CaseEvidenceAttached(_)
             | Payload::CaseRecurrent(_)
-            | Payload::ReportSplit(_) => return remember(transaction, event, now_ms).await,
-            Payload::EvaluationCooperationRated(rated) => {
-                return apply_rating(transaction, event, rated).await;
+            | Payload::ReportSplit(_) => {
+                change.case_id = case_id_of(event)?.to_string();
+                return Ok(change);
             }
-            Payload::EvaluationSatisfactionRecorded(recorded) => {
-                return apply_callback(transaction, event, recorded).await;
-            }
-            Payload::EvaluationPeriodClosed(closed) => {
-                return apply_period_closed(transaction, event, closed).await;
-            }
-            Payload::EvaluationPeriodReopened(reopened) => {
-                return apply_period_reopened(transaction, event, reopened).await;
-            }
-            // dispatch's notices to departments (a merged report, photos, recurrence): no clock,
-            // no status, nothing evaluation counts
-            Payload::AssignmentReportMerged(_)
+            Payload::EvaluationCooperationRated(_)
+            | Payload::EvaluationSatisfactionRecorded(_)
+            | Payload::EvaluationPeriodClosed(_)
+            | Payload::EvaluationPeriodReopened(_)
+            | Payload::AssignmentReportMerged(_)
             | Payload::AssignmentEvidenceAttached(_)
-            | Payload::AssignmentRecurrent(_) => return Ok(()),
+            | Payload::AssignmentRecurrent(_) => {
+                return Err(format!(
+                    "{} changes no case's facts",
+                    envelope::kind(payload).label()
+                ));
+            }
         };
         let Some(assignment) = assignment else {
-            return Err(HandleError::Rejected(
-                "whistle event carries no assignment".into(),
-            ));
+            return Err("whistle event carries no assignment".into());
         };
-        apply_assignment(transaction, event, assignment, extras, now_ms).await
+        let mut snapshot = snapshot_of(assignment, &event.case_id)?;
+        if let Some(flag) = extras.raised_flag {
+            raise_flag(&mut snapshot, flag);
+        }
+        if let Some(new_resolve_by_ms) = extras.new_resolve_by_ms {
+            snapshot.resolve_by_ms = Some(
+                snapshot
+                    .resolve_by_ms
+                    .map_or(new_resolve_by_ms, |known| known.max(new_resolve_by_ms)),
+            );
+        }
+        if let Some(kind) = milestone_of(event) {
+            change.milestone = Some(milestone::Model {
+                event_id: event.event_id.clone(),
+                assignment_id: snapshot.assignment_id.clone(),
+                kind: kind.to_string(),
+                occurred_at_ms: occurred_at(event)?,
+            });
+        }
+        if let Some((kind, flag)) = extras.fact {
+            change.facts.push(CaseFact {
+                event_id: event.event_id.clone(),
+                case_id: snapshot.case_id.clone(),
+                assignment_id: snapshot.assignment_id.clone(),
+                kind,
+                flag,
+                occurred_at_ms: occurred_at(event)?,
+            });
+        }
+        change.case_id.clone_from(&snapshot.case_id);
+        change.assignment = Some((snapshot, extras.verdict));
+        Ok(change)
+    }
+
+    /// What a case event decided about each named assignment (empty id: the whole case).
+    fn with_facts<'a>(
+        mut self,
+        event: &Event,
+        kind: FactKind,
+        decisions: impl IntoIterator<Item = (&'a str, bool)>,
+    ) -> Result<Self, String> {
+        let case_id = case_id_of(event)?;
+        let occurred_at_ms = occurred_at(event)?;
+        for (assignment_id, flag) in decisions {
+            if assignment_id.is_empty() && kind != FactKind::ResolvedLocally {
+                return Err(format!("{} fact names no assignment", kind.as_str()));
+            }
+            self.facts.push(CaseFact {
+                event_id: event.event_id.clone(),
+                case_id: case_id.to_string(),
+                assignment_id: assignment_id.to_string(),
+                kind,
+                flag,
+                occurred_at_ms,
+            });
+        }
+        self.case_id = case_id.to_string();
+        Ok(self)
+    }
+
+    /// Changes the batch's copy of the case (read already).
+    fn apply(self, batch: &mut CaseBatch, now_ms: i64) -> Result<(), DbErr> {
+        if let Some(note) = &self.state {
+            batch.note_state(&note.case_id, note.region.as_ref(), note.closed)?;
+        }
+        batch.remember(&self.case_id, now_ms);
+        if let Some((snapshot, verdict)) = &self.assignment {
+            let merged = batch.merge_assignment(snapshot, *verdict)?;
+            tracing::debug!(
+                assignment_id = %merged.assignment_id,
+                department_code = %merged.department_code,
+                state = merged.state.as_str(),
+                "assignment facts updated"
+            );
+        }
+        if let Some(milestone) = self.milestone {
+            batch.add_milestone(milestone);
+        }
+        for fact in self.facts {
+            batch.add_fact(fact)?;
+        }
+        Ok(())
     }
 }
 
@@ -291,7 +473,9 @@ async fn apply_rating(
         ));
     }
     let score = domain::parse_cooperation_score(rated.score).map_err(HandleError::Rejected)?;
-    let rated_at_ms = millis(rated.rated_at.as_ref()).map_or_else(|| occurred_at(event), Ok)?;
+    let rated_at_ms = millis(rated.rated_at.as_ref())
+        .map_or_else(|| occurred_at(event), Ok)
+        .map_err(HandleError::Rejected)?;
     storage::apply_rating(
         transaction,
         &event.event_id,
@@ -314,15 +498,16 @@ async fn apply_callback(
     event: &Event,
     recorded: &EvaluationSatisfactionRecorded,
 ) -> Result<(), HandleError> {
-    let case_id = case_id_of(event)?;
+    let case_id = case_id_of(event).map_err(HandleError::Rejected)?;
     if recorded.callback_id.is_empty() || CallbackResult::parse(&recorded.result).is_none() {
         return Err(HandleError::Rejected(format!(
             "call-back {:?} has no id or an unknown result {:?}",
             recorded.callback_id, recorded.result
         )));
     }
-    let recorded_at_ms =
-        millis(recorded.recorded_at.as_ref()).map_or_else(|| occurred_at(event), Ok)?;
+    let recorded_at_ms = millis(recorded.recorded_at.as_ref())
+        .map_or_else(|| occurred_at(event), Ok)
+        .map_err(HandleError::Rejected)?;
     storage::remember_case(transaction, case_id, recorded_at_ms).await?;
     storage::insert_callback(
         transaction,
@@ -353,7 +538,7 @@ async fn apply_period_closed(
             closed.period
         )));
     }
-    let occurred_at_ms = occurred_at(event)?;
+    let occurred_at_ms = occurred_at(event).map_err(HandleError::Rejected)?;
     storage::apply_period_event(
         transaction,
         period_state::Model {
@@ -388,7 +573,7 @@ async fn apply_period_reopened(
             frozen_scorecards_json: String::new(),
             scoring_config: String::new(),
             reopen_reason: reopened.reason.clone(),
-            last_event_at_ms: occurred_at(event)?,
+            last_event_at_ms: occurred_at(event).map_err(HandleError::Rejected)?,
             last_event_id: event.event_id.clone(),
         },
     )
@@ -412,128 +597,15 @@ fn millis(timestamp: Option<&prost_types::Timestamp>) -> Option<i64> {
     timestamp.and_then(from_proto_timestamp).map(to_millis)
 }
 
-fn occurred_at(event: &Event) -> Result<i64, HandleError> {
-    millis(event.occurred_at.as_ref())
-        .ok_or_else(|| HandleError::Rejected("event has no valid occurred_at".into()))
+fn occurred_at(event: &Event) -> Result<i64, String> {
+    millis(event.occurred_at.as_ref()).ok_or_else(|| "event has no valid occurred_at".to_string())
 }
 
-fn case_id_of(event: &Event) -> Result<&str, HandleError> {
+fn case_id_of(event: &Event) -> Result<&str, String> {
     if event.case_id.is_empty() {
-        return Err(HandleError::Rejected("event has no case_id".into()));
+        return Err("event has no case_id".into());
     }
     Ok(&event.case_id)
-}
-
-async fn remember(
-    transaction: &DatabaseTransaction,
-    event: &Event,
-    now_ms: i64,
-) -> Result<(), HandleError> {
-    storage::remember_case(transaction, case_id_of(event)?, now_ms).await?;
-    Ok(())
-}
-
-/// Stores what one case event decided about each named assignment (empty id: the whole case).
-async fn record_facts(
-    transaction: &DatabaseTransaction,
-    event: &Event,
-    case_id: &str,
-    kind: FactKind,
-    decisions: &[(&str, bool)],
-    now_ms: i64,
-) -> Result<(), HandleError> {
-    let occurred_at_ms = occurred_at(event)?;
-    storage::remember_case(transaction, case_id, now_ms).await?;
-    for (assignment_id, flag) in decisions {
-        if assignment_id.is_empty() && kind != FactKind::ResolvedLocally {
-            return Err(HandleError::Rejected(format!(
-                "{} fact names no assignment",
-                kind.as_str()
-            )));
-        }
-        let fact = CaseFact {
-            event_id: event.event_id.clone(),
-            case_id: case_id.to_string(),
-            assignment_id: (*assignment_id).to_string(),
-            kind,
-            flag: *flag,
-            occurred_at_ms,
-        };
-        storage::record_fact(transaction, &fact).await?;
-    }
-    storage::retally_case(transaction, case_id).await?;
-    tracing::debug!(
-        case_id,
-        kind = kind.as_str(),
-        count = decisions.len(),
-        "facts recorded"
-    );
-    Ok(())
-}
-
-async fn apply_assignment(
-    transaction: &DatabaseTransaction,
-    event: &Event,
-    assignment: &Assignment,
-    extras: WhistleExtras,
-    now_ms: i64,
-) -> Result<(), HandleError> {
-    let mut snapshot = snapshot_of(assignment, &event.case_id).map_err(HandleError::Rejected)?;
-    if let Some(flag) = extras.raised_flag {
-        raise_flag(&mut snapshot, flag);
-    }
-    if let Some(new_resolve_by_ms) = extras.new_resolve_by_ms {
-        snapshot.resolve_by_ms = Some(
-            snapshot
-                .resolve_by_ms
-                .map_or(new_resolve_by_ms, |known| known.max(new_resolve_by_ms)),
-        );
-    }
-    let existing = storage::find_assignment(transaction, &snapshot.assignment_id).await?;
-    if existing
-        .as_ref()
-        .is_some_and(|existing| existing.version > snapshot.version)
-    {
-        tracing::debug!(
-            assignment_id = %snapshot.assignment_id,
-            version = snapshot.version,
-            "older assignment version, keeping the newer snapshot"
-        );
-    }
-    let merged = domain::merge_snapshot(existing.as_ref(), &snapshot, extras.verdict);
-    storage::remember_case(transaction, &merged.case_id, now_ms).await?;
-    storage::save_assignment(transaction, &merged, now_ms).await?;
-    if let Some(kind) = milestone_of(event) {
-        storage::record_milestone(
-            transaction,
-            milestone::Model {
-                event_id: event.event_id.clone(),
-                assignment_id: merged.assignment_id.clone(),
-                kind: kind.to_string(),
-                occurred_at_ms: occurred_at(event)?,
-            },
-        )
-        .await?;
-    }
-    if let Some((kind, flag)) = extras.fact {
-        let fact = CaseFact {
-            event_id: event.event_id.clone(),
-            case_id: merged.case_id.clone(),
-            assignment_id: merged.assignment_id.clone(),
-            kind,
-            flag,
-            occurred_at_ms: occurred_at(event)?,
-        };
-        storage::record_fact(transaction, &fact).await?;
-    }
-    storage::retally_case(transaction, &merged.case_id).await?;
-    tracing::debug!(
-        assignment_id = %merged.assignment_id,
-        department_code = %merged.department_code,
-        state = merged.state.as_str(),
-        "assignment facts updated"
-    );
-    Ok(())
 }
 
 /// The evaluation view of an assignment as carried by a whistle event.

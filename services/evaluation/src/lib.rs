@@ -5,6 +5,7 @@
 
 pub mod app;
 pub mod cards;
+pub mod case_batch;
 pub mod catalogue;
 pub mod cells;
 pub mod config;

@@ -38,9 +38,7 @@ pub async fn apply(
     events: &[(String, Event)],
     now_ms: i64,
 ) -> anyhow::Result<()> {
-    let handler = EvaluationEvents {
-        clock: Arc::new(SystemClock),
-    };
+    let handler = EvaluationEvents::new(Arc::new(SystemClock));
     apply_history(
         db,
         &handler,

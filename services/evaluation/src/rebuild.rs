@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use whistle_platform::clock::{SharedClock, to_millis};
 use whistle_platform::config::{DatabaseConfig, NatsConfig};
 use whistle_platform::envelope;
-use whistle_platform::inbox::{EventHandler, HandleError, record_once};
+use whistle_platform::inbox::{BatchEvent, EventHandler, HandleError, record_once};
 use whistle_platform::{db, nats};
 
 /// Events applied per database transaction.
@@ -58,9 +58,7 @@ pub async fn rebuild(
             "the database at --into already holds evaluation facts; rebuild into an empty database"
         );
     }
-    let handler = EvaluationEvents {
-        clock: clock.clone(),
-    };
+    let handler = EvaluationEvents::new(clock.clone());
     let mut report = RebuildReport::default();
     for (stream_name, consumer_name) in [
         (nats::CASES_STREAM, CASES_CONSUMER),
@@ -147,6 +145,7 @@ async fn apply_batch(
     report: &mut RebuildReport,
 ) -> anyhow::Result<()> {
     let transaction = database.begin().await?;
+    let mut fresh = Vec::with_capacity(batch.len());
     for (subject, payload) in batch {
         let now_ms = to_millis(clock.now());
         let Ok(event) = envelope::decode(payload) else {
@@ -165,8 +164,16 @@ async fn apply_batch(
             report.duplicates += 1;
             continue;
         }
+        fresh.push((subject.as_str(), event));
+    }
+    let batch_events: Vec<BatchEvent<'_>> = fresh
+        .iter()
+        .map(|(subject, event)| BatchEvent { subject, event })
+        .collect();
+    handler.before_batch(&transaction, &batch_events).await?;
+    for (subject, event) in &fresh {
         let savepoint = transaction.begin().await?;
-        match handler.handle(&savepoint, subject, &event).await {
+        match handler.handle(&savepoint, subject, event).await {
             Ok(()) => {
                 savepoint.commit().await?;
                 report.applied += 1;
@@ -179,6 +186,7 @@ async fn apply_batch(
             Err(HandleError::Transient(error)) => return Err(error.into()),
         }
     }
+    handler.before_commit(&transaction).await?;
     transaction.commit().await?;
     Ok(())
 }

@@ -7,16 +7,14 @@ use crate::domain::{
     CooperationRating, DepartmentLevel, DerivedOutcome, FactKind, PeriodBounds, ReportedVerdict,
     SatisfactionCallback,
 };
-use sea_orm::sea_query::{Expr, OnConflict};
+use sea_orm::sea_query::OnConflict;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, Iterable, QueryFilter,
+    QueryOrder, QuerySelect,
 };
+use whistle_platform::db::{in_lists, statement_sizes};
 
 pub use migration::Migrator;
-
-/// How many values one `IN (...)` list carries at most.
-const IN_LIST_CHUNK: usize = 500;
 
 pub mod department {
     use sea_orm::entity::prelude::*;
@@ -364,7 +362,11 @@ fn facts_from_row(row: assignment::Model) -> Result<AssignmentFacts, DbErr> {
     })
 }
 
-fn row_from_facts(facts: &AssignmentFacts, now_ms: i64) -> assignment::ActiveModel {
+fn row_from_facts(
+    facts: &AssignmentFacts,
+    tally: &domain::Tally,
+    now_ms: i64,
+) -> assignment::ActiveModel {
     let verdict_parts = |verdict: Option<ReportedVerdict>| {
         (
             verdict.map(|verdict| verdict.within_limit),
@@ -405,10 +407,9 @@ fn row_from_facts(facts: &AssignmentFacts, now_ms: i64) -> assignment::ActiveMod
         reopen_count: Set(i32::try_from(facts.outcome.reopen_count).unwrap_or(i32::MAX)),
         return_accepted: Set(facts.outcome.return_accepted),
         updated_at_ms: Set(now_ms),
-        // written by `retally_case` only (the upsert leaves them as they are)
-        tally_bits: Set(None),
-        returns_rejected_count: Set(0),
-        due_from_ms: Set(None),
+        tally_bits: Set(Some(tally.bits)),
+        returns_rejected_count: Set(tally.returns_rejected),
+        due_from_ms: Set(tally.due_from_ms),
     }
 }
 
@@ -418,58 +419,27 @@ pub fn case_lock_key(case_id: &str) -> String {
     format!("case:{case_id}")
 }
 
-/// Decides every assignment of the case again from the case's facts and keeps what each adds to
-/// its department's card (`domain::Tally`); writes only the rows whose tally changed. Called after
-/// every change to an assignment or to its case's facts, inside the same transaction.
-pub async fn retally_case<C: ConnectionTrait>(connection: &C, case_id: &str) -> Result<(), DbErr> {
-    let rows = assignment::Entity::find()
-        .filter(assignment::Column::CaseId.eq(case_id))
-        .all(connection)
-        .await?;
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let facts = facts_on(connection, &[case_id.to_string()]).await?;
-    let mut deltas = crate::cells::Deltas::new();
-    for row in rows {
-        let stored = (row.tally_bits, row.returns_rejected_count, row.due_from_ms);
-        // an assignment's department and whistle time never change (dispatch fixes them when it
-        // whistles), so its old tally was counted in the same hour as its new one
-        let cell = (
-            row.department_code.clone(),
-            crate::cells::hour_of(row.whistled_at_ms),
-        );
-        let mut decided = facts_from_row(row)?;
-        decided.outcome = domain::derive_outcome(&decided, &facts);
-        let tally = domain::Tally::of(&decided);
-        if stored == (Some(tally.bits), tally.returns_rejected, tally.due_from_ms) {
-            continue;
-        }
-        let delta = deltas.entry(cell).or_default();
-        if let (Some(bits), returns_rejected, due_from_ms) = stored {
-            let old = domain::Tally {
+/// The assignments of the given cases, each with its tally as stored (`None` when never decided).
+pub async fn assignments_of_cases<C: ConnectionTrait>(
+    connection: &C,
+    case_ids: &[String],
+) -> Result<Vec<(AssignmentFacts, Option<domain::Tally>)>, DbErr> {
+    let mut assignments = Vec::new();
+    for list in in_lists(case_ids) {
+        for row in assignment::Entity::find()
+            .filter(assignment::Column::CaseId.is_in(list))
+            .all(connection)
+            .await?
+        {
+            let tally = row.tally_bits.map(|bits| domain::Tally {
                 bits,
-                returns_rejected,
-                due_from_ms,
-            };
-            delta.count(&old, -1);
+                returns_rejected: row.returns_rejected_count,
+                due_from_ms: row.due_from_ms,
+            });
+            assignments.push((facts_from_row(row)?, tally));
         }
-        delta.count(&tally, 1);
-        assignment::Entity::update_many()
-            .col_expr(assignment::Column::TallyBits, Expr::value(tally.bits))
-            .col_expr(
-                assignment::Column::ReturnsRejectedCount,
-                Expr::value(tally.returns_rejected),
-            )
-            .col_expr(
-                assignment::Column::DueFromMs,
-                Expr::value(tally.due_from_ms),
-            )
-            .filter(assignment::Column::AssignmentId.eq(decided.assignment_id.as_str()))
-            .exec(connection)
-            .await?;
     }
-    crate::cells::record(connection, &deltas).await
+    Ok(assignments)
 }
 
 /// Cases with an assignment whose tally was never decided (rows kept before tallies existed), at
@@ -501,50 +471,28 @@ pub async fn find_assignment<C: ConnectionTrait>(
         .transpose()
 }
 
-/// Inserts or replaces the facts of one assignment.
-pub async fn save_assignment<C: ConnectionTrait>(
+/// Inserts or replaces assignments, each with its facts, derived outcome and tally.
+pub async fn upsert_assignments<C: ConnectionTrait>(
     connection: &C,
-    facts: &AssignmentFacts,
+    assignments: &[(AssignmentFacts, domain::Tally)],
     now_ms: i64,
 ) -> Result<(), DbErr> {
-    use assignment::Column as A;
-    assignment::Entity::insert(row_from_facts(facts, now_ms))
-        .on_conflict(
-            OnConflict::column(A::AssignmentId)
-                .update_columns([
-                    A::CaseId,
-                    A::DepartmentCode,
-                    A::Role,
-                    A::State,
-                    A::Version,
-                    A::WhistledAtMs,
-                    A::AcknowledgeByMs,
-                    A::OnSiteByMs,
-                    A::ResolveByMs,
-                    A::RequiresOnSite,
-                    A::AcknowledgedAtMs,
-                    A::AcknowledgedWithinLimit,
-                    A::AcknowledgedVerdictVersion,
-                    A::OnSiteAtMs,
-                    A::OnSiteWithinLimit,
-                    A::OnSiteVerdictVersion,
-                    A::ResolvedAtMs,
-                    A::FirstResolvedAtMs,
-                    A::ResolvedWithinLimit,
-                    A::ResolvedVerdictVersion,
-                    A::ReturnedAtMs,
-                    A::Deferred,
-                    A::Extended,
-                    A::Escalated,
-                    A::Verified,
-                    A::ReopenCount,
-                    A::ReturnAccepted,
-                    A::UpdatedAtMs,
-                ])
-                .to_owned(),
-        )
-        .exec_without_returning(connection)
-        .await?;
+    let mut rows = assignments
+        .iter()
+        .map(|(facts, tally)| row_from_facts(facts, tally, now_ms));
+    for size in statement_sizes(assignments.len()) {
+        assignment::Entity::insert_many(rows.by_ref().take(size))
+            .on_conflict(
+                OnConflict::column(assignment::Column::AssignmentId)
+                    .update_columns(
+                        assignment::Column::iter()
+                            .filter(|column| !matches!(column, assignment::Column::AssignmentId)),
+                    )
+                    .to_owned(),
+            )
+            .exec_without_returning(connection)
+            .await?;
+    }
     Ok(())
 }
 
@@ -569,6 +517,27 @@ pub async fn remember_case<C: ConnectionTrait>(
     Ok(())
 }
 
+/// Notes that cases exist (with when each was first seen); keeps what is already known of them.
+pub async fn remember_cases<C: ConnectionTrait>(
+    connection: &C,
+    cases: &std::collections::BTreeMap<String, i64>,
+) -> Result<(), DbErr> {
+    let mut rows = cases
+        .iter()
+        .map(|(case_id, first_seen_at_ms)| case::ActiveModel {
+            case_id: Set(case_id.clone()),
+            first_seen_at_ms: Set(*first_seen_at_ms),
+            passed_verification_at_ms: Set(None),
+        });
+    for size in statement_sizes(cases.len()) {
+        case::Entity::insert_many(rows.by_ref().take(size))
+            .on_conflict_do_nothing_on([case::Column::CaseId])
+            .exec_without_returning(connection)
+            .await?;
+    }
+    Ok(())
+}
+
 /// Whether any event named the case.
 pub async fn case_known<C: ConnectionTrait>(connection: &C, case_id: &str) -> Result<bool, DbErr> {
     Ok(case::Entity::find_by_id(case_id)
@@ -577,23 +546,25 @@ pub async fn case_known<C: ConnectionTrait>(connection: &C, case_id: &str) -> Re
         .is_some())
 }
 
-/// Stores one published fact; a redelivered event changes nothing.
-pub async fn record_fact<C: ConnectionTrait>(connection: &C, fact: &CaseFact) -> Result<(), DbErr> {
-    fact::Entity::insert(fact::ActiveModel {
+/// Stores published facts; a redelivered event changes nothing.
+pub async fn insert_facts<C: ConnectionTrait>(
+    connection: &C,
+    facts: &[CaseFact],
+) -> Result<(), DbErr> {
+    let mut rows = facts.iter().map(|fact| fact::ActiveModel {
         event_id: Set(fact.event_id.clone()),
         assignment_id: Set(fact.assignment_id.clone()),
         case_id: Set(fact.case_id.clone()),
         kind: Set(fact.kind.as_str().to_string()),
         flag: Set(fact.flag),
         occurred_at_ms: Set(fact.occurred_at_ms),
-    })
-    .on_conflict(
-        OnConflict::columns([fact::Column::EventId, fact::Column::AssignmentId])
-            .do_nothing()
-            .to_owned(),
-    )
-    .exec_without_returning(connection)
-    .await?;
+    });
+    for size in statement_sizes(facts.len()) {
+        fact::Entity::insert_many(rows.by_ref().take(size))
+            .on_conflict_do_nothing_on([fact::Column::EventId, fact::Column::AssignmentId])
+            .exec_without_returning(connection)
+            .await?;
+    }
     Ok(())
 }
 
@@ -603,9 +574,9 @@ pub async fn facts_on<C: ConnectionTrait>(
     case_ids: &[String],
 ) -> Result<Vec<CaseFact>, DbErr> {
     let mut facts = Vec::new();
-    for chunk in case_ids.chunks(IN_LIST_CHUNK) {
+    for list in in_lists(case_ids) {
         for row in fact::Entity::find()
-            .filter(fact::Column::CaseId.is_in(chunk.iter().map(String::as_str)))
+            .filter(fact::Column::CaseId.is_in(list))
             .all(connection)
             .await?
         {
@@ -679,9 +650,9 @@ pub async fn ratings_of<C: ConnectionTrait>(
     assignment_ids: &[String],
 ) -> Result<Vec<CooperationRating>, DbErr> {
     let mut ratings = Vec::new();
-    for chunk in assignment_ids.chunks(IN_LIST_CHUNK) {
+    for list in in_lists(assignment_ids) {
         let rows = rating::Entity::find()
-            .filter(rating::Column::AssignmentId.is_in(chunk.iter().map(String::as_str)))
+            .filter(rating::Column::AssignmentId.is_in(list))
             .all(connection)
             .await?;
         ratings.extend(rows.into_iter().map(|row| CooperationRating {
@@ -698,9 +669,9 @@ pub async fn callbacks_on<C: ConnectionTrait>(
     case_ids: &[String],
 ) -> Result<Vec<SatisfactionCallback>, DbErr> {
     let mut callbacks = Vec::new();
-    for chunk in case_ids.chunks(IN_LIST_CHUNK) {
+    for list in in_lists(case_ids) {
         let rows = callback::Entity::find()
-            .filter(callback::Column::CaseId.is_in(chunk.iter().map(String::as_str)))
+            .filter(callback::Column::CaseId.is_in(list))
             .all(connection)
             .await?;
         for row in rows {
@@ -835,51 +806,41 @@ pub async fn case_closed<C: ConnectionTrait>(connection: &C, case_id: &str) -> R
         .is_some_and(|row| row.closed))
 }
 
-/// Records what an event says about a case: its region (kept once known) and, for a close or
-/// reopening (`closed`), the status when its case version is newer than the one stored.
-pub async fn note_case_state<C: ConnectionTrait>(
+/// The states of the given cases that have one.
+pub async fn case_states<C: ConnectionTrait>(
     connection: &C,
-    case_id: &str,
-    region: Option<&domain::CaseRegion>,
-    closed: Option<(bool, u64)>,
+    case_ids: &[String],
+) -> Result<Vec<case_state::Model>, DbErr> {
+    let mut states = Vec::new();
+    for list in in_lists(case_ids) {
+        states.extend(
+            case_state::Entity::find()
+                .filter(case_state::Column::CaseId.is_in(list))
+                .all(connection)
+                .await?,
+        );
+    }
+    Ok(states)
+}
+
+/// Inserts or replaces case states.
+pub async fn upsert_case_states<C: ConnectionTrait>(
+    connection: &C,
+    states: Vec<case_state::Model>,
 ) -> Result<(), DbErr> {
-    let existing = case_state::Entity::find_by_id(case_id)
-        .one(connection)
-        .await?;
-    let mut row = existing.clone().unwrap_or(case_state::Model {
-        case_id: case_id.to_string(),
-        street_code: String::new(),
-        community_code: String::new(),
-        closed: false,
-        status_version: 0,
-    });
-    if let Some(region) = region {
-        if row.street_code.is_empty() {
-            row.street_code.clone_from(&region.street_code);
-        }
-        if row.community_code.is_empty() {
-            row.community_code.clone_from(&region.community_code);
-        }
-    }
-    if let Some((closed, version)) = closed {
-        let version = version_to_db(version);
-        if version > row.status_version {
-            row.closed = closed;
-            row.status_version = version;
-        }
-    }
-    if existing.as_ref() == Some(&row) {
-        return Ok(());
-    }
     use case_state::Column as S;
-    case_state::Entity::insert(case_state::ActiveModel::from(row))
-        .on_conflict(
-            OnConflict::column(S::CaseId)
-                .update_columns([S::StreetCode, S::CommunityCode, S::Closed, S::StatusVersion])
-                .to_owned(),
-        )
-        .exec_without_returning(connection)
-        .await?;
+    let sizes = statement_sizes(states.len());
+    let mut rows = states.into_iter().map(case_state::ActiveModel::from);
+    for size in sizes {
+        case_state::Entity::insert_many(rows.by_ref().take(size))
+            .on_conflict(
+                OnConflict::column(S::CaseId)
+                    .update_columns([S::StreetCode, S::CommunityCode, S::Closed, S::StatusVersion])
+                    .to_owned(),
+            )
+            .exec_without_returning(connection)
+            .await?;
+    }
     Ok(())
 }
 
@@ -889,9 +850,9 @@ pub async fn case_regions<C: ConnectionTrait>(
     case_ids: &[String],
 ) -> Result<std::collections::BTreeMap<String, domain::CaseRegion>, DbErr> {
     let mut regions = std::collections::BTreeMap::new();
-    for chunk in case_ids.chunks(IN_LIST_CHUNK) {
+    for list in in_lists(case_ids) {
         for row in case_state::Entity::find()
-            .filter(case_state::Column::CaseId.is_in(chunk.iter().map(String::as_str)))
+            .filter(case_state::Column::CaseId.is_in(list))
             .all(connection)
             .await?
         {
@@ -1033,19 +994,19 @@ pub async fn apply_period_event<C: ConnectionTrait>(
     Ok(true)
 }
 
-/// Notes the event that carried one of an assignment's milestones; redelivery changes nothing.
-pub async fn record_milestone<C: ConnectionTrait>(
+/// Notes the events that carried assignments' milestones; redelivery changes nothing.
+pub async fn insert_milestones<C: ConnectionTrait>(
     connection: &C,
-    model: milestone::Model,
+    milestones: Vec<milestone::Model>,
 ) -> Result<(), DbErr> {
-    milestone::Entity::insert(milestone::ActiveModel::from(model))
-        .on_conflict(
-            OnConflict::column(milestone::Column::EventId)
-                .do_nothing()
-                .to_owned(),
-        )
-        .exec_without_returning(connection)
-        .await?;
+    let sizes = statement_sizes(milestones.len());
+    let mut rows = milestones.into_iter().map(milestone::ActiveModel::from);
+    for size in sizes {
+        milestone::Entity::insert_many(rows.by_ref().take(size))
+            .on_conflict_do_nothing_on([milestone::Column::EventId])
+            .exec_without_returning(connection)
+            .await?;
+    }
     Ok(())
 }
 
@@ -1055,10 +1016,10 @@ pub async fn milestones_of<C: ConnectionTrait>(
     assignment_ids: &[String],
 ) -> Result<std::collections::BTreeMap<String, Vec<String>>, DbErr> {
     let mut rows = Vec::new();
-    for chunk in assignment_ids.chunks(IN_LIST_CHUNK) {
+    for list in in_lists(assignment_ids) {
         rows.extend(
             milestone::Entity::find()
-                .filter(milestone::Column::AssignmentId.is_in(chunk.iter().map(String::as_str)))
+                .filter(milestone::Column::AssignmentId.is_in(list))
                 .all(connection)
                 .await?,
         );

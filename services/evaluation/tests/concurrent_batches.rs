@@ -30,7 +30,8 @@ fn assignment_of(event: &Event) -> Option<&str> {
     Some(assignment.assignment_id.as_str())
 }
 
-/// Applies one event as a batch of one, in `transaction`: the batch's locks, then the handler.
+/// Applies one event as a batch of one, in `transaction`: the batch's locks and reads, the handler,
+/// and the batch's writes (the caller commits).
 async fn apply(
     handler: &EvaluationEvents,
     transaction: &sea_orm::DatabaseTransaction,
@@ -48,6 +49,10 @@ async fn apply(
         .handle(transaction, "whistle.v1.test", event)
         .await
         .expect("applied");
+    handler
+        .before_commit(transaction)
+        .await
+        .expect("batch written");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -59,9 +64,10 @@ async fn a_resolution_survives_an_earlier_event_of_its_case_applied_at_the_same_
     whistle_platform::db::migrate::<Migrator>(&db)
         .await
         .expect("migrate");
-    let handler = EvaluationEvents {
-        clock: std::sync::Arc::new(ManualClock::new(from_millis(history::NOW))),
-    };
+    // one handler per batch in progress, as each consumer has its own
+    let clock: whistle_platform::clock::SharedClock =
+        std::sync::Arc::new(ManualClock::new(from_millis(history::NOW)));
+    let handler = EvaluationEvents::new(clock.clone());
 
     // a generated case with an assignment that was acknowledged and later resolved
     let cases = history::generate(40, 11);
@@ -98,7 +104,7 @@ async fn a_resolution_survives_an_earlier_event_of_its_case_applied_at_the_same_
     apply(&handler, &resolving, &case.events[resolved]).await;
     let acknowledging = {
         let db = db.clone();
-        let handler = handler.clone();
+        let handler = EvaluationEvents::new(clock.clone());
         let event = case.events[acknowledged].clone();
         tokio::spawn(async move {
             let transaction = db.begin().await.expect("begin");

@@ -74,11 +74,9 @@ fn history() -> Vec<Event> {
     events
 }
 
-/// Applies the events in batches of 16, as a consumer does (locks, then each event).
+/// Applies the events in batches of 16, as a consumer does (locks and reads, each event, writes).
 async fn apply(db: &DatabaseConnection, events: &[Event]) {
-    let handler = EvaluationEvents {
-        clock: std::sync::Arc::new(ManualClock::new(from_millis(NOW))),
-    };
+    let handler = EvaluationEvents::new(std::sync::Arc::new(ManualClock::new(from_millis(NOW))));
     for batch in events.chunks(16) {
         let transaction = db.begin().await.expect("begin");
         let batch_events: Vec<BatchEvent<'_>> = batch
@@ -98,6 +96,10 @@ async fn apply(db: &DatabaseConnection, events: &[Event]) {
                 .await
                 .expect("applied");
         }
+        handler
+            .before_commit(&transaction)
+            .await
+            .expect("batch written");
         transaction.commit().await.expect("commit");
     }
 }
@@ -378,9 +380,9 @@ async fn summed_cards_equal_decided_cards(url: &str) {
     db.execute_unprepared("DELETE FROM evaluation_card_cells")
         .await
         .expect("no cells before tallies");
-    let decided_cases = cards::tally_missing(&db).await.expect("tally");
+    let decided_cases = cards::tally_missing(&db, NOW).await.expect("tally");
     assert_eq!(decided_cases, 160, "every case decided once");
-    assert_eq!(cards::tally_missing(&db).await.expect("again"), 0);
+    assert_eq!(cards::tally_missing(&db, NOW).await.expect("again"), 0);
     assert_eq!(compare_every_card(&db).await, compared);
     db.close().await.expect("close");
 }

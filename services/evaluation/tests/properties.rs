@@ -7,7 +7,7 @@ use whistle_evaluation::events::EvaluationEvents;
 use whistle_evaluation::storage::Migrator;
 use whistle_platform::config::DatabaseConfig;
 use whistle_platform::envelope;
-use whistle_platform::inbox::EventHandler;
+use whistle_platform::inbox::{BatchEvent, EventHandler};
 use whistle_platform::testing::arbitrary::{event, wire_bytes};
 use whistle_platform::{SystemClock, db};
 
@@ -29,9 +29,7 @@ fn arbitrary_event_bytes_never_panic_the_evaluation_consumers() {
         db::migrate::<Migrator>(&database).await.expect("migrate");
         database
     });
-    let handler = EvaluationEvents {
-        clock: Arc::new(SystemClock),
-    };
+    let handler = EvaluationEvents::new(Arc::new(SystemClock));
     let applied = std::sync::atomic::AtomicUsize::new(0);
     let mut runner = proptest::test_runner::TestRunner::new(proptest::test_runner::Config {
         cases: 256,
@@ -45,12 +43,24 @@ fn arbitrary_event_bytes_never_panic_the_evaluation_consumers() {
                     return;
                 };
                 let transaction = database.begin().await.expect("transaction");
+                let batch = [BatchEvent {
+                    subject: "whistle.v1.test",
+                    event: &event,
+                }];
+                handler
+                    .before_batch(&transaction, &batch)
+                    .await
+                    .expect("batch locks and reads");
                 // what applied stays, so later events meet the facts earlier ones stored
                 match handler
                     .handle(&transaction, "whistle.v1.test", &event)
                     .await
                 {
                     Ok(()) => {
+                        handler
+                            .before_commit(&transaction)
+                            .await
+                            .expect("batch written");
                         transaction.commit().await.expect("commit");
                         applied.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }

@@ -199,6 +199,19 @@ pub fn statement_sizes(mut rows: usize) -> impl Iterator<Item = usize> {
     })
 }
 
+/// `values` in lists of at most [`ROWS_PER_STATEMENT`], each padded to a power of two by repeating
+/// its last value, for `IN (…)` queries: as with [`statement_sizes`], a few statement texts stay
+/// prepared whatever the count (a repeated value changes nothing an `IN` list matches).
+pub fn in_lists<T: Clone>(values: &[T]) -> impl Iterator<Item = Vec<T>> + '_ {
+    values.chunks(ROWS_PER_STATEMENT).map(|chunk| {
+        let mut list = chunk.to_vec();
+        if let Some(last) = chunk.last() {
+            list.resize(chunk.len().next_power_of_two(), last.clone());
+        }
+        list
+    })
+}
+
 /// The file of a SQLite URL, if it names one.
 pub fn sqlite_path(url: &str) -> Option<String> {
     let rest = url
@@ -349,7 +362,7 @@ pub mod migrations {
 
 #[cfg(test)]
 mod tests {
-    use super::{ROWS_PER_STATEMENT, sqlite_path, statement_sizes};
+    use super::{ROWS_PER_STATEMENT, in_lists, sqlite_path, statement_sizes};
 
     #[test]
     fn statements_are_powers_of_two_up_to_the_limit() {
@@ -367,6 +380,26 @@ mod tests {
                     .all(|size| size.is_power_of_two() && *size <= ROWS_PER_STATEMENT)
             );
         }
+    }
+
+    #[test]
+    fn in_lists_are_padded_to_powers_of_two_and_keep_every_value() {
+        let values: Vec<u32> = (0..600).collect();
+        let lists: Vec<Vec<u32>> = in_lists(&values).collect();
+        assert_eq!(
+            lists.iter().map(Vec::len).collect::<Vec<_>>(),
+            vec![256, 256, 128]
+        );
+        assert_eq!(lists[2][87], 599);
+        assert!(lists[2][88..].iter().all(|value| *value == 599));
+        let mut seen: Vec<u32> = lists.concat();
+        seen.dedup();
+        assert_eq!(seen, values);
+        assert_eq!(
+            in_lists(&[7u32, 8, 9]).collect::<Vec<_>>(),
+            vec![vec![7, 8, 9, 9]]
+        );
+        assert_eq!(in_lists::<u32>(&[]).count(), 0);
     }
 
     #[test]
