@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use whistle_platform::clock::{from_millis, to_millis};
 use whistle_platform::db::migrations::create_column_indexes;
+use whistle_platform::db::statement_sizes;
 use whistle_platform::outbox;
 use whistle_proto::events::CaseReported;
 use whistle_proto::types::Region;
@@ -1022,6 +1023,7 @@ pub async fn save<C: ConnectionTrait>(
     }
     let deferred = record.case.deferral.is_some();
     let mut clocks = Vec::new();
+    let mut new_assignments = Vec::new();
     for assignment in &record.case.assignments {
         let original = record
             .original_assignments
@@ -1079,11 +1081,8 @@ pub async fn save<C: ConnectionTrait>(
             overdue: assignment.is_overdue(),
         };
         match original {
-            None => {
-                assignment::Entity::insert(row.into_active_model())
-                    .exec_without_returning(connection)
-                    .await?;
-            }
+            // a whistle's new assignments are inserted together, below
+            None => new_assignments.push(row.into_active_model()),
             Some(original) => {
                 let active = row.into_active_model().reset_all();
                 let updated = assignment::Entity::update_many()
@@ -1101,11 +1100,20 @@ pub async fn save<C: ConnectionTrait>(
             }
         }
     }
+    let sizes = statement_sizes(new_assignments.len());
+    let mut new_assignments = new_assignments.into_iter();
+    for size in sizes {
+        assignment::Entity::insert_many(new_assignments.by_ref().take(size))
+            .exec_without_returning(connection)
+            .await?;
+    }
     if record.case.deferral.is_some() {
         clocks.clear();
     }
-    if !clocks.is_empty() {
-        clock::Entity::insert_many(clocks)
+    let sizes = statement_sizes(clocks.len());
+    let mut clocks = clocks.into_iter();
+    for size in sizes {
+        clock::Entity::insert_many(clocks.by_ref().take(size))
             .exec_without_returning(connection)
             .await?;
     }
@@ -1133,8 +1141,10 @@ pub async fn save<C: ConnectionTrait>(
         });
         events.push(event);
     }
-    if !notes.is_empty() {
-        timeline::Entity::insert_many(notes)
+    let sizes = statement_sizes(notes.len());
+    let mut notes = notes.into_iter();
+    for size in sizes {
+        timeline::Entity::insert_many(notes.by_ref().take(size))
             .exec_without_returning(connection)
             .await?;
     }

@@ -90,8 +90,8 @@ pub async fn enqueue<C: ConnectionTrait>(
     Ok(())
 }
 
-/// Enqueues several events in one multi-row `INSERT`, in their order (the relay publishes by id):
-/// one statement per transaction instead of one per event.
+/// Enqueues several events with multi-row `INSERT`s, in their order (the relay publishes by id):
+/// a statement per size of [`crate::db::statement_sizes`] instead of one per event.
 pub async fn enqueue_many<C: ConnectionTrait>(
     connection: &C,
     events: impl IntoIterator<Item = OutboxEvent>,
@@ -101,9 +101,11 @@ pub async fn enqueue_many<C: ConnectionTrait>(
         .into_iter()
         .map(|event| row_of(event, now_ms))
         .collect();
-    // 9 values a row; far below SQLite's 32,766 and PostgreSQL's 65,535 parameters a statement
-    for chunk in rows.chunks(1000) {
-        entity::Entity::insert_many(chunk.to_vec())
+    // in a few statement sizes, so each stays prepared; rows are moved, not copied
+    let sizes = crate::db::statement_sizes(rows.len());
+    let mut rows = rows.into_iter();
+    for size in sizes {
+        entity::Entity::insert_many(rows.by_ref().take(size))
             .exec_without_returning(connection)
             .await?;
     }
