@@ -3,9 +3,9 @@
 //!
 //! Each time the consumer decides an assignment's tally again (`case_batch::CaseBatch::write`, once
 //! per case per batch) it appends the difference (the old tally out, the new one in) as a *delta*
-//! row of the department's hour (the hour, in UTC, its assignment was whistled in). Nothing is updated in place, so consumers
-//! and replicas never wait on one hot row of the current hour. A compaction
-//! ([`compact`], every few seconds) folds each hour's deltas into one *base* row: it deletes the
+//! row of the department's hour (the hour, in UTC, its assignment was whistled in). Nothing is
+//! updated in place, so consumers and replicas never wait on one hot row of the current hour. A
+//! compaction ([`compact`], every few seconds) folds each hour's deltas into one *base* row: it deletes the
 //! hour's rows it can see, with `RETURNING`, and writes their sum, in one transaction; a delta
 //! committed meanwhile is left for the next round. A card for a period is the sum of its hours'
 //! rows (≤ 24 × 31 base rows per department for a month, plus recent deltas).
