@@ -5,10 +5,10 @@
 //! per case per batch) it appends the difference (the old tally out, the new one in) as a *delta*
 //! row of the department's hour (the hour, in UTC, its assignment was whistled in). Nothing is
 //! updated in place, so consumers and replicas never wait on one hot row of the current hour. A
-//! compaction ([`compact`], every few seconds) folds each hour's deltas into one *base* row: it deletes the
-//! hour's rows it can see, with `RETURNING`, and writes their sum, in one transaction; a delta
-//! committed meanwhile is left for the next round. A card for a period is the sum of its hours'
-//! rows (≤ 24 × 31 base rows per department for a month, plus recent deltas).
+//! compaction ([`compact`], every few seconds) folds each hour's deltas into one *base* row: it
+//! deletes the hour's rows it can see, with `RETURNING`, and writes their sum, in one transaction;
+//! a delta committed meanwhile is left for the next round. A card for a period is the sum of its
+//! hours' rows (≤ 24 × 31 base rows per department for a month, plus recent deltas).
 //!
 //! Periods start at local midnights at a whole-hour UTC offset, so every period is a union of
 //! UTC hours and the rows need no rebuild when the configured offset changes.
