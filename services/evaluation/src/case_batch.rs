@@ -31,7 +31,8 @@ pub struct CaseView {
     stored_state: Option<case_state::Model>,
     state: Option<case_state::Model>,
     assignments: BTreeMap<String, AssignmentView>,
-    /// Every fact about the case: those stored, then those the batch added (`facts[stored_facts..]`).
+    /// Every fact about the case: those stored, then those the batch added
+    /// (`facts[stored_facts..]`).
     facts: Vec<CaseFact>,
     stored_facts: usize,
     /// Its tallies are decided again before the commit.
