@@ -7,18 +7,15 @@
 
 mod common;
 
-use common::history::{self, NOW};
-use sea_orm::{ConnectionTrait, DatabaseConnection, EntityTrait, QueryOrder, TransactionTrait};
+use common::batches::{Path, apply_in_batches};
+use common::history;
+use sea_orm::{ConnectionTrait, DatabaseConnection, EntityTrait, QueryOrder};
 use std::collections::BTreeMap;
 use whistle_evaluation::cells;
-use whistle_evaluation::events::EvaluationEvents;
 use whistle_evaluation::storage::{Migrator, assignment, case, case_state, fact, milestone};
-use whistle_platform::ManualClock;
-use whistle_platform::clock::from_millis;
 use whistle_platform::config::DatabaseConfig;
 use whistle_platform::db;
 use whistle_platform::envelope::{Event, Payload};
-use whistle_platform::inbox::{BatchEvent, EventHandler, HandleError};
 use whistle_proto::events::{AssignmentAcknowledged, AssignmentVerdict, CaseVerified};
 
 async fn database(folder: &tempfile::TempDir, name: &str) -> DatabaseConnection {
@@ -31,45 +28,6 @@ async fn database(folder: &tempfile::TempDir, name: &str) -> DatabaseConnection 
         .expect("database");
     db::migrate::<Migrator>(&database).await.expect("migrate");
     database
-}
-
-/// Applies the events in batches of `size` as the inbox's per-event path does: the batch's locks
-/// and reads, each event in its own savepoint (a rejected one rolled back alone), the batch's
-/// writes, the commit. Returns how many events were rejected.
-async fn apply(database: &DatabaseConnection, events: &[Event], size: usize) -> usize {
-    let handler = EvaluationEvents::new(std::sync::Arc::new(ManualClock::new(from_millis(NOW))));
-    let mut rejected = 0;
-    for batch in events.chunks(size) {
-        let transaction = database.begin().await.expect("begin");
-        let batch_events: Vec<BatchEvent<'_>> = batch
-            .iter()
-            .map(|event| BatchEvent {
-                subject: "test",
-                event,
-            })
-            .collect();
-        handler
-            .before_batch(&transaction, &batch_events)
-            .await
-            .expect("locks and reads");
-        for event in batch {
-            let savepoint = transaction.begin().await.expect("savepoint");
-            match handler.handle(&savepoint, "test", event).await {
-                Ok(()) => savepoint.commit().await.expect("release"),
-                Err(HandleError::Rejected(_)) => {
-                    savepoint.rollback().await.expect("roll back");
-                    rejected += 1;
-                }
-                Err(HandleError::Transient(error)) => panic!("transient failure: {error}"),
-            }
-        }
-        handler
-            .before_commit(&transaction)
-            .await
-            .expect("batch written");
-        transaction.commit().await.expect("commit");
-    }
-    rejected
 }
 
 /// Everything the consumer keeps, comparable across databases: the rows (without the time each
@@ -171,8 +129,14 @@ async fn batches_of_any_size_store_the_same_rows() {
     let events = history_events();
     let one_by_one = database(&folder, "one").await;
     let batched = database(&folder, "batched").await;
-    assert_eq!(apply(&one_by_one, &events, 1).await, 0);
-    assert_eq!(apply(&batched, &events, 64).await, 0);
+    assert_eq!(
+        apply_in_batches(&one_by_one, &events, 1, Path::Savepoints).await,
+        0
+    );
+    assert_eq!(
+        apply_in_batches(&batched, &events, 64, Path::Savepoints).await,
+        0
+    );
 
     let expected = stored(&one_by_one).await;
     assert!(
@@ -229,7 +193,13 @@ async fn an_event_rejected_in_a_batch_leaves_the_rest_as_if_it_never_came() {
 
     let clean = database(&folder, "clean").await;
     let disturbed = database(&folder, "disturbed").await;
-    assert_eq!(apply(&clean, &events, 64).await, 0);
-    assert_eq!(apply(&disturbed, &with_refused, 64).await, refused);
+    assert_eq!(
+        apply_in_batches(&clean, &events, 64, Path::Savepoints).await,
+        0
+    );
+    assert_eq!(
+        apply_in_batches(&disturbed, &with_refused, 64, Path::Savepoints).await,
+        refused
+    );
     assert_eq!(stored(&disturbed).await, stored(&clean).await);
 }

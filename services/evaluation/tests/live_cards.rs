@@ -10,19 +10,19 @@
 
 mod common;
 
+use common::batches::{Path, apply_in_batches};
+
 use common::history::{self, DAY, NOVEMBER, NOW, OCTOBER};
-use sea_orm::{ConnectionTrait, Database, DatabaseConnection, TransactionTrait};
+use sea_orm::{ConnectionTrait, Database, DatabaseConnection};
 use std::collections::{BTreeMap, BTreeSet};
 use whistle_evaluation::domain::{
     self, Period, SatisfactionScope, ScorecardFigures, Scoring, UtcOffset,
 };
-use whistle_evaluation::events::EvaluationEvents;
 use whistle_evaluation::storage::{self, Migrator};
 use whistle_evaluation::{cards, cells};
 use whistle_platform::ManualClock;
 use whistle_platform::clock::{from_millis, to_proto_timestamp};
 use whistle_platform::envelope::{self, Event, Payload};
-use whistle_platform::inbox::{BatchEvent, EventHandler};
 use whistle_platform::testing::TestPostgres;
 use whistle_proto::events::{EvaluationCooperationRated, EvaluationSatisfactionRecorded};
 
@@ -72,36 +72,6 @@ fn history() -> Vec<Event> {
         }
     }
     events
-}
-
-/// Applies the events in batches of 16, as a consumer does (locks and reads, each event, writes).
-async fn apply(db: &DatabaseConnection, events: &[Event]) {
-    let handler = EvaluationEvents::new(std::sync::Arc::new(ManualClock::new(from_millis(NOW))));
-    for batch in events.chunks(16) {
-        let transaction = db.begin().await.expect("begin");
-        let batch_events: Vec<BatchEvent<'_>> = batch
-            .iter()
-            .map(|event| BatchEvent {
-                subject: "test",
-                event,
-            })
-            .collect();
-        handler
-            .before_batch(&transaction, &batch_events)
-            .await
-            .expect("locks");
-        for event in batch {
-            handler
-                .handle(&transaction, "test", event)
-                .await
-                .expect("applied");
-        }
-        handler
-            .before_commit(&transaction)
-            .await
-            .expect("batch written");
-        transaction.commit().await.expect("commit");
-    }
 }
 
 /// The cards decided in memory from every assignment and fact of the period.
@@ -307,10 +277,10 @@ async fn summed_cards_equal_decided_cards(url: &str) {
     // half the history folded into base rows, the other half on top of them as deltas
     let events = history();
     let (first, rest) = events.split_at(events.len() / 2);
-    apply(&db, first).await;
+    assert_eq!(apply_in_batches(&db, first, 16, Path::Direct).await, 0);
     assert!(cells::compact(&db).await.expect("compact") > 0);
     assert_eq!(deltas(&db).await, 0, "every delta folded");
-    apply(&db, rest).await;
+    assert_eq!(apply_in_batches(&db, rest, 16, Path::Direct).await, 0);
     assert!(deltas(&db).await > 0, "the second half left deltas");
     let compared = compare_every_card(&db).await;
     assert!(compared > 100, "only {compared} cards compared");

@@ -1,3 +1,4 @@
 //! Shared by evaluation's service tests and examples.
 
+pub mod batches;
 pub mod history;
