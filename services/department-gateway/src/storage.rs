@@ -8,7 +8,7 @@ use sea_orm::{
 };
 use sea_orm_migration::prelude::*;
 use std::collections::BTreeSet;
-use whistle_platform::db::statement_sizes;
+use whistle_platform::db::insert_rows;
 
 pub mod department {
     use sea_orm::entity::prelude::*;
@@ -152,20 +152,16 @@ pub async fn remember_assignment_traces<C: ConnectionTrait>(
     connection: &C,
     traces: &std::collections::BTreeMap<String, String>,
 ) -> Result<(), DbErr> {
-    let mut rows =
-        traces.iter().map(
-            |(assignment_id, traceparent)| assignment_trace::ActiveModel {
-                assignment_id: Set(assignment_id.clone()),
-                traceparent: Set(traceparent.clone()),
-            },
-        );
-    for size in statement_sizes(traces.len()) {
-        assignment_trace::Entity::insert_many(rows.by_ref().take(size))
-            .on_conflict_do_nothing_on([assignment_trace::Column::AssignmentId])
-            .exec_without_returning(connection)
-            .await?;
-    }
-    Ok(())
+    let rows = traces.iter().map(
+        |(assignment_id, traceparent)| assignment_trace::ActiveModel {
+            assignment_id: Set(assignment_id.clone()),
+            traceparent: Set(traceparent.clone()),
+        },
+    );
+    let keep_first = OnConflict::column(assignment_trace::Column::AssignmentId)
+        .do_nothing()
+        .to_owned();
+    insert_rows(connection, rows, Some(keep_first)).await
 }
 
 /// The `traceparent` remembered for an assignment, if any.
@@ -282,14 +278,7 @@ pub async fn insert_notices<C: ConnectionTrait>(
     connection: &C,
     notices: Vec<notice::ActiveModel>,
 ) -> Result<(), DbErr> {
-    let sizes = statement_sizes(notices.len());
-    let mut notices = notices.into_iter();
-    for size in sizes {
-        notice::Entity::insert_many(notices.by_ref().take(size))
-            .exec_without_returning(connection)
-            .await?;
-    }
-    Ok(())
+    insert_rows(connection, notices, None).await
 }
 
 /// Every department's last notice sequence, as committed.
@@ -327,30 +316,26 @@ pub async fn upsert_assignments<C: ConnectionTrait>(
     connection: &C,
     models: Vec<assignment::Model>,
 ) -> Result<(), DbErr> {
-    let sizes = statement_sizes(models.len());
-    let mut rows = models.into_iter().map(assignment::ActiveModel::from);
-    for size in sizes {
-        assignment::Entity::insert_many(rows.by_ref().take(size))
-            .on_conflict(
-                OnConflict::column(assignment::Column::AssignmentId)
-                    .update_columns([
-                        assignment::Column::DepartmentCode,
-                        assignment::Column::CaseId,
-                        assignment::Column::Status,
-                        assignment::Column::Version,
-                        assignment::Column::Assignment,
-                        assignment::Column::UpdatedAtMs,
-                    ])
-                    .action_and_where(
-                        Expr::col((assignment::Entity, assignment::Column::Version))
-                            .lte(Expr::cust("excluded.version")),
-                    )
-                    .to_owned(),
-            )
-            .exec_without_returning(connection)
-            .await?;
-    }
-    Ok(())
+    let newer_wins = OnConflict::column(assignment::Column::AssignmentId)
+        .update_columns([
+            assignment::Column::DepartmentCode,
+            assignment::Column::CaseId,
+            assignment::Column::Status,
+            assignment::Column::Version,
+            assignment::Column::Assignment,
+            assignment::Column::UpdatedAtMs,
+        ])
+        .action_and_where(
+            Expr::col((assignment::Entity, assignment::Column::Version))
+                .lte(Expr::cust("excluded.version")),
+        )
+        .to_owned();
+    insert_rows(
+        connection,
+        models.into_iter().map(assignment::ActiveModel::from),
+        Some(newer_wins),
+    )
+    .await
 }
 
 /// Raises a department's delivery cursor to `sequence` (never lowers it).

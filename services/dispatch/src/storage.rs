@@ -16,8 +16,8 @@ use sea_orm_migration::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use whistle_platform::clock::{from_millis, to_millis};
+use whistle_platform::db::insert_rows;
 use whistle_platform::db::migrations::create_column_indexes;
-use whistle_platform::db::statement_sizes;
 use whistle_platform::outbox;
 use whistle_proto::events::CaseReported;
 use whistle_proto::types::Region;
@@ -1100,23 +1100,11 @@ pub async fn save<C: ConnectionTrait>(
             }
         }
     }
-    let sizes = statement_sizes(new_assignments.len());
-    let mut new_assignments = new_assignments.into_iter();
-    for size in sizes {
-        assignment::Entity::insert_many(new_assignments.by_ref().take(size))
-            .exec_without_returning(connection)
-            .await?;
-    }
+    insert_rows(connection, new_assignments, None).await?;
     if record.case.deferral.is_some() {
         clocks.clear();
     }
-    let sizes = statement_sizes(clocks.len());
-    let mut clocks = clocks.into_iter();
-    for size in sizes {
-        clock::Entity::insert_many(clocks.by_ref().take(size))
-            .exec_without_returning(connection)
-            .await?;
-    }
+    insert_rows(connection, clocks, None).await?;
     let mut notes = std::mem::take(&mut record.notes);
     let mut events = Vec::with_capacity(record.emitted.len());
     for emitted in &record.emitted {
@@ -1141,13 +1129,7 @@ pub async fn save<C: ConnectionTrait>(
         });
         events.push(event);
     }
-    let sizes = statement_sizes(notes.len());
-    let mut notes = notes.into_iter();
-    for size in sizes {
-        timeline::Entity::insert_many(notes.by_ref().take(size))
-            .exec_without_returning(connection)
-            .await?;
-    }
+    insert_rows(connection, notes, None).await?;
     let outbox_events = events
         .iter()
         .map(whistle_platform::envelope::to_outbox)

@@ -12,7 +12,7 @@ use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, Iterable, QueryFilter,
     QueryOrder, QuerySelect,
 };
-use whistle_platform::db::{in_lists, statement_sizes};
+use whistle_platform::db::{in_lists, insert_rows};
 
 pub use migration::Migrator;
 
@@ -477,23 +477,21 @@ pub async fn upsert_assignments<C: ConnectionTrait>(
     assignments: &[(AssignmentFacts, domain::Tally)],
     now_ms: i64,
 ) -> Result<(), DbErr> {
-    let mut rows = assignments
-        .iter()
-        .map(|(facts, tally)| row_from_facts(facts, tally, now_ms));
-    for size in statement_sizes(assignments.len()) {
-        assignment::Entity::insert_many(rows.by_ref().take(size))
-            .on_conflict(
-                OnConflict::column(assignment::Column::AssignmentId)
-                    .update_columns(
-                        assignment::Column::iter()
-                            .filter(|column| !matches!(column, assignment::Column::AssignmentId)),
-                    )
-                    .to_owned(),
-            )
-            .exec_without_returning(connection)
-            .await?;
-    }
-    Ok(())
+    insert_rows(
+        connection,
+        assignments
+            .iter()
+            .map(|(facts, tally)| row_from_facts(facts, tally, now_ms)),
+        Some(
+            OnConflict::column(assignment::Column::AssignmentId)
+                .update_columns(
+                    assignment::Column::iter()
+                        .filter(|column| !matches!(column, assignment::Column::AssignmentId)),
+                )
+                .to_owned(),
+        ),
+    )
+    .await
 }
 
 /// Notes that a case exists (any event named it); keeps what is already known about it.
@@ -522,20 +520,17 @@ pub async fn remember_cases<C: ConnectionTrait>(
     connection: &C,
     cases: &std::collections::BTreeMap<String, i64>,
 ) -> Result<(), DbErr> {
-    let mut rows = cases
+    let rows = cases
         .iter()
         .map(|(case_id, first_seen_at_ms)| case::ActiveModel {
             case_id: Set(case_id.clone()),
             first_seen_at_ms: Set(*first_seen_at_ms),
             passed_verification_at_ms: Set(None),
         });
-    for size in statement_sizes(cases.len()) {
-        case::Entity::insert_many(rows.by_ref().take(size))
-            .on_conflict_do_nothing_on([case::Column::CaseId])
-            .exec_without_returning(connection)
-            .await?;
-    }
-    Ok(())
+    let skip_known = OnConflict::column(case::Column::CaseId)
+        .do_nothing()
+        .to_owned();
+    insert_rows(connection, rows, Some(skip_known)).await
 }
 
 /// Whether any event named the case.
@@ -551,7 +546,7 @@ pub async fn insert_facts<C: ConnectionTrait>(
     connection: &C,
     facts: &[CaseFact],
 ) -> Result<(), DbErr> {
-    let mut rows = facts.iter().map(|fact| fact::ActiveModel {
+    let rows = facts.iter().map(|fact| fact::ActiveModel {
         event_id: Set(fact.event_id.clone()),
         assignment_id: Set(fact.assignment_id.clone()),
         case_id: Set(fact.case_id.clone()),
@@ -559,13 +554,10 @@ pub async fn insert_facts<C: ConnectionTrait>(
         flag: Set(fact.flag),
         occurred_at_ms: Set(fact.occurred_at_ms),
     });
-    for size in statement_sizes(facts.len()) {
-        fact::Entity::insert_many(rows.by_ref().take(size))
-            .on_conflict_do_nothing_on([fact::Column::EventId, fact::Column::AssignmentId])
-            .exec_without_returning(connection)
-            .await?;
-    }
-    Ok(())
+    let skip_known = OnConflict::columns([fact::Column::EventId, fact::Column::AssignmentId])
+        .do_nothing()
+        .to_owned();
+    insert_rows(connection, rows, Some(skip_known)).await
 }
 
 /// Every fact published about the given cases.
@@ -829,19 +821,16 @@ pub async fn upsert_case_states<C: ConnectionTrait>(
     states: Vec<case_state::Model>,
 ) -> Result<(), DbErr> {
     use case_state::Column as S;
-    let sizes = statement_sizes(states.len());
-    let mut rows = states.into_iter().map(case_state::ActiveModel::from);
-    for size in sizes {
-        case_state::Entity::insert_many(rows.by_ref().take(size))
-            .on_conflict(
-                OnConflict::column(S::CaseId)
-                    .update_columns([S::StreetCode, S::CommunityCode, S::Closed, S::StatusVersion])
-                    .to_owned(),
-            )
-            .exec_without_returning(connection)
-            .await?;
-    }
-    Ok(())
+    insert_rows(
+        connection,
+        states.into_iter().map(case_state::ActiveModel::from),
+        Some(
+            OnConflict::column(S::CaseId)
+                .update_columns([S::StreetCode, S::CommunityCode, S::Closed, S::StatusVersion])
+                .to_owned(),
+        ),
+    )
+    .await
 }
 
 /// The regions of the given cases.
@@ -999,15 +988,15 @@ pub async fn insert_milestones<C: ConnectionTrait>(
     connection: &C,
     milestones: Vec<milestone::Model>,
 ) -> Result<(), DbErr> {
-    let sizes = statement_sizes(milestones.len());
-    let mut rows = milestones.into_iter().map(milestone::ActiveModel::from);
-    for size in sizes {
-        milestone::Entity::insert_many(rows.by_ref().take(size))
-            .on_conflict_do_nothing_on([milestone::Column::EventId])
-            .exec_without_returning(connection)
-            .await?;
-    }
-    Ok(())
+    let skip_known = OnConflict::column(milestone::Column::EventId)
+        .do_nothing()
+        .to_owned();
+    insert_rows(
+        connection,
+        milestones.into_iter().map(milestone::ActiveModel::from),
+        Some(skip_known),
+    )
+    .await
 }
 
 /// The milestone events of the given assignments, each assignment's in the order they happened.

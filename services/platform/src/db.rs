@@ -199,6 +199,31 @@ pub fn statement_sizes(mut rows: usize) -> impl Iterator<Item = usize> {
     })
 }
 
+/// Inserts `rows` with multi-row statements in the sizes of [`statement_sizes`], each with
+/// `on_conflict` when given (a row that conflicts is skipped or merges, as it says).
+pub async fn insert_rows<A, C>(
+    connection: &C,
+    rows: impl IntoIterator<Item = A>,
+    on_conflict: Option<sea_orm::sea_query::OnConflict>,
+) -> Result<(), DbErr>
+where
+    A: sea_orm::ActiveModelTrait,
+    C: ConnectionTrait,
+{
+    use sea_orm::EntityTrait;
+    let rows: Vec<A> = rows.into_iter().collect();
+    let sizes = statement_sizes(rows.len());
+    let mut rows = rows.into_iter();
+    for size in sizes {
+        let mut insert = A::Entity::insert_many(rows.by_ref().take(size));
+        if let Some(on_conflict) = &on_conflict {
+            insert = insert.on_conflict(on_conflict.clone());
+        }
+        insert.exec_without_returning(connection).await?;
+    }
+    Ok(())
+}
+
 /// `values` in lists of at most [`ROWS_PER_STATEMENT`], each padded to a power of two by repeating
 /// its last value, for `IN (…)` queries: as with [`statement_sizes`], a few statement texts stay
 /// prepared whatever the count (a repeated value changes nothing an `IN` list matches).

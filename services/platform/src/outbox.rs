@@ -97,19 +97,8 @@ pub async fn enqueue_many<C: ConnectionTrait>(
     events: impl IntoIterator<Item = OutboxEvent>,
     now_ms: i64,
 ) -> Result<(), DbErr> {
-    let rows: Vec<entity::ActiveModel> = events
-        .into_iter()
-        .map(|event| row_of(event, now_ms))
-        .collect();
-    // in a few statement sizes, so each stays prepared; rows are moved, not copied
-    let sizes = crate::db::statement_sizes(rows.len());
-    let mut rows = rows.into_iter();
-    for size in sizes {
-        entity::Entity::insert_many(rows.by_ref().take(size))
-            .exec_without_returning(connection)
-            .await?;
-    }
-    Ok(())
+    let rows = events.into_iter().map(|event| row_of(event, now_ms));
+    crate::db::insert_rows(connection, rows, None).await
 }
 
 fn row_of(event: OutboxEvent, now_ms: i64) -> entity::ActiveModel {
