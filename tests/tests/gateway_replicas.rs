@@ -14,11 +14,11 @@ use whistle_e2e::{
 };
 use whistle_platform::SystemClock;
 use whistle_platform::envelope::{self, Event, Payload};
-use whistle_platform::testing::publish_like_relay;
+use whistle_platform::testing::{demo_region, publish_like_relay};
 use whistle_proto::events::WhistleIssued;
 use whistle_proto::gateway::SubscribeRequest;
 use whistle_proto::gateway::department_gateway_client::DepartmentGatewayClient;
-use whistle_proto::types::{Assignment, AssignmentRole, AssignmentStatus, Region, Severity};
+use whistle_proto::types::{Assignment, AssignmentRole, AssignmentStatus, Severity};
 
 const DEPARTMENTS: [&str; 6] = [
     "zw-enforcement",
@@ -36,17 +36,6 @@ const WATCHED: [&str; 2] = ["zw-sanitation", "sy-water"];
 /// JetStream redelivers what the killed replica held after the consumer's ack wait (30 s).
 const SETTLE: Duration = Duration::from_secs(120);
 
-fn region() -> Region {
-    Region {
-        city_code: "420300".into(),
-        district_code: "420303".into(),
-        street_code: "420303003".into(),
-        street_slug: "chechenglu".into(),
-        community_code: "420303003001".into(),
-        grid_code: "420303003001001".into(),
-    }
-}
-
 fn whistle(department_code: &str, round: usize) -> Event {
     let case_id = format!("case-{round}");
     envelope::new_event(
@@ -54,7 +43,7 @@ fn whistle(department_code: &str, round: usize) -> Event {
         "whistle-dispatch",
         &case_id,
         2,
-        Some(region()),
+        Some(demo_region()),
         Payload::WhistleIssued(WhistleIssued {
             assignment: Some(Assignment {
                 assignment_id: format!("a-{department_code}-{round}"),

@@ -14,20 +14,9 @@ use whistle_platform::SystemClock;
 use whistle_platform::envelope::{self, Event, Payload};
 use whistle_platform::local_nats::LocalNatsServer;
 use whistle_platform::nats_accounts::Registry;
-use whistle_platform::testing::publish_like_relay;
+use whistle_platform::testing::{demo_region, publish_like_relay};
 use whistle_proto::events::{CaseEscalated, WhistleIssued};
-use whistle_proto::types::{Assignment, Region};
-
-fn region() -> Region {
-    Region {
-        city_code: "420300".into(),
-        district_code: "420303".into(),
-        street_code: "420303003".into(),
-        street_slug: "chechenglu".into(),
-        community_code: "420303003001".into(),
-        grid_code: "420303003001001".into(),
-    }
-}
+use whistle_proto::types::Assignment;
 
 fn whistle_to(department: &str) -> Event {
     envelope::new_event(
@@ -35,7 +24,7 @@ fn whistle_to(department: &str) -> Event {
         "whistle-dispatch",
         "case-permissions",
         2,
-        Some(region()),
+        Some(demo_region()),
         Payload::WhistleIssued(WhistleIssued {
             assignment: Some(Assignment {
                 assignment_id: format!("a-{department}"),
@@ -56,7 +45,7 @@ fn escalation(source: &str) -> Event {
         source,
         &format!("case-{}", uuid::Uuid::now_v7()),
         3,
-        Some(region()),
+        Some(demo_region()),
         Payload::CaseEscalated(CaseEscalated {
             assignment_id: "a-escalated".into(),
             department_code: "zw-sanitation".into(),

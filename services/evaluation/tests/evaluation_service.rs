@@ -9,7 +9,7 @@ use whistle_evaluation::EvaluationConfig;
 use whistle_platform::ManualClock;
 use whistle_platform::clock::{from_millis, to_proto_timestamp};
 use whistle_platform::envelope::{self, Event, Payload};
-use whistle_platform::testing::{Served, TestBed, publish_like_relay, serve};
+use whistle_platform::testing::{Served, TestBed, demo_region, publish_like_relay, serve};
 use whistle_proto::evaluation::evaluation_service_client::EvaluationServiceClient;
 use whistle_proto::evaluation::{
     ClosePeriodRequest, ExplainScoreRequest, GetPeriodScorecardsRequest, GetRankingRequest,
@@ -22,7 +22,7 @@ use whistle_proto::events::{
     CaseReopened, CaseVerified, WhistleIssued,
 };
 use whistle_proto::types::{
-    Assignment, AssignmentFlag, AssignmentRole, AssignmentStatus, Deadlines, Region, Severity,
+    Assignment, AssignmentFlag, AssignmentRole, AssignmentStatus, Deadlines, Severity,
 };
 
 const MINUTE: i64 = 60_000;
@@ -73,17 +73,6 @@ async fn start() -> Harness {
     }
 }
 
-fn region() -> Region {
-    Region {
-        city_code: "420300".into(),
-        district_code: "420303".into(),
-        street_code: "420303003".into(),
-        street_slug: "chechenglu".into(),
-        community_code: "420303003001".into(),
-        grid_code: "420303003001001".into(),
-    }
-}
-
 fn at(millis: i64) -> Option<prost_types::Timestamp> {
     Some(to_proto_timestamp(from_millis(millis)))
 }
@@ -131,7 +120,7 @@ fn event(case_id: &str, occurred_at: i64, payload: Payload) -> Event {
         "whistle-dispatch",
         case_id,
         1,
-        Some(region()),
+        Some(demo_region()),
         payload,
     )
 }

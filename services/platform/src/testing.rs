@@ -63,7 +63,6 @@ impl TestBed {
     }
 }
 
-/// Publishes an event with the relay's headers and `Nats-Msg-Id` = `message_id`; waits for the ack.
 /// The demo catalogue's 车城路 street (十堰市 张湾区), a region every test event can carry.
 pub fn demo_region() -> whistle_proto::types::Region {
     whistle_proto::types::Region {
@@ -76,6 +75,7 @@ pub fn demo_region() -> whistle_proto::types::Region {
     }
 }
 
+/// Publishes an event with the relay's headers and `Nats-Msg-Id` = `message_id`; waits for the ack.
 pub async fn publish_like_relay(jetstream: &jetstream::Context, event: &Event, message_id: &str) {
     let outbox = envelope::to_outbox(event).expect("envelope");
     let headers = crate::outbox::headers_for(message_id, &outbox.headers);

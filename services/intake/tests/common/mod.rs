@@ -176,14 +176,7 @@ impl Harness {
 
     /// As dispatch would, at the case's `version`.
     pub async fn dispatch_publishes_at(&self, case_id: &str, version: u64, payload: Payload) {
-        let region = whistle_proto::types::Region {
-            city_code: "420300".into(),
-            district_code: "420303".into(),
-            street_code: "420303003".into(),
-            street_slug: "chechenglu".into(),
-            community_code: "420303003001".into(),
-            grid_code: "420303003001001".into(),
-        };
+        let region = whistle_platform::testing::demo_region();
         let event = envelope::new_event(
             self.clock.as_ref(),
             "whistle-dispatch",
