@@ -161,7 +161,8 @@ pub async fn remember_assignment_traces<C: ConnectionTrait>(
     let keep_first = OnConflict::column(assignment_trace::Column::AssignmentId)
         .do_nothing()
         .to_owned();
-    insert_rows(connection, rows, Some(keep_first)).await
+    insert_rows(connection, rows, Some(keep_first)).await?;
+    Ok(())
 }
 
 /// The `traceparent` remembered for an assignment, if any.
@@ -278,7 +279,8 @@ pub async fn insert_notices<C: ConnectionTrait>(
     connection: &C,
     notices: Vec<notice::ActiveModel>,
 ) -> Result<(), DbErr> {
-    insert_rows(connection, notices, None).await
+    insert_rows(connection, notices, None).await?;
+    Ok(())
 }
 
 /// Every department's last notice sequence, as committed.
@@ -335,7 +337,8 @@ pub async fn upsert_assignments<C: ConnectionTrait>(
         models.into_iter().map(assignment::ActiveModel::from),
         Some(newer_wins),
     )
-    .await
+    .await?;
+    Ok(())
 }
 
 /// Raises a department's delivery cursor to `sequence` (never lowers it).

@@ -1,8 +1,10 @@
 //! Wiring: database, NATS, the case consumer, the deadline scanner, the outbox relay and the gRPC
 //! server.
 
+use crate::actions::{ActionQueue, ActionWriters};
 use crate::config::DispatchConfig;
 use crate::consumer::ReportedCases;
+use crate::domain::ActionRules;
 use crate::domain::DeadlinePolicy;
 use crate::grpc::DispatchGrpc;
 use crate::scanner::Scanner;
@@ -96,6 +98,24 @@ pub async fn run(
         .run(shutdown.clone()),
     );
 
+    let (actions, action_writers) = ActionQueue::start(ActionWriters {
+        db: db.clone(),
+        clock: clock.clone(),
+        policy: policy.clone(),
+        outbox_signal: outbox_signal.clone(),
+        rules: ActionRules {
+            check_in_radius_meters: config.dispatch.check_in_radius_meters,
+            evidence_per_assignment: config.limits.evidence_per_assignment,
+        },
+        batch: config.dispatch.action_batch,
+        // a SQLite file has one writer connection: more writers would only split the batches
+        writers: if db::is_postgres(&db) {
+            config.dispatch.action_writers
+        } else {
+            1
+        },
+        conflict_retries: config.dispatch.conflict_retries,
+    });
     let service = DispatchGrpc {
         db: db.clone(),
         clock,
@@ -103,6 +123,7 @@ pub async fn run(
         outbox_signal,
         settings: config.dispatch.clone(),
         limits: config.limits.clone(),
+        actions,
     };
     let routes = tonic::service::Routes::new(
         DispatchServiceServer::new(service)
@@ -124,6 +145,8 @@ pub async fn run(
     )
     .await;
     shutdown.cancel();
+    // the server has dropped the queue: the writers finish what was queued, then stop
+    action_writers.join_all().await;
     let _ = consumer_task.await;
     let _ = scanner_task.await;
     let _ = relay_task.await;

@@ -101,6 +101,22 @@ pub struct DispatchSettings {
     /// How many times a change of a case is run again when a concurrent change of the same case
     /// got there first, before the caller sees ABORTED.
     pub conflict_retries: u32,
+    /// Most department actions written in one transaction: the actions waiting when a writer is
+    /// free, up to this many, are applied together (1 writes each alone).
+    #[serde(default = "default_action_batch")]
+    pub action_batch: usize,
+    /// Writers of department actions on PostgreSQL, each running one batch at a time; on SQLite
+    /// there is one, as the file has one writer.
+    #[serde(default = "default_action_writers")]
+    pub action_writers: usize,
+}
+
+fn default_action_batch() -> usize {
+    64
+}
+
+fn default_action_writers() -> usize {
+    4
 }
 
 impl Default for DispatchSettings {
@@ -109,6 +125,8 @@ impl Default for DispatchSettings {
             check_in_radius_meters: 500.0,
             consumer_batch: 128,
             conflict_retries: 5,
+            action_batch: default_action_batch(),
+            action_writers: default_action_writers(),
         }
     }
 }
@@ -179,6 +197,16 @@ impl ServiceConfig for DispatchConfig {
         if !(1..=1000).contains(&self.dispatch.consumer_batch) {
             return Err(ConfigError::Invalid(
                 "dispatch.consumer_batch must be between 1 and 1000".into(),
+            ));
+        }
+        if !(1..=256).contains(&self.dispatch.action_batch) {
+            return Err(ConfigError::Invalid(
+                "dispatch.action_batch must be between 1 and 256".into(),
+            ));
+        }
+        if !(1..=64).contains(&self.dispatch.action_writers) {
+            return Err(ConfigError::Invalid(
+                "dispatch.action_writers must be between 1 and 64".into(),
             ));
         }
         if !(10..=60_000).contains(&self.scanner.interval_ms) {

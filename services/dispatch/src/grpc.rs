@@ -5,7 +5,7 @@
 use crate::catalogue;
 use crate::config::DispatchSettings;
 use crate::convert::{assignment_to_proto, case_status_to_proto, route_to_proto};
-use crate::domain::{ActionRules, Assignment, Command, DeadlinePolicy, Route};
+use crate::domain::{Assignment, Command, DeadlinePolicy, Route};
 use crate::error::DispatchError;
 use crate::policy;
 use crate::requests;
@@ -37,6 +37,8 @@ pub struct DispatchGrpc {
     pub settings: DispatchSettings,
     /// Lengths and counts every request field is held to.
     pub limits: LimitsConfig,
+    /// Where department actions wait for their batch (`crate::actions`).
+    pub actions: crate::actions::ActionQueue,
 }
 
 fn case_to_proto(record: &CaseRecord, timeline: Vec<pb::TimelineEntry>) -> pb::Case {
@@ -280,28 +282,15 @@ impl DispatchGrpc {
     ) -> Result<types_pb::Assignment, DispatchError> {
         let action = requests::check_department_action(&self.limits, self.clock.now(), &request)?;
         let acknowledging = matches!(action, crate::domain::DepartmentAction::Acknowledge { .. });
-        let rules = ActionRules {
-            check_in_radius_meters: self.settings.check_in_radius_meters,
-            evidence_per_assignment: self.limits.evidence_per_assignment,
-        };
-        let recorded = service::retry_on_conflict(self.settings.conflict_retries, || async {
-            let transaction = self.db.begin().await?;
-            let recorded = service::record_department_action(
-                &transaction,
-                self.clock.now(),
-                self.policy.as_ref(),
-                rules,
-                &request.action_id,
-                &request.assignment_id,
-                &request.department_code,
-                action.clone(),
-            )
+        let recorded = self
+            .actions
+            .record(crate::actions::ActionRequest {
+                action_id: request.action_id.clone(),
+                assignment_id: request.assignment_id.clone(),
+                department_code: request.department_code.clone(),
+                action,
+            })
             .await?;
-            transaction.commit().await?;
-            Ok(recorded)
-        })
-        .await?;
-        self.outbox_signal.notify();
         let assignment = recorded.assignment;
         if acknowledging
             && !recorded.repeated

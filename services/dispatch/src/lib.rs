@@ -4,6 +4,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod actions;
 pub mod app;
 pub mod bounds;
 pub mod calendar;

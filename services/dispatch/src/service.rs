@@ -4,13 +4,11 @@
 //! here, so the aggregate stays pure.
 
 use crate::domain::{
-    self, ActionRules, Assignment, Command, DeadlinePolicy, DepartmentAction, Fallback, Limits,
-    Role, WhistleTarget,
+    self, Assignment, Command, DeadlinePolicy, Fallback, Limits, Role, WhistleTarget,
 };
 use crate::error::DispatchError;
-use crate::storage::{self, CaseRecord, Lock, action, case};
+use crate::storage::{self, CaseRecord, Lock, case};
 use chrono::{DateTime, Utc};
-use sea_orm::sea_query::OnConflict;
 use sea_orm::{ActiveValue::Set, ConnectionTrait, EntityTrait};
 use whistle_platform::clock::to_millis;
 use whistle_platform::envelope::{Event, Payload};
@@ -434,91 +432,6 @@ pub struct RecordedAction {
     pub assignment: Assignment,
     /// The department used this `action_id` before: nothing changed this time.
     pub repeated: bool,
-}
-
-/// Applies a department's action to its assignment; idempotent on (department, `action_id`): each
-/// department has its own ids, and nothing in an answer tells of another department's actions.
-#[allow(clippy::too_many_arguments)]
-pub async fn record_department_action<C: ConnectionTrait>(
-    connection: &C,
-    now: DateTime<Utc>,
-    policy: &dyn DeadlinePolicy,
-    rules: ActionRules,
-    action_id: &str,
-    assignment_id: &str,
-    department_code: &str,
-    department_action: DepartmentAction,
-) -> Result<RecordedAction, DispatchError> {
-    // the case is locked (on PostgreSQL) before the action id is claimed, so a retry racing its
-    // first attempt waits for it, then finds the id taken and answers as a repeat
-    let mut record = storage::load_by_assignment(connection, assignment_id, Lock::ForUpdate)
-        .await?
-        .ok_or_else(|| DispatchError::NotFound(format!("assignment {assignment_id} not found")))?;
-    let current = |record: &CaseRecord| {
-        record
-            .case
-            .assignment(assignment_id)
-            .cloned()
-            .ok_or_else(|| DispatchError::unexpected("assignment missing from its case"))
-    };
-    if current(&record)?.department_code != department_code {
-        return Err(DispatchError::PermissionDenied(format!(
-            "assignment {assignment_id} is not addressed to department {department_code}"
-        )));
-    }
-    let kind = department_action.name();
-    // the id is claimed first: a new one (the usual case) costs one statement, no lookup; the
-    // claim is rolled back with the rest when the action is refused
-    let claimed = action::Entity::insert(action::ActiveModel {
-        department_code: Set(department_code.to_string()),
-        action_id: Set(action_id.to_string()),
-        assignment_id: Set(assignment_id.to_string()),
-        kind: Set(kind.to_string()),
-        at_ms: Set(to_millis(now)),
-    })
-    .on_conflict(
-        OnConflict::columns([action::Column::DepartmentCode, action::Column::ActionId])
-            .do_nothing()
-            .to_owned(),
-    )
-    .exec_without_returning(connection)
-    .await?;
-    if claimed == 0 {
-        let done = action::Entity::find_by_id((department_code.to_string(), action_id.to_string()))
-            .one(connection)
-            .await?
-            .ok_or_else(|| DispatchError::unexpected("action id neither new nor recorded"))?;
-        // the department's own earlier action: naming it tells nothing new
-        if done.assignment_id != assignment_id || done.kind != kind {
-            return Err(DispatchError::invalid(
-                "action_id",
-                format!(
-                    "already used for {} on assignment {}",
-                    done.kind, done.assignment_id
-                ),
-            ));
-        }
-        return Ok(RecordedAction {
-            assignment: current(&record)?,
-            repeated: true,
-        });
-    }
-    record.execute(
-        Command::Act {
-            assignment_id: assignment_id.to_string(),
-            department_code: department_code.to_string(),
-            action: department_action,
-            rules,
-        },
-        now,
-        policy,
-    )?;
-    let assignment = current(&record)?;
-    storage::save(connection, record, now).await?;
-    Ok(RecordedAction {
-        assignment,
-        repeated: false,
-    })
 }
 
 /// Runs a use case (its own transaction: load, apply, save) and runs it again from the start when

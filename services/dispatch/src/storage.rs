@@ -873,7 +873,46 @@ async fn load_where<C: ConnectionTrait>(
     condition: sea_orm::sea_query::SimpleExpr,
     lock: Lock,
 ) -> Result<Option<CaseRecord>, DispatchError> {
-    let mut query = case::Entity::find().filter(condition);
+    Ok(load_all_where(connection, condition, lock).await?.pop())
+}
+
+/// Loads, locked in the order of their ids, every case an assignment of `assignment_ids` belongs
+/// to, each with all its assignments, in two statements (three past 256 cases). Locking in one
+/// global order keeps two batches that lock overlapping cases from waiting on each other in a
+/// cycle.
+pub async fn load_by_assignments<C: ConnectionTrait>(
+    connection: &C,
+    assignment_ids: &[String],
+    lock: Lock,
+) -> Result<Vec<CaseRecord>, DispatchError> {
+    let mut records = Vec::new();
+    for ids in whistle_platform::db::in_lists(assignment_ids) {
+        let cases_of_assignments = Query::select()
+            .column(assignment::Column::CaseId)
+            .from(assignment::Entity)
+            .and_where(assignment::Column::AssignmentId.is_in(ids))
+            .to_owned();
+        records.extend(
+            load_all_where(
+                connection,
+                case::Column::CaseId.in_subquery(cases_of_assignments),
+                lock,
+            )
+            .await?,
+        );
+    }
+    Ok(records)
+}
+
+/// Loads every case `condition` selects, in the order of their ids, with their assignments.
+async fn load_all_where<C: ConnectionTrait>(
+    connection: &C,
+    condition: sea_orm::sea_query::SimpleExpr,
+    lock: Lock,
+) -> Result<Vec<CaseRecord>, DispatchError> {
+    let mut query = case::Entity::find()
+        .filter(condition)
+        .order_by_asc(case::Column::CaseId);
     // sea-query writes no lock clause for SQLite, which has a single writer anyway
     if whistle_platform::db::is_postgres(connection) {
         query = match lock {
@@ -884,20 +923,68 @@ async fn load_where<C: ConnectionTrait>(
             }
         };
     }
-    let Some(row) = query.one(connection).await? else {
-        return Ok(None);
-    };
-    let rows = assignment::Entity::find()
-        .filter(assignment::Column::CaseId.eq(row.case_id.as_str()))
-        .order_by_asc(assignment::Column::WhistledAtMs)
-        .order_by_asc(assignment::Column::AssignmentId)
-        .all(connection)
-        .await?;
-    let assignments = rows
+    let rows = query.all(connection).await?;
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let case_ids: Vec<&str> = rows.iter().map(|row| row.case_id.as_str()).collect();
+    let mut assignments: HashMap<String, Vec<Assignment>> = HashMap::new();
+    for ids in whistle_platform::db::in_lists(&case_ids) {
+        let stored = assignment::Entity::find()
+            .filter(assignment::Column::CaseId.is_in(ids))
+            .order_by_asc(assignment::Column::WhistledAtMs)
+            .order_by_asc(assignment::Column::AssignmentId)
+            .all(connection)
+            .await?;
+        for row in &stored {
+            assignments
+                .entry(row.case_id.clone())
+                .or_default()
+                .push(decode_assignment(row)?);
+        }
+    }
+    rows.into_iter()
+        .map(|row| {
+            let of_case = assignments.remove(&row.case_id).unwrap_or_default();
+            CaseRecord::stored(row, of_case)
+        })
+        .collect()
+}
+
+/// The actions already recorded under these (department, `action_id`) pairs, in one statement
+/// (more past 256 departments or ids).
+pub async fn recorded_actions<C: ConnectionTrait>(
+    connection: &C,
+    keys: &[(String, String)],
+) -> Result<HashMap<(String, String), action::Model>, DispatchError> {
+    let mut departments: Vec<&str> = keys
         .iter()
-        .map(decode_assignment)
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(Some(CaseRecord::stored(row, assignments)?))
+        .map(|(department, _)| department.as_str())
+        .collect();
+    departments.sort_unstable();
+    departments.dedup();
+    let action_ids: Vec<&str> = keys
+        .iter()
+        .map(|(_, action_id)| action_id.as_str())
+        .collect();
+    let wanted: std::collections::HashSet<&(String, String)> = keys.iter().collect();
+    let mut recorded = HashMap::new();
+    for departments in whistle_platform::db::in_lists(&departments) {
+        for action_ids in whistle_platform::db::in_lists(&action_ids) {
+            let rows = action::Entity::find()
+                .filter(action::Column::DepartmentCode.is_in(departments.clone()))
+                .filter(action::Column::ActionId.is_in(action_ids))
+                .all(connection)
+                .await?;
+            for row in rows {
+                let key = (row.department_code.clone(), row.action_id.clone());
+                if wanted.contains(&key) {
+                    recorded.insert(key, row);
+                }
+            }
+        }
+    }
+    Ok(recorded)
 }
 
 /// An assignment from its row, upgraded when it was stored before clocks were kept.

@@ -491,7 +491,8 @@ pub async fn upsert_assignments<C: ConnectionTrait>(
                 .to_owned(),
         ),
     )
-    .await
+    .await?;
+    Ok(())
 }
 
 /// Notes that a case exists (any event named it); keeps what is already known about it.
@@ -530,7 +531,8 @@ pub async fn remember_cases<C: ConnectionTrait>(
     let skip_known = OnConflict::column(case::Column::CaseId)
         .do_nothing()
         .to_owned();
-    insert_rows(connection, rows, Some(skip_known)).await
+    insert_rows(connection, rows, Some(skip_known)).await?;
+    Ok(())
 }
 
 /// Whether any event named the case.
@@ -557,7 +559,8 @@ pub async fn insert_facts<C: ConnectionTrait>(
     let skip_known = OnConflict::columns([fact::Column::EventId, fact::Column::AssignmentId])
         .do_nothing()
         .to_owned();
-    insert_rows(connection, rows, Some(skip_known)).await
+    insert_rows(connection, rows, Some(skip_known)).await?;
+    Ok(())
 }
 
 /// Every fact published about the given cases.
@@ -830,7 +833,8 @@ pub async fn upsert_case_states<C: ConnectionTrait>(
                 .to_owned(),
         ),
     )
-    .await
+    .await?;
+    Ok(())
 }
 
 /// The regions of the given cases.
@@ -996,7 +1000,8 @@ pub async fn insert_milestones<C: ConnectionTrait>(
         milestones.into_iter().map(milestone::ActiveModel::from),
         Some(skip_known),
     )
-    .await
+    .await?;
+    Ok(())
 }
 
 /// The milestone events of the given assignments, each assignment's in the order they happened.

@@ -200,12 +200,13 @@ pub fn statement_sizes(mut rows: usize) -> impl Iterator<Item = usize> {
 }
 
 /// Inserts `rows` with multi-row statements in the sizes of [`statement_sizes`], each with
-/// `on_conflict` when given (a row that conflicts is skipped or merges, as it says).
+/// `on_conflict` when given (a row that conflicts is skipped or merges, as it says). Returns how
+/// many rows the statements wrote (a row skipped by `DO NOTHING` is not counted).
 pub async fn insert_rows<A, C>(
     connection: &C,
     rows: impl IntoIterator<Item = A>,
     on_conflict: Option<sea_orm::sea_query::OnConflict>,
-) -> Result<(), DbErr>
+) -> Result<u64, DbErr>
 where
     A: sea_orm::ActiveModelTrait,
     C: ConnectionTrait,
@@ -214,14 +215,15 @@ where
     let rows: Vec<A> = rows.into_iter().collect();
     let sizes = statement_sizes(rows.len());
     let mut rows = rows.into_iter();
+    let mut written = 0;
     for size in sizes {
         let mut insert = A::Entity::insert_many(rows.by_ref().take(size));
         if let Some(on_conflict) = &on_conflict {
             insert = insert.on_conflict(on_conflict.clone());
         }
-        insert.exec_without_returning(connection).await?;
+        written += insert.exec_without_returning(connection).await?;
     }
-    Ok(())
+    Ok(written)
 }
 
 /// `values` in lists of at most [`ROWS_PER_STATEMENT`], each padded to a power of two by repeating

@@ -98,7 +98,8 @@ pub async fn enqueue_many<C: ConnectionTrait>(
     now_ms: i64,
 ) -> Result<(), DbErr> {
     let rows = events.into_iter().map(|event| row_of(event, now_ms));
-    crate::db::insert_rows(connection, rows, None).await
+    crate::db::insert_rows(connection, rows, None).await?;
+    Ok(())
 }
 
 fn row_of(event: OutboxEvent, now_ms: i64) -> entity::ActiveModel {
