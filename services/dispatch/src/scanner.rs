@@ -64,6 +64,7 @@ pub async fn scan_once(
     };
     let case_ids: BTreeSet<String> = due.into_iter().map(|row| row.case_id).collect();
     let mut fired = Vec::new();
+    let mut ticked = Vec::new();
     for case_id in case_ids {
         let Some(mut record) = storage::load(&transaction, &case_id, Lock::SkipLocked).await?
         else {
@@ -117,8 +118,9 @@ pub async fn scan_once(
                 _ => {}
             }
         }
-        storage::save(&transaction, record, now).await?;
+        ticked.push(record);
     }
+    storage::save_all(&transaction, ticked, now).await?;
     transaction.commit().await?;
     for step in fired {
         if step.escalation {

@@ -1041,15 +1041,88 @@ fn clock_rows(assignment: &Assignment) -> Vec<clock::ActiveModel> {
         .collect()
 }
 
-/// Saves a changed case: version-checked, so a concurrent change makes this one fail with
-/// Conflict; its changed assignments, their clock rows, the timeline and the events (outbox), all
-/// in the caller's transaction.
+/// Saves a changed case: see [`save_all`].
 pub async fn save<C: ConnectionTrait>(
     connection: &C,
-    mut record: CaseRecord,
+    record: CaseRecord,
+    now: DateTime<Utc>,
+) -> Result<(), DispatchError> {
+    save_all(connection, vec![record], now).await
+}
+
+/// What saving a batch of cases writes besides each case's and assignment's own update.
+#[derive(Default)]
+struct Writes {
+    /// Cases whose clock rows are all rewritten.
+    rewritten: Vec<String>,
+    /// Clock rows gone, as (assignment, its clocks).
+    gone: Vec<(String, Vec<&'static str>)>,
+    clocks: Vec<clock::ActiveModel>,
+    new_assignments: Vec<assignment::ActiveModel>,
+    notes: Vec<timeline::ActiveModel>,
+    events: Vec<whistle_proto::events::Event>,
+}
+
+/// Saves changed cases: each version-checked, so a concurrent change makes this fail with
+/// Conflict; their changed assignments, their clock rows, the timeline and the events (outbox),
+/// all in the caller's transaction. Case and assignment rows are updated one statement each (the
+/// version check is per row); clock deletions, and every insert (assignments, clocks, timeline,
+/// outbox) are a few statements for all the cases together.
+pub async fn save_all<C: ConnectionTrait>(
+    connection: &C,
+    records: Vec<CaseRecord>,
     now: DateTime<Utc>,
 ) -> Result<(), DispatchError> {
     let now_ms = to_millis(now);
+    let mut writes = Writes::default();
+    for record in records {
+        save_rows(connection, record, now_ms, &mut writes).await?;
+    }
+    if !writes.rewritten.is_empty() {
+        for case_ids in whistle_platform::db::in_lists(&writes.rewritten) {
+            clock::Entity::delete_many()
+                .filter(clock::Column::CaseId.is_in(case_ids))
+                .exec(connection)
+                .await?;
+        }
+    }
+    for gone in writes.gone.chunks(64) {
+        let mut any = Condition::any();
+        for (assignment_id, clocks) in gone {
+            any = any.add(
+                Condition::all()
+                    .add(clock::Column::AssignmentId.eq(assignment_id.as_str()))
+                    .add(clock::Column::Clock.is_in(clocks.iter().copied())),
+            );
+        }
+        clock::Entity::delete_many()
+            .filter(any)
+            .exec(connection)
+            .await?;
+    }
+    insert_rows(connection, writes.new_assignments, None).await?;
+    insert_rows(connection, writes.clocks, None).await?;
+    insert_rows(connection, writes.notes, None).await?;
+    let outbox_events = writes
+        .events
+        .iter()
+        .map(whistle_platform::envelope::to_outbox)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(DispatchError::unexpected)?;
+    if !outbox_events.is_empty() {
+        outbox::enqueue_many(connection, outbox_events, now_ms).await?;
+    }
+    Ok(())
+}
+
+/// Updates one case's row and its changed assignments (version-checked), and gathers what else
+/// it writes into `writes`.
+async fn save_rows<C: ConnectionTrait>(
+    connection: &C,
+    mut record: CaseRecord,
+    now_ms: i64,
+    writes: &mut Writes,
+) -> Result<(), DispatchError> {
     let case = &record.case;
     record.row.status = case.status.as_str().to_string();
     record.row.version = case.version as i64;
@@ -1102,11 +1175,8 @@ pub async fn save<C: ConnectionTrait>(
         }
         Some(_) => {}
     }
-    if record.rewrite_clocks {
-        clock::Entity::delete_many()
-            .filter(clock::Column::CaseId.eq(record.row.case_id.as_str()))
-            .exec(connection)
-            .await?;
+    if record.rewrite_clocks && record.original_version.is_some() {
+        writes.rewritten.push(record.row.case_id.clone());
     }
     let deferred = record.case.deferral.is_some();
     let mut clocks = Vec::new();
@@ -1138,11 +1208,7 @@ pub async fn save<C: ConnectionTrait>(
                 .map(|row| row.clock)
                 .collect();
             if !gone.is_empty() {
-                clock::Entity::delete_many()
-                    .filter(clock::Column::AssignmentId.eq(assignment.assignment_id.as_str()))
-                    .filter(clock::Column::Clock.is_in(gone))
-                    .exec(connection)
-                    .await?;
+                writes.gone.push((assignment.assignment_id.clone(), gone));
             }
             clocks.extend(
                 now_rows
@@ -1187,11 +1253,11 @@ pub async fn save<C: ConnectionTrait>(
             }
         }
     }
-    insert_rows(connection, new_assignments, None).await?;
+    writes.new_assignments.extend(new_assignments);
     if record.case.deferral.is_some() {
         clocks.clear();
     }
-    insert_rows(connection, clocks, None).await?;
+    writes.clocks.extend(clocks);
     let mut notes = std::mem::take(&mut record.notes);
     let mut events = Vec::with_capacity(record.emitted.len());
     for emitted in &record.emitted {
@@ -1216,15 +1282,8 @@ pub async fn save<C: ConnectionTrait>(
         });
         events.push(event);
     }
-    insert_rows(connection, notes, None).await?;
-    let outbox_events = events
-        .iter()
-        .map(whistle_platform::envelope::to_outbox)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(DispatchError::unexpected)?;
-    if !outbox_events.is_empty() {
-        outbox::enqueue_many(connection, outbox_events, now_ms).await?;
-    }
+    writes.notes.extend(notes);
+    writes.events.extend(events);
     Ok(())
 }
 
