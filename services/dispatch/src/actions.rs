@@ -32,6 +32,8 @@ pub struct ActionRequest {
     pub assignment_id: String,
     pub department_code: String,
     pub action: DepartmentAction,
+    /// The trace of the call that asked for it (`traceparent`), which its events continue.
+    pub traceparent: Option<String>,
 }
 
 /// Applies `requests` in the caller's transaction, in their order; each gets its own outcome. The
@@ -174,7 +176,7 @@ fn apply(
         }));
     }
     // a refused command leaves the case as it was (the aggregate applies it to a copy)
-    record.execute(
+    record.execute_in_trace(
         Command::Act {
             assignment_id: request.assignment_id.clone(),
             department_code: request.department_code.clone(),
@@ -183,6 +185,7 @@ fn apply(
         },
         now,
         policy,
+        request.traceparent.as_deref(),
     )?;
     let claim = action::Model {
         department_code: request.department_code.clone(),

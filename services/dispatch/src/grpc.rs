@@ -289,6 +289,8 @@ impl DispatchGrpc {
                 assignment_id: request.assignment_id.clone(),
                 department_code: request.department_code.clone(),
                 action,
+                // the events are written by the batch's writer: they continue this call's trace
+                traceparent: whistle_platform::telemetry::current_traceparent(),
             })
             .await?;
         let assignment = recorded.assignment;

@@ -657,6 +657,9 @@ pub struct CaseRecord {
     /// save writes only the rows that changed.
     original_clocks: HashMap<String, Vec<ClockRow>>,
     emitted: Vec<Emitted>,
+    /// For each of `emitted`, the trace it was caused in when that is not the saving task's
+    /// (an action written in a batch); `None`: the current span's when saved.
+    traces: Vec<Option<String>>,
     notes: Vec<timeline::ActiveModel>,
     rewrite_clocks: bool,
 }
@@ -722,6 +725,7 @@ impl CaseRecord {
             original_assignments: HashMap::new(),
             original_clocks: HashMap::new(),
             emitted: Vec::new(),
+            traces: Vec::new(),
             notes: vec![note],
             rewrite_clocks: true,
         }
@@ -773,6 +777,7 @@ impl CaseRecord {
             row,
             case,
             emitted: Vec::new(),
+            traces: Vec::new(),
             notes: Vec::new(),
             rewrite_clocks: false,
         })
@@ -789,6 +794,26 @@ impl CaseRecord {
         let events = self.case.execute(command, now, policy)?;
         let count = events.len();
         self.emitted.extend(events);
+        self.traces.resize(self.emitted.len(), None);
+        Ok(count)
+    }
+
+    /// [`Self::execute`], for a command received in the span `traceparent` names: its events
+    /// carry that trace, whichever task saves them.
+    pub fn execute_in_trace(
+        &mut self,
+        command: Command,
+        now: DateTime<Utc>,
+        policy: &dyn DeadlinePolicy,
+        traceparent: Option<&str>,
+    ) -> Result<usize, domain::CaseError> {
+        let count = self.execute(command, now, policy)?;
+        if let Some(traceparent) = traceparent {
+            let from = self.emitted.len() - count;
+            for trace in &mut self.traces[from..] {
+                *trace = Some(traceparent.to_string());
+            }
+        }
         Ok(count)
     }
 
@@ -813,6 +838,7 @@ impl CaseRecord {
     /// Takes the events emitted so far (they are then not saved with the case): for playing a case
     /// in memory, as the start-up limits check does.
     pub fn take_emitted(&mut self) -> Vec<Emitted> {
+        self.traces.clear();
         std::mem::take(&mut self.emitted)
     }
 
@@ -1060,7 +1086,8 @@ struct Writes {
     clocks: Vec<clock::ActiveModel>,
     new_assignments: Vec<assignment::ActiveModel>,
     notes: Vec<timeline::ActiveModel>,
-    events: Vec<whistle_proto::events::Event>,
+    /// Each with the trace it was caused in.
+    events: Vec<(whistle_proto::events::Event, Option<String>)>,
 }
 
 /// Saves changed cases: each version-checked, so a concurrent change makes this fail with
@@ -1105,8 +1132,8 @@ pub async fn save_all<C: ConnectionTrait>(
     insert_rows(connection, writes.notes, None).await?;
     let outbox_events = writes
         .events
-        .iter()
-        .map(whistle_platform::envelope::to_outbox)
+        .into_iter()
+        .map(|(event, trace)| whistle_platform::envelope::to_outbox_in_trace(&event, trace))
         .collect::<Result<Vec<_>, _>>()
         .map_err(DispatchError::unexpected)?;
     if !outbox_events.is_empty() {
@@ -1260,7 +1287,7 @@ async fn save_rows<C: ConnectionTrait>(
     writes.clocks.extend(clocks);
     let mut notes = std::mem::take(&mut record.notes);
     let mut events = Vec::with_capacity(record.emitted.len());
-    for emitted in &record.emitted {
+    for (emitted, trace) in record.emitted.iter().zip(&record.traces) {
         let event = crate::events::to_event(&record, emitted);
         let kind = event
             .payload
@@ -1280,7 +1307,10 @@ async fn save_rows<C: ConnectionTrait>(
             detail: Set(crate::events::timeline_detail(&emitted.event)),
             ..Default::default()
         });
-        events.push(event);
+        let trace = trace
+            .clone()
+            .or_else(whistle_platform::telemetry::current_traceparent);
+        events.push((event, trace));
     }
     writes.notes.extend(notes);
     writes.events.extend(events);

@@ -155,6 +155,7 @@ fn request(
         assignment_id: assignment.1.clone(),
         department_code: assignment.0.clone(),
         action,
+        traceparent: None,
     }
 }
 

@@ -170,6 +170,15 @@ fn token<'a>(name: &'static str, value: &'a str) -> Result<&'a str, EnvelopeErro
 /// The outbox row for an event: subject, protobuf bytes, CloudEvents headers and the current
 /// span's `traceparent`.
 pub fn to_outbox(event: &Event) -> Result<OutboxEvent, EnvelopeError> {
+    to_outbox_in_trace(event, crate::telemetry::current_traceparent())
+}
+
+/// The outbox row for an event caused in the span `traceparent` names (none: no trace), for an
+/// event written by another task than the one that caused it (a batch of several requests).
+pub fn to_outbox_in_trace(
+    event: &Event,
+    traceparent: Option<String>,
+) -> Result<OutboxEvent, EnvelopeError> {
     let payload = event.payload.as_ref().ok_or(EnvelopeError::NoPayload)?;
     let kind = kind(payload);
     let time = event
@@ -197,7 +206,7 @@ pub fn to_outbox(event: &Event) -> Result<OutboxEvent, EnvelopeError> {
             "whistle.events.v1.Event".to_string(),
         ),
     ];
-    if let Some(traceparent) = crate::telemetry::current_traceparent() {
+    if let Some(traceparent) = traceparent {
         headers.push(("traceparent".to_string(), traceparent));
     }
     Ok(OutboxEvent {
