@@ -2,7 +2,7 @@
 //! case is a problem that keeps coming back (几经反复). Pure: callers load the candidates.
 
 use crate::config::{MergingConfig, RecurrenceConfig};
-use crate::geometry::{Position, distance_meters};
+use crate::geometry::{Position, SearchBox, distance_meters};
 
 /// How a category's reports merge.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -119,11 +119,90 @@ pub fn recurrence(
     )
 }
 
+/// The areas whose merge locks a report at `position` takes before it looks for an open case of
+/// its category within `distance_meters`, so that two reports that could join one case decide one
+/// after the other, and reports farther apart do not wait for each other.
+///
+/// The plane is cut into cells as tall as the search box (`SearchBox::around`) and, in each row of
+/// cells, about as wide; a report locks every cell its own search box touches (two to six).
+/// Another report whose case this one's search could find lies inside this box, so in a cell this
+/// report locks, and it locks its own cell too: the two share a lock. The cells of a row depend on
+/// the row only, never on the report, which is what makes the cells of two reports comparable.
+/// Each area is `street:row:column`, sorted, so that transactions lock overlapping sets in one
+/// order.
+pub fn merge_areas(street_code: &str, position: Position, distance_meters: f64) -> Vec<String> {
+    let search = SearchBox::around(position, distance_meters);
+    // as tall as any search box of this distance (the box's height does not depend on the place)
+    let height = (search.max_lat - search.min_lat).max(1e-7);
+    let first_row = (search.min_lat / height).floor() as i64;
+    let last_row = (search.max_lat / height).floor() as i64;
+    let mut areas = Vec::new();
+    for row in first_row..=last_row {
+        let row_middle = (row as f64 + 0.5) * height;
+        let cos = row_middle.to_radians().cos().abs().max(0.01);
+        let width = (height / cos).min(360.0);
+        let first_column = (search.min_lng / width).floor() as i64;
+        let last_column = (search.max_lng / width).floor() as i64;
+        for column in first_column..=last_column {
+            areas.push(format!("{street_code}:{row}:{column}"));
+        }
+    }
+    areas.sort_unstable();
+    areas.dedup();
+    areas
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::CategoryMerging;
     use proptest::prelude::*;
+
+    proptest! {
+        /// Two reports that one's search could bring together share a merge lock; each locks a
+        /// handful of cells.
+        #[test]
+        fn reports_a_search_could_join_share_a_merge_area(
+            lat in -60.0f64..60.0,
+            lng in -179.0f64..179.0,
+            distance in 1.0f64..2_000.0,
+            // where the other report lies inside the first one's search box, as fractions of it
+            north in 0.0f64..=1.0,
+            east in 0.0f64..=1.0,
+        ) {
+            let first = Position { lat, lng };
+            let search = SearchBox::around(first, distance);
+            let other = Position {
+                lat: search.min_lat + north * (search.max_lat - search.min_lat),
+                lng: search.min_lng + east * (search.max_lng - search.min_lng),
+            };
+            let mine = merge_areas("420303003", first, distance);
+            let theirs = merge_areas("420303003", other, distance);
+            prop_assert!((1..=9).contains(&mine.len()), "{mine:?}");
+            prop_assert!(
+                mine.iter().any(|area| theirs.contains(area)),
+                "{first:?} {other:?}: {mine:?} and {theirs:?} share no area"
+            );
+        }
+    }
+
+    #[test]
+    fn reports_far_apart_lock_different_areas() {
+        let here = merge_areas("420303003", HERE, 50.0);
+        // about 1 km north
+        let north = Position {
+            lat: HERE.lat + 0.009,
+            lng: HERE.lng,
+        };
+        let there = merge_areas("420303003", north, 50.0);
+        assert!(
+            here.iter().all(|area| !there.contains(area)),
+            "{here:?} {there:?}"
+        );
+        // the same place in another street is another lock
+        let elsewhere = merge_areas("420303004", HERE, 50.0);
+        assert!(here.iter().all(|area| !elsewhere.contains(area)));
+    }
 
     const HOUR: i64 = 3_600_000;
     const DAY: i64 = 24 * HOUR;

@@ -12,7 +12,7 @@ use crate::requests::{
     check_get_report, check_import, check_list_categories, check_list_reports, check_locate,
     check_report, check_split,
 };
-use crate::storage::{case, category, community, evidence, grid, merge_lock, report, street};
+use crate::storage::{case, category, community, evidence, grid, merge_area, report, street};
 use chrono::{DateTime, Utc};
 use prost::Message;
 use sea_orm::sea_query::{Expr, ExprTrait as _, OnConflict};
@@ -421,30 +421,30 @@ fn unlocated_reason(position: Position, why: Unlocated, located_grids: usize) ->
     }
 }
 
-/// Takes the merge lock of a category in a street for the rest of the transaction.
+/// Takes the merge locks of a category around a position (`merging::merge_areas`) for the rest of
+/// the transaction, in one statement, in the areas' order.
 async fn lock_merging<C: ConnectionTrait>(
     connection: &C,
     category_code: &str,
     street_code: &str,
+    position: Position,
+    distance_meters: f64,
 ) -> Result<(), DbErr> {
-    merge_lock::Entity::insert(merge_lock::ActiveModel {
-        category_code: Set(category_code.to_string()),
-        street_code: Set(street_code.to_string()),
-        decisions: Set(1),
-    })
-    .on_conflict(
-        OnConflict::columns([
-            merge_lock::Column::CategoryCode,
-            merge_lock::Column::StreetCode,
-        ])
-        .value(
-            merge_lock::Column::Decisions,
-            Expr::col((merge_lock::Entity, merge_lock::Column::Decisions)).add(1),
-        )
-        .to_owned(),
-    )
-    .exec_without_returning(connection)
-    .await?;
+    let rows = merging::merge_areas(street_code, position, distance_meters)
+        .into_iter()
+        .map(|area| merge_area::ActiveModel {
+            category_code: Set(category_code.to_string()),
+            area: Set(area),
+            decisions: Set(1),
+        });
+    let count_decision =
+        OnConflict::columns([merge_area::Column::CategoryCode, merge_area::Column::Area])
+            .value(
+                merge_area::Column::Decisions,
+                Expr::col((merge_area::Entity, merge_area::Column::Decisions)).add(1),
+            )
+            .to_owned();
+    whistle_platform::db::insert_rows(connection, rows, Some(count_decision)).await?;
     Ok(())
 }
 
@@ -568,9 +568,16 @@ impl Intake {
     ) -> Result<SubmitReportResponse, IntakeError> {
         let category_code = checked.category.as_str();
         let transaction = self.db.begin().await?;
-        if rule.is_some() {
+        if let Some(rule) = rule {
             // a twin report arriving now waits here until this one committed, then sees its case
-            lock_merging(&transaction, category_code, &entry.street.code).await?;
+            lock_merging(
+                &transaction,
+                category_code,
+                &entry.street.code,
+                checked.position,
+                rule.distance_meters,
+            )
+            .await?;
         }
         if let Some(answer) = self
             .existing_answer(&transaction, checked, fingerprint)
@@ -1070,7 +1077,18 @@ impl Intake {
         };
         let seen = find().await?;
         let transaction = self.db.begin().await?;
-        lock_merging(&transaction, &seen.category_code, &seen.street_code).await?;
+        // the new case opens at the report's place: reports arriving there meanwhile wait for it
+        lock_merging(
+            &transaction,
+            &seen.category_code,
+            &seen.street_code,
+            Position {
+                lat: seen.lat,
+                lng: seen.lng,
+            },
+            merging::distance_for(&self.config.merging, &seen.category_code),
+        )
+        .await?;
         // read again under the lock: a concurrent split or merge decided before this one
         let mut model = report::Entity::find_by_id(request.report_id.as_str())
             .one(&transaction)

@@ -207,8 +207,33 @@ pub mod case {
     impl ActiveModelBehavior for ActiveModel {}
 }
 
-/// Rows locked (`INSERT .. ON CONFLICT DO UPDATE`) before a report of a category in a street looks
-/// for an open duplicate, so two such reports at once decide one after the other.
+/// Rows locked (`INSERT .. ON CONFLICT DO UPDATE`) before a report of a category looks for an open
+/// duplicate, one per area around it (`merging::merge_areas`), so two reports that could join one
+/// case decide one after the other.
+pub mod merge_area {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "intake_merge_areas")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub category_code: String,
+        /// `street:row:column` of a cell about as large as the merge distance.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub area: String,
+        /// How many decisions took this lock; nothing reads it.
+        pub decisions: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// The merge locks of releases before `merge_area`: one per category and street, which made every
+/// report of a category in a street wait for the one before. Kept (unused) for a replica of the
+/// previous release during a rolling upgrade.
 pub mod merge_lock {
     use sea_orm::entity::prelude::*;
 
@@ -267,6 +292,7 @@ impl MigratorTrait for Migrator {
             Box::new(GeometryCasesEvidence),
             Box::new(ClosedCasesByPlace),
             Box::new(CaseStateVersion),
+            Box::new(MergeAreas),
         ])
     }
 }
@@ -628,6 +654,45 @@ impl MigrationTrait for CaseStateVersion {
                     .drop_column(case::Column::StateVersion)
                     .to_owned(),
             )
+            .await
+    }
+}
+
+/// Merge locks per area around a report instead of per street.
+#[derive(Debug)]
+struct MergeAreas;
+
+impl MigrationName for MergeAreas {
+    fn name(&self) -> &str {
+        "m20261205_000001_intake_merge_areas"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for MergeAreas {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        use sea_orm_migration::schema::{big_integer, string};
+        manager
+            .create_table(
+                Table::create()
+                    .table(merge_area::Entity)
+                    .if_not_exists()
+                    .col(string(merge_area::Column::CategoryCode))
+                    .col(string(merge_area::Column::Area))
+                    .col(big_integer(merge_area::Column::Decisions))
+                    .primary_key(
+                        Index::create()
+                            .col(merge_area::Column::CategoryCode)
+                            .col(merge_area::Column::Area),
+                    )
+                    .to_owned(),
+            )
+            .await
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .drop_table(Table::drop().table(merge_area::Entity).to_owned())
             .await
     }
 }
