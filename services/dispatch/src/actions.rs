@@ -301,6 +301,9 @@ impl ActionWriters {
     async fn write(&self, batch: Vec<Queued>) {
         let requests: Vec<ActionRequest> =
             batch.iter().map(|queued| queued.request.clone()).collect();
+        whistle_platform::metrics::metrics()
+            .action_batch_size
+            .record(batch.len() as u64, &[]);
         match self.transaction(&requests).await {
             Ok(outcomes) => {
                 for (queued, outcome) in batch.into_iter().zip(outcomes) {

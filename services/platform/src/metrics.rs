@@ -18,6 +18,8 @@ pub struct Metrics {
     pub events_rejected: Counter<u64>,
     pub event_delivery_lag: Histogram<f64>,
     pub acknowledgement_latency: Histogram<f64>,
+    /// Department actions dispatch wrote per transaction.
+    pub action_batch_size: Histogram<u64>,
     pub outbox_parked: Counter<u64>,
     pub outbox_backlog: Gauge<u64>,
     pub outbox_oldest_unsent_age: Gauge<f64>,
@@ -129,6 +131,11 @@ pub fn metrics() -> &'static Metrics {
                 .with_boundaries(vec![
                     30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 86400.0,
                 ])
+                .build(),
+            action_batch_size: meter
+                .u64_histogram("whistle.dispatch.action_batch")
+                .with_description("department actions dispatch wrote in one transaction (dispatch.action_batch)")
+                .with_boundaries(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0])
                 .build(),
             outbox_parked: meter
                 .u64_counter("whistle.outbox.parked")
