@@ -117,6 +117,7 @@ pub async fn run(
         db: db.clone(),
         dispatch,
         credentials: CredentialCache::default(),
+        traces: crate::storage::TraceCache::default(),
         subscriptions: Subscriptions {
             db: db.clone(),
             clock,

@@ -31,6 +31,8 @@ pub struct GatewayGrpc {
     pub dispatch: DispatchForwarder,
     /// Recently authenticated tokens, so a burst of calls costs one lookup.
     pub credentials: CredentialCache,
+    /// Assignments' case traces already read (`storage::TraceCache`).
+    pub traces: crate::storage::TraceCache,
     pub subscriptions: Subscriptions,
     /// What every request field is held to (`[limits]`).
     pub limits: LimitsConfig,
@@ -59,7 +61,9 @@ impl GatewayGrpc {
             department = %department_code,
             assignment_id = %action.assignment_id,
         );
-        let case_trace = crate::storage::assignment_traceparent(&self.db, &action.assignment_id)
+        let case_trace = self
+            .traces
+            .traceparent(&self.db, &action.assignment_id)
             .await
             .map_err(GatewayError::from)?;
         if case_trace.is_some() {

@@ -7,7 +7,7 @@ use sea_orm::{
     QueryOrder, QuerySelect,
 };
 use sea_orm_migration::prelude::*;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use whistle_platform::db::insert_rows;
 
 pub mod department {
@@ -163,6 +163,45 @@ pub async fn remember_assignment_traces<C: ConnectionTrait>(
         .to_owned();
     insert_rows(connection, rows, Some(keep_first)).await?;
     Ok(())
+}
+
+/// Assignments' `traceparent`s already read, so the second and third action on an assignment
+/// (acknowledge, check in, resolve) cost no lookup. An assignment's row never changes once written
+/// (the first notice's trace is kept), so a remembered one is never stale; assignments without a
+/// row are not remembered. At most [`TraceCache::ENTRIES`], then it starts over.
+#[derive(Debug, Clone, Default)]
+pub struct TraceCache {
+    entries: std::sync::Arc<std::sync::Mutex<HashMap<String, String>>>,
+}
+
+impl TraceCache {
+    pub const ENTRIES: usize = 4096;
+
+    /// The assignment's `traceparent`: remembered, or read from the database.
+    pub async fn traceparent<C: ConnectionTrait>(
+        &self,
+        connection: &C,
+        assignment_id: &str,
+    ) -> Result<Option<String>, DbErr> {
+        if let Some(known) = self.lock().get(assignment_id) {
+            return Ok(Some(known.clone()));
+        }
+        let found = assignment_traceparent(connection, assignment_id).await?;
+        if let Some(traceparent) = &found {
+            let mut entries = self.lock();
+            if entries.len() >= Self::ENTRIES {
+                entries.clear();
+            }
+            entries.insert(assignment_id.to_string(), traceparent.clone());
+        }
+        Ok(found)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
+        self.entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// The `traceparent` remembered for an assignment, if any.
