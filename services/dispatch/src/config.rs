@@ -106,7 +106,8 @@ pub struct DispatchSettings {
     #[serde(default = "default_action_batch")]
     pub action_batch: usize,
     /// Writers of department actions on PostgreSQL, each running one batch at a time; on SQLite
-    /// there is one, as the file has one writer.
+    /// there is one, as the file has one writer. More than one lets batches overlap, but two
+    /// batches holding different departments of one case wait for each other's commit.
     #[serde(default = "default_action_writers")]
     pub action_writers: usize,
 }
@@ -116,7 +117,7 @@ fn default_action_batch() -> usize {
 }
 
 fn default_action_writers() -> usize {
-    4
+    1
 }
 
 impl Default for DispatchSettings {
