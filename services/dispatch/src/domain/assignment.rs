@@ -345,7 +345,18 @@ impl Assignment {
             .collect()
     }
 
+    /// Why `action` cannot be done now. `hint` says what would allow it; once the assignment is
+    /// resolved or returned no department action would, so the hint says what happens instead.
     fn refuse(&self, action: &'static str, hint: &'static str) -> TransitionError {
+        let hint = match self.status {
+            AssignmentStatus::Resolved => {
+                "it is resolved; the community's verification (核查) decides what follows"
+            }
+            AssignmentStatus::Returned => {
+                "it was returned (退回); the street decides whether the return stands"
+            }
+            _ => hint,
+        };
         TransitionError {
             action,
             current: self.status.as_str(),
@@ -395,9 +406,12 @@ impl Assignment {
         radius_meters: f64,
     ) -> Result<bool, CheckInError> {
         if self.status != AssignmentStatus::Acknowledged {
-            return Err(CheckInError::Transition(
-                self.refuse("check in", "acknowledge first"),
-            ));
+            let hint = if self.status == AssignmentStatus::OnSite {
+                "it is checked in already"
+            } else {
+                "acknowledge first"
+            };
+            return Err(CheckInError::Transition(self.refuse("check in", hint)));
         }
         if distance_meters > radius_meters {
             return Err(CheckInError::TooFar {

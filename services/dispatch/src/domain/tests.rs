@@ -229,12 +229,26 @@ fn the_assignment_walks_whistle_ack_on_site_resolve() {
         Ok(false),
         "2 h limit passed"
     );
+    match assignment.check_in(at(151), 20.0, 500.0) {
+        Err(CheckInError::Transition(twice)) => {
+            assert!(twice.to_string().contains("checked in already"), "{twice}")
+        }
+        other => panic!("a second check-in: {other:?}"),
+    }
     assert_eq!(
         assignment.resolve(at(200), "清运完毕".into(), vec![]),
         Ok(true)
     );
     assert_eq!(assignment.status, AssignmentStatus::Resolved);
     assert_eq!(assignment.version, 4);
+    // a refusal says what the state allows, not a step already taken
+    let again = assignment
+        .resolve(at(201), "again".into(), vec![])
+        .expect_err("resolved once");
+    assert!(
+        again.to_string().contains("verification") && !again.to_string().contains("acknowledge"),
+        "{again}"
+    );
     assert!(
         assignment
             .clocks
@@ -269,7 +283,7 @@ fn check_in_far_away_is_refused_and_on_site_is_optional_when_not_required() {
         Err(TransitionError {
             action: "acknowledge",
             current: "RESOLVED",
-            hint: "an assignment is acknowledged once"
+            hint: "it is resolved; the community's verification (核查) decides what follows"
         })
     );
 }
