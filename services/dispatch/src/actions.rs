@@ -11,9 +11,9 @@
 //! for each other's commits, since their actions land in the same batch. With nothing else
 //! waiting, a batch holds one action, as before.
 
-use crate::domain::{ActionRules, Command, DeadlinePolicy, DepartmentAction};
+use crate::domain::{ActionRules, Assignment, Command, DeadlinePolicy, DepartmentAction};
 use crate::error::DispatchError;
-use crate::service::{RecordedAction, retry_on_conflict};
+use crate::service::retry_on_conflict;
 use crate::storage::{self, CaseRecord, Lock, action};
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::OnConflict;
@@ -34,6 +34,14 @@ pub struct ActionRequest {
     pub action: DepartmentAction,
     /// The trace of the call that asked for it (`traceparent`), which its events continue.
     pub traceparent: Option<String>,
+}
+
+/// The assignment after a department action, and whether the action had been recorded before.
+#[derive(Debug, Clone)]
+pub struct RecordedAction {
+    pub assignment: Assignment,
+    /// The department used this `action_id` before: nothing changed this time.
+    pub repeated: bool,
 }
 
 /// Applies `requests` in the caller's transaction, in their order; each gets its own outcome. The
@@ -211,6 +219,7 @@ fn apply(
 }
 
 /// An action waiting for its batch, with where its outcome goes.
+#[derive(Debug)]
 struct Queued {
     request: ActionRequest,
     answer: oneshot::Sender<Result<RecordedAction, DispatchError>>,
@@ -235,15 +244,6 @@ pub struct ActionWriters {
 #[derive(Debug, Clone)]
 pub struct ActionQueue {
     sender: mpsc::Sender<Queued>,
-}
-
-impl std::fmt::Debug for Queued {
-    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter
-            .debug_struct("Queued")
-            .field("request", &self.request)
-            .finish_non_exhaustive()
-    }
 }
 
 impl ActionQueue {

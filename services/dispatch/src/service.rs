@@ -3,9 +3,7 @@
 //! command needs from elsewhere (the department registry, routes, fallback owners) is looked up
 //! here, so the aggregate stays pure.
 
-use crate::domain::{
-    self, Assignment, Command, DeadlinePolicy, Fallback, Limits, Role, WhistleTarget,
-};
+use crate::domain::{self, Command, DeadlinePolicy, Fallback, Limits, Role, WhistleTarget};
 use crate::error::DispatchError;
 use crate::storage::{self, CaseRecord, Lock, case};
 use chrono::{DateTime, Utc};
@@ -424,14 +422,6 @@ pub async fn change_case<C: ConnectionTrait>(
         .ok_or_else(|| DispatchError::NotFound(format!("case {case_id} not found")))?;
     record.execute(command, now, policy)?;
     storage::save(connection, record, now).await
-}
-
-/// The assignment after a department action, and whether the action had been recorded before.
-#[derive(Debug, Clone)]
-pub struct RecordedAction {
-    pub assignment: Assignment,
-    /// The department used this `action_id` before: nothing changed this time.
-    pub repeated: bool,
 }
 
 /// Runs a use case (its own transaction: load, apply, save) and runs it again from the start when

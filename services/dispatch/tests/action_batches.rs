@@ -6,19 +6,18 @@
 //! batches, an id reused for another assignment, another department's assignment, an unknown
 //! assignment, and actions the case refuses.
 
+mod common;
+
 use chrono::{DateTime, Utc};
 use sea_orm::{DatabaseConnection, EntityTrait, QueryOrder, TransactionTrait};
-use whistle_dispatch::actions::{ActionRequest, record_department_actions};
+use whistle_dispatch::actions::{ActionRequest, RecordedAction, record_department_actions};
 use whistle_dispatch::domain::{ActionRules, CalendarTime, DepartmentAction};
 use whistle_dispatch::error::DispatchError;
-use whistle_dispatch::service::RecordedAction;
-use whistle_dispatch::storage::{self, Migrator};
-use whistle_platform::config::DatabaseConfig;
+use whistle_dispatch::storage;
+use whistle_platform::ManualClock;
 use whistle_platform::envelope::{self, Payload};
 use whistle_platform::errors::ServiceError;
-use whistle_platform::testing::{TestBed, TestPostgres};
-use whistle_platform::validation::LimitsConfig;
-use whistle_platform::{ManualClock, db};
+use whistle_platform::testing::TestPostgres;
 use whistle_proto::events::CaseReported;
 use whistle_proto::types::{Channel, Place, Region, Severity};
 
@@ -38,18 +37,7 @@ const RULES: ActionRules = ActionRules {
 /// A fresh database with the demo routes and `cases` cases reported in the garbage-overflow route
 /// (three departments each), under the same ids in every database.
 async fn database(url: String, case_ids: &[String]) -> DatabaseConnection {
-    let database = db::connect(&DatabaseConfig::at(url, 2))
-        .await
-        .expect("database");
-    db::migrate::<Migrator>(&database).await.expect("migrate");
-    whistle_dispatch::catalogue::load(
-        &database,
-        &TestBed::demo_catalogue(),
-        &LimitsConfig::default(),
-        0,
-    )
-    .await
-    .expect("routes");
+    let database = common::routed_database(url, 2).await;
     let clock = ManualClock::new(now());
     for (index, case_id) in case_ids.iter().enumerate() {
         let reported = CaseReported {

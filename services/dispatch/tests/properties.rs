@@ -2,18 +2,16 @@
 //! and applying what decodes with the case consumer never panics, against a real SQLite database
 //! holding the demo routes (so reported cases are routed and whistled).
 
+mod common;
+
 use sea_orm::{EntityTrait, PaginatorTrait, TransactionTrait};
 use std::sync::Arc;
 use whistle_dispatch::consumer::ReportedCases;
-use whistle_dispatch::storage::Migrator;
-use whistle_platform::config::DatabaseConfig;
+use whistle_platform::SystemClock;
 use whistle_platform::envelope;
 use whistle_platform::inbox::EventHandler;
 use whistle_platform::outbox::OutboxSignal;
-use whistle_platform::testing::TestBed;
 use whistle_platform::testing::arbitrary::{event, wire_bytes};
-use whistle_platform::validation::LimitsConfig;
-use whistle_platform::{SystemClock, db};
 
 #[test]
 fn arbitrary_event_bytes_never_panic_the_case_consumer() {
@@ -23,21 +21,7 @@ fn arbitrary_event_bytes_never_panic_the_case_consumer() {
         .expect("runtime");
     let dir = tempfile::tempdir().expect("folder");
     let url = format!("sqlite://{}", dir.path().join("dispatch.sqlite").display());
-    let database = runtime.block_on(async {
-        let database = db::connect(&DatabaseConfig::at(url, 1))
-            .await
-            .expect("database");
-        db::migrate::<Migrator>(&database).await.expect("migrate");
-        whistle_dispatch::catalogue::load(
-            &database,
-            &TestBed::demo_catalogue(),
-            &LimitsConfig::default(),
-            0,
-        )
-        .await
-        .expect("routes");
-        database
-    });
+    let database = runtime.block_on(common::routed_database(url, 1));
     let handler = ReportedCases {
         clock: Arc::new(SystemClock),
         policy: Arc::new(whistle_dispatch::domain::CalendarTime),
