@@ -79,12 +79,11 @@ pub async fn run(
             filter_subject: crate::consumer::FILTER_SUBJECT.to_string(),
             max_batch: config.dispatch.consumer_batch,
         },
-        Arc::new(ReportedCases {
-            clock: clock.clone(),
-            policy: policy.clone(),
-            outbox_signal: outbox_signal.clone(),
-            recurrent: Default::default(),
-        }),
+        Arc::new(ReportedCases::new(
+            clock.clone(),
+            policy.clone(),
+            outbox_signal.clone(),
+        )),
         shutdown.clone(),
     ));
     let scanner_task = tokio::spawn(

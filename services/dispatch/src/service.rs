@@ -8,6 +8,7 @@ use crate::error::DispatchError;
 use crate::storage::{self, CaseRecord, Lock, case};
 use chrono::{DateTime, Utc};
 use sea_orm::{ActiveValue::Set, ConnectionTrait, EntityTrait};
+use std::collections::HashMap;
 use whistle_platform::clock::to_millis;
 use whistle_platform::envelope::{Event, Payload};
 use whistle_proto::events::CaseReported;
@@ -40,47 +41,91 @@ pub async fn open_reported_case<C: ConnectionTrait>(
     {
         return Ok(Applied::default());
     }
-    let mut record = CaseRecord::open(event, reported, now);
-    let routes = storage::routes_for_category(connection, &record.row.category_code).await?;
-    match domain::select_route(&routes, &record.row.category_code, &record.row.grid_code) {
-        Some(route) => {
-            record.row.route_id = route.route_id.clone();
-            if route.auto_whistle {
-                match whistle_targets(
-                    connection,
-                    &route.lead_department_code,
-                    &route.co_department_codes,
-                )
-                .await
-                {
-                    Ok(targets) => {
-                        record.execute(
-                            Command::Whistle {
-                                by: format!("route:{}", route.route_id),
-                                targets,
-                                limits: route.limits.apply(record.case.severity.default_limits()),
-                                requires_on_site: route.requires_on_site,
-                            },
-                            now,
-                            policy,
-                        )?;
-                    }
-                    Err(error) => {
-                        tracing::warn!(case_id = %record.row.case_id, route_id = %route.route_id, %error, "the route names a department the registry does not know or that is inactive; the case waits for the street");
-                    }
-                }
-            }
-        }
-        None => {
-            tracing::info!(case_id = %record.row.case_id, category = %record.row.category_code, "no route matches, waiting for the street");
-        }
-    }
+    let catalogue = OpeningCatalogue::read(connection, [reported.category_code.as_str()]).await?;
+    let record = open_record(now, policy, event, reported, &catalogue)?;
     storage::save(connection, record, now).await?;
     let flagged_recurrent = apply_pending_news(connection, now, policy, &event.case_id).await?;
     Ok(Applied {
         applied: true,
         flagged_recurrent,
     })
+}
+
+/// What opening reported cases reads from the catalogue: the routes of their categories and the
+/// department registry. Read once for a batch of cases.
+#[derive(Debug, Default)]
+pub struct OpeningCatalogue {
+    routes: HashMap<String, Vec<domain::Route>>,
+    registry: Vec<domain::Department>,
+}
+
+impl OpeningCatalogue {
+    /// The routes of `categories` and the registry, two statements.
+    pub async fn read<'a, C: ConnectionTrait>(
+        connection: &C,
+        categories: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Self, DispatchError> {
+        let categories: Vec<&str> = categories.into_iter().collect();
+        if categories.is_empty() {
+            return Ok(Self::default());
+        }
+        Ok(Self {
+            routes: storage::routes_for_categories(connection, &categories).await?,
+            registry: storage::departments(connection).await?,
+        })
+    }
+}
+
+/// Opens a reported case in memory: routes it by `catalogue` and whistles it at once when the
+/// route says so. A route naming a department the registry does not know (or an inactive one)
+/// leaves the case waiting for the street, as does a category without a route. Its events carry
+/// the current span's trace, whichever task saves them.
+pub fn open_record(
+    now: DateTime<Utc>,
+    policy: &dyn DeadlinePolicy,
+    event: &Event,
+    reported: &CaseReported,
+    catalogue: &OpeningCatalogue,
+) -> Result<CaseRecord, DispatchError> {
+    let mut record = CaseRecord::open(event, reported, now);
+    let routes = catalogue
+        .routes
+        .get(&record.row.category_code)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let Some(route) =
+        domain::select_route(routes, &record.row.category_code, &record.row.grid_code)
+    else {
+        tracing::info!(case_id = %record.row.case_id, category = %record.row.category_code, "no route matches, waiting for the street");
+        return Ok(record);
+    };
+    record.row.route_id = route.route_id.clone();
+    if !route.auto_whistle {
+        return Ok(record);
+    }
+    match targets_in(
+        &catalogue.registry,
+        &route.lead_department_code,
+        &route.co_department_codes,
+    ) {
+        Ok(targets) => {
+            record.execute_in_trace(
+                Command::Whistle {
+                    by: format!("route:{}", route.route_id),
+                    targets,
+                    limits: route.limits.apply(record.case.severity.default_limits()),
+                    requires_on_site: route.requires_on_site,
+                },
+                now,
+                policy,
+                whistle_platform::telemetry::current_traceparent().as_deref(),
+            )?;
+        }
+        Err(error) => {
+            tracing::warn!(case_id = %record.row.case_id, route_id = %route.route_id, %error, "the route names a department the registry does not know or that is inactive; the case waits for the street");
+        }
+    }
+    Ok(record)
 }
 
 /// Whether an event is news from intake about a reported case that dispatch applies.
@@ -118,12 +163,22 @@ pub async fn apply_report_news<C: ConnectionTrait>(
         tracing::info!(case_id = %event.case_id, event_id = %event.event_id, "news about a case not reported yet, kept pending");
         return Ok(None);
     };
-    let was_recurrent = record.case.recurrent;
-    apply_news_to(&mut record, now, policy, event)?;
-    let flagged =
-        (!was_recurrent && record.case.recurrent).then(|| record.row.category_code.clone());
+    let flagged = apply_news(&mut record, now, policy, event)?;
     storage::save(connection, record, now).await?;
     Ok(flagged)
+}
+
+/// Applies intake's news to a case in memory (loaded, or opened by the batch being applied); on
+/// an error the case is unchanged. Returns the case's category when this flagged it recurrent.
+pub fn apply_news(
+    record: &mut CaseRecord,
+    now: DateTime<Utc>,
+    policy: &dyn DeadlinePolicy,
+    event: &Event,
+) -> Result<Option<String>, DispatchError> {
+    let was_recurrent = record.case.recurrent;
+    apply_news_to(record, now, policy, event)?;
+    Ok((!was_recurrent && record.case.recurrent).then(|| record.row.category_code.clone()))
 }
 
 fn apply_news_to(
@@ -251,10 +306,18 @@ fn apply_news_to(
         }
         _ => return Ok(()),
     };
-    if let Some((kind, actor, detail)) = note {
-        record.note(at, kind, &actor, detail);
-    }
-    record.execute(command, now, policy)?;
+    record.execute_noted(
+        command,
+        now,
+        policy,
+        whistle_platform::telemetry::current_traceparent().as_deref(),
+        note.map(|(kind, actor, detail)| storage::Note {
+            at,
+            kind,
+            actor,
+            detail,
+        }),
+    )?;
     Ok(())
 }
 
@@ -296,6 +359,15 @@ pub async fn whistle_targets<C: ConnectionTrait>(
     co_department_codes: &[String],
 ) -> Result<Vec<WhistleTarget>, DispatchError> {
     let registry = storage::departments(connection).await?;
+    targets_in(&registry, lead_department_code, co_department_codes)
+}
+
+/// [`whistle_targets`] from a registry already read.
+fn targets_in(
+    registry: &[domain::Department],
+    lead_department_code: &str,
+    co_department_codes: &[String],
+) -> Result<Vec<WhistleTarget>, DispatchError> {
     let named = std::iter::once((
         "lead_department_code".to_string(),
         lead_department_code,
@@ -310,7 +382,7 @@ pub async fn whistle_targets<C: ConnectionTrait>(
     }));
     let mut targets = Vec::new();
     for (field, code, role) in named {
-        targets.push(target(&registry, &field, code, role)?);
+        targets.push(target(registry, &field, code, role)?);
     }
     Ok(targets)
 }

@@ -9,13 +9,14 @@ use chrono::{DateTime, Utc};
 use prost::Message;
 use sea_orm::sea_query::{LockBehavior, LockType};
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel,
-    QueryFilter, QueryOrder, QuerySelect,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityName, EntityTrait, IdenStatic,
+    IntoActiveModel, QueryFilter, QueryOrder, QuerySelect,
 };
 use sea_orm_migration::prelude::*;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use whistle_platform::clock::{from_millis, to_millis};
+use whistle_platform::db::VersionedRow;
 use whistle_platform::db::insert_rows;
 use whistle_platform::db::migrations::create_column_indexes;
 use whistle_platform::outbox;
@@ -644,6 +645,15 @@ pub enum Lock {
     SkipLocked,
 }
 
+/// A timeline entry that no event of a case carries (news from intake).
+#[derive(Debug, Clone)]
+pub struct Note {
+    pub at: DateTime<Utc>,
+    pub kind: &'static str,
+    pub actor: String,
+    pub detail: String,
+}
+
 /// A case as stored: its row (place, category, description, the report) and its aggregate, with
 /// what a change adds until it is saved.
 #[derive(Debug)]
@@ -660,7 +670,8 @@ pub struct CaseRecord {
     /// For each of `emitted`, the trace it was caused in when that is not the saving task's
     /// (an action written in a batch); `None`: the current span's when saved.
     traces: Vec<Option<String>>,
-    notes: Vec<timeline::ActiveModel>,
+    /// Timeline entries no event carries, each with the number of events emitted before it.
+    notes: Vec<(usize, timeline::ActiveModel)>,
     rewrite_clocks: bool,
 }
 
@@ -726,7 +737,7 @@ impl CaseRecord {
             original_clocks: HashMap::new(),
             emitted: Vec::new(),
             traces: Vec::new(),
-            notes: vec![note],
+            notes: vec![(0, note)],
             rewrite_clocks: true,
         }
     }
@@ -817,17 +828,33 @@ impl CaseRecord {
         Ok(count)
     }
 
-    /// Adds a timeline entry that no event of the case carries (news from intake).
-    pub fn note(&mut self, at: DateTime<Utc>, kind: &str, actor: &str, detail: String) {
-        self.notes.push(timeline::ActiveModel {
-            case_id: Set(self.row.case_id.clone()),
-            at_ms: Set(to_millis(at)),
-            kind: Set(kind.to_string()),
-            actor: Set(actor.to_string()),
-            assignment_id: Set(String::new()),
-            detail: Set(detail),
-            ..Default::default()
-        });
+    /// [`Self::execute_in_trace`], with a timeline entry that no event of the case carries (news
+    /// from intake) placed before the command's events. Refused, neither is kept.
+    pub fn execute_noted(
+        &mut self,
+        command: Command,
+        now: DateTime<Utc>,
+        policy: &dyn DeadlinePolicy,
+        traceparent: Option<&str>,
+        note: Option<Note>,
+    ) -> Result<usize, domain::CaseError> {
+        let before = self.emitted.len();
+        let count = self.execute_in_trace(command, now, policy, traceparent)?;
+        if let Some(note) = note {
+            self.notes.push((
+                before,
+                timeline::ActiveModel {
+                    case_id: Set(self.row.case_id.clone()),
+                    at_ms: Set(to_millis(note.at)),
+                    kind: Set(note.kind.to_string()),
+                    actor: Set(note.actor),
+                    assignment_id: Set(String::new()),
+                    detail: Set(note.detail),
+                    ..Default::default()
+                },
+            ));
+        }
+        Ok(count)
     }
 
     /// The events of this change, oldest first.
@@ -1076,11 +1103,77 @@ pub async fn save<C: ConnectionTrait>(
     save_all(connection, vec![record], now).await
 }
 
-/// What saving a batch of cases writes besides each case's and assignment's own update.
+/// The columns a command can change on a case row.
+fn case_updates() -> [&'static str; 7] {
+    use case::Column as C;
+    [
+        C::Status,
+        C::Version,
+        C::RejectReason,
+        C::RouteId,
+        C::UpdatedAtMs,
+        C::State,
+        C::Recurrent,
+    ]
+    .map(|column| column.as_str())
+}
+
+/// The columns of an assignment row, but its key.
+fn assignment_updates() -> [&'static str; 10] {
+    use assignment::Column as C;
+    [
+        C::CaseId,
+        C::DepartmentCode,
+        C::Status,
+        C::Version,
+        C::WhistledAtMs,
+        C::AcknowledgeByMs,
+        C::OnSiteByMs,
+        C::ResolveByMs,
+        C::State,
+        C::Overdue,
+    ]
+    .map(|column| column.as_str())
+}
+
+/// Updates version-checked rows of `table`; a row changed meanwhile fails the save as a conflict.
+async fn update_checked<C: ConnectionTrait>(
+    connection: &C,
+    table: &str,
+    key: &str,
+    columns: &[&str],
+    rows: Vec<VersionedRow>,
+) -> Result<(), DispatchError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let count = rows.len();
+    let only = (count == 1).then(|| match &rows[0].key {
+        sea_orm::Value::String(Some(key)) => key.clone(),
+        key => format!("{key:?}"),
+    });
+    let updated =
+        whistle_platform::db::update_rows(connection, table, key, "version", columns, rows).await?;
+    if updated as usize != count {
+        return Err(DispatchError::Conflict(match only {
+            Some(key) => format!("{table} {key}"),
+            None => format!("{} of {count} rows of {table}", count - updated as usize),
+        }));
+    }
+    Ok(())
+}
+
+/// What saving a batch of cases writes.
 #[derive(Default)]
 struct Writes {
     /// Cases whose clock rows are all rewritten.
     rewritten: Vec<String>,
+    /// Cases opened.
+    new_cases: Vec<case::ActiveModel>,
+    /// Cases changed, in the columns of [`case_updates`].
+    case_updates: Vec<VersionedRow>,
+    /// Assignments changed, in the columns of [`assignment_updates`].
+    assignment_updates: Vec<VersionedRow>,
     /// Clock rows gone, as (assignment, its clocks).
     gone: Vec<(String, Vec<&'static str>)>,
     clocks: Vec<clock::ActiveModel>,
@@ -1092,9 +1185,9 @@ struct Writes {
 
 /// Saves changed cases: each version-checked, so a concurrent change makes this fail with
 /// Conflict; their changed assignments, their clock rows, the timeline and the events (outbox),
-/// all in the caller's transaction. Case and assignment rows are updated one statement each (the
-/// version check is per row); clock deletions, and every insert (assignments, clocks, timeline,
-/// outbox) are a few statements for all the cases together.
+/// all in the caller's transaction. Each write is a few statements for all the cases together:
+/// case and assignment updates (`UPDATE … FROM (VALUES …)`, the version checked per row), clock
+/// deletions, and the inserts (cases, assignments, clocks, timeline, outbox).
 pub async fn save_all<C: ConnectionTrait>(
     connection: &C,
     records: Vec<CaseRecord>,
@@ -1103,8 +1196,24 @@ pub async fn save_all<C: ConnectionTrait>(
     let now_ms = to_millis(now);
     let mut writes = Writes::default();
     for record in records {
-        save_rows(connection, record, now_ms, &mut writes).await?;
+        save_rows(record, now_ms, &mut writes)?;
     }
+    update_checked(
+        connection,
+        case::Entity.table_name(),
+        case::Column::CaseId.as_str(),
+        &case_updates(),
+        writes.case_updates,
+    )
+    .await?;
+    update_checked(
+        connection,
+        assignment::Entity.table_name(),
+        assignment::Column::AssignmentId.as_str(),
+        &assignment_updates(),
+        writes.assignment_updates,
+    )
+    .await?;
     if !writes.rewritten.is_empty() {
         for case_ids in whistle_platform::db::in_lists(&writes.rewritten) {
             clock::Entity::delete_many()
@@ -1127,6 +1236,7 @@ pub async fn save_all<C: ConnectionTrait>(
             .exec(connection)
             .await?;
     }
+    insert_rows(connection, writes.new_cases, None).await?;
     insert_rows(connection, writes.new_assignments, None).await?;
     insert_rows(connection, writes.clocks, None).await?;
     insert_rows(connection, writes.notes, None).await?;
@@ -1142,10 +1252,9 @@ pub async fn save_all<C: ConnectionTrait>(
     Ok(())
 }
 
-/// Updates one case's row and its changed assignments (version-checked), and gathers what else
-/// it writes into `writes`.
-async fn save_rows<C: ConnectionTrait>(
-    connection: &C,
+/// Gathers what saving one case writes into `writes`: its row and changed assignments
+/// (version-checked), their clock rows, timeline and events.
+fn save_rows(
     mut record: CaseRecord,
     now_ms: i64,
     writes: &mut Writes,
@@ -1171,35 +1280,25 @@ async fn save_rows<C: ConnectionTrait>(
         record.row.updated_at_ms = now_ms;
     }
     match record.original_version {
-        None => {
-            case::Entity::insert(record.row.clone().into_active_model())
-                .exec_without_returning(connection)
-                .await?;
-        }
-        Some(original) if row_changed => {
-            // only what a command can change: the report (its blob, text, place) stays as written
-            let updated = case::Entity::update_many()
-                .col_expr(case::Column::Status, record.row.status.clone().into())
-                .col_expr(case::Column::Version, record.row.version.into())
-                .col_expr(
-                    case::Column::RejectReason,
-                    record.row.reject_reason.clone().into(),
-                )
-                .col_expr(case::Column::RouteId, record.row.route_id.clone().into())
-                .col_expr(case::Column::UpdatedAtMs, record.row.updated_at_ms.into())
-                .col_expr(case::Column::State, record.row.state.clone().into())
-                .col_expr(case::Column::Recurrent, record.row.recurrent.into())
-                .filter(case::Column::CaseId.eq(record.row.case_id.as_str()))
-                .filter(case::Column::Version.eq(original))
-                .exec(connection)
-                .await?;
-            if updated.rows_affected != 1 {
-                return Err(DispatchError::Conflict(format!(
-                    "case {}",
-                    record.row.case_id
-                )));
-            }
-        }
+        // new cases are inserted together, below
+        None => writes
+            .new_cases
+            .push(record.row.clone().into_active_model()),
+        // only what a command can change (`case_updates`): the report (its blob, text, place) stays
+        // as written
+        Some(original) if row_changed => writes.case_updates.push(VersionedRow {
+            key: record.row.case_id.clone().into(),
+            expected_version: original,
+            values: vec![
+                record.row.status.clone().into(),
+                record.row.version.into(),
+                record.row.reject_reason.clone().into(),
+                record.row.route_id.clone().into(),
+                record.row.updated_at_ms.into(),
+                record.row.state.clone().into(),
+                record.row.recurrent.into(),
+            ],
+        }),
         Some(_) => {}
     }
     if record.rewrite_clocks && record.original_version.is_some() {
@@ -1263,21 +1362,23 @@ async fn save_rows<C: ConnectionTrait>(
         match original {
             // a whistle's new assignments are inserted together, below
             None => new_assignments.push(row.into_active_model()),
-            Some(original) => {
-                let active = row.into_active_model().reset_all();
-                let updated = assignment::Entity::update_many()
-                    .set(active)
-                    .filter(assignment::Column::AssignmentId.eq(assignment.assignment_id.as_str()))
-                    .filter(assignment::Column::Version.eq(original as i64))
-                    .exec(connection)
-                    .await?;
-                if updated.rows_affected != 1 {
-                    return Err(DispatchError::Conflict(format!(
-                        "assignment {}",
-                        assignment.assignment_id
-                    )));
-                }
-            }
+            // every column but the key (`assignment_updates`)
+            Some(original) => writes.assignment_updates.push(VersionedRow {
+                key: row.assignment_id.into(),
+                expected_version: original as i64,
+                values: vec![
+                    row.case_id.into(),
+                    row.department_code.into(),
+                    row.status.into(),
+                    row.version.into(),
+                    row.whistled_at_ms.into(),
+                    row.acknowledge_by_ms.into(),
+                    row.on_site_by_ms.into(),
+                    row.resolve_by_ms.into(),
+                    row.state.into(),
+                    row.overdue.into(),
+                ],
+            }),
         }
     }
     writes.new_assignments.extend(new_assignments);
@@ -1285,9 +1386,14 @@ async fn save_rows<C: ConnectionTrait>(
         clocks.clear();
     }
     writes.clocks.extend(clocks);
-    let mut notes = std::mem::take(&mut record.notes);
+    // each note goes before the events emitted after it was taken
+    let mut taken = std::mem::take(&mut record.notes).into_iter().peekable();
+    let mut notes = Vec::with_capacity(taken.len() + record.emitted.len());
     let mut events = Vec::with_capacity(record.emitted.len());
-    for (emitted, trace) in record.emitted.iter().zip(&record.traces) {
+    for (index, (emitted, trace)) in record.emitted.iter().zip(&record.traces).enumerate() {
+        while let Some((_, note)) = taken.next_if(|(before, _)| *before <= index) {
+            notes.push(note);
+        }
         let event = crate::events::to_event(&record, emitted);
         let kind = event
             .payload
@@ -1312,6 +1418,7 @@ async fn save_rows<C: ConnectionTrait>(
             .or_else(whistle_platform::telemetry::current_traceparent);
         events.push((event, trace));
     }
+    notes.extend(taken.map(|(_, note)| note));
     writes.notes.extend(notes);
     writes.events.extend(events);
     Ok(())
@@ -1447,6 +1554,67 @@ pub async fn routes_for_category<C: ConnectionTrait>(
                 .map_err(DispatchError::unexpected)
         })
         .collect()
+}
+
+/// Which of `case_ids` are open (stored), one statement per 256 of them.
+pub async fn open_cases<C: ConnectionTrait>(
+    connection: &C,
+    case_ids: &[&str],
+) -> Result<HashSet<String>, DispatchError> {
+    let mut open = HashSet::new();
+    for case_ids in whistle_platform::db::in_lists(case_ids) {
+        open.extend(
+            case::Entity::find()
+                .select_only()
+                .column(case::Column::CaseId)
+                .filter(case::Column::CaseId.is_in(case_ids))
+                .into_tuple::<String>()
+                .all(connection)
+                .await?,
+        );
+    }
+    Ok(open)
+}
+
+/// Which of `case_ids` have news from intake kept pending, one statement per 256 of them.
+pub async fn cases_with_pending_news<C: ConnectionTrait>(
+    connection: &C,
+    case_ids: &[&str],
+) -> Result<HashSet<String>, DispatchError> {
+    let mut with_news = HashSet::new();
+    for case_ids in whistle_platform::db::in_lists(case_ids) {
+        with_news.extend(
+            pending::Entity::find()
+                .select_only()
+                .column(pending::Column::CaseId)
+                .filter(pending::Column::CaseId.is_in(case_ids))
+                .into_tuple::<String>()
+                .all(connection)
+                .await?,
+        );
+    }
+    Ok(with_news)
+}
+
+/// The routes of each of `categories`, one statement per 256 of them (a category without routes
+/// has no entry).
+pub async fn routes_for_categories<C: ConnectionTrait>(
+    connection: &C,
+    categories: &[&str],
+) -> Result<HashMap<String, Vec<domain::Route>>, DispatchError> {
+    let mut routes: HashMap<String, Vec<domain::Route>> = HashMap::new();
+    for categories in whistle_platform::db::in_lists(categories) {
+        for row in route::Entity::find()
+            .filter(route::Column::CategoryCode.is_in(categories))
+            .all(connection)
+            .await?
+        {
+            let route = serde_json::from_str::<domain::Route>(&row.definition)
+                .map_err(DispatchError::unexpected)?;
+            routes.entry(row.category_code).or_default().push(route);
+        }
+    }
+    Ok(routes)
 }
 
 /// The timeline of a case, oldest first.

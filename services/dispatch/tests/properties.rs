@@ -9,7 +9,7 @@ use std::sync::Arc;
 use whistle_dispatch::consumer::ReportedCases;
 use whistle_platform::SystemClock;
 use whistle_platform::envelope;
-use whistle_platform::inbox::EventHandler;
+use whistle_platform::inbox::{BatchEvent, EventHandler};
 use whistle_platform::outbox::OutboxSignal;
 use whistle_platform::testing::arbitrary::{event, wire_bytes};
 
@@ -22,12 +22,11 @@ fn arbitrary_event_bytes_never_panic_the_case_consumer() {
     let dir = tempfile::tempdir().expect("folder");
     let url = format!("sqlite://{}", dir.path().join("dispatch.sqlite").display());
     let database = runtime.block_on(common::routed_database(url, 1));
-    let handler = ReportedCases {
-        clock: Arc::new(SystemClock),
-        policy: Arc::new(whistle_dispatch::domain::CalendarTime),
-        outbox_signal: OutboxSignal::default(),
-        recurrent: Default::default(),
-    };
+    let handler = ReportedCases::new(
+        Arc::new(SystemClock),
+        Arc::new(whistle_dispatch::domain::CalendarTime),
+        OutboxSignal::default(),
+    );
     let applied = std::sync::atomic::AtomicUsize::new(0);
     let mut runner = proptest::test_runner::TestRunner::new(proptest::test_runner::Config {
         cases: 256,
@@ -41,9 +40,25 @@ fn arbitrary_event_bytes_never_panic_the_case_consumer() {
                     return;
                 };
                 let transaction = database.begin().await.expect("transaction");
-                // what applied stays, so later events meet the cases earlier ones opened
-                match handler.handle(&transaction, "case.v1.test", &event).await {
+                // as the consumer applies a batch (of one): what applied stays, so later events
+                // meet the cases earlier ones opened
+                let subject = "case.v1.test";
+                handler
+                    .before_batch(
+                        &transaction,
+                        &[BatchEvent {
+                            subject,
+                            event: &event,
+                        }],
+                    )
+                    .await
+                    .expect("a batch's reads never fail on what it carries");
+                match handler.handle(&transaction, subject, &event).await {
                     Ok(()) => {
+                        handler
+                            .before_commit(&transaction)
+                            .await
+                            .expect("saving what applied");
                         transaction.commit().await.expect("commit");
                         applied.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }

@@ -226,6 +226,74 @@ where
     Ok(written)
 }
 
+/// A row [`update_rows`] changes: its key, the version it must still have, and its new values, one
+/// per column named.
+#[derive(Debug, Clone)]
+pub struct VersionedRow {
+    pub key: sea_orm::Value,
+    pub expected_version: i64,
+    pub values: Vec<sea_orm::Value>,
+}
+
+/// Sets `columns` of each of `rows` in `table`, where the row's `key` column matches and its
+/// `version` column still holds the expected version: one `UPDATE … FROM (VALUES …)` per
+/// statement size of [`statement_sizes`] instead of one per row (PostgreSQL, and SQLite since
+/// 3.33). Returns how many rows were updated; fewer than given means some changed meanwhile. The
+/// caller's rows must have distinct keys.
+pub async fn update_rows<C: ConnectionTrait>(
+    connection: &C,
+    table: &str,
+    key: &str,
+    version: &str,
+    columns: &[&str],
+    rows: Vec<VersionedRow>,
+) -> Result<u64, DbErr> {
+    let width = columns.len() + 2;
+    // the columns of a VALUES list are named column1, column2, … in both databases
+    let set = columns
+        .iter()
+        .enumerate()
+        .map(|(index, column)| format!("{column} = v.column{}", index + 3))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut updated = 0;
+    let mut rows = rows.into_iter();
+    for size in statement_sizes(rows.len()) {
+        let mut sql = format!("UPDATE {table} AS t SET {set} FROM (VALUES ");
+        let mut values: Vec<sea_orm::Value> = Vec::with_capacity(size * width);
+        for (index, row) in rows.by_ref().take(size).enumerate() {
+            if row.values.len() != columns.len() {
+                return Err(DbErr::Custom(format!(
+                    "update of {table}: {} values for {} columns",
+                    row.values.len(),
+                    columns.len()
+                )));
+            }
+            if index > 0 {
+                sql.push_str(", ");
+            }
+            sql.push('(');
+            for column in 0..width {
+                if column > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&format!("${}", index * width + column + 1));
+            }
+            sql.push(')');
+            values.push(row.key);
+            values.push(row.expected_version.into());
+            values.extend(row.values);
+        }
+        sql.push_str(&format!(
+            ") AS v WHERE t.{key} = v.column1 AND t.{version} = v.column2"
+        ));
+        let statement =
+            sea_orm::Statement::from_sql_and_values(connection.get_database_backend(), sql, values);
+        updated += connection.execute_raw(statement).await?.rows_affected();
+    }
+    Ok(updated)
+}
+
 /// `values` in lists of at most [`ROWS_PER_STATEMENT`], each padded to a power of two by repeating
 /// its last value, for `IN (…)` queries: as with [`statement_sizes`], a few statement texts stay
 /// prepared whatever the count (a repeated value changes nothing an `IN` list matches).
