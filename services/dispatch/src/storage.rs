@@ -1005,36 +1005,26 @@ async fn load_all_where<C: ConnectionTrait>(
 }
 
 /// The actions already recorded under these (department, `action_id`) pairs, in one statement
-/// (more past 256 departments or ids).
+/// per 64 of them. Each pair is matched whole (`(d = … AND a = …) OR …`), so both databases look
+/// each one up in the primary key: a list of departments and a list of ids would match every
+/// action of those departments in the index and filter them, a cost growing with the history.
 pub async fn recorded_actions<C: ConnectionTrait>(
     connection: &C,
     keys: &[(String, String)],
 ) -> Result<HashMap<(String, String), action::Model>, DispatchError> {
-    let mut departments: Vec<&str> = keys
-        .iter()
-        .map(|(department, _)| department.as_str())
-        .collect();
-    departments.sort_unstable();
-    departments.dedup();
-    let action_ids: Vec<&str> = keys
-        .iter()
-        .map(|(_, action_id)| action_id.as_str())
-        .collect();
-    let wanted: std::collections::HashSet<&(String, String)> = keys.iter().collect();
     let mut recorded = HashMap::new();
-    for departments in whistle_platform::db::in_lists(&departments) {
-        for action_ids in whistle_platform::db::in_lists(&action_ids) {
-            let rows = action::Entity::find()
-                .filter(action::Column::DepartmentCode.is_in(departments.clone()))
-                .filter(action::Column::ActionId.is_in(action_ids))
-                .all(connection)
-                .await?;
-            for row in rows {
-                let key = (row.department_code.clone(), row.action_id.clone());
-                if wanted.contains(&key) {
-                    recorded.insert(key, row);
-                }
-            }
+    for chunk in keys.chunks(64) {
+        // padded like an IN list, so a few statement texts stay prepared
+        let mut any = Condition::any();
+        for (department_code, action_id) in whistle_platform::db::in_lists(chunk).flatten() {
+            any = any.add(
+                Condition::all()
+                    .add(action::Column::DepartmentCode.eq(department_code))
+                    .add(action::Column::ActionId.eq(action_id)),
+            );
+        }
+        for row in action::Entity::find().filter(any).all(connection).await? {
+            recorded.insert((row.department_code.clone(), row.action_id.clone()), row);
         }
     }
     Ok(recorded)
