@@ -297,7 +297,15 @@ async fn consume<H: EventHandler>(
             messages.push(message.map_err(|error| anyhow::anyhow!(error))?);
         }
         record_delivery(&spec.durable, &messages);
+        let started = std::time::Instant::now();
         apply_batch(db, clock, &spec.durable, handler, &messages).await?;
+        let attributes = [crate::metrics::attribute("consumer", spec.durable.clone())];
+        metrics
+            .consumer_batch_duration
+            .record(started.elapsed().as_secs_f64(), &attributes);
+        metrics
+            .consumer_batch_size
+            .record(messages.len() as u64, &attributes);
         handler.after_commit();
         if backoff.succeeded() {
             tracing::info!(consumer = %spec.durable, "consumer recovered");

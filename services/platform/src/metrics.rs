@@ -20,6 +20,10 @@ pub struct Metrics {
     pub acknowledgement_latency: Histogram<f64>,
     /// Department actions dispatch wrote per transaction.
     pub action_batch_size: Histogram<u64>,
+    /// Events a consumer applied per transaction, by `consumer`.
+    pub consumer_batch_size: Histogram<u64>,
+    /// How long a consumer's batch took, from its transaction's start to the commit, by `consumer`.
+    pub consumer_batch_duration: Histogram<f64>,
     pub outbox_parked: Counter<u64>,
     pub outbox_backlog: Gauge<u64>,
     pub outbox_oldest_unsent_age: Gauge<f64>,
@@ -136,6 +140,19 @@ pub fn metrics() -> &'static Metrics {
                 .u64_histogram("whistle.dispatch.action_batch")
                 .with_description("department actions dispatch wrote in one transaction (dispatch.action_batch)")
                 .with_boundaries(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0])
+                .build(),
+            consumer_batch_size: meter
+                .u64_histogram("whistle.consumer.batch")
+                .with_description("events a consumer applied in one transaction")
+                .with_boundaries(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0])
+                .build(),
+            consumer_batch_duration: meter
+                .f64_histogram("whistle.consumer.batch_duration")
+                .with_unit("s")
+                .with_description("time a consumer took to apply one batch, commit included")
+                .with_boundaries(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                ])
                 .build(),
             outbox_parked: meter
                 .u64_counter("whistle.outbox.parked")
