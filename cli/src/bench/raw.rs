@@ -7,6 +7,9 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, Statement, TransactionTrait};
 use serde::Serialize;
 use std::time::{Duration, Instant};
 
+/// How long the raw pull consumer may receive nothing before its pull stream is replaced.
+const STALL: Duration = Duration::from_secs(10);
+
 /// Raw figures, each per second.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct RawLimits {
@@ -83,26 +86,50 @@ pub async fn jetstream(
         .create_consumer(pull::Config {
             durable_name: Some("bench".into()),
             ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
+            // what a dropped pull stream had received but not handed out comes again soon
+            ack_wait: Duration::from_secs(5),
             ..Default::default()
         })
         .await?;
     let total = sizes.sync_publishes + sizes.async_publishes;
     let started = Instant::now();
     let mut messages = consumer.messages().await?;
-    let mut received = 0;
-    while received < total {
-        let message = tokio::time::timeout(Duration::from_secs(10), messages.next())
-            .await
-            .map_err(|_| anyhow::anyhow!("raw consumer stalled after {received} of {total}"))?
-            .ok_or_else(|| anyhow::anyhow!("raw consumer ended"))?
-            .map_err(|error| anyhow::anyhow!(error))?;
+    // by stream sequence: a message delivered again after a resume counts once
+    let mut seen = std::collections::HashSet::with_capacity(total);
+    let mut resumes = 0;
+    let mut stalled = Duration::ZERO;
+    while seen.len() < total {
+        let waited = Instant::now();
+        let message = match tokio::time::timeout(STALL, messages.next()).await {
+            Ok(Some(message)) => message.map_err(|error| anyhow::anyhow!(error))?,
+            Ok(None) => anyhow::bail!("raw consumer ended"),
+            // a pull stream now and then stops delivering (seen about once in twenty runs on
+            // nats-server 2.9); the durable consumer keeps its place, so a new one carries on, and
+            // the time lost is left out of the rate
+            Err(_) if resumes < 3 => {
+                resumes += 1;
+                stalled += waited.elapsed();
+                eprintln!(
+                    "raw consumer: nothing for {STALL:?} after {} of {total}; resuming with a new pull stream",
+                    seen.len()
+                );
+                messages = consumer.messages().await?;
+                continue;
+            }
+            Err(_) => anyhow::bail!("raw consumer stalled after {} of {total}", seen.len()),
+        };
+        let sequence = message
+            .info()
+            .map_err(|error| anyhow::anyhow!(error))?
+            .stream_sequence;
         message
             .ack()
             .await
             .map_err(|error| anyhow::anyhow!(error))?;
-        received += 1;
+        seen.insert(sequence);
     }
-    limits.jetstream_consume_acked_per_second = rate(total, started.elapsed());
+    let elapsed = started.elapsed().saturating_sub(stalled);
+    limits.jetstream_consume_acked_per_second = rate(total, elapsed);
     drop(messages);
     js.delete_stream(&name).await?;
     Ok(())
