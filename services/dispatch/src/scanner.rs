@@ -4,7 +4,8 @@
 //! other), locks their cases the same way, runs the aggregate's `Tick` and saves the case with its
 //! events in the outbox, all in one transaction. A crash before the commit fires nothing (the next
 //! scan fires it); after it, the outbox publishes what was committed. Time comes from the injected
-//! clock.
+//! clock. After each scan it also applies news from intake kept pending for a case that is open
+//! (`service::apply_stranded_news`: news that met another replica opening its case).
 
 use crate::config::ScannerConfig;
 use crate::domain::{CaseEvent, ClockKind, Command, DeadlinePolicy};
@@ -184,6 +185,25 @@ impl Scanner {
                     }
                 }
                 Err(error) => tracing::warn!(%error, "deadline scan failed, retrying"),
+            }
+            match crate::service::apply_stranded_news(
+                &self.db,
+                self.clock.now(),
+                self.policy.as_ref(),
+                self.config.batch_size,
+            )
+            .await
+            {
+                Ok((0, _)) => {}
+                Ok((_, flagged)) => {
+                    self.outbox_signal.notify();
+                    for category in flagged {
+                        metrics()
+                            .cases_recurrent
+                            .add(1, &[attribute("category", category)]);
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "applying news kept pending failed, retrying"),
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return,

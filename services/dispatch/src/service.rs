@@ -324,6 +324,41 @@ fn apply_news_to(
 /// Who the timeline names for intake's news without a person.
 const SOURCE_INTAKE: &str = "whistle-intake";
 
+/// Applies the news kept pending for open cases, at most `limit` cases, in one transaction: news
+/// that arrived while another dispatch replica was opening its case, so that neither saw the other
+/// (each read before the other committed). A case another transaction holds is left for the next
+/// call. News applies once by content (a report already merged, a photo already attached, a
+/// recurrence already flagged changes nothing), so two replicas sweeping at once apply it once.
+/// Returns how many cases it changed and the categories it flagged recurrent.
+pub async fn apply_stranded_news(
+    db: &sea_orm::DatabaseConnection,
+    now: DateTime<Utc>,
+    policy: &dyn DeadlinePolicy,
+    limit: u64,
+) -> Result<(usize, Vec<String>), DispatchError> {
+    use sea_orm::TransactionTrait;
+    let case_ids = storage::cases_with_stranded_news(db, limit).await?;
+    if case_ids.is_empty() {
+        return Ok((0, Vec::new()));
+    }
+    let transaction = db.begin().await?;
+    let mut applied = 0;
+    let mut flagged = Vec::new();
+    for case_id in case_ids {
+        if storage::load(&transaction, &case_id, Lock::SkipLocked)
+            .await?
+            .is_none()
+        {
+            continue;
+        }
+        tracing::warn!(%case_id, "news kept pending for an open case (opened by another replica meanwhile): applied now");
+        flagged.extend(apply_pending_news(&transaction, now, policy, &case_id).await?);
+        applied += 1;
+    }
+    transaction.commit().await?;
+    Ok((applied, flagged))
+}
+
 /// Applies, in arrival order, the news kept pending for a case that has just opened; the
 /// categories it flagged recurrent.
 async fn apply_pending_news<C: ConnectionTrait>(

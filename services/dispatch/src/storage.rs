@@ -1586,6 +1586,33 @@ pub async fn cases_with_pending_news<C: ConnectionTrait>(
     Ok(with_news)
 }
 
+/// Open cases that have news kept pending (up to `limit`): news that arrived while another
+/// replica was opening its case, so that neither saw the other.
+pub async fn cases_with_stranded_news<C: ConnectionTrait>(
+    connection: &C,
+    limit: u64,
+) -> Result<Vec<String>, DispatchError> {
+    let statement = sea_orm::Statement::from_sql_and_values(
+        connection.get_database_backend(),
+        format!(
+            "SELECT DISTINCT p.case_id FROM {pending} p WHERE EXISTS \
+             (SELECT 1 FROM {cases} c WHERE c.case_id = p.case_id) ORDER BY p.case_id LIMIT $1",
+            pending = pending::Entity.table_name(),
+            cases = case::Entity.table_name(),
+        ),
+        [sea_orm::Value::from(limit as i64)],
+    );
+    connection
+        .query_all_raw(statement)
+        .await?
+        .iter()
+        .map(|row| {
+            row.try_get::<String>("", "case_id")
+                .map_err(DispatchError::from)
+        })
+        .collect()
+}
+
 /// The routes of each of `categories`, one statement per 256 of them (a category without routes
 /// has no entry).
 pub async fn routes_for_categories<C: ConnectionTrait>(

@@ -6,7 +6,9 @@
 //! in what a batch must keep apart: news right after its case.reported (in memory), news ahead
 //! of it in the batch and in an earlier batch (kept pending, applied when the case opens), a case
 //! reported twice in one batch and again in a later one, news repeated, a category without a
-//! route, a route that does not whistle at once, and a route whistling three departments.
+//! route, a route that does not whistle at once, and a route whistling three departments. And the
+//! race between two replicas that strands news (kept pending for a case another replica was
+//! opening), which the scanner's sweep applies, once.
 
 mod common;
 
@@ -383,4 +385,124 @@ async fn postgres_opens_reported_cases_together_as_one_by_one() {
     for postgres in databases {
         postgres.drop_database().await;
     }
+}
+
+/// Two dispatch replicas: one opens a case in its batch while the other, in its own batch, gets
+/// news about it, finds no case (not committed yet) and keeps the news pending. Neither sees the
+/// other; the sweep (`apply_stranded_news`, run by the scanner) applies the news, once.
+async fn news_stranded_between_replicas_is_applied(database: &DatabaseConnection, race: bool) {
+    let subject = "case.v1.test";
+    let replica = || {
+        ReportedCases::new(
+            Arc::new(ManualClock::new(now())),
+            Arc::new(CalendarTime),
+            OutboxSignal::default(),
+        )
+    };
+    let (first, second) = (replica(), replica());
+    let opened = reported("r1", "case-raced", "E-01-03");
+    let news = recurrent("r2", "case-raced");
+    let never = recurrent("r3", "case-never-reported");
+    let opening = database.begin().await.expect("transaction");
+    first
+        .before_batch(
+            &opening,
+            &[BatchEvent {
+                subject,
+                event: &opened,
+            }],
+        )
+        .await
+        .expect("batch read");
+    first
+        .handle(&opening, subject, &opened)
+        .await
+        .expect("opened in memory");
+    let mut opening = Some(opening);
+    if !race && let Some(opening) = opening.take() {
+        // SQLite has one writer: the other replica's batch cannot run meanwhile
+        first.before_commit(&opening).await.expect("saved");
+        opening.commit().await.expect("commit");
+    }
+    for event in [&news, &never] {
+        let transaction = database.begin().await.expect("transaction");
+        second
+            .before_batch(&transaction, &[BatchEvent { subject, event }])
+            .await
+            .expect("batch read");
+        if race {
+            second
+                .handle(&transaction, subject, event)
+                .await
+                .expect("kept pending");
+        } else {
+            // what the racing replica wrote: the news kept pending though the case is open
+            storage::pending::Entity::insert(storage::pending::ActiveModel {
+                event_id: sea_orm::Set(event.event_id.clone()),
+                case_id: sea_orm::Set(event.case_id.clone()),
+                event: sea_orm::Set(prost::Message::encode_to_vec(event)),
+                received_at_ms: sea_orm::Set(0),
+            })
+            .exec(&transaction)
+            .await
+            .expect("pending");
+        }
+        second.before_commit(&transaction).await.expect("saved");
+        transaction.commit().await.expect("commit");
+    }
+    if let Some(opening) = opening.take() {
+        first.before_commit(&opening).await.expect("saved");
+        opening.commit().await.expect("commit");
+    }
+    let pending_of = |stored: &Stored| -> Vec<String> {
+        stored
+            .pending
+            .iter()
+            .map(|(case_id, _)| case_id.clone())
+            .collect()
+    };
+    let before = stored(database).await;
+    assert_eq!(
+        pending_of(&before),
+        ["case-never-reported", "case-raced"],
+        "the news about the case being opened was kept pending"
+    );
+    assert!(!before.cases[0].recurrent);
+
+    let swept = whistle_dispatch::service::apply_stranded_news(database, now(), &CalendarTime, 100)
+        .await
+        .expect("sweep");
+    assert_eq!(swept, (1, vec!["E-01-03".to_string()]));
+    let after = stored(database).await;
+    assert!(after.cases[0].recurrent, "the news applied");
+    assert_eq!(pending_of(&after), ["case-never-reported"]);
+    assert!(
+        after
+            .timeline
+            .iter()
+            .any(|entry| entry.0 == "case-raced" && entry.2 == "case.recurrent")
+    );
+    // once: a second sweep finds nothing
+    let again = whistle_dispatch::service::apply_stranded_news(database, now(), &CalendarTime, 100)
+        .await
+        .expect("sweep");
+    assert_eq!(again, (0, vec![]));
+    assert_eq!(stored(database).await, after);
+}
+
+#[tokio::test]
+async fn sqlite_news_kept_pending_for_an_open_case_is_swept() {
+    let dir = tempfile::tempdir().expect("folder");
+    let url = format!("sqlite://{}", dir.path().join("swept.sqlite").display());
+    let database = common::routed_database(url, 1).await;
+    news_stranded_between_replicas_is_applied(&database, false).await;
+}
+
+#[tokio::test]
+async fn postgres_news_raced_by_two_replicas_is_swept() {
+    let postgres = TestPostgres::create().await;
+    let database = common::routed_database(postgres.url.clone(), 4).await;
+    news_stranded_between_replicas_is_applied(&database, true).await;
+    let _ = database.close().await;
+    postgres.drop_database().await;
 }
