@@ -163,13 +163,16 @@ impl EventHandler for ReportedCases {
                     tracing::debug!(case_id = %event.case_id, "case already open");
                     return Ok(());
                 }
+                // refused here, as saving it alone would have: saved with the batch, it would
+                // fail every event of the batch, again at each redelivery
                 let record = service::open_record(
                     self.clock.now(),
                     self.policy.as_ref(),
                     event,
                     reported,
                     &batch.catalogue,
-                );
+                )
+                .and_then(|record| record.check_publishable().map(|()| record));
                 match record {
                     Ok(record) => batch.opened.push(record),
                     Err(error) => {

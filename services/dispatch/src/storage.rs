@@ -857,6 +857,17 @@ impl CaseRecord {
         Ok(count)
     }
 
+    /// Whether every event of this change can be published: each has a NATS subject (its region's
+    /// and departments' codes make valid subject tokens). What saving would refuse is refused
+    /// before the case joins a batch that saves later, so one bad event cannot fail the batch.
+    pub fn check_publishable(&self) -> Result<(), DispatchError> {
+        for emitted in &self.emitted {
+            whistle_platform::envelope::subject(&crate::events::to_event(self, emitted))
+                .map_err(DispatchError::unexpected)?;
+        }
+        Ok(())
+    }
+
     /// The events of this change, oldest first.
     pub fn emitted(&self) -> &[Emitted] {
         &self.emitted

@@ -19,9 +19,9 @@ use whistle_platform::envelope::{self, Payload};
 use whistle_platform::errors::ServiceError;
 use whistle_platform::testing::TestPostgres;
 use whistle_proto::events::CaseReported;
-use whistle_proto::types::{Channel, Place, Region, Severity};
+use whistle_proto::types::{Channel, Place, Severity};
 
-const GRID: &str = "420303003001001";
+use common::GRID;
 const LAT: f64 = 32.637;
 const LNG: f64 = 110.797;
 
@@ -61,14 +61,7 @@ async fn database(url: String, case_ids: &[String]) -> DatabaseConnection {
             "whistle-intake",
             case_id,
             1,
-            Some(Region {
-                city_code: "420300".into(),
-                district_code: "420303".into(),
-                street_code: GRID[..9].into(),
-                street_slug: "chechenglu".into(),
-                community_code: GRID[..12].into(),
-                grid_code: GRID.into(),
-            }),
+            Some(common::region()),
             Payload::CaseReported(reported.clone()),
         );
         event.event_id = format!("reported-{index}");

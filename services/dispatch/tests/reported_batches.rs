@@ -20,13 +20,13 @@ use whistle_dispatch::domain::CalendarTime;
 use whistle_dispatch::storage;
 use whistle_platform::ManualClock;
 use whistle_platform::envelope::{self, Event, Payload};
-use whistle_platform::inbox::{BatchEvent, EventHandler};
+use whistle_platform::inbox::{BatchEvent, EventHandler, HandleError};
 use whistle_platform::outbox::{self, OutboxSignal};
 use whistle_platform::testing::TestPostgres;
 use whistle_proto::events::{CaseEvidenceAttached, CaseMerged, CaseRecurrent, CaseReported};
-use whistle_proto::types::{Attachment, Channel, Place, Region, Severity};
+use whistle_proto::types::{Attachment, Channel, Place, Severity};
 
-const GRID: &str = "420303003001001";
+use common::GRID;
 
 fn now() -> DateTime<Utc> {
     DateTime::from_timestamp(1_795_000_000, 0).expect("time")
@@ -38,14 +38,7 @@ fn event(id: &str, case_id: &str, payload: Payload) -> Event {
         "whistle-intake",
         case_id,
         1,
-        Some(Region {
-            city_code: "420300".into(),
-            district_code: "420303".into(),
-            street_code: GRID[..9].into(),
-            street_slug: "chechenglu".into(),
-            community_code: GRID[..12].into(),
-            grid_code: GRID.into(),
-        }),
+        Some(common::region()),
         payload,
     );
     event.event_id = id.to_string();
@@ -505,4 +498,59 @@ async fn postgres_news_raced_by_two_replicas_is_swept() {
     news_stranded_between_replicas_is_applied(&database, true).await;
     let _ = database.close().await;
     postgres.drop_database().await;
+}
+
+/// A reported case whose events cannot be published (a region code that is no NATS subject token)
+/// is refused alone when handled, as one by one; the rest of its batch is saved. Saved with the
+/// batch, it would fail every event of the batch at each redelivery.
+#[tokio::test]
+async fn a_case_that_cannot_be_published_is_refused_alone_in_its_batch() {
+    let dir = tempfile::tempdir().expect("folder");
+    let url = format!("sqlite://{}", dir.path().join("refused.sqlite").display());
+    let database = common::routed_database(url, 1).await;
+    let handler = ReportedCases::new(
+        Arc::new(ManualClock::new(now())),
+        Arc::new(CalendarTime),
+        OutboxSignal::default(),
+    );
+    let subject = "case.v1.test";
+    let mut bad = reported("b2", "case-bad", "E-01-03");
+    if let Some(region) = bad.region.as_mut() {
+        region.district_code = "{20303".into();
+    }
+    let batch = [
+        reported("b1", "case-good-1", "E-01-03"),
+        bad,
+        reported("b3", "case-good-2", "E-01-03"),
+    ];
+    let transaction = database.begin().await.expect("transaction");
+    let batch_events: Vec<BatchEvent<'_>> = batch
+        .iter()
+        .map(|event| BatchEvent { subject, event })
+        .collect();
+    handler
+        .before_batch(&transaction, &batch_events)
+        .await
+        .expect("batch read");
+    let mut outcomes = Vec::new();
+    for event in &batch {
+        outcomes.push(match handler.handle(&transaction, subject, event).await {
+            Ok(()) => true,
+            Err(HandleError::Rejected(_)) => false,
+            Err(error) => panic!("{error}"),
+        });
+    }
+    assert_eq!(outcomes, [true, false, true]);
+    handler
+        .before_commit(&transaction)
+        .await
+        .expect("the rest of the batch is saved");
+    transaction.commit().await.expect("commit");
+    let cases: Vec<String> = stored(&database)
+        .await
+        .cases
+        .into_iter()
+        .map(|case| case.case_id)
+        .collect();
+    assert_eq!(cases, ["case-good-1", "case-good-2"]);
 }
