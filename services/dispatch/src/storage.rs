@@ -1562,19 +1562,7 @@ pub async fn open_cases<C: ConnectionTrait>(
     connection: &C,
     case_ids: &[&str],
 ) -> Result<HashSet<String>, DispatchError> {
-    let mut open = HashSet::new();
-    for case_ids in whistle_platform::db::in_lists(case_ids) {
-        open.extend(
-            case::Entity::find()
-                .select_only()
-                .column(case::Column::CaseId)
-                .filter(case::Column::CaseId.is_in(case_ids))
-                .into_tuple::<String>()
-                .all(connection)
-                .await?,
-        );
-    }
-    Ok(open)
+    case_ids_among::<case::Entity, C>(connection, case::Column::CaseId, case_ids).await
 }
 
 /// Which of `case_ids` have news from intake kept pending, one statement per 256 of them.
@@ -1582,19 +1570,28 @@ pub async fn cases_with_pending_news<C: ConnectionTrait>(
     connection: &C,
     case_ids: &[&str],
 ) -> Result<HashSet<String>, DispatchError> {
-    let mut with_news = HashSet::new();
+    case_ids_among::<pending::Entity, C>(connection, pending::Column::CaseId, case_ids).await
+}
+
+/// Which of `case_ids` have a row in `E`, whose case id is `column`.
+async fn case_ids_among<E: EntityTrait, C: ConnectionTrait>(
+    connection: &C,
+    column: E::Column,
+    case_ids: &[&str],
+) -> Result<HashSet<String>, DispatchError> {
+    let mut found = HashSet::new();
     for case_ids in whistle_platform::db::in_lists(case_ids) {
-        with_news.extend(
-            pending::Entity::find()
+        found.extend(
+            E::find()
                 .select_only()
-                .column(pending::Column::CaseId)
-                .filter(pending::Column::CaseId.is_in(case_ids))
+                .column(column)
+                .filter(column.is_in(case_ids))
                 .into_tuple::<String>()
                 .all(connection)
                 .await?,
         );
     }
-    Ok(with_news)
+    Ok(found)
 }
 
 /// Open cases that have news kept pending (up to `limit`): news that arrived while another
