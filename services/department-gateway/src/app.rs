@@ -76,8 +76,17 @@ pub async fn run(
     let shutdown = shutdown.child_token();
     let signal = NoticeSignal::default();
     // one recorder per consumer: each gathers the rows of its own batch in progress
-    let recorder = Arc::new(NoticeRecorder::new(clock.clone(), signal.clone()));
-    let cases_recorder = Arc::new(NoticeRecorder::new(clock.clone(), signal.clone()));
+    let traces = crate::storage::TraceCache::default();
+    let recorder = Arc::new(NoticeRecorder::new(
+        clock.clone(),
+        signal.clone(),
+        traces.clone(),
+    ));
+    let cases_recorder = Arc::new(NoticeRecorder::new(
+        clock.clone(),
+        signal.clone(),
+        traces.clone(),
+    ));
     let consumer_task = tokio::spawn(inbox::run_consumer(
         jetstream.clone(),
         db.clone(),
@@ -117,7 +126,7 @@ pub async fn run(
         db: db.clone(),
         dispatch,
         credentials: CredentialCache::default(),
-        traces: crate::storage::TraceCache::default(),
+        traces,
         subscriptions: Subscriptions {
             db: db.clone(),
             clock,

@@ -163,6 +163,8 @@ pub async fn follow_notice_counters(
 pub struct NoticeRecorder {
     clock: SharedClock,
     signal: NoticeSignal,
+    /// Where the traces the batch wrote go once it commits.
+    traces: storage::TraceCache,
     batch: std::sync::Mutex<PendingNotices>,
 }
 
@@ -178,6 +180,8 @@ struct PendingNotices {
     rows: PendingRows,
     /// Encoded bytes held in `rows` (notices and assignments).
     bytes: usize,
+    /// The assignments' traces written by this batch, for the cache after the commit.
+    traces_written: Vec<(String, String)>,
 }
 
 /// Rows gathered and not written yet, past which `handle` writes them at once: a batch of large
@@ -289,20 +293,26 @@ impl PendingNotices {
 impl PendingRows {
     /// Notices in the order they were numbered; an assignment's row written by an earlier flush of
     /// the same batch is replaced only by a version not older (the upsert's condition).
-    async fn write(self, transaction: &DatabaseTransaction) -> Result<(), DbErr> {
+    /// Returns the traces written (those of assignments not remembered before).
+    async fn write(
+        self,
+        transaction: &DatabaseTransaction,
+    ) -> Result<Vec<(String, String)>, DbErr> {
         storage::insert_notices(transaction, self.notices).await?;
-        storage::remember_assignment_traces(transaction, &self.traces).await?;
+        let traces = storage::remember_assignment_traces(transaction, &self.traces).await?;
         let mut assignments: Vec<assignment::Model> = self.assignments.into_values().collect();
         assignments.sort_by(|a, b| a.assignment_id.cmp(&b.assignment_id));
-        storage::upsert_assignments(transaction, assignments).await
+        storage::upsert_assignments(transaction, assignments).await?;
+        Ok(traces)
     }
 }
 
 impl NoticeRecorder {
-    pub fn new(clock: SharedClock, signal: NoticeSignal) -> Self {
+    pub fn new(clock: SharedClock, signal: NoticeSignal, traces: storage::TraceCache) -> Self {
         Self {
             clock,
             signal,
+            traces,
             batch: std::sync::Mutex::default(),
         }
     }
@@ -382,7 +392,8 @@ impl EventHandler for NoticeRecorder {
             (pending.bytes > PENDING_BYTES).then(|| pending.take_rows())
         };
         if let Some(rows) = overflow {
-            rows.write(transaction).await?;
+            let traces = rows.write(transaction).await?;
+            self.pending().traces_written.extend(traces);
         }
         Ok(())
     }
@@ -397,10 +408,14 @@ impl EventHandler for NoticeRecorder {
             return Ok(());
         }
         storage::set_notice_counters(transaction, &raised).await?;
-        rows.write(transaction).await
+        let traces = rows.write(transaction).await?;
+        self.pending().traces_written.extend(traces);
+        Ok(())
     }
 
     fn after_commit(&self) {
+        let traces = std::mem::take(&mut self.pending().traces_written);
+        self.traces.remember(traces);
         self.signal.notify();
     }
 }

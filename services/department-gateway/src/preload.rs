@@ -37,7 +37,11 @@ pub async fn apply(
     events: &[(String, Event)],
     now_ms: i64,
 ) -> anyhow::Result<()> {
-    let recorder = NoticeRecorder::new(Arc::new(SystemClock), NoticeSignal::default());
+    let recorder = NoticeRecorder::new(
+        Arc::new(SystemClock),
+        NoticeSignal::default(),
+        crate::storage::TraceCache::default(),
+    );
     apply_history(
         db,
         &recorder,

@@ -148,27 +148,45 @@ pub mod assignment_trace {
 
 /// Remembers the trace of each assignment's first notice (assignment id → `traceparent`, one entry
 /// per assignment); an assignment remembered before keeps its first. One statement per chunk.
+/// Returns the entries written now (those not remembered before), which are what the table holds.
 pub async fn remember_assignment_traces<C: ConnectionTrait>(
     connection: &C,
     traces: &std::collections::BTreeMap<String, String>,
-) -> Result<(), DbErr> {
-    let rows = traces.iter().map(
-        |(assignment_id, traceparent)| assignment_trace::ActiveModel {
-            assignment_id: Set(assignment_id.clone()),
-            traceparent: Set(traceparent.clone()),
-        },
-    );
-    let keep_first = OnConflict::column(assignment_trace::Column::AssignmentId)
-        .do_nothing()
-        .to_owned();
-    insert_rows(connection, rows, Some(keep_first)).await?;
-    Ok(())
+) -> Result<Vec<(String, String)>, DbErr> {
+    let mut entries = traces.iter();
+    let mut written = Vec::new();
+    for size in whistle_platform::db::statement_sizes(traces.len()) {
+        let mut insert = Query::insert();
+        insert.into_table(assignment_trace::Entity).columns([
+            assignment_trace::Column::AssignmentId,
+            assignment_trace::Column::Traceparent,
+        ]);
+        for (assignment_id, traceparent) in entries.by_ref().take(size) {
+            insert.values_panic([assignment_id.as_str().into(), traceparent.as_str().into()]);
+        }
+        insert
+            .on_conflict(
+                OnConflict::column(assignment_trace::Column::AssignmentId)
+                    .do_nothing()
+                    .to_owned(),
+            )
+            .returning_col(assignment_trace::Column::AssignmentId);
+        for row in connection.query_all(&insert).await? {
+            let assignment_id: String = row.try_get("", "assignment_id")?;
+            if let Some(traceparent) = traces.get(&assignment_id) {
+                written.push((assignment_id, traceparent.clone()));
+            }
+        }
+    }
+    Ok(written)
 }
 
 /// Assignments' `traceparent`s already read, so the second and third action on an assignment
 /// (acknowledge, check in, resolve) cost no lookup. An assignment's row never changes once written
 /// (the first notice's trace is kept), so a remembered one is never stale; assignments without a
-/// row are not remembered. At most [`TraceCache::ENTRIES`], then it starts over.
+/// row are not remembered. The notice consumers put in what they write, so on one replica an
+/// action finds its assignment's trace without a lookup. At most [`TraceCache::ENTRIES`], then it
+/// starts over.
 #[derive(Debug, Clone, Default)]
 pub struct TraceCache {
     entries: std::sync::Arc<std::sync::Mutex<HashMap<String, String>>>,
@@ -188,13 +206,20 @@ impl TraceCache {
         }
         let found = assignment_traceparent(connection, assignment_id).await?;
         if let Some(traceparent) = &found {
-            let mut entries = self.lock();
+            self.remember([(assignment_id.to_string(), traceparent.clone())]);
+        }
+        Ok(found)
+    }
+
+    /// Remembers traces as stored (committed rows of `gateway_assignment_traces`).
+    pub fn remember(&self, traces: impl IntoIterator<Item = (String, String)>) {
+        let mut entries = self.lock();
+        for (assignment_id, traceparent) in traces {
             if entries.len() >= Self::ENTRIES {
                 entries.clear();
             }
-            entries.insert(assignment_id.to_string(), traceparent.clone());
+            entries.insert(assignment_id, traceparent);
         }
-        Ok(found)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {

@@ -118,12 +118,28 @@ fn case_reports(record: &CaseRecord) -> Vec<pb::CaseReport> {
     .collect()
 }
 
+/// The code of the smallest region the case is in (grid, community, street, district, city).
+fn region_code(row: &case::Model) -> &str {
+    [
+        &row.grid_code,
+        &row.community_code,
+        &row.street_code,
+        &row.district_code,
+        &row.city_code,
+    ]
+    .into_iter()
+    .find(|code| !code.is_empty())
+    .map_or("", String::as_str)
+}
+
+/// PERMISSION_DENIED unless the caller's region covers the case.
+fn authorize_row(caller: &Caller, row: &case::Model) -> Result<(), Status> {
+    caller.require_region(&format!("case {}", row.case_id), region_code(row))
+}
+
 impl DispatchGrpc {
-    async fn case_view(&self, case_id: &str) -> Result<pb::Case, DispatchError> {
-        let record = storage::load(&self.db, case_id, Lock::None)
-            .await?
-            .ok_or_else(|| DispatchError::NotFound(format!("case {case_id} not found")))?;
-        let timeline = storage::timeline_of(&self.db, case_id)
+    async fn timeline(&self, case_id: &str) -> Result<Vec<pb::TimelineEntry>, DispatchError> {
+        Ok(storage::timeline_of(&self.db, case_id)
             .await?
             .into_iter()
             .map(|entry| pb::TimelineEntry {
@@ -135,59 +151,53 @@ impl DispatchGrpc {
                 assignment_id: entry.assignment_id,
                 detail: entry.detail,
             })
-            .collect();
-        Ok(case_to_proto(&record, timeline))
+            .collect())
     }
 
-    /// The case's row as stored, to look up what a command needs before it runs.
-    /// The case's row, if the caller's region covers the case (PERMISSION_DENIED otherwise).
+    /// The case's row, if the caller's region covers the case (PERMISSION_DENIED otherwise), to
+    /// look up what a command needs before it runs.
     async fn authorize_case(&self, caller: &Caller, case_id: &str) -> Result<case::Model, Status> {
-        let row = self.case_row(case_id).await?;
-        let code = [
-            &row.grid_code,
-            &row.community_code,
-            &row.street_code,
-            &row.district_code,
-            &row.city_code,
-        ]
-        .into_iter()
-        .find(|code| !code.is_empty())
-        .cloned()
-        .unwrap_or_default();
-        caller.require_region(&format!("case {case_id}"), &code)?;
+        let row = case::Entity::find_by_id(case_id)
+            .one(&self.db)
+            .await
+            .map_err(DispatchError::from)?
+            .ok_or_else(|| DispatchError::NotFound(format!("case {case_id} not found")))?;
+        authorize_row(caller, &row)?;
         Ok(row)
     }
 
-    async fn case_row(&self, case_id: &str) -> Result<case::Model, DispatchError> {
-        case::Entity::find_by_id(case_id)
-            .one(&self.db)
-            .await?
-            .ok_or_else(|| DispatchError::NotFound(format!("case {case_id} not found")))
-    }
-
-    /// Runs `command` on the case (locked), saves it with its events, and answers the new case. A
-    /// conflict with a concurrent change retries the whole of it (`dispatch.conflict_retries`).
+    /// Runs `command` on the case (locked) if the caller's region covers it, saves it with its
+    /// events, and answers the new case. A conflict with a concurrent change retries the whole of
+    /// it (`dispatch.conflict_retries`).
     async fn change_case(
         &self,
+        caller: &Caller,
         case_id: &str,
         command: Command,
-    ) -> Result<pb::Case, DispatchError> {
-        service::retry_on_conflict(self.settings.conflict_retries, || async {
+    ) -> Result<pb::Case, Status> {
+        let mut case = service::retry_on_conflict(self.settings.conflict_retries, || async {
             let transaction = self.db.begin().await?;
-            service::change_case(
+            let case = service::change_case(
                 &transaction,
                 self.clock.now(),
                 self.policy.as_ref(),
                 case_id,
                 command.clone(),
+                |record| {
+                    authorize_row(caller, &record.row).map_err(|refused| {
+                        DispatchError::PermissionDenied(refused.message().to_string())
+                    })
+                },
+                |record| case_to_proto(record, Vec::new()),
             )
             .await?;
             transaction.commit().await?;
-            Ok(())
+            Ok(case)
         })
         .await?;
         self.outbox_signal.notify();
-        self.case_view(case_id).await
+        case.timeline = self.timeline(case_id).await?;
+        Ok(case)
     }
 
     async fn list_cases_page(
@@ -325,8 +335,14 @@ impl DispatchService for DispatchGrpc {
         let caller = Caller::of(&request)?;
         let request = request.into_inner();
         requests::check_get_case(&self.limits, &request)?;
-        self.authorize_case(&caller, &request.case_id).await?;
-        Ok(Response::new(self.case_view(&request.case_id).await?))
+        let record = storage::load(&self.db, &request.case_id, Lock::None)
+            .await?
+            .ok_or_else(|| {
+                DispatchError::NotFound(format!("case {} not found", request.case_id))
+            })?;
+        authorize_row(&caller, &record.row)?;
+        let timeline = self.timeline(&request.case_id).await?;
+        Ok(Response::new(case_to_proto(&record, timeline)))
     }
 
     async fn list_cases(
@@ -348,12 +364,11 @@ impl DispatchService for DispatchGrpc {
         // the actor is the credential's subject; a operator_id given must be the same
         request.operator_id = caller.actor("operator_id", &request.operator_id)?;
         requests::check_accept(&self.limits, &request)?;
-        self.authorize_case(&caller, &request.case_id).await?;
         let command = Command::Accept {
             by: request.operator_id,
         };
         Ok(Response::new(
-            self.change_case(&request.case_id, command).await?,
+            self.change_case(&caller, &request.case_id, command).await?,
         ))
     }
 
@@ -366,13 +381,12 @@ impl DispatchService for DispatchGrpc {
         // the actor is the credential's subject; a operator_id given must be the same
         request.operator_id = caller.actor("operator_id", &request.operator_id)?;
         requests::check_reject(&self.limits, &request)?;
-        self.authorize_case(&caller, &request.case_id).await?;
         let command = Command::Reject {
             by: request.operator_id,
             reason: request.reason,
         };
         Ok(Response::new(
-            self.change_case(&request.case_id, command).await?,
+            self.change_case(&caller, &request.case_id, command).await?,
         ))
     }
 
@@ -400,7 +414,7 @@ impl DispatchService for DispatchGrpc {
             requires_on_site,
         };
         Ok(Response::new(
-            self.change_case(&request.case_id, command).await?,
+            self.change_case(&caller, &request.case_id, command).await?,
         ))
     }
 
@@ -413,13 +427,12 @@ impl DispatchService for DispatchGrpc {
         // the actor is the credential's subject; a operator_id given must be the same
         request.operator_id = caller.actor("operator_id", &request.operator_id)?;
         requests::check_resolve_locally(&self.limits, &request)?;
-        self.authorize_case(&caller, &request.case_id).await?;
         let command = Command::ResolveLocally {
             by: request.operator_id,
             resolution: request.resolution,
         };
         Ok(Response::new(
-            self.change_case(&request.case_id, command).await?,
+            self.change_case(&caller, &request.case_id, command).await?,
         ))
     }
 
@@ -432,7 +445,6 @@ impl DispatchService for DispatchGrpc {
         // the actor is the credential's subject; a verifier_id given must be the same
         request.verifier_id = caller.actor("verifier_id", &request.verifier_id)?;
         requests::check_verify(&self.limits, &request)?;
-        self.authorize_case(&caller, &request.case_id).await?;
         let command = Command::Verify {
             by: request.verifier_id,
             passed: request.passed,
@@ -440,7 +452,7 @@ impl DispatchService for DispatchGrpc {
             failed_assignment_ids: request.failed_assignment_ids,
         };
         Ok(Response::new(
-            self.change_case(&request.case_id, command).await?,
+            self.change_case(&caller, &request.case_id, command).await?,
         ))
     }
 
@@ -453,7 +465,6 @@ impl DispatchService for DispatchGrpc {
         // the actor is the credential's subject; a operator_id given must be the same
         request.operator_id = caller.actor("operator_id", &request.operator_id)?;
         requests::check_decide_extension(&self.limits, &request)?;
-        self.authorize_case(&caller, &request.case_id).await?;
         let command = Command::DecideExtension {
             by: request.operator_id,
             assignment_id: request.assignment_id,
@@ -461,7 +472,7 @@ impl DispatchService for DispatchGrpc {
             note: request.note,
         };
         Ok(Response::new(
-            self.change_case(&request.case_id, command).await?,
+            self.change_case(&caller, &request.case_id, command).await?,
         ))
     }
 
@@ -485,7 +496,7 @@ impl DispatchService for DispatchGrpc {
             fallback,
         };
         Ok(Response::new(
-            self.change_case(&request.case_id, command).await?,
+            self.change_case(&caller, &request.case_id, command).await?,
         ))
     }
 
@@ -498,14 +509,13 @@ impl DispatchService for DispatchGrpc {
         // the actor is the credential's subject; a operator_id given must be the same
         request.operator_id = caller.actor("operator_id", &request.operator_id)?;
         let until = requests::check_defer(&self.limits, self.clock.now(), &request)?;
-        self.authorize_case(&caller, &request.case_id).await?;
         let command = Command::Defer {
             by: request.operator_id,
             reason: request.reason,
             until,
         };
         Ok(Response::new(
-            self.change_case(&request.case_id, command).await?,
+            self.change_case(&caller, &request.case_id, command).await?,
         ))
     }
 
@@ -518,13 +528,12 @@ impl DispatchService for DispatchGrpc {
         // the actor is the credential's subject; a operator_id given must be the same
         request.operator_id = caller.actor("operator_id", &request.operator_id)?;
         requests::check_resume(&self.limits, &request)?;
-        self.authorize_case(&caller, &request.case_id).await?;
         let command = Command::Resume {
             by: request.operator_id,
             note: request.note,
         };
         Ok(Response::new(
-            self.change_case(&request.case_id, command).await?,
+            self.change_case(&caller, &request.case_id, command).await?,
         ))
     }
 

@@ -516,19 +516,26 @@ pub async fn return_terms<C: ConnectionTrait>(
     ))
 }
 
-/// Runs `command` on a case locked for change and saves it; returns the saved record's case id.
-pub async fn change_case<C: ConnectionTrait>(
+/// Runs `command` on a case locked for change, if `authorize` lets the caller change it, and saves
+/// it. Answers `view` of the case as changed, taken before the save: what reading it again after
+/// the commit would give, without the reads.
+pub async fn change_case<C: ConnectionTrait, T>(
     connection: &C,
     now: DateTime<Utc>,
     policy: &dyn DeadlinePolicy,
     case_id: &str,
     command: Command,
-) -> Result<(), DispatchError> {
+    authorize: impl FnOnce(&CaseRecord) -> Result<(), DispatchError>,
+    view: impl FnOnce(&CaseRecord) -> T,
+) -> Result<T, DispatchError> {
     let mut record = storage::load(connection, case_id, Lock::ForUpdate)
         .await?
         .ok_or_else(|| DispatchError::NotFound(format!("case {case_id} not found")))?;
+    authorize(&record)?;
     record.execute(command, now, policy)?;
-    storage::save(connection, record, now).await
+    let answer = view(&record);
+    storage::save(connection, record, now).await?;
+    Ok(answer)
 }
 
 /// Runs a use case (its own transaction: load, apply, save) and runs it again from the start when
