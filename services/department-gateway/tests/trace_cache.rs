@@ -10,16 +10,21 @@ use whistle_platform::db;
 
 const TRACE: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
-#[tokio::test]
-async fn a_read_trace_is_remembered_and_a_missing_one_is_not() {
-    let folder = tempfile::tempdir().expect("folder");
+/// The gateway's database on a SQLite file in `folder`.
+async fn sqlite(folder: &tempfile::TempDir) -> sea_orm::DatabaseConnection {
     let url = format!(
         "sqlite://{}",
         folder.path().join("gateway.sqlite").display()
     );
-    let database = db::connect(&DatabaseConfig::at(url, 1))
+    db::connect(&DatabaseConfig::at(url, 1))
         .await
-        .expect("database");
+        .expect("database")
+}
+
+#[tokio::test]
+async fn a_read_trace_is_remembered_and_a_missing_one_is_not() {
+    let folder = tempfile::tempdir().expect("folder");
+    let database = sqlite(&folder).await;
     db::migrate::<Migrator>(&database).await.expect("migrate");
     let cache = TraceCache::default();
 
@@ -103,13 +108,7 @@ async fn remembering_answers_only_new_entries(database: &sea_orm::DatabaseConnec
 #[tokio::test]
 async fn remembering_answers_only_new_entries_on_sqlite() {
     let folder = tempfile::tempdir().expect("folder");
-    let url = format!(
-        "sqlite://{}",
-        folder.path().join("gateway.sqlite").display()
-    );
-    let database = db::connect(&DatabaseConfig::at(url, 1))
-        .await
-        .expect("database");
+    let database = sqlite(&folder).await;
     remembering_answers_only_new_entries(&database).await;
     database.close().await.expect("close");
 }
