@@ -423,6 +423,19 @@ pub fn markdown(report: &BenchReport) -> String {
         "report answered → first Notice",
         &load.report_answered_to_notice_ms,
     ));
+    let legs = &load.notice_legs_ms;
+    out.push_str(&percentiles_row(
+        "… report → whistle.issued made (intake, dispatch)",
+        &legs.report_to_whistle_event,
+    ));
+    out.push_str(&percentiles_row(
+        "… → Notice sent (dispatch's relay, gateway)",
+        &legs.whistle_event_to_sent,
+    ));
+    out.push_str(&percentiles_row(
+        "… → Notice received (the stream)",
+        &legs.sent_to_received,
+    ));
     out.push_str(&percentiles_row(
         "Acknowledge → its event on NATS",
         &load.acknowledge_to_event_ms,

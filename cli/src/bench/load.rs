@@ -15,6 +15,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
+use whistle_platform::clock::from_proto_timestamp;
 use whistle_proto::dispatch::VerifyCaseRequest;
 use whistle_proto::dispatch::dispatch_service_client::DispatchServiceClient;
 use whistle_proto::evaluation::GetScorecardRequest;
@@ -95,6 +96,12 @@ pub struct LoadResult {
     pub report_to_notice_ms: Percentiles,
     /// SubmitReport answered → first Notice.
     pub report_answered_to_notice_ms: Percentiles,
+    /// Report → first Notice in three legs, by the wall clock every process on this machine
+    /// shares: SubmitReport sent → the `whistle.issued` event made (its `occurred_at`: intake's
+    /// commit, its relay, dispatch's consumer); → the gateway sending the Notice (its
+    /// `delivered_at`: dispatch's commit and relay, the gateway's consumer and commit, the
+    /// subscription's read); → the bench receiving it (the gRPC stream).
+    pub notice_legs_ms: NoticeLegs,
     /// Acknowledge sent → its whistle.acknowledged event seen on NATS.
     pub acknowledge_to_event_ms: Percentiles,
     /// SubmitReport sent → the case counted (verified) on the lead department's scorecard.
@@ -105,6 +112,14 @@ pub struct LoadResult {
     pub errors: BTreeMap<String, u64>,
 }
 
+/// The three legs of report → first Notice (see [`LoadResult::notice_legs_ms`]).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct NoticeLegs {
+    pub report_to_whistle_event: Percentiles,
+    pub whistle_event_to_sent: Percentiles,
+    pub sent_to_received: Percentiles,
+}
+
 /// When a case reached one stage.
 type StagePick = dyn Fn(&CaseTrack) -> Option<Instant>;
 
@@ -113,6 +128,10 @@ struct CaseTrack {
     sent: Option<Instant>,
     answered: Option<Instant>,
     first_notice: Option<Instant>,
+    /// Wall-clock times of the report's sending and of its first notice's event, sending and
+    /// arrival (the legs of [`NoticeLegs`]).
+    sent_wall: Option<chrono::DateTime<chrono::Utc>>,
+    notice_walls: Option<[chrono::DateTime<chrono::Utc>; 3]>,
     expected: Option<usize>,
     acknowledged: usize,
     acknowledged_at: Option<Instant>,
@@ -344,9 +363,14 @@ impl Load {
                         continue;
                     }
                     let arrived = Instant::now();
-                    let Some(Payload::WhistleIssued(issued)) =
-                        notice.event.and_then(|event| event.payload)
-                    else {
+                    let arrived_wall = chrono::Utc::now();
+                    let delivered_wall =
+                        notice.delivered_at.as_ref().and_then(from_proto_timestamp);
+                    let Some(event) = notice.event else {
+                        continue;
+                    };
+                    let made_wall = event.occurred_at.as_ref().and_then(from_proto_timestamp);
+                    let Some(Payload::WhistleIssued(issued)) = event.payload else {
                         continue;
                     };
                     {
@@ -358,6 +382,11 @@ impl Load {
                             continue;
                         }
                         let case = state.cases.entry(notice.case_id.clone()).or_default();
+                        if case.first_notice.is_none()
+                            && let (Some(made), Some(delivered)) = (made_wall, delivered_wall)
+                        {
+                            case.notice_walls = Some([made, delivered, arrived_wall]);
+                        }
                         case.first_notice.get_or_insert(arrived);
                         case.expected = Some(1 + issued.co_department_codes.len());
                     }
@@ -484,6 +513,9 @@ impl Load {
             let token = self.roles.reporter.clone();
             tokio::spawn(async move {
                 let sent = Instant::now();
+                // the scheduled arrival on the wall clock, for the legs of report → Notice
+                let sent_wall = chrono::Utc::now()
+                    - chrono::Duration::from_std(sent - scheduled).unwrap_or_default();
                 let result = with_retries(&state, "SubmitReport", 50, None, || {
                     let request = authorized(request.clone(), token.as_deref());
                     let mut intake = intake.clone();
@@ -497,6 +529,7 @@ impl Load {
                         let case_id = response.into_inner().case_id;
                         let case = state.cases.entry(case_id.clone()).or_default();
                         case.sent = Some(scheduled);
+                        case.sent_wall = Some(sent_wall);
                         case.answered = Some(answered);
                         state.submitted.push(case_id);
                         state.submit_latencies.push(answered - scheduled);
@@ -594,6 +627,7 @@ impl Load {
             report_answered_to_notice_ms: Percentiles::of(&durations(&|track| {
                 since(track.first_notice, track.answered)
             })),
+            notice_legs_ms: notice_legs(&tracks),
             acknowledge_to_event_ms: Percentiles::of(&state.ack_to_event),
             report_to_scorecard_ms: Percentiles::of(&durations(&|track| {
                 since(track.scored_at, track.sent)
@@ -601,6 +635,32 @@ impl Load {
             arrival_lag_ms: Percentiles::of(&state.arrival_lag),
             errors: state.errors.clone(),
         }
+    }
+}
+
+/// The legs of report → first Notice of the cases that have all four times (a time before the
+/// previous one, from clock resolution, counts as zero).
+fn notice_legs(tracks: &[&CaseTrack]) -> NoticeLegs {
+    let mut legs: [Vec<Duration>; 3] = Default::default();
+    for track in tracks {
+        let (Some(sent), Some(walls)) = (track.sent_wall, track.notice_walls) else {
+            continue;
+        };
+        let mut from = sent;
+        for (leg, at) in legs.iter_mut().zip(walls) {
+            leg.push((at - from).to_std().unwrap_or_default());
+            from = at.max(from);
+        }
+    }
+    let [
+        report_to_whistle_event,
+        whistle_event_to_sent,
+        sent_to_received,
+    ] = legs;
+    NoticeLegs {
+        report_to_whistle_event: Percentiles::of(&report_to_whistle_event),
+        whistle_event_to_sent: Percentiles::of(&whistle_event_to_sent),
+        sent_to_received: Percentiles::of(&sent_to_received),
     }
 }
 

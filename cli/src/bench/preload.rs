@@ -301,12 +301,26 @@ pub async fn run(
         "evaluation".to_string(),
         whistle_evaluation::preload::row_counts(&evaluation).await?,
     );
+    let mut checkpointed = false;
     for db in [intake, dispatch, gateway, evaluation] {
-        // a bulk load leaves PostgreSQL's planner without statistics until autovacuum gets to the
-        // tables, and its first plans over them are scans: measured from the first case, a
-        // deployment's tables have statistics (SQLite keeps none and needs none here)
+        // a bulk load leaves PostgreSQL's tables as no deployment's are: without planner statistics
+        // (its first plans over them are scans), without visibility maps, and with every row's hint
+        // bits still to set, which the first read of each page then writes. A deployment's
+        // autovacuum has done that long before; `VACUUM (ANALYZE)` does it here (SQLite keeps none
+        // of these and needs none)
         if whistle_platform::db::is_postgres(&db) {
-            db.execute_unprepared("ANALYZE").await?;
+            db.execute_unprepared("VACUUM (ANALYZE)").await?;
+            // and the load's dirty pages, written back by the first checkpoints of the measured
+            // run, would slow its commits: written now (the server's, once is enough; it needs
+            // superuser or pg_checkpoint, and without them the run goes on, said)
+            if !checkpointed {
+                checkpointed = true;
+                if let Err(error) = db.execute_unprepared("CHECKPOINT").await {
+                    eprintln!(
+                        "preload: CHECKPOINT refused ({error}); the run starts with the load's pages unwritten"
+                    );
+                }
+            }
         }
         db.close().await?;
     }

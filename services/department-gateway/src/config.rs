@@ -43,7 +43,7 @@ pub struct SubscriptionsConfig {
     pub max_per_department: usize,
     /// How often the gateway reads the departments' last sequences to wake idle subscriptions for
     /// notices another replica committed (one query per gateway process, not per subscription).
-    /// Its own commits wake them at once.
+    /// Its own commits wake them at once, without a query.
     pub poll_interval_ms: u64,
 }
 

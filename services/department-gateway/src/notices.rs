@@ -9,9 +9,8 @@ use crate::storage::{self, assignment, notice};
 use prost::Message;
 use sea_orm::{ActiveValue::Set, DatabaseConnection, DatabaseTransaction, DbErr};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use whistle_platform::clock::{SharedClock, to_millis};
 use whistle_platform::envelope::{self, Event, Payload, assignment_of};
@@ -84,28 +83,22 @@ pub fn addressees(payload: &Payload) -> Vec<Addressee> {
 }
 
 /// The last committed sequence of each department's notice log, as far as this process knows:
-/// what idle subscriptions wait on. Kept current by [`follow_notice_counters`].
+/// what idle subscriptions wait on. Raised by this process's own commits (the batch knows what it
+/// numbered) and by [`follow_notice_counters`] for other replicas'.
 #[derive(Debug, Clone)]
 pub struct NoticeSignal {
     latest: watch::Sender<HashMap<String, i64>>,
-    committed: Arc<Notify>,
 }
 
 impl Default for NoticeSignal {
     fn default() -> Self {
         Self {
             latest: watch::Sender::new(HashMap::new()),
-            committed: Arc::new(Notify::new()),
         }
     }
 }
 
 impl NoticeSignal {
-    /// This process committed notices: the counters are read again at once.
-    pub fn notify(&self) {
-        self.committed.notify_one();
-    }
-
     /// A receiver of the last committed sequence per department; it sees every raise after this call.
     pub fn subscribe(&self) -> watch::Receiver<HashMap<String, i64>> {
         self.latest.subscribe()
@@ -134,8 +127,9 @@ impl NoticeSignal {
 }
 
 /// Reads every department's last committed sequence (one query for the whole process, however many
-/// subscriptions wait) right after this process committed notices and every `poll_interval` for
-/// those other replicas committed, and raises `signal`, until `shutdown`.
+/// subscriptions wait) at start and every `poll_interval`, for the notices other replicas
+/// committed, and raises `signal`, until `shutdown`. This process's own commits raise it at once
+/// ([`NoticeRecorder`]).
 pub async fn follow_notice_counters(
     db: DatabaseConnection,
     signal: NoticeSignal,
@@ -149,7 +143,6 @@ pub async fn follow_notice_counters(
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = signal.committed.notified() => {}
             _ = tokio::time::sleep(poll_interval) => {}
         }
     }
@@ -174,6 +167,8 @@ struct PendingNotices {
     /// Each addressed department's last sequence: as committed when the batch took the counters,
     /// then raised by every notice the batch numbers.
     last_sequence: HashMap<String, i64>,
+    /// The counters as the batch took them (checked when they are written back).
+    locked: HashMap<String, i64>,
     /// The departments the batch numbered notices for, with their new last sequence.
     raised: BTreeMap<String, i64>,
     /// The rows gathered since the last write.
@@ -346,7 +341,9 @@ impl EventHandler for NoticeRecorder {
             .filter(|code| whistle_proto::rules::check_department_code(code).is_ok())
             .collect();
         let last_sequence = storage::lock_notice_counters(transaction, &departments).await?;
-        self.pending().last_sequence = last_sequence;
+        let mut pending = self.pending();
+        pending.locked = last_sequence.clone();
+        pending.last_sequence = last_sequence;
         Ok(())
     }
 
@@ -400,23 +397,37 @@ impl EventHandler for NoticeRecorder {
 
     /// Writes the batch's notices, the counters they raised, the traces and the assignments.
     async fn before_commit(&self, transaction: &DatabaseTransaction) -> Result<(), DbErr> {
-        let (raised, rows) = {
+        let (locked, raised, rows) = {
             let mut pending = self.pending();
-            (std::mem::take(&mut pending.raised), pending.take_rows())
+            (
+                std::mem::take(&mut pending.locked),
+                pending.raised.clone(),
+                pending.take_rows(),
+            )
         };
         if raised.is_empty() {
             return Ok(());
         }
-        storage::set_notice_counters(transaction, &raised).await?;
+        storage::set_notice_counters(transaction, &locked, &raised).await?;
         let traces = rows.write(transaction).await?;
         self.pending().traces_written.extend(traces);
         Ok(())
     }
 
+    /// The batch committed: its traces go into the cache, and the subscriptions learn the
+    /// sequences it raised from the batch itself, without reading the counters back (the counters
+    /// were locked, so every lower sequence committed before them). Other replicas' notices are
+    /// found by [`follow_notice_counters`]' poll.
     fn after_commit(&self) {
-        let traces = std::mem::take(&mut self.pending().traces_written);
+        let (traces, raised) = {
+            let mut pending = self.pending();
+            (
+                std::mem::take(&mut pending.traces_written),
+                std::mem::take(&mut pending.raised),
+            )
+        };
         self.traces.remember(traces);
-        self.signal.notify();
+        self.signal.raise(raised);
     }
 }
 

@@ -315,25 +315,42 @@ pub async fn lock_notice_counters<C: ConnectionTrait>(
 }
 
 /// Writes back the last sequence of each department a batch numbered notices for (its counters
-/// were taken with [`lock_notice_counters`] in the same transaction): one statement per department.
+/// were taken with [`lock_notice_counters`] in the same transaction, `locked` gives what they held
+/// then): one `UPDATE … FROM (VALUES …)` for the batch, which also checks that no counter moved
+/// since it was taken.
 pub async fn set_notice_counters<C: ConnectionTrait>(
     connection: &C,
+    locked: &std::collections::HashMap<String, i64>,
     last_sequences: &std::collections::BTreeMap<String, i64>,
 ) -> Result<(), DbErr> {
+    let mut rows = Vec::with_capacity(last_sequences.len());
     for (department_code, last_sequence) in last_sequences {
-        let updated = notice_counter::Entity::update_many()
-            .col_expr(
-                notice_counter::Column::LastSequence,
-                (*last_sequence).into(),
-            )
-            .filter(notice_counter::Column::DepartmentCode.eq(department_code.as_str()))
-            .exec(connection)
-            .await?;
-        if updated.rows_affected != 1 {
+        let Some(expected) = locked.get(department_code) else {
             return Err(DbErr::Custom(format!(
-                "notice counter of {department_code} vanished"
+                "notice counter of {department_code} was not taken by this batch"
             )));
-        }
+        };
+        rows.push(whistle_platform::db::VersionedRow {
+            key: department_code.as_str().into(),
+            expected_version: *expected,
+            values: vec![(*last_sequence).into()],
+        });
+    }
+    let count = rows.len() as u64;
+    let updated = whistle_platform::db::update_rows(
+        connection,
+        "gateway_notice_counters",
+        "department_code",
+        "last_sequence",
+        &["last_sequence"],
+        rows,
+    )
+    .await?;
+    if updated != count {
+        return Err(DbErr::Custom(format!(
+            "{} of {count} notice counters moved or vanished while taken",
+            count - updated
+        )));
     }
     Ok(())
 }

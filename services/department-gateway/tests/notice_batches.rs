@@ -4,8 +4,9 @@
 //! SQLite file and on PostgreSQL (which refuses to update one row twice in a statement).
 
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder};
+use whistle_department_gateway::notices::{self, NoticeRecorder, NoticeSignal};
 use whistle_department_gateway::preload;
-use whistle_department_gateway::storage::{self, Migrator, assignment, notice};
+use whistle_department_gateway::storage::{self, Migrator, TraceCache, assignment, notice};
 use whistle_platform::SystemClock;
 use whistle_platform::config::DatabaseConfig;
 use whistle_platform::db;
@@ -173,4 +174,70 @@ async fn batches_on_postgresql() {
         batches_number_notices_and_keep_the_newest_assignment(&database.url, padding).await;
         database.drop_database().await;
     }
+}
+
+/// A committed batch tells the subscriptions the sequences it numbered, with no query (nothing
+/// follows the counters here); a batch that fails and rolls back tells them nothing.
+#[tokio::test]
+async fn a_committed_batch_raises_what_subscriptions_wait_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("gateway.sqlite").display()
+    );
+    let db = db::connect(&DatabaseConfig::at(url, 1))
+        .await
+        .expect("connect");
+    db::migrate::<Migrator>(&db).await.expect("migrate");
+    let signal = NoticeSignal::default();
+    let waiting = signal.subscribe();
+    let recorder = NoticeRecorder::new(
+        std::sync::Arc::new(SystemClock),
+        signal.clone(),
+        TraceCache::default(),
+    );
+    let consumer_of = |subject: &str| {
+        subject
+            .starts_with("whistle.v1.")
+            .then(|| notices::CONSUMER.to_string())
+    };
+    let at = |id: &str, department_code: &str| {
+        event(
+            assignment_at(id, department_code, AssignmentStatus::Whistled, 1),
+            0,
+        )
+    };
+    let batch = vec![
+        at("a1", "zw-sanitation"),
+        at("a2", "zw-sanitation"),
+        at("a3", "zw-housing"),
+    ];
+    whistle_platform::inbox::apply_history(&db, &recorder, consumer_of, &batch, 0)
+        .await
+        .expect("batch");
+    let expected = std::collections::HashMap::from([
+        ("zw-sanitation".to_string(), 2),
+        ("zw-housing".to_string(), 1),
+    ]);
+    assert_eq!(*waiting.borrow(), expected);
+
+    // an assignment without an id is refused: the batch rolls back, its numbers are not told
+    let mut refused = at("", "zw-sanitation");
+    refused.1.case_id = "case-refused".into();
+    let failing = vec![at("a4", "zw-sanitation"), refused];
+    assert!(
+        whistle_platform::inbox::apply_history(&db, &recorder, consumer_of, &failing, 0)
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        *waiting.borrow(),
+        expected,
+        "nothing told of a rolled-back batch"
+    );
+    assert_eq!(
+        storage::notice_counters(&db).await.expect("counters").len(),
+        2
+    );
+    db.close().await.expect("close");
 }

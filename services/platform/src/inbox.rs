@@ -343,7 +343,7 @@ fn record_delivery(consumer: &str, messages: &[jetstream::Message]) {
 /// Applies a history of events (with their subjects) in one transaction, as consumer batches would
 /// have: each event is recorded in the inbox of the consumer `consumer_of` names for its subject
 /// (none: not consumed here), and those not recorded before go through `before_batch` and `handle`
-/// in order. For bulk loading (`whistle bench --preload`): a refused event is an error naming it.
+/// in order, then `before_commit`, the commit and `after_commit`. For bulk loading (`whistle bench --preload`): a refused event is an error naming it.
 pub async fn apply_history<H: EventHandler>(
     db: &DatabaseConnection,
     handler: &H,
@@ -384,6 +384,7 @@ pub async fn apply_history<H: EventHandler>(
     }
     handler.before_commit(&transaction).await?;
     transaction.commit().await?;
+    handler.after_commit();
     Ok(())
 }
 
