@@ -23,6 +23,11 @@ use whistle_proto::gateway::Notice;
 /// Notices read from the database per query.
 const BATCH_SIZE: u64 = 256;
 
+/// How often, at most, a subscription writes how far it has served its department (the delivery
+/// cursor, for operators). Written at once when the stream ends; under load not once per notice
+/// batch, which cost a statement and a commit per notice when every batch held one.
+const RECORD_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// What every subscription shares.
 #[derive(Debug, Clone)]
 pub struct Subscriptions {
@@ -60,6 +65,7 @@ impl Subscriptions {
             shared: self.clone(),
             after: i64::try_from(after_sequence).unwrap_or(i64::MAX),
             recorded: i64::try_from(after_sequence).unwrap_or(i64::MAX),
+            record_due: tokio::time::Instant::now(),
             department_code,
             pending: VecDeque::new(),
             must_read: true,
@@ -84,6 +90,8 @@ struct Subscription {
     after: i64,
     /// The last sequence written to the delivery cursor.
     recorded: i64,
+    /// When the cursor may be written next ([`RECORD_INTERVAL`] after the last write).
+    record_due: tokio::time::Instant,
     /// Read but not yet handed out.
     pending: VecDeque<notice::Model>,
     /// Read even if the signal says nothing new: at the start, and after a full batch.
@@ -101,6 +109,7 @@ impl Subscription {
         }
         loop {
             if self.shared.shutdown.is_cancelled() {
+                self.record_due = tokio::time::Instant::now();
                 self.record_delivery().await;
                 return self.finish(shutting_down());
             }
@@ -147,6 +156,8 @@ impl Subscription {
                     Err(error) => return self.finish(GatewayError::Database(error).into()),
                 }
             }
+            // an idle subscription still records what it served, once the interval has passed
+            let unrecorded = self.after > self.recorded;
             tokio::select! {
                 _ = self.shared.shutdown.cancelled() => {}
                 changed = self.latest.changed() => {
@@ -154,6 +165,7 @@ impl Subscription {
                         return self.finish(shutting_down());
                     }
                 }
+                _ = tokio::time::sleep_until(self.record_due), if unrecorded => {}
             }
         }
     }
@@ -163,11 +175,13 @@ impl Subscription {
         Some(Err(status))
     }
 
-    /// Raises the department's delivery cursor to what has been handed out, for operators.
+    /// Raises the department's delivery cursor to what has been handed out, for operators: at most
+    /// once per [`RECORD_INTERVAL`].
     async fn record_delivery(&mut self) {
-        if self.after <= self.recorded {
+        if self.after <= self.recorded || tokio::time::Instant::now() < self.record_due {
             return;
         }
+        self.record_due = tokio::time::Instant::now() + RECORD_INTERVAL;
         let now_ms = to_millis(self.shared.clock.now());
         match storage::advance_delivery_cursor(
             &self.shared.db,

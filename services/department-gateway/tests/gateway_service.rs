@@ -388,6 +388,29 @@ async fn notices_are_per_department_in_order_without_duplicates_and_resumable() 
     assert_eq!(third.sequence, 3);
     assert_eq!(third.kind, "whistle.progressed");
     assert_eq!(third.event.expect("event").event_id, progress.event_id);
+    // a subscription left open and idle still records how far it served (the cursor is written at
+    // most once a second, and 2 was written just before 3 was sent)
+    let db =
+        whistle_platform::db::connect(&config(dir.path(), &nats, closed_dispatch_url()).database)
+            .await
+            .expect("database");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let cursor = delivery_cursor::Entity::find_by_id("zw-sanitation")
+            .one(&db)
+            .await
+            .expect("cursor")
+            .map(|cursor| cursor.delivered_sequence);
+        if cursor == Some(3) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the open subscription's cursor stayed at {cursor:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    db.close().await.expect("close");
     drop(stream);
 
     // resume after 1: 2 comes next
