@@ -178,10 +178,11 @@ impl Subscription {
     /// Raises the department's delivery cursor to what has been handed out, for operators: at most
     /// once per [`RECORD_INTERVAL`].
     async fn record_delivery(&mut self) {
-        if self.after <= self.recorded || tokio::time::Instant::now() < self.record_due {
+        let now = tokio::time::Instant::now();
+        if self.after <= self.recorded || now < self.record_due {
             return;
         }
-        self.record_due = tokio::time::Instant::now() + RECORD_INTERVAL;
+        self.record_due = now + RECORD_INTERVAL;
         let now_ms = to_millis(self.shared.clock.now());
         match storage::advance_delivery_cursor(
             &self.shared.db,
