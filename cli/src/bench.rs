@@ -450,6 +450,21 @@ pub fn markdown(report: &BenchReport) -> String {
             &load.arrival_lag_ms,
         ));
     }
+    if !load.slowest_notices.is_empty() {
+        out.push_str(
+            "\n| slowest report → first Notice, ms | sent, s after the start | sent at | legs, ms: → whistle.issued / → sent / → received |\n|---|---|---|---|\n",
+        );
+        for slow in &load.slowest_notices {
+            let legs: Vec<String> = slow.legs_ms.iter().map(|leg| format!("{leg:.1}")).collect();
+            out.push_str(&format!(
+                "| {:.1} | {:.1} | {} | {} |\n",
+                slow.ms,
+                slow.sent_after_s,
+                slow.sent_at,
+                legs.join(" / ")
+            ));
+        }
+    }
     out.push_str(
         "\n| process | CPU s (measured run) | CPU s per 1000 cases | peak RSS MiB | RSS at the end MiB: anonymous / file (code) |\n|---|---|---|---|---|\n",
     );

@@ -77,6 +77,22 @@ fn bench_drives_every_case_to_its_scorecard_and_writes_the_json_report() {
     assert_eq!(load["submit_report_ms"]["count"], 6);
     assert_eq!(load["acknowledge_to_event_ms"]["count"], 18);
     assert_eq!(load["errors"], serde_json::json!({}), "{report:#}");
+    // the six cases, slowest first; the slowest is the maximum, each with its three legs
+    let slowest: Vec<f64> = load["slowest_notices"]
+        .as_array()
+        .expect("slowest_notices")
+        .iter()
+        .map(|slow| {
+            assert_eq!(slow["legs_ms"].as_array().map(Vec::len), Some(3), "{slow}");
+            slow["ms"].as_f64().expect("ms")
+        })
+        .collect();
+    assert_eq!(slowest.len(), 6, "{report:#}");
+    assert!(slowest.is_sorted_by(|a, b| a >= b), "{slowest:?}");
+    assert!(
+        (slowest[0] - load["report_to_notice_ms"]["max"].as_f64().expect("max")).abs() < 0.01,
+        "{report:#}"
+    );
     for process in [
         "intake",
         "dispatch",

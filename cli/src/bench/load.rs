@@ -4,7 +4,7 @@
 //! case; an observer on NATS that times Acknowledge → its event; and a poller that waits until the
 //! lead department's scorecard counts every case.
 
-use super::stats::{Percentiles, rate};
+use super::stats::{Percentiles, millis, rate};
 use futures::StreamExt;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -102,6 +102,10 @@ pub struct LoadResult {
     /// `delivered_at`: dispatch's commit and relay, the gateway's consumer and commit, the
     /// subscription's read); → the bench receiving it (the gRPC stream).
     pub notice_legs_ms: NoticeLegs,
+    /// The cases with the longest report → first Notice, slowest first: when each was sent and
+    /// its legs, to tell a pause of the whole machine (slow cases bunched in time, every leg long)
+    /// from one slow hop.
+    pub slowest_notices: Vec<SlowNotice>,
     /// Acknowledge sent → its whistle.acknowledged event seen on NATS.
     pub acknowledge_to_event_ms: Percentiles,
     /// SubmitReport sent → the case counted (verified) on the lead department's scorecard.
@@ -119,6 +123,22 @@ pub struct NoticeLegs {
     pub whistle_event_to_sent: Percentiles,
     pub sent_to_received: Percentiles,
 }
+
+/// One of [`LoadResult::slowest_notices`].
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SlowNotice {
+    /// SubmitReport sent, seconds after the phase started.
+    pub sent_after_s: f64,
+    /// SubmitReport sent, by the wall clock (RFC 3339), to find in the servers' logs.
+    pub sent_at: String,
+    /// Report → first Notice, ms.
+    pub ms: f64,
+    /// The legs of [`NoticeLegs`], ms (empty when a time is missing).
+    pub legs_ms: Vec<f64>,
+}
+
+/// How many cases [`LoadResult::slowest_notices`] lists.
+const SLOWEST: usize = 10;
 
 /// When a case reached one stage.
 type StagePick = dyn Fn(&CaseTrack) -> Option<Instant>;
@@ -628,6 +648,7 @@ impl Load {
                 since(track.first_notice, track.answered)
             })),
             notice_legs_ms: notice_legs(&tracks),
+            slowest_notices: slowest_notices(&tracks, started),
             acknowledge_to_event_ms: Percentiles::of(&state.ack_to_event),
             report_to_scorecard_ms: Percentiles::of(&durations(&|track| {
                 since(track.scored_at, track.sent)
@@ -643,13 +664,11 @@ impl Load {
 fn notice_legs(tracks: &[&CaseTrack]) -> NoticeLegs {
     let mut legs: [Vec<Duration>; 3] = Default::default();
     for track in tracks {
-        let (Some(sent), Some(walls)) = (track.sent_wall, track.notice_walls) else {
+        let Some(durations) = legs_of(track) else {
             continue;
         };
-        let mut from = sent;
-        for (leg, at) in legs.iter_mut().zip(walls) {
-            leg.push((at - from).to_std().unwrap_or_default());
-            from = at.max(from);
+        for (leg, duration) in legs.iter_mut().zip(durations) {
+            leg.push(duration);
         }
     }
     let [
@@ -662,6 +681,44 @@ fn notice_legs(tracks: &[&CaseTrack]) -> NoticeLegs {
         whistle_event_to_sent: Percentiles::of(&whistle_event_to_sent),
         sent_to_received: Percentiles::of(&sent_to_received),
     }
+}
+
+/// One case's three legs of report → first Notice, when it has all four times.
+fn legs_of(track: &CaseTrack) -> Option<[Duration; 3]> {
+    let (sent, walls) = (track.sent_wall?, track.notice_walls?);
+    let mut from = sent;
+    Some(walls.map(|at| {
+        let leg = (at - from).to_std().unwrap_or_default();
+        from = at.max(from);
+        leg
+    }))
+}
+
+/// The [`SLOWEST`] cases by report → first Notice, slowest first.
+fn slowest_notices(tracks: &[&CaseTrack], started: Instant) -> Vec<SlowNotice> {
+    let mut timed: Vec<(Duration, &CaseTrack, Instant)> = tracks
+        .iter()
+        .filter_map(|track| {
+            let (sent, notice) = (track.sent?, track.first_notice?);
+            Some((notice.checked_duration_since(sent)?, *track, sent))
+        })
+        .collect();
+    timed.sort_by(|a, b| b.0.cmp(&a.0));
+    timed
+        .into_iter()
+        .take(SLOWEST)
+        .map(|(duration, track, sent)| SlowNotice {
+            sent_after_s: sent.saturating_duration_since(started).as_secs_f64(),
+            sent_at: track
+                .sent_wall
+                .map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+                .unwrap_or_default(),
+            ms: millis(duration),
+            legs_ms: legs_of(track)
+                .map(|legs| legs.into_iter().map(millis).collect())
+                .unwrap_or_default(),
+        })
+        .collect()
 }
 
 async fn lead_verified(
