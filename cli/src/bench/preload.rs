@@ -252,13 +252,16 @@ pub async fn run(
     });
 
     let mut made = 0;
+    let mut intake_relay = whistle_platform::outbox::HistoryRelay::default();
     let produced: anyhow::Result<()> = async {
         while made < count {
             let size = CHUNK.min(count - made);
             let cases: Vec<PreloadCase> = (made..made + size)
                 .map(|index| case(index, count, &slots, end_ms))
                 .collect();
-            let reported = whistle_intake::preload::open_cases(&intake, &cases, now_ms).await?;
+            let reported =
+                whistle_intake::preload::open_cases(&intake, &mut intake_relay, &cases, now_ms)
+                    .await?;
             let published = dispatcher.apply(&dispatch, &reported, now).await?;
             dispatched.fetch_add(size, Ordering::Relaxed);
             let mut events = reported;

@@ -17,18 +17,15 @@ use crate::storage::{self, CaseRecord, Migrator, action, assignment, case, clock
 use chrono::{DateTime, Duration, Utc};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, DatabaseConnection, DatabaseTransaction, EntityTrait,
-    PaginatorTrait, QueryFilter, QueryOrder, TransactionTrait, sea_query::Expr,
+    PaginatorTrait, QueryFilter, TransactionTrait,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 use whistle_platform::clock::{from_proto_timestamp, to_millis};
-use whistle_platform::envelope::{self, Event, Payload};
+use whistle_platform::envelope::{Event, Payload};
 use whistle_platform::inbox::record_batch_once;
 use whistle_platform::{db, outbox};
-
-/// How long sent outbox rows are kept (the relay's `retain_sent_secs` default).
-const RETAIN_SENT_MS: i64 = 3_600_000;
 
 /// Opens, works and closes preloaded cases in dispatch's database.
 pub struct Preloader {
@@ -37,6 +34,7 @@ pub struct Preloader {
     routes: HashMap<String, Vec<Route>>,
     /// The departments each route whistles (assignment ids are made fresh per case).
     targets: HashMap<String, Vec<WhistleTarget>>,
+    relay: outbox::HistoryRelay,
 }
 
 impl std::fmt::Debug for Preloader {
@@ -67,6 +65,7 @@ impl Preloader {
             },
             routes: HashMap::new(),
             targets: HashMap::new(),
+            relay: outbox::HistoryRelay::default(),
         })
     }
 
@@ -243,7 +242,7 @@ impl Preloader {
                 .exec_without_returning(&transaction)
                 .await?;
         }
-        let published = relay_outbox(&transaction, now_ms).await?;
+        let published = self.relay.relay(&transaction, now_ms).await?;
         // dispatch's consumer on `case.v1.>` sees its own case events too (and skips them)
         let own: Vec<&str> = published
             .iter()
@@ -254,37 +253,6 @@ impl Preloader {
         transaction.commit().await?;
         Ok(published)
     }
-}
-
-/// What the relay would have done with the outbox rows of a history: reads them back (the events
-/// the other services consume), marks them sent when they were made, and deletes those sent
-/// longer ago than the relay keeps them.
-async fn relay_outbox(
-    transaction: &DatabaseTransaction,
-    now_ms: i64,
-) -> anyhow::Result<Vec<(String, Event)>> {
-    let rows = outbox::entity::Entity::find()
-        .filter(outbox::entity::Column::SentAtMs.is_null())
-        .order_by_asc(outbox::entity::Column::Id)
-        .all(transaction)
-        .await?;
-    let mut events = Vec::with_capacity(rows.len());
-    for row in rows {
-        events.push((row.subject, envelope::decode(&row.payload)?));
-    }
-    outbox::entity::Entity::update_many()
-        .col_expr(
-            outbox::entity::Column::SentAtMs,
-            Expr::col(outbox::entity::Column::CreatedAtMs),
-        )
-        .filter(outbox::entity::Column::SentAtMs.is_null())
-        .exec(transaction)
-        .await?;
-    outbox::entity::Entity::delete_many()
-        .filter(outbox::entity::Column::SentAtMs.lt(now_ms - RETAIN_SENT_MS))
-        .exec(transaction)
-        .await?;
-    Ok(events)
 }
 
 /// Rows in dispatch's tables of cases, assignments, timeline, actions, clocks, inbox and outbox.

@@ -9,8 +9,8 @@ use crate::service::{SOURCE, attachments_of, place_of, region_of};
 use crate::storage::{Migrator, case, report};
 use prost::Message;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, DatabaseConnection, DatabaseTransaction, EntityTrait,
-    PaginatorTrait, QueryFilter, QueryOrder, TransactionTrait, sea_query::Expr,
+    ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter,
+    TransactionTrait,
 };
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -39,9 +39,6 @@ pub struct PreloadCase {
     pub reported_at_ms: i64,
 }
 
-/// How long sent outbox rows are kept (the relay's `retain_sent_secs` default).
-const RETAIN_SENT_MS: i64 = 3_600_000;
-
 /// Migrates the database (as the service does at start).
 pub async fn prepare(db: &DatabaseConnection) -> anyhow::Result<()> {
     db::migrate::<Migrator>(db).await?;
@@ -50,9 +47,10 @@ pub async fn prepare(db: &DatabaseConnection) -> anyhow::Result<()> {
 
 /// Stores the reports and their cases in one transaction, as `SubmitReport` would have (no
 /// merging: each lies at its own place), and returns their `case.reported` events with their
-/// subjects, as the relay would have published them.
+/// subjects, as the relay (`relay`, kept from chunk to chunk) would have published them.
 pub async fn open_cases(
     db: &DatabaseConnection,
+    relay: &mut outbox::HistoryRelay,
     cases: &[PreloadCase],
     now_ms: i64,
 ) -> anyhow::Result<Vec<(String, Event)>> {
@@ -157,40 +155,9 @@ pub async fn open_cases(
     for (event, at_ms) in events {
         outbox::enqueue(&transaction, envelope::to_outbox(&event)?, at_ms).await?;
     }
-    let published = relay_outbox(&transaction, now_ms).await?;
+    let published = relay.relay(&transaction, now_ms).await?;
     transaction.commit().await?;
     Ok(published)
-}
-
-/// What the relay would have done with the outbox rows of a history: reads them back (the events
-/// the other services consume), marks them sent when they were made, and deletes those sent
-/// longer ago than the relay keeps them.
-pub async fn relay_outbox(
-    transaction: &DatabaseTransaction,
-    now_ms: i64,
-) -> anyhow::Result<Vec<(String, Event)>> {
-    let rows = outbox::entity::Entity::find()
-        .filter(outbox::entity::Column::SentAtMs.is_null())
-        .order_by_asc(outbox::entity::Column::Id)
-        .all(transaction)
-        .await?;
-    let mut events = Vec::with_capacity(rows.len());
-    for row in rows {
-        events.push((row.subject, envelope::decode(&row.payload)?));
-    }
-    outbox::entity::Entity::update_many()
-        .col_expr(
-            outbox::entity::Column::SentAtMs,
-            Expr::col(outbox::entity::Column::CreatedAtMs),
-        )
-        .filter(outbox::entity::Column::SentAtMs.is_null())
-        .exec(transaction)
-        .await?;
-    outbox::entity::Entity::delete_many()
-        .filter(outbox::entity::Column::SentAtMs.lt(now_ms - RETAIN_SENT_MS))
-        .exec(transaction)
-        .await?;
-    Ok(events)
 }
 
 /// Applies the case events of the history (intake's and dispatch's, `case.v1.>`) through intake's

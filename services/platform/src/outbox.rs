@@ -466,6 +466,55 @@ pub async fn retry_parked(db: &DatabaseConnection, ids: &[i64]) -> Result<u64, D
     Ok(update.exec(db).await?.rows_affected)
 }
 
+/// What the relay does with a preloaded history's outbox rows (`whistle bench --preload`), one
+/// chunk of history at a time: reads back the rows added since the last chunk (the events the other
+/// services consume), deletes those made longer ago than the relay keeps sent rows, and marks the
+/// rest sent when they were made. It finds the chunk's rows by id, after the last one it relayed:
+/// a search for `sent_at_ms IS NULL` would walk the index entries every earlier chunk left dead
+/// (until a vacuum), longer with every chunk.
+#[derive(Debug, Default)]
+pub struct HistoryRelay {
+    relayed_up_to: i64,
+}
+
+impl HistoryRelay {
+    /// Relays the rows enqueued since the last call, in `transaction`; returns them as
+    /// `(subject, event)`, oldest first.
+    pub async fn relay<C: ConnectionTrait>(
+        &mut self,
+        transaction: &C,
+        now_ms: i64,
+    ) -> anyhow::Result<Vec<(String, crate::envelope::Event)>> {
+        let after = entity::Column::Id.gt(self.relayed_up_to);
+        let rows = entity::Entity::find()
+            .filter(after.clone())
+            .order_by_asc(entity::Column::Id)
+            .all(transaction)
+            .await?;
+        let Some(last) = rows.last().map(|row| row.id) else {
+            return Ok(Vec::new());
+        };
+        let retain_ms = (OutboxConfig::default().retain_sent_secs as i64) * 1000;
+        entity::Entity::delete_many()
+            .filter(after.clone())
+            .filter(entity::Column::CreatedAtMs.lt(now_ms - retain_ms))
+            .exec(transaction)
+            .await?;
+        entity::Entity::update_many()
+            .col_expr(
+                entity::Column::SentAtMs,
+                sea_orm::sea_query::Expr::col(entity::Column::CreatedAtMs),
+            )
+            .filter(after)
+            .exec(transaction)
+            .await?;
+        self.relayed_up_to = last;
+        rows.into_iter()
+            .map(|row| Ok((row.subject, crate::envelope::decode(&row.payload)?)))
+            .collect()
+    }
+}
+
 /// A producer span for publishing `row`, child of the trace its `traceparent` header names.
 fn publish_span(row: &entity::Model, headers: &async_nats::HeaderMap) -> tracing::Span {
     let header = |name: &str| headers.get(name).map(|value| value.as_str().to_string());
