@@ -37,6 +37,10 @@ pub async fn connect(config: &DatabaseConfig) -> Result<DatabaseConnection, DbEr
         options
             .max_connections(1)
             .min_connections(1)
+            // the one writer is kept for the life of the service (sqlx would replace it every 30
+            // minutes, and its prepared statements with it)
+            .max_lifetime(None)
+            .idle_timeout(None)
             .map_sqlx_sqlite_opts(|sqlite| {
                 sqlite
                     .create_if_missing(true)
