@@ -309,6 +309,7 @@ async fn measure(
             name,
             ProcessUsage {
                 cpu_seconds: after.cpu_seconds - before.cpu_seconds,
+                storage_write_mib: after.storage_write_mib - before.storage_write_mib,
                 ..after
             },
         );
@@ -466,17 +467,21 @@ pub fn markdown(report: &BenchReport) -> String {
         }
     }
     out.push_str(
-        "\n| process | CPU s (measured run) | CPU s per 1000 cases | peak RSS MiB | RSS at the end MiB: anonymous / file (code) |\n|---|---|---|---|---|\n",
+        "\n| process | CPU s (measured run) | CPU s per 1000 cases | storage writes KiB per case | peak RSS MiB | RSS at the end MiB: anonymous / file (code) |\n|---|---|---|---|---|---|\n",
     );
+    let per_case = |total: f64| {
+        if report.completed > 0 {
+            total / report.completed as f64
+        } else {
+            0.0
+        }
+    };
     for (name, usage) in &report.processes {
         out.push_str(&format!(
-            "| {name} | {:.2} | {:.2} | {:.1} | {:.1} / {:.1} |\n",
+            "| {name} | {:.2} | {:.2} | {:.0} | {:.1} | {:.1} / {:.1} |\n",
             usage.cpu_seconds,
-            if report.completed > 0 {
-                usage.cpu_seconds * 1000.0 / report.completed as f64
-            } else {
-                0.0
-            },
+            per_case(usage.cpu_seconds * 1000.0),
+            per_case(usage.storage_write_mib * 1024.0),
             usage.peak_rss_mib,
             usage.rss_anon_mib,
             usage.rss_file_mib

@@ -106,6 +106,12 @@ fn bench_drives_every_case_to_its_scorecard_and_writes_the_json_report() {
             "{process}: {report:#}"
         );
         assert!(usage["cpu_seconds"].is_number(), "{process}: {report:#}");
+        // every service commits to its SQLite file during the run
+        let written = usage["storage_write_mib"].as_f64().expect("storage writes");
+        assert!(
+            process == "nats-server" || written > 0.0,
+            "{process} wrote nothing: {report:#}"
+        );
         let anon = usage["rss_anon_mib"].as_f64().expect("anonymous rss");
         let file = usage["rss_file_mib"].as_f64().expect("file rss");
         let rss = usage["rss_mib"].as_f64().expect("rss");

@@ -703,7 +703,7 @@ fn slowest_notices(tracks: &[&CaseTrack], started: Instant) -> Vec<SlowNotice> {
             Some((notice.checked_duration_since(sent)?, *track, sent))
         })
         .collect();
-    timed.sort_by(|a, b| b.0.cmp(&a.0));
+    timed.sort_by_key(|(duration, _, _)| std::cmp::Reverse(*duration));
     timed
         .into_iter()
         .take(SLOWEST)

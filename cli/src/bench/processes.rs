@@ -66,7 +66,8 @@ impl Process {
     }
 }
 
-/// CPU time and peak memory of a process, read from `/proc/<pid>/stat` and `/proc/<pid>/status`.
+/// CPU time, peak memory and storage writes of a process, read from `/proc/<pid>/stat`,
+/// `/proc/<pid>/status` and `/proc/<pid>/io`.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct ProcessUsage {
     /// utime + stime, seconds.
@@ -79,6 +80,10 @@ pub struct ProcessUsage {
     pub rss_anon_mib: f64,
     /// RssFile now, MiB: mostly the binary's own code, paged in as it runs.
     pub rss_file_mib: f64,
+    /// `write_bytes` of `/proc/<pid>/io`, MiB: what the process sent to storage (counted when it
+    /// dirtied the pages). For a SQLite service, its write-ahead log and the checkpoints that copy
+    /// it into the database; near 0 on PostgreSQL, whose own processes write.
+    pub storage_write_mib: f64,
 }
 
 fn clock_ticks_per_second() -> f64 {
@@ -115,8 +120,17 @@ pub fn usage(pid: u32) -> ProcessUsage {
             .and_then(|value| value.parse::<f64>().ok())
             .unwrap_or(0.0)
     };
+    let storage_write_bytes = std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .ok()
+        .and_then(|io| {
+            io.lines()
+                .find_map(|line| line.strip_prefix("write_bytes:"))
+                .and_then(|value| value.trim().parse::<f64>().ok())
+        })
+        .unwrap_or(0.0);
     ProcessUsage {
         cpu_seconds,
+        storage_write_mib: storage_write_bytes / (1024.0 * 1024.0),
         peak_rss_mib: kib("VmHWM:") / 1024.0,
         rss_mib: kib("VmRSS:") / 1024.0,
         rss_anon_mib: kib("RssAnon:") / 1024.0,
