@@ -304,27 +304,27 @@ pub async fn run(
         "evaluation".to_string(),
         whistle_evaluation::preload::row_counts(&evaluation).await?,
     );
-    let mut checkpointed = false;
-    for db in [intake, dispatch, gateway, evaluation] {
+    let databases = [intake, dispatch, gateway, evaluation];
+    if whistle_platform::db::is_postgres(&databases[0]) {
         // a bulk load leaves PostgreSQL's tables as no deployment's are: without planner statistics
         // (its first plans over them are scans), without visibility maps, and with every row's hint
         // bits still to set, which the first read of each page then writes. A deployment's
         // autovacuum has done that long before; `VACUUM (ANALYZE)` does it here (SQLite keeps none
         // of these and needs none)
-        if whistle_platform::db::is_postgres(&db) {
+        for db in &databases {
             db.execute_unprepared("VACUUM (ANALYZE)").await?;
-            // and the load's dirty pages, written back by the first checkpoints of the measured
-            // run, would slow its commits: written now (the server's, once is enough; it needs
-            // superuser or pg_checkpoint, and without them the run goes on, said)
-            if !checkpointed {
-                checkpointed = true;
-                if let Err(error) = db.execute_unprepared("CHECKPOINT").await {
-                    eprintln!(
-                        "preload: CHECKPOINT refused ({error}); the run starts with the load's pages unwritten"
-                    );
-                }
-            }
         }
+        // and the pages the load and the vacuums dirtied, written back by the checkpoints of the
+        // measured run, would slow its commits: written now, after the last vacuum (one checkpoint
+        // is the server's; it needs superuser or pg_checkpoint, and without them the run goes on,
+        // said)
+        if let Err(error) = databases[0].execute_unprepared("CHECKPOINT").await {
+            eprintln!(
+                "preload: CHECKPOINT refused ({error}); the run starts with the load's pages unwritten"
+            );
+        }
+    }
+    for db in databases {
         db.close().await?;
     }
     eprintln!(
