@@ -321,6 +321,15 @@ impl NoticeRecorder {
 }
 
 impl EventHandler for NoticeRecorder {
+    /// Events addressed to a department (every whistle event, and the case events that carry
+    /// assignments); an event without a payload is applied to be rejected.
+    fn applies(&self, _subject: &str, event: &Event) -> bool {
+        event
+            .payload
+            .as_ref()
+            .is_none_or(|payload| !addressees(payload).is_empty())
+    }
+
     /// Takes the notice counters of every department the batch addresses, in code order, before
     /// anything is written (see [`storage::lock_notice_counters`]), and starts the batch's rows
     /// afresh (a batch that failed or was rolled back to be applied event by event left its own).

@@ -1,8 +1,8 @@
 //! Consuming the cases stream (`case.v1.>`, in stream order): every reported case is opened,
 //! routed and, when its route says so, whistled; intake's news about it (`case.merged`,
 //! `case.split`, `case.recurrent`, `case.evidence_attached`) is applied to it, or kept pending
-//! until it opens. Everything else on the stream (dispatch's own `case.*` events) is skipped. All
-//! in the inbox's transaction.
+//! until it opens. All in the inbox's transaction. Everything else on the stream (dispatch's own
+//! `case.*` events) is acknowledged without one ([`EventHandler::applies`]).
 
 use crate::domain::DeadlinePolicy;
 use crate::service::{self, OpeningCatalogue};
@@ -112,6 +112,14 @@ impl ReportedCases {
 }
 
 impl EventHandler for ReportedCases {
+    /// Reported cases and intake's news about them; dispatch's own events on the stream are not
+    /// read.
+    fn applies(&self, _subject: &str, event: &Event) -> bool {
+        event.payload.as_ref().is_some_and(|payload| {
+            matches!(payload, Payload::CaseReported(_)) || service::is_report_news(payload)
+        })
+    }
+
     async fn handle(
         &self,
         transaction: &DatabaseTransaction,

@@ -120,6 +120,19 @@ impl EvaluationEvents {
 }
 
 impl EventHandler for EvaluationEvents {
+    /// Everything but dispatch's notices to departments that evaluation does not count (see
+    /// `handle`).
+    fn applies(&self, _subject: &str, event: &Event) -> bool {
+        !matches!(
+            event.payload,
+            Some(
+                Payload::AssignmentReportMerged(_)
+                    | Payload::AssignmentEvidenceAttached(_)
+                    | Payload::AssignmentRecurrent(_)
+            )
+        )
+    }
+
     /// Every case (and period) of the batch is locked before anything is read: the three
     /// consumers, and every replica's, merge events into the same rows, and two merges of one case
     /// at once on PostgreSQL would each start from the row as it was, the later write dropping the

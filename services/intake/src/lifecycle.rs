@@ -54,6 +54,12 @@ pub fn change_of(payload: &Payload) -> Option<Change> {
 pub struct CaseLifecycle;
 
 impl EventHandler for CaseLifecycle {
+    /// The events that change a case's state or note ([`change_of`]); intake's own events, and
+    /// the rest of dispatch's, are not read.
+    fn applies(&self, _subject: &str, event: &Event) -> bool {
+        event.payload.as_ref().and_then(change_of).is_some()
+    }
+
     async fn handle(
         &self,
         transaction: &DatabaseTransaction,

@@ -129,6 +129,16 @@ pub struct BatchEvent<'a> {
 
 /// Applies events inside the consumer's transaction.
 pub trait EventHandler: Send + Sync + 'static {
+    /// Whether [`EventHandler::handle`] would change anything for this event. Most consumers read
+    /// a whole stream (one filter per consumer on NATS 2.9) and have no use for most of what is on
+    /// it; an event for which this answers false is acknowledged without a transaction and without
+    /// an inbox row, as applying it, once or twice, changes nothing. It must answer true for every
+    /// event `handle` would apply or reject. Every event, by default.
+    fn applies(&self, subject: &str, event: &Event) -> bool {
+        let _ = (subject, event);
+        true
+    }
+
     fn handle(
         &self,
         transaction: &DatabaseTransaction,
@@ -298,15 +308,21 @@ async fn consume<H: EventHandler>(
         }
         record_delivery(&spec.durable, &messages);
         let started = std::time::Instant::now();
-        apply_batch(db, clock, &spec.durable, handler, &messages).await?;
+        let applied = apply_batch(db, clock, &spec.durable, handler, &messages).await?;
         let attributes = [crate::metrics::attribute("consumer", spec.durable.clone())];
-        metrics
-            .consumer_batch_duration
-            .record(started.elapsed().as_secs_f64(), &attributes);
-        metrics
-            .consumer_batch_size
-            .record(messages.len() as u64, &attributes);
-        handler.after_commit();
+        let skipped = messages.len() - applied;
+        if skipped > 0 {
+            metrics.events_skipped.add(skipped as u64, &attributes);
+        }
+        if applied > 0 {
+            metrics
+                .consumer_batch_duration
+                .record(started.elapsed().as_secs_f64(), &attributes);
+            metrics
+                .consumer_batch_size
+                .record(applied as u64, &attributes);
+            handler.after_commit();
+        }
         if backoff.succeeded() {
             tracing::info!(consumer = %spec.durable, "consumer recovered");
         }
@@ -342,7 +358,8 @@ fn record_delivery(consumer: &str, messages: &[jetstream::Message]) {
 
 /// Applies a history of events (with their subjects) in one transaction, as consumer batches would
 /// have: each event is recorded in the inbox of the consumer `consumer_of` names for its subject
-/// (none: not consumed here), and those not recorded before go through `before_batch` and `handle`
+/// (none: not consumed here; nor is an event the handler has no use for, as a consumer would
+/// skip it), and those not recorded before go through `before_batch` and `handle`
 /// in order, then `before_commit`, the commit and `after_commit`. For bulk loading (`whistle bench --preload`): a refused event is an error naming it.
 pub async fn apply_history<H: EventHandler>(
     db: &DatabaseConnection,
@@ -355,6 +372,9 @@ pub async fn apply_history<H: EventHandler>(
     let mut by_consumer: std::collections::BTreeMap<String, Vec<&str>> = Default::default();
     let mut consumed = Vec::with_capacity(events.len());
     for (subject, event) in events {
+        if !handler.applies(subject, event) {
+            continue;
+        }
         if let Some(consumer) = consumer_of(subject) {
             by_consumer
                 .entry(consumer)
@@ -439,19 +459,31 @@ impl<'a> Inbound<'a> {
     }
 }
 
-/// Applies a batch in one transaction. The fast path runs every handler directly in it; rejections
-/// are rare, so only a batch that meets one is redone with a savepoint per event.
+/// Applies a batch in one transaction and returns how many of its messages went into it. The
+/// events the handler has no use for ([`EventHandler::applies`]) are left out; a batch of nothing
+/// else opens no transaction. The fast path runs every handler directly in the transaction;
+/// rejections are rare, so only a batch that meets one is redone with a savepoint per event.
 async fn apply_batch<H: EventHandler>(
     db: &DatabaseConnection,
     clock: &SharedClock,
     consumer: &str,
     handler: &Arc<H>,
     messages: &[jetstream::Message],
-) -> anyhow::Result<()> {
+) -> anyhow::Result<usize> {
     let inbound: Vec<Inbound<'_>> = messages
         .iter()
         .map(|message| Inbound::decode(consumer, message))
+        // an undecodable message is recorded as rejected, so it counts as one to apply
+        .filter(|inbound| {
+            inbound
+                .event
+                .as_ref()
+                .is_none_or(|event| handler.applies(inbound.subject, event))
+        })
         .collect();
+    if inbound.is_empty() {
+        return Ok(0);
+    }
     let mut applied =
         apply_batch_isolated(db, clock, consumer, handler, &inbound, Isolation::Batch).await;
     if matches!(applied, Ok(false)) {
@@ -468,7 +500,7 @@ async fn apply_batch<H: EventHandler>(
         }
         return Err(error);
     }
-    Ok(())
+    Ok(inbound.len())
 }
 
 /// Returns false when the fast path met a rejection and rolled everything back.

@@ -16,11 +16,13 @@ pub struct Metrics {
     pub events_applied: Counter<u64>,
     pub events_duplicate: Counter<u64>,
     pub events_rejected: Counter<u64>,
+    /// Events a consumer had no use for, acknowledged without a transaction, by `consumer`.
+    pub events_skipped: Counter<u64>,
     pub event_delivery_lag: Histogram<f64>,
     pub acknowledgement_latency: Histogram<f64>,
     /// Department actions dispatch wrote per transaction.
     pub action_batch_size: Histogram<u64>,
-    /// Events a consumer applied per transaction, by `consumer`.
+    /// Events a consumer applied per transaction (those it skipped not counted), by `consumer`.
     pub consumer_batch_size: Histogram<u64>,
     /// How long a consumer's batch took, from its transaction's start to the commit, by `consumer`.
     pub consumer_batch_duration: Histogram<f64>,
@@ -58,6 +60,7 @@ impl Metrics {
             &self.events_applied,
             &self.events_duplicate,
             &self.events_rejected,
+            &self.events_skipped,
             &self.consumer_redeliveries,
             &self.assignments_overdue,
             &self.cases_escalated,
@@ -75,6 +78,7 @@ impl Metrics {
             &self.events_applied,
             &self.events_duplicate,
             &self.events_rejected,
+            &self.events_skipped,
             &self.consumer_redeliveries,
         ] {
             counter.add(0, &attributes);
@@ -119,6 +123,10 @@ pub fn metrics() -> &'static Metrics {
             events_rejected: meter
                 .u64_counter("whistle.inbox.rejected")
                 .with_description("events that can never apply, dropped and recorded")
+                .build(),
+            events_skipped: meter
+                .u64_counter("whistle.inbox.skipped")
+                .with_description("events a consumer had no use for, acknowledged without a transaction")
                 .build(),
             event_delivery_lag: meter
                 .f64_histogram("whistle.event.delivery_lag")
