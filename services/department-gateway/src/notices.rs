@@ -9,6 +9,7 @@ use crate::storage::{self, assignment, notice};
 use prost::Message;
 use sea_orm::{ActiveValue::Set, DatabaseConnection, DatabaseTransaction, DbErr};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -85,20 +86,144 @@ pub fn addressees(payload: &Payload) -> Vec<Addressee> {
 /// The last committed sequence of each department's notice log, as far as this process knows:
 /// what idle subscriptions wait on. Raised by this process's own commits (the batch knows what it
 /// numbered) and by [`follow_notice_counters`] for other replicas'.
+///
+/// It also keeps the newest notices this process committed for each department with a
+/// subscription open here ([`NoticeSignal::watch`]), so that a live subscription is handed them
+/// without reading them back ([`NoticeSignal::recent_after`]).
 #[derive(Debug, Clone)]
 pub struct NoticeSignal {
     latest: watch::Sender<HashMap<String, i64>>,
+    recent: Arc<Mutex<RecentNotices>>,
 }
 
 impl Default for NoticeSignal {
     fn default() -> Self {
         Self {
             latest: watch::Sender::new(HashMap::new()),
+            recent: Arc::default(),
         }
     }
 }
 
+/// Newest notices kept per watched department, at most.
+const RECENT_PER_DEPARTMENT: usize = 16;
+/// Encoded event bytes kept per watched department, at most (a few large events push out the
+/// older notices; a subscription missing them reads them from the database).
+const RECENT_BYTES_PER_DEPARTMENT: usize = 64 * 1024;
+
+/// The notices this process committed lately, for the departments subscribed here.
+#[derive(Debug, Default)]
+struct RecentNotices {
+    /// Subscriptions open in this process, per department.
+    watchers: HashMap<String, usize>,
+    /// Each watched department's newest committed notices by sequence, and their event bytes.
+    departments: HashMap<String, (BTreeMap<i64, notice::Model>, usize)>,
+}
+
+/// A subscription's hold on its department's recent notices; they are forgotten when the last
+/// hold of the department is dropped.
+#[derive(Debug)]
+pub struct NoticeWatch {
+    recent: Arc<Mutex<RecentNotices>>,
+    department_code: String,
+}
+
+impl Drop for NoticeWatch {
+    fn drop(&mut self) {
+        let mut recent = lock(&self.recent);
+        let remaining = recent
+            .watchers
+            .get_mut(&self.department_code)
+            .map(|watchers| {
+                *watchers = watchers.saturating_sub(1);
+                *watchers
+            });
+        if remaining == Some(0) {
+            recent.watchers.remove(&self.department_code);
+            recent.departments.remove(&self.department_code);
+        }
+    }
+}
+
+/// The lock of the recent notices; a panic while it was held cannot leave a notice half-added.
+fn lock(recent: &Mutex<RecentNotices>) -> std::sync::MutexGuard<'_, RecentNotices> {
+    recent
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 impl NoticeSignal {
+    /// Keeps the department's notices committed from now on in memory, until the watch is dropped.
+    pub fn watch(&self, department_code: &str) -> NoticeWatch {
+        *lock(&self.recent)
+            .watchers
+            .entry(department_code.to_string())
+            .or_default() += 1;
+        NoticeWatch {
+            recent: self.recent.clone(),
+            department_code: department_code.to_string(),
+        }
+    }
+
+    /// Whether a subscription here watches the department.
+    pub fn is_watched(&self, department_code: &str) -> bool {
+        lock(&self.recent).watchers.contains_key(department_code)
+    }
+
+    /// Keeps committed notices of watched departments (call before [`NoticeSignal::raise`], so a
+    /// woken subscription finds them).
+    pub fn remember(&self, notices: Vec<notice::Model>) {
+        if notices.is_empty() {
+            return;
+        }
+        let mut recent = lock(&self.recent);
+        let RecentNotices {
+            watchers,
+            departments,
+        } = &mut *recent;
+        for row in notices {
+            if !watchers.contains_key(&row.department_code) {
+                continue;
+            }
+            let (kept, bytes) = departments.entry(row.department_code.clone()).or_default();
+            *bytes += row.event.len();
+            if let Some(replaced) = kept.insert(row.sequence, row) {
+                *bytes -= replaced.event.len();
+            }
+            while kept.len() > RECENT_PER_DEPARTMENT || *bytes > RECENT_BYTES_PER_DEPARTMENT {
+                let Some((_, oldest)) = kept.pop_first() else {
+                    break;
+                };
+                *bytes -= oldest.event.len();
+            }
+        }
+    }
+
+    /// The department's notices from `after + 1` on, as far as they are kept here without a gap
+    /// (at most `limit`); empty when `after + 1` is not kept (not committed by this process, or
+    /// pushed out): then they are read from the database.
+    pub fn recent_after(
+        &self,
+        department_code: &str,
+        after: i64,
+        limit: usize,
+    ) -> Vec<notice::Model> {
+        let recent = lock(&self.recent);
+        let Some((kept, _)) = recent.departments.get(department_code) else {
+            return Vec::new();
+        };
+        let mut next = after.saturating_add(1);
+        let mut rows = Vec::new();
+        for (&sequence, row) in kept.range(next..) {
+            if sequence != next || rows.len() >= limit {
+                break;
+            }
+            rows.push(row.clone());
+            next += 1;
+        }
+        rows
+    }
+
     /// A receiver of the last committed sequence per department; it sees every raise after this call.
     pub fn subscribe(&self) -> watch::Receiver<HashMap<String, i64>> {
         self.latest.subscribe()
@@ -177,6 +302,10 @@ struct PendingNotices {
     bytes: usize,
     /// The assignments' traces written by this batch, for the cache after the commit.
     traces_written: Vec<(String, String)>,
+    /// Copies of the batch's notices to watched departments, kept in memory once it commits.
+    watched: Vec<notice::Model>,
+    /// Encoded bytes held in `watched`; past [`PENDING_BYTES`] no more copies are made.
+    watched_bytes: usize,
 }
 
 /// Rows gathered and not written yet, past which `handle` writes them at once: a batch of large
@@ -209,6 +338,7 @@ impl PendingNotices {
         traceparent: Option<&str>,
         addressed: Vec<Addressee>,
         now_ms: i64,
+        signal: &NoticeSignal,
     ) -> Result<(), HandleError> {
         let kind = event
             .payload
@@ -225,6 +355,22 @@ impl PendingNotices {
             *last += 1;
             let sequence = *last;
             self.raised.insert(department_code.to_string(), sequence);
+            if self.watched_bytes < PENDING_BYTES && signal.is_watched(department_code) {
+                self.watched_bytes += encoded.len();
+                self.watched.push(notice::Model {
+                    // the key the database gives it; nothing reads it from memory
+                    id: 0,
+                    department_code: department_code.to_string(),
+                    sequence,
+                    event_id: event.event_id.clone(),
+                    subject: subject.to_string(),
+                    kind: kind.clone(),
+                    case_id: event.case_id.clone(),
+                    assignment_id: addressee.assignment_id.clone(),
+                    event: encoded.to_vec(),
+                    created_at_ms: now_ms,
+                });
+            }
             self.rows.notices.push(notice::ActiveModel {
                 department_code: Set(department_code.to_string()),
                 sequence: Set(sequence),
@@ -394,6 +540,7 @@ impl EventHandler for NoticeRecorder {
                 traceparent.as_deref(),
                 addressed,
                 now_ms,
+                &self.signal,
             )?;
             (pending.bytes > PENDING_BYTES).then(|| pending.take_rows())
         };
@@ -423,19 +570,24 @@ impl EventHandler for NoticeRecorder {
         Ok(())
     }
 
-    /// The batch committed: its traces go into the cache, and the subscriptions learn the
-    /// sequences it raised from the batch itself, without reading the counters back (the counters
-    /// were locked, so every lower sequence committed before them). Other replicas' notices are
-    /// found by [`follow_notice_counters`]' poll.
+    /// The batch committed: its traces go into the cache, its notices to departments subscribed
+    /// here are kept for their subscriptions, and the subscriptions learn the sequences it raised
+    /// from the batch itself, without reading the counters back (the counters were locked, so
+    /// every lower sequence committed before them). Other replicas' notices are found by
+    /// [`follow_notice_counters`]' poll and read from the database.
     fn after_commit(&self) {
-        let (traces, raised) = {
+        let (traces, raised, watched) = {
             let mut pending = self.pending();
+            pending.watched_bytes = 0;
             (
                 std::mem::take(&mut pending.traces_written),
                 std::mem::take(&mut pending.raised),
+                std::mem::take(&mut pending.watched),
             )
         };
         self.traces.remember(traces);
+        // kept before the raise wakes the subscriptions that hand them out
+        self.signal.remember(watched);
         self.signal.raise(raised);
     }
 }
@@ -476,5 +628,82 @@ mod tests {
             assert_eq!(addressed[0].department_code, "zw-sanitation");
             assert_eq!(addressed[0].assignment_id, "a-1");
         }
+    }
+
+    fn kept(department_code: &str, sequence: i64, bytes: usize) -> notice::Model {
+        notice::Model {
+            id: 0,
+            department_code: department_code.into(),
+            sequence,
+            event_id: format!("e-{sequence}"),
+            subject: String::new(),
+            kind: String::new(),
+            case_id: String::new(),
+            assignment_id: String::new(),
+            event: vec![0; bytes],
+            created_at_ms: 0,
+        }
+    }
+
+    fn sequences(rows: &[notice::Model]) -> Vec<i64> {
+        rows.iter().map(|row| row.sequence).collect()
+    }
+
+    #[test]
+    fn recent_notices_are_handed_out_only_without_a_gap() {
+        let signal = NoticeSignal::default();
+        let _watch = signal.watch("d");
+        // two batches whose after_commit ran in the other order than their commits
+        signal.remember(vec![kept("d", 3, 1)]);
+        signal.remember(vec![kept("d", 1, 1), kept("d", 2, 1)]);
+        // 4 was another replica's: not here
+        signal.remember(vec![kept("d", 5, 1)]);
+        assert_eq!(sequences(&signal.recent_after("d", 0, 10)), vec![1, 2, 3]);
+        assert_eq!(sequences(&signal.recent_after("d", 1, 1)), vec![2]);
+        assert!(signal.recent_after("d", 3, 10).is_empty(), "4 is missing");
+        assert_eq!(sequences(&signal.recent_after("d", 4, 10)), vec![5]);
+    }
+
+    #[test]
+    fn recent_notices_are_bounded_by_count_and_bytes() {
+        let signal = NoticeSignal::default();
+        let _watch = signal.watch("d");
+        let many: Vec<_> = (1..=RECENT_PER_DEPARTMENT as i64 + 10)
+            .map(|sequence| kept("d", sequence, 1))
+            .collect();
+        signal.remember(many);
+        let all = signal.recent_after("d", 10, usize::MAX);
+        assert_eq!(all.len(), RECENT_PER_DEPARTMENT);
+        assert!(
+            signal.recent_after("d", 0, 10).is_empty(),
+            "the oldest went"
+        );
+
+        let large = RECENT_BYTES_PER_DEPARTMENT / 2;
+        let next = RECENT_PER_DEPARTMENT as i64 + 11;
+        signal.remember(
+            (next..next + 3)
+                .map(|sequence| kept("d", sequence, large))
+                .collect(),
+        );
+        // two large ones fit with nothing else; the third pushed out everything before it
+        assert_eq!(
+            sequences(&signal.recent_after("d", next, usize::MAX)),
+            vec![next + 1, next + 2]
+        );
+    }
+
+    #[test]
+    fn only_watched_departments_are_kept() {
+        let signal = NoticeSignal::default();
+        let first = signal.watch("d");
+        let second = signal.watch("d");
+        signal.remember(vec![kept("d", 1, 1), kept("other", 1, 1)]);
+        assert!(signal.recent_after("other", 0, 10).is_empty());
+        drop(first);
+        assert_eq!(signal.recent_after("d", 0, 10).len(), 1, "still watched");
+        drop(second);
+        assert!(signal.recent_after("d", 0, 10).is_empty());
+        assert!(!signal.is_watched("d"));
     }
 }

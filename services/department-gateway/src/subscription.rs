@@ -1,12 +1,14 @@
 //! One department's subscription: its notices after the sequence the caller names, read from the
 //! database in batches, then live. An idle subscription costs no query: it waits until the
-//! department's last committed sequence (see [`NoticeSignal`]) passes what it has sent.
+//! department's last committed sequence (see [`NoticeSignal`]) passes what it has sent. Live
+//! notices this process committed are handed over from memory ([`NoticeSignal::recent_after`]);
+//! the database is read for the rest (a start, a gap, another replica's notices).
 //!
 //! The subscription is the stream tonic sends from, with no task or buffer of its own: when the
 //! caller goes away tonic drops it, and with it the department's slot.
 
 use crate::error::GatewayError;
-use crate::notices::NoticeSignal;
+use crate::notices::{NoticeSignal, NoticeWatch};
 use crate::slots::{SubscriptionSlot, SubscriptionSlots};
 use crate::storage::{self, notice};
 use futures::Stream;
@@ -61,6 +63,8 @@ impl Subscriptions {
         })?;
         tracing::info!(department = %department_code, after_sequence, "subscription opened");
         let subscription = Subscription {
+            // kept from before the first read, so no notice committed after it is missed in memory
+            _watch: self.signal.watch(&department_code),
             latest: self.signal.subscribe(),
             shared: self.clone(),
             after: i64::try_from(after_sequence).unwrap_or(i64::MAX),
@@ -98,6 +102,7 @@ struct Subscription {
     must_read: bool,
     latest: watch::Receiver<HashMap<String, i64>>,
     finished: bool,
+    _watch: NoticeWatch,
     _slot: SubscriptionSlot,
 }
 
@@ -137,7 +142,19 @@ impl Subscription {
                 .borrow_and_update()
                 .get(&self.department_code)
                 .copied();
-            if self.must_read || latest.is_some_and(|latest| latest > self.after) {
+            let behind = latest.is_some_and(|latest| latest > self.after);
+            if behind && !self.must_read {
+                let recent = self.shared.signal.recent_after(
+                    &self.department_code,
+                    self.after,
+                    BATCH_SIZE as usize,
+                );
+                if !recent.is_empty() {
+                    self.pending = recent.into();
+                    continue;
+                }
+            }
+            if self.must_read || behind {
                 match storage::notices_after(
                     &self.shared.db,
                     &self.department_code,

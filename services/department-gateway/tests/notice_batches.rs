@@ -241,3 +241,77 @@ async fn a_committed_batch_raises_what_subscriptions_wait_on() {
     );
     db.close().await.expect("close");
 }
+
+/// A committed batch keeps its notices to departments subscribed here in memory, as the database
+/// has them, so a live subscription is handed them without a read; a department no one watches
+/// here, a rolled-back batch and a dropped watch keep nothing.
+#[tokio::test]
+async fn committed_notices_of_watched_departments_are_kept_in_memory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = db::connect(&DatabaseConfig::at(sqlite_url(&dir), 1))
+        .await
+        .expect("connect");
+    db::migrate::<Migrator>(&db).await.expect("migrate");
+    let signal = NoticeSignal::default();
+    let watch = signal.watch("zw-sanitation");
+    let recorder = NoticeRecorder::new(
+        std::sync::Arc::new(SystemClock),
+        signal.clone(),
+        TraceCache::default(),
+    );
+    let consumer_of = |subject: &str| {
+        subject
+            .starts_with("whistle.v1.")
+            .then(|| notices::CONSUMER.to_string())
+    };
+    let at = |id: &str, department_code: &str| {
+        event(
+            assignment_at(id, department_code, AssignmentStatus::Whistled, 1),
+            0,
+        )
+    };
+    let batch = vec![
+        at("a1", "zw-sanitation"),
+        at("a2", "zw-housing"),
+        at("a3", "zw-sanitation"),
+    ];
+    whistle_platform::inbox::apply_history(&db, &recorder, consumer_of, &batch, 0)
+        .await
+        .expect("batch");
+
+    let stored = storage::notices_after(&db, "zw-sanitation", 0, 10)
+        .await
+        .expect("stored");
+    let without_id = |rows: Vec<notice::Model>| {
+        rows.into_iter()
+            .map(|row| notice::Model { id: 0, ..row })
+            .collect::<Vec<_>>()
+    };
+    let kept = signal.recent_after("zw-sanitation", 0, 10);
+    assert_eq!(kept.len(), 2);
+    assert_eq!(without_id(kept), without_id(stored.clone()), "as stored");
+    assert_eq!(
+        without_id(signal.recent_after("zw-sanitation", 1, 10)),
+        without_id(stored[1..].to_vec()),
+        "from a later sequence"
+    );
+    assert!(signal.recent_after("zw-sanitation", 2, 10).is_empty());
+    assert!(
+        signal.recent_after("zw-housing", 0, 10).is_empty(),
+        "no subscription here watches it"
+    );
+
+    // a rolled-back batch keeps nothing
+    let failing = vec![at("a4", "zw-sanitation"), at("", "zw-sanitation")];
+    assert!(
+        whistle_platform::inbox::apply_history(&db, &recorder, consumer_of, &failing, 0)
+            .await
+            .is_err()
+    );
+    assert_eq!(signal.recent_after("zw-sanitation", 0, 10).len(), 2);
+
+    // the last watch of a department dropped, its notices are forgotten
+    drop(watch);
+    assert!(signal.recent_after("zw-sanitation", 0, 10).is_empty());
+    db.close().await.expect("close");
+}
