@@ -212,16 +212,13 @@ impl NoticeSignal {
         let Some((kept, _)) = recent.departments.get(department_code) else {
             return Vec::new();
         };
-        let mut next = after.saturating_add(1);
-        let mut rows = Vec::new();
-        for (&sequence, row) in kept.range(next..) {
-            if sequence != next || rows.len() >= limit {
-                break;
-            }
-            rows.push(row.clone());
-            next += 1;
-        }
-        rows
+        let first = after.saturating_add(1);
+        kept.range(first..)
+            .zip(first..)
+            .take_while(|((sequence, _), expected)| **sequence == *expected)
+            .take(limit)
+            .map(|((_, row), _)| row.clone())
+            .collect()
     }
 
     /// A receiver of the last committed sequence per department; it sees every raise after this call.
@@ -302,7 +299,9 @@ struct PendingNotices {
     bytes: usize,
     /// The assignments' traces written by this batch, for the cache after the commit.
     traces_written: Vec<(String, String)>,
-    /// Copies of the batch's notices to watched departments, kept in memory once it commits.
+    /// The departments it addresses that a subscription here watched when it started.
+    watching: BTreeSet<String>,
+    /// Copies of the batch's notices to those departments, kept in memory once it commits.
     watched: Vec<notice::Model>,
     /// Encoded bytes held in `watched`; past [`PENDING_BYTES`] no more copies are made.
     watched_bytes: usize,
@@ -338,7 +337,6 @@ impl PendingNotices {
         traceparent: Option<&str>,
         addressed: Vec<Addressee>,
         now_ms: i64,
-        signal: &NoticeSignal,
     ) -> Result<(), HandleError> {
         let kind = event
             .payload
@@ -355,7 +353,7 @@ impl PendingNotices {
             *last += 1;
             let sequence = *last;
             self.raised.insert(department_code.to_string(), sequence);
-            if self.watched_bytes < PENDING_BYTES && signal.is_watched(department_code) {
+            if self.watched_bytes < PENDING_BYTES && self.watching.contains(department_code) {
                 self.watched_bytes += encoded.len();
                 self.watched.push(notice::Model {
                     // the key the database gives it; nothing reads it from memory
@@ -496,7 +494,13 @@ impl EventHandler for NoticeRecorder {
             .filter(|code| whistle_proto::rules::check_department_code(code).is_ok())
             .collect();
         let last_sequence = storage::lock_notice_counters(transaction, &departments).await?;
+        let watching = departments
+            .iter()
+            .filter(|code| self.signal.is_watched(code))
+            .map(|code| code.to_string())
+            .collect();
         let mut pending = self.pending();
+        pending.watching = watching;
         pending.locked = last_sequence.clone();
         pending.last_sequence = last_sequence;
         Ok(())
@@ -540,7 +544,6 @@ impl EventHandler for NoticeRecorder {
                 traceparent.as_deref(),
                 addressed,
                 now_ms,
-                &self.signal,
             )?;
             (pending.bytes > PENDING_BYTES).then(|| pending.take_rows())
         };
