@@ -181,34 +181,48 @@ async fn batches_on_postgresql() {
     }
 }
 
-/// A committed batch tells the subscriptions the sequences it numbered, with no query (nothing
-/// follows the counters here); a batch that fails and rolls back tells them nothing.
-#[tokio::test]
-async fn a_committed_batch_raises_what_subscriptions_wait_on() {
+/// A notice recorder on a migrated SQLite file (the folder goes with the first value).
+async fn recorder_on_sqlite() -> (
+    tempfile::TempDir,
+    DatabaseConnection,
+    NoticeSignal,
+    NoticeRecorder,
+) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let url = sqlite_url(&dir);
-    let db = db::connect(&DatabaseConfig::at(url, 1))
+    let db = db::connect(&DatabaseConfig::at(sqlite_url(&dir), 1))
         .await
         .expect("connect");
     db::migrate::<Migrator>(&db).await.expect("migrate");
     let signal = NoticeSignal::default();
-    let waiting = signal.subscribe();
     let recorder = NoticeRecorder::new(
         std::sync::Arc::new(SystemClock),
         signal.clone(),
         TraceCache::default(),
     );
-    let consumer_of = |subject: &str| {
-        subject
-            .starts_with("whistle.v1.")
-            .then(|| notices::CONSUMER.to_string())
-    };
-    let at = |id: &str, department_code: &str| {
-        event(
-            assignment_at(id, department_code, AssignmentStatus::Whistled, 1),
-            0,
-        )
-    };
+    (dir, db, signal, recorder)
+}
+
+/// The whistle consumer's inbox for `whistle.v1.*` subjects, as `apply_history` asks.
+fn consumer_of(subject: &str) -> Option<String> {
+    subject
+        .starts_with("whistle.v1.")
+        .then(|| notices::CONSUMER.to_string())
+}
+
+/// A whistle of assignment `id` to `department_code`.
+fn at(id: &str, department_code: &str) -> (String, Event) {
+    event(
+        assignment_at(id, department_code, AssignmentStatus::Whistled, 1),
+        0,
+    )
+}
+
+/// A committed batch tells the subscriptions the sequences it numbered, with no query (nothing
+/// follows the counters here); a batch that fails and rolls back tells them nothing.
+#[tokio::test]
+async fn a_committed_batch_raises_what_subscriptions_wait_on() {
+    let (_dir, db, signal, recorder) = recorder_on_sqlite().await;
+    let waiting = signal.subscribe();
     let batch = vec![
         at("a1", "zw-sanitation"),
         at("a2", "zw-sanitation"),
@@ -247,29 +261,8 @@ async fn a_committed_batch_raises_what_subscriptions_wait_on() {
 /// here, a rolled-back batch and a dropped watch keep nothing.
 #[tokio::test]
 async fn committed_notices_of_watched_departments_are_kept_in_memory() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let db = db::connect(&DatabaseConfig::at(sqlite_url(&dir), 1))
-        .await
-        .expect("connect");
-    db::migrate::<Migrator>(&db).await.expect("migrate");
-    let signal = NoticeSignal::default();
+    let (_dir, db, signal, recorder) = recorder_on_sqlite().await;
     let watch = signal.watch("zw-sanitation");
-    let recorder = NoticeRecorder::new(
-        std::sync::Arc::new(SystemClock),
-        signal.clone(),
-        TraceCache::default(),
-    );
-    let consumer_of = |subject: &str| {
-        subject
-            .starts_with("whistle.v1.")
-            .then(|| notices::CONSUMER.to_string())
-    };
-    let at = |id: &str, department_code: &str| {
-        event(
-            assignment_at(id, department_code, AssignmentStatus::Whistled, 1),
-            0,
-        )
-    };
     let batch = vec![
         at("a1", "zw-sanitation"),
         at("a2", "zw-housing"),

@@ -9,13 +9,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-use whistle_platform::config::{DatabaseConfig, NatsConfig};
+use whistle_platform::config::DatabaseConfig;
 use whistle_platform::envelope::{self, Event, Payload};
 use whistle_platform::inbox::{self, ConsumerSpec, EventHandler, HandleError};
-use whistle_platform::local_nats::LocalNatsServer;
-use whistle_platform::{SystemClock, db, nats, outbox};
+use whistle_platform::testing::{TestBed, demo_region};
+use whistle_platform::{SystemClock, db, nats};
 use whistle_proto::events::{CaseAccepted, CaseReported};
-use whistle_proto::types::Region;
 
 struct PlatformTablesOnly;
 
@@ -55,29 +54,6 @@ impl EventHandler for ReportsOnly {
     }
 }
 
-fn region() -> Region {
-    Region {
-        city_code: "420300".into(),
-        district_code: "420303".into(),
-        street_code: "420303003".into(),
-        street_slug: "chechenglu".into(),
-        community_code: "420303003001".into(),
-        grid_code: "420303003001001".into(),
-    }
-}
-
-/// Publishes as a relay does (`Nats-Msg-Id` = event id) and waits for the ack.
-async fn publish(jetstream: &jetstream::Context, event: &Event) {
-    let outbox = envelope::to_outbox(event).expect("envelope");
-    let headers = outbox::headers_for(&event.event_id, &outbox.headers);
-    jetstream
-        .publish_with_headers(outbox.subject, headers, outbox.payload.into())
-        .await
-        .expect("publish")
-        .await
-        .expect("jetstream ack");
-}
-
 /// Waits until the consumer was delivered the stream up to `sequence` and acknowledged all of it.
 async fn wait_acknowledged(jetstream: &jetstream::Context, sequence: u64) {
     let mut consumer = jetstream
@@ -108,7 +84,7 @@ fn reported(case_id: &str) -> Event {
         "whistle-intake",
         case_id,
         1,
-        Some(region()),
+        Some(demo_region()),
         Payload::CaseReported(CaseReported::default()),
     )
 }
@@ -119,7 +95,7 @@ fn accepted(case_id: &str) -> Event {
         "whistle-dispatch",
         case_id,
         2,
-        Some(region()),
+        Some(demo_region()),
         Payload::CaseAccepted(CaseAccepted::default()),
     )
 }
@@ -139,18 +115,11 @@ async fn inbox_rows(db: &DatabaseConnection) -> Vec<String> {
 
 #[tokio::test]
 async fn events_the_handler_has_no_use_for_are_acknowledged_without_a_transaction() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let server = LocalNatsServer::start(&dir.path().join("nats")).expect("nats-server");
-    let jetstream = jetstream::new(async_nats::connect(server.url()).await.expect("nats"));
-    nats::ensure_streams(&jetstream, &NatsConfig::default())
+    let bed = TestBed::new().await;
+    let jetstream = bed.jetstream.clone();
+    let database = db::connect(&DatabaseConfig::at(bed.sqlite_url("inbox"), 1))
         .await
-        .expect("streams");
-    let database = db::connect(&DatabaseConfig::at(
-        format!("sqlite://{}", dir.path().join("inbox.sqlite").display()),
-        1,
-    ))
-    .await
-    .expect("database");
+        .expect("database");
     db::migrate::<PlatformTablesOnly>(&database)
         .await
         .expect("migrations");
@@ -173,14 +142,14 @@ async fn events_the_handler_has_no_use_for_are_acknowledged_without_a_transactio
     // one reported case among events the handler does not read
     let first = reported("case-1");
     for event in [accepted("case-0"), first.clone(), accepted("case-1")] {
-        publish(&jetstream, &event).await;
+        bed.publish(&event).await;
     }
     wait_acknowledged(&jetstream, 3).await;
     assert_eq!(handler.commits.load(Ordering::SeqCst), 1, "one commit");
 
     // then nothing but events it does not read: acknowledged, no commit
     for n in 2..6 {
-        publish(&jetstream, &accepted(&format!("case-{n}"))).await;
+        bed.publish(&accepted(&format!("case-{n}"))).await;
     }
     wait_acknowledged(&jetstream, 7).await;
     assert_eq!(
@@ -190,7 +159,7 @@ async fn events_the_handler_has_no_use_for_are_acknowledged_without_a_transactio
     );
 
     let second = reported("case-6");
-    publish(&jetstream, &second).await;
+    bed.publish(&second).await;
     wait_acknowledged(&jetstream, 8).await;
     assert_eq!(handler.commits.load(Ordering::SeqCst), 2, "one more commit");
     assert_eq!(
