@@ -331,25 +331,27 @@ impl ActionWriters {
                 }
             }
         }
-        self.outbox_signal.notify();
     }
 
     async fn transaction(
         &self,
         requests: &[ActionRequest],
     ) -> Result<Vec<Result<RecordedAction, DispatchError>>, DispatchError> {
-        retry_on_conflict(self.conflict_retries, || async {
-            let transaction = self.db.begin().await?;
-            let outcomes = record_department_actions(
-                &transaction,
-                self.clock.now(),
-                self.policy.as_ref(),
-                self.rules,
-                requests,
-            )
-            .await?;
-            transaction.commit().await?;
-            Ok(outcomes)
+        // each attempt is its own transaction, handing its events to the relay once committed
+        retry_on_conflict(self.conflict_retries, || {
+            self.outbox_signal.committing(async {
+                let transaction = self.db.begin().await?;
+                let outcomes = record_department_actions(
+                    &transaction,
+                    self.clock.now(),
+                    self.policy.as_ref(),
+                    self.rules,
+                    requests,
+                )
+                .await?;
+                transaction.commit().await?;
+                Ok(outcomes)
+            })
         })
         .await
     }

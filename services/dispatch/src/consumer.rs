@@ -271,8 +271,11 @@ impl EventHandler for ReportedCases {
         Ok(())
     }
 
+    fn outbox(&self) -> Option<&OutboxSignal> {
+        Some(&self.outbox_signal)
+    }
+
     fn after_commit(&self) {
-        self.outbox_signal.notify();
         let flagged = self
             .recurrent
             .lock()

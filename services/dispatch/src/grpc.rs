@@ -175,27 +175,28 @@ impl DispatchGrpc {
         case_id: &str,
         command: Command,
     ) -> Result<pb::Case, Status> {
-        let mut case = service::retry_on_conflict(self.settings.conflict_retries, || async {
-            let transaction = self.db.begin().await?;
-            let case = service::change_case(
-                &transaction,
-                self.clock.now(),
-                self.policy.as_ref(),
-                case_id,
-                command.clone(),
-                |record| {
-                    authorize_row(caller, &record.row).map_err(|refused| {
-                        DispatchError::PermissionDenied(refused.message().to_string())
-                    })
-                },
-                |record| case_to_proto(record, Vec::new()),
-            )
-            .await?;
-            transaction.commit().await?;
-            Ok(case)
+        let mut case = service::retry_on_conflict(self.settings.conflict_retries, || {
+            self.outbox_signal.committing(async {
+                let transaction = self.db.begin().await?;
+                let case = service::change_case(
+                    &transaction,
+                    self.clock.now(),
+                    self.policy.as_ref(),
+                    case_id,
+                    command.clone(),
+                    |record| {
+                        authorize_row(caller, &record.row).map_err(|refused| {
+                            DispatchError::PermissionDenied(refused.message().to_string())
+                        })
+                    },
+                    |record| case_to_proto(record, Vec::new()),
+                )
+                .await?;
+                transaction.commit().await?;
+                Ok(case)
+            })
         })
         .await?;
-        self.outbox_signal.notify();
         case.timeline = self.timeline(case_id).await?;
         Ok(case)
     }

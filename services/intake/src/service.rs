@@ -25,7 +25,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use whistle_platform::clock::{Clock, SharedClock, from_millis, to_millis, to_proto_timestamp};
 use whistle_platform::envelope::{self, Event, Payload};
-use whistle_platform::outbox::{self, OutboxSignal};
+use whistle_platform::outbox::OutboxSignal;
 use whistle_platform::validation::{FieldError, LimitsConfig};
 use whistle_proto::events::{
     CaseEvidenceAttached, CaseMerged, CaseRecurrent, CaseReported, ReportSplit,
@@ -661,11 +661,12 @@ impl Intake {
         report::Entity::insert(report::ActiveModel::from(model))
             .exec_without_returning(&transaction)
             .await?;
-        for event in events {
-            outbox::enqueue(&transaction, event, now_ms).await?;
-        }
+        let staged = self
+            .outbox_signal
+            .enqueue_staged(&transaction, events, now_ms)
+            .await?;
         transaction.commit().await?;
-        self.outbox_signal.notify();
+        staged.committed();
         let category = [whistle_platform::metrics::attribute(
             "category",
             category_code.to_string(),
@@ -1164,11 +1165,12 @@ impl Intake {
         })
         .exec(&transaction)
         .await?;
-        for event in events {
-            outbox::enqueue(&transaction, event, now_ms).await?;
-        }
+        let staged = self
+            .outbox_signal
+            .enqueue_staged(&transaction, events, now_ms)
+            .await?;
         transaction.commit().await?;
-        self.outbox_signal.notify();
+        staged.committed();
         tracing::info!(report_id = %response.report_id, case_id = %response.case_id, from = %response.split_from_case_id, "report split out");
         Ok(response)
     }
@@ -1306,9 +1308,12 @@ impl Intake {
         );
         let outbox_event = envelope::to_outbox(&event)
             .map_err(|error| IntakeError::Unexpected(error.to_string()))?;
-        outbox::enqueue(&transaction, outbox_event, now_ms).await?;
+        let staged = self
+            .outbox_signal
+            .enqueue_staged(&transaction, vec![outbox_event], now_ms)
+            .await?;
         transaction.commit().await?;
-        self.outbox_signal.notify();
+        staged.committed();
         Ok(AttachEvidenceResponse {
             case_id: case.case_id,
             evidence_count,

@@ -172,8 +172,14 @@ pub trait EventHandler: Send + Sync + 'static {
         async { Ok(()) }
     }
 
-    /// Called after a batch committed (to wake an outbox relay or waiting subscribers).
+    /// Called after a batch committed (to wake waiting subscribers).
     fn after_commit(&self) {}
+
+    /// The outbox relay of the service, when the handler enqueues events: the events a batch
+    /// enqueues are handed to it in memory once the batch commits ([`crate::outbox::Staging`]).
+    fn outbox(&self) -> Option<&crate::outbox::OutboxSignal> {
+        None
+    }
 }
 
 /// A durable pull consumer on one stream.
@@ -485,10 +491,10 @@ async fn apply_batch<H: EventHandler>(
         return Ok(0);
     }
     let mut applied =
-        apply_batch_isolated(db, clock, consumer, handler, &inbound, Isolation::Batch).await;
+        apply_batch_staged(db, clock, consumer, handler, &inbound, Isolation::Batch).await;
     if matches!(applied, Ok(false)) {
         applied =
-            apply_batch_isolated(db, clock, consumer, handler, &inbound, Isolation::PerEvent).await;
+            apply_batch_staged(db, clock, consumer, handler, &inbound, Isolation::PerEvent).await;
     }
     if let Err(error) = applied {
         // whatever failed (a deadlock, a lost connection), JetStream redelivers the batch soon
@@ -501,6 +507,31 @@ async fn apply_batch<H: EventHandler>(
         return Err(error);
     }
     Ok(inbound.len())
+}
+
+/// [`apply_batch_isolated`] in a [`crate::outbox::Staging`] scope of the handler's outbox: the
+/// events the batch enqueues are handed to the relay once it has committed.
+async fn apply_batch_staged<H: EventHandler>(
+    db: &DatabaseConnection,
+    clock: &SharedClock,
+    consumer: &str,
+    handler: &Arc<H>,
+    batch: &[Inbound<'_>],
+    isolation: Isolation,
+) -> anyhow::Result<bool> {
+    let Some(signal) = handler.outbox() else {
+        return apply_batch_isolated(db, clock, consumer, handler, batch, isolation).await;
+    };
+    let staging = signal.staging();
+    let applied = staging
+        .scope(apply_batch_isolated(
+            db, clock, consumer, handler, batch, isolation,
+        ))
+        .await;
+    if matches!(applied, Ok(true)) {
+        staging.committed();
+    }
+    applied
 }
 
 /// Returns false when the fast path met a rejection and rolled everything back.
@@ -539,7 +570,12 @@ async fn apply_batch_isolated<H: EventHandler>(
             ids.dedup();
             Some(record_batch_once(&transaction, consumer, &ids, to_millis(clock.now())).await?)
         }
-        Isolation::PerEvent => None,
+        Isolation::PerEvent => {
+            // a rejected event's savepoint is rolled back with what it enqueued: copies kept in
+            // memory could name events that never committed, so the relay reads the table
+            crate::outbox::stage_to_table();
+            None
+        }
     };
     for inbound in batch {
         let subject = inbound.subject;

@@ -78,12 +78,14 @@ impl OutboxEvent {
     }
 }
 
-/// Adds an event to the outbox inside the caller's transaction.
+/// Adds an event to the outbox inside the caller's transaction (and, inside a [`Staging`] scope,
+/// keeps a copy for the relay).
 pub async fn enqueue<C: ConnectionTrait>(
     connection: &C,
     event: OutboxEvent,
     now_ms: i64,
 ) -> Result<(), DbErr> {
+    stage(std::slice::from_ref(&event));
     entity::Entity::insert(row_of(event, now_ms))
         .exec_without_returning(connection)
         .await?;
@@ -97,6 +99,8 @@ pub async fn enqueue_many<C: ConnectionTrait>(
     events: impl IntoIterator<Item = OutboxEvent>,
     now_ms: i64,
 ) -> Result<(), DbErr> {
+    let events: Vec<OutboxEvent> = events.into_iter().collect();
+    stage(&events);
     let rows = events.into_iter().map(|event| row_of(event, now_ms));
     crate::db::insert_rows(connection, rows, None).await?;
     Ok(())
@@ -122,17 +126,279 @@ fn row_of(event: OutboxEvent, now_ms: i64) -> entity::ActiveModel {
     }
 }
 
-/// Wakes the relay; call [`OutboxSignal::notify`] right after a commit that enqueued events.
+/// The relay's side of a service: wakes it, and hands it the events of committed transactions.
+///
+/// Transactions that enqueue their events inside [`OutboxSignal::committing`] (or a
+/// [`Staging`] scope) hand them to the relay in memory once they have committed: the relay
+/// publishes them at once, without reading them back, and marks them sent a little later, many in
+/// one statement. Rows written any other way are found by reading the table: call
+/// [`OutboxSignal::notify`] after such a commit. See docs/design-notes.md, "The outbox relay".
 #[derive(Debug, Clone, Default)]
-pub struct OutboxSignal(Arc<Notify>);
+pub struct OutboxSignal(Arc<Shared>);
+
+#[derive(Debug, Default)]
+struct Shared {
+    wake: Notify,
+    handoff: std::sync::Mutex<Handoff>,
+}
+
+/// The most event bytes handed over and not yet published; beyond it a transaction's events are
+/// left to the table (the relay reads it next), so a stalled NATS cannot grow the memory.
+const HANDOFF_BYTES: usize = 1 << 20;
 
 impl OutboxSignal {
+    /// Wakes the relay to read the table: call it after committing rows enqueued outside a
+    /// [`Staging`] scope.
     pub fn notify(&self) {
-        self.0.notify_one();
+        self.handoff().rescan = true;
+        self.0.wake.notify_one();
+    }
+
+    /// Runs `transaction` (from `begin` to its commit) in a [`Staging`] scope and, when it returns
+    /// `Ok`, hands the events it enqueued to the relay. The future must end with the commit: an
+    /// `Ok` says the transaction committed.
+    pub async fn committing<T, E>(
+        &self,
+        transaction: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
+        let staging = self.staging();
+        let outcome = staging.scope(transaction).await;
+        if outcome.is_ok() {
+            staging.committed();
+        }
+        outcome
+    }
+
+    /// [`enqueue_many`] in the caller's transaction, keeping the events for the relay: call
+    /// [`Staging::committed`] on the answer once the transaction has committed.
+    pub async fn enqueue_staged<C: ConnectionTrait>(
+        &self,
+        connection: &C,
+        events: Vec<OutboxEvent>,
+        now_ms: i64,
+    ) -> Result<Staging, DbErr> {
+        let staging = self.staging();
+        staging
+            .scope(enqueue_many(connection, events, now_ms))
+            .await?;
+        Ok(staging)
+    }
+
+    /// A scope for one transaction's events; see [`Staging`].
+    pub fn staging(&self) -> Staging {
+        Staging(Arc::new(std::sync::Mutex::new(StagingState {
+            signal: Some(self.clone()),
+            ticket: None,
+            events: Vec::new(),
+            to_table: false,
+        })))
+    }
+
+    fn handoff(&self) -> std::sync::MutexGuard<'_, Handoff> {
+        self.0
+            .handoff
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     async fn notified(&self) {
-        self.0.notified().await;
+        self.0.wake.notified().await;
+    }
+}
+
+tokio::task_local! {
+    static STAGING: Arc<std::sync::Mutex<StagingState>>;
+}
+
+/// The events one transaction enqueues, kept for the relay until the transaction has committed.
+///
+/// [`enqueue`] and [`enqueue_many`] called inside [`Staging::scope`] (on the same task) keep a
+/// copy of their events here. The first one takes the transaction's place in line (a ticket): the
+/// relay publishes handed-over events in ticket order, and a transaction that took its ticket
+/// earlier holds back those behind it until it commits or is dropped. A transaction takes its
+/// ticket when it enqueues, after the locks it conflicts on, so of two transactions that meet on a
+/// row the first to commit has the lower ticket, as its rows have the lower ids in the table.
+///
+/// [`Staging::committed`] after the commit hands the events over. Dropped without it (rolled back,
+/// or an error after the commit), its place is resolved as unknown and the relay reads the table.
+#[derive(Debug)]
+pub struct Staging(Arc<std::sync::Mutex<StagingState>>);
+
+#[derive(Debug)]
+struct StagingState {
+    signal: Option<OutboxSignal>,
+    ticket: Option<u64>,
+    events: Vec<OutboxEvent>,
+    /// Set when part of the transaction may have been rolled back (a savepoint): its events are
+    /// left to the table.
+    to_table: bool,
+}
+
+impl Staging {
+    /// Runs `work` with this staging as the scope of the task's enqueues.
+    pub async fn scope<F: Future>(&self, work: F) -> F::Output {
+        STAGING.scope(self.0.clone(), work).await
+    }
+
+    /// Hands the events over to the relay: call it once the transaction has committed.
+    pub fn committed(self) {
+        let mut state = self.state();
+        let (Some(signal), Some(ticket)) = (state.signal.take(), state.ticket.take()) else {
+            return;
+        };
+        let events = std::mem::take(&mut state.events);
+        let to_table = state.to_table;
+        drop(state);
+        signal
+            .handoff()
+            .resolve(ticket, (!to_table).then_some(events));
+        signal.0.wake.notify_one();
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, StagingState> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        let mut state = self.state();
+        if let (Some(signal), Some(ticket)) = (state.signal.take(), state.ticket.take()) {
+            drop(state);
+            signal.handoff().resolve(ticket, None);
+            signal.0.wake.notify_one();
+        }
+    }
+}
+
+/// Leaves the events of the current [`Staging`] scope to the table: call it when part of the
+/// transaction may be rolled back on its own (a savepoint), since the copies kept could then name
+/// events that never committed.
+pub fn stage_to_table() {
+    let _ = STAGING.try_with(|staging| {
+        staging
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .to_table = true;
+    });
+}
+
+/// Keeps a copy of `events` in the current [`Staging`] scope, if any.
+fn stage(events: &[OutboxEvent]) {
+    let _ = STAGING.try_with(|staging| {
+        let mut state = staging
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(signal) = state.signal.clone() else {
+            return;
+        };
+        if state.ticket.is_none() {
+            state.ticket = Some(signal.handoff().take_ticket());
+        }
+        if !state.to_table {
+            state.events.extend(events.iter().cloned());
+        }
+    });
+}
+
+/// The bytes handed-over events hold, as counted against [`HANDOFF_BYTES`].
+fn weight(events: &[OutboxEvent]) -> usize {
+    events
+        .iter()
+        .map(|event| event.payload.len() + event.subject.len())
+        .sum()
+}
+
+/// The relay's line of transactions that enqueued events: tickets in the order they were taken.
+#[derive(Debug, Default)]
+struct Handoff {
+    next_ticket: u64,
+    line: std::collections::VecDeque<(u64, Place)>,
+    bytes: usize,
+    /// Set when the table holds committed events the line does not (written outside a staging,
+    /// dropped, too many bytes, a failed publication): the relay reads the table next.
+    rescan: bool,
+}
+
+#[derive(Debug)]
+enum Place {
+    /// Its transaction has not committed (or been dropped) yet.
+    Open,
+    /// Committed; these events wait to be published.
+    Ready(Vec<OutboxEvent>),
+    /// Committed or not, its events are left to the table.
+    Unknown,
+}
+
+impl Handoff {
+    fn take_ticket(&mut self) -> u64 {
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        self.line.push_back((ticket, Place::Open));
+        ticket
+    }
+
+    fn resolve(&mut self, ticket: u64, events: Option<Vec<OutboxEvent>>) {
+        let Some(front) = self.line.front().map(|(ticket, _)| *ticket) else {
+            return;
+        };
+        let Some((_, place)) = ticket
+            .checked_sub(front)
+            .and_then(|index| self.line.get_mut(index as usize))
+        else {
+            // already covered by a reading of the table
+            return;
+        };
+        let bytes = events.as_deref().map_or(0, weight);
+        *place = match events {
+            Some(events) if self.bytes + bytes <= HANDOFF_BYTES => {
+                self.bytes += bytes;
+                Place::Ready(events)
+            }
+            // the relay reads the table when this place reaches the front of the line
+            _ => Place::Unknown,
+        };
+    }
+
+    /// The committed events at the front of the line, up to the first transaction still open or
+    /// left to the table.
+    fn take_ready(&mut self) -> Vec<OutboxEvent> {
+        let mut ready = Vec::new();
+        while let Some((_, Place::Ready(_))) = self.line.front() {
+            if let Some((_, Place::Ready(events))) = self.line.pop_front() {
+                self.bytes -= weight(&events);
+                ready.extend(events);
+            }
+        }
+        if matches!(self.line.front(), Some((_, Place::Unknown))) {
+            self.rescan = true;
+        }
+        ready
+    }
+
+    /// The first ticket still open: every transaction before it has committed or been dropped, so
+    /// a reading of the table that starts now sees all their events.
+    fn resolved_before(&self) -> u64 {
+        self.line
+            .iter()
+            .find(|(_, place)| matches!(place, Place::Open))
+            .map_or(self.next_ticket, |(ticket, _)| *ticket)
+    }
+
+    /// Forgets the places before `ticket`, whose events a reading of the table published.
+    fn covered(&mut self, ticket: u64) {
+        while let Some((front, _)) = self.line.front() {
+            if *front >= ticket {
+                break;
+            }
+            if let Some((_, Place::Ready(events))) = self.line.pop_front() {
+                self.bytes -= weight(&events);
+            }
+        }
+        // a place left to the table behind an open one asks for a reading when it reaches the
+        // front (`take_ready`), not now: reading before the open one resolves would not cover it
     }
 }
 
@@ -143,6 +409,54 @@ pub enum RelayError {
     Database(#[from] DbErr),
     #[error("publishing to jetstream failed: {0}")]
     Publish(String),
+}
+
+/// How long events published from memory wait to be marked sent, so that many share a statement.
+/// Should the process stop before, they are published again at start (JetStream drops the copies
+/// within its duplicate window, and consumers' inboxes after it).
+pub const MARK_DELAY: Duration = Duration::from_millis(100);
+
+/// Event ids published from memory and not yet marked sent.
+#[derive(Debug, Default)]
+struct Marks {
+    event_ids: Vec<String>,
+    since: Option<std::time::Instant>,
+}
+
+impl Marks {
+    fn add(&mut self, event_ids: impl IntoIterator<Item = String>) {
+        let before = self.event_ids.len();
+        self.event_ids.extend(event_ids);
+        if self.event_ids.len() > before && self.since.is_none() {
+            self.since = Some(std::time::Instant::now());
+        }
+    }
+
+    /// How long until the marks are due; `None` when there are none.
+    fn due_in(&self) -> Option<Duration> {
+        self.since
+            .map(|since| MARK_DELAY.saturating_sub(since.elapsed()))
+    }
+}
+
+/// An event on its way to JetStream, from the table or from memory.
+struct Outgoing {
+    event_id: String,
+    subject: String,
+    payload: Vec<u8>,
+    headers: async_nats::HeaderMap,
+}
+
+/// What became of a batch of [`Outgoing`] events, by index.
+#[derive(Default)]
+struct Published {
+    sent: Vec<usize>,
+    /// Refused while NATS was reachable.
+    refused: Vec<(usize, String)>,
+    /// Larger than the server's `max_payload`.
+    oversized: Vec<(usize, String)>,
+    /// NATS unreachable: the events after the failure were not tried.
+    outage: Option<String>,
 }
 
 /// Publishes committed events until shut down.
@@ -173,16 +487,28 @@ impl OutboxRelay {
     }
 
     /// Runs until `shutdown`, then makes one last attempt to publish what is committed.
+    ///
+    /// Each round publishes the events handed over in memory ([`Staging`]); it reads the table
+    /// when told to ([`OutboxSignal::notify`], or something handed over could not be kept or
+    /// published), after a failure, at start, and every `poll_interval_ms` for what no handover
+    /// covers (another replica that stopped, a transaction that took longer than that). Events
+    /// published from memory are marked sent within [`MARK_DELAY`], many in one statement.
     pub async fn run(self, shutdown: CancellationToken) {
         let poll = Duration::from_millis(self.config.poll_interval_ms);
         let mut failures: u32 = 0;
+        let mut marks = Marks::default();
+        let mut last_read: Option<std::time::Instant> = None;
         let mut last_purge = std::time::Instant::now();
         let mut last_backlog = std::time::Instant::now() - Duration::from_secs(1);
         loop {
-            match self.drain().await {
+            let outcome = self
+                .round(&mut marks, &mut last_read, failures > 0, poll)
+                .await;
+            match outcome {
                 Ok(()) => failures = 0,
                 Err(error) => {
                     failures = failures.saturating_add(1);
+                    self.signal.handoff().rescan = true;
                     tracing::warn!(%error, failures, "outbox relay round failed, retrying");
                 }
             }
@@ -200,7 +526,12 @@ impl OutboxRelay {
             }
             // back off exponentially while publishing fails, up to 30 seconds
             let wait = if failures == 0 {
-                poll
+                // at once when the round found the table must be read (`take_ready`)
+                let next_read = match last_read {
+                    Some(at) if !self.signal.handoff().rescan => poll.saturating_sub(at.elapsed()),
+                    _ => Duration::ZERO,
+                };
+                marks.due_in().map_or(next_read, |due| due.min(next_read))
             } else {
                 Duration::from_millis(100u64 << failures.min(8)).min(Duration::from_secs(30))
             };
@@ -210,28 +541,128 @@ impl OutboxRelay {
                 _ = tokio::time::sleep(wait) => {}
             }
         }
-        if let Err(error) = self.drain().await {
+        let last = async {
+            self.publish_handed_over(&mut marks).await?;
+            self.mark_sent(&mut marks).await?;
+            self.drain().await
+        };
+        if let Err(error) = last.await {
             tracing::warn!(%error, "outbox relay stopped with unpublished events; they go out on next start");
         }
     }
 
-    /// Publishes batches until the outbox is empty.
-    pub async fn drain(&self) -> Result<(), RelayError> {
+    /// One round: the table when it must be read, then what was handed over, then the marks that
+    /// are due.
+    async fn round(
+        &self,
+        marks: &mut Marks,
+        last_read: &mut Option<std::time::Instant>,
+        retrying: bool,
+        poll: Duration,
+    ) -> Result<(), RelayError> {
+        let rescan = std::mem::take(&mut self.signal.handoff().rescan);
+        let first = last_read.is_none();
+        let polled = last_read.is_none_or(|at| at.elapsed() >= poll);
+        if rescan || retrying || polled {
+            // rows published from memory are marked first, so the reading does not publish them again
+            self.mark_sent(marks).await?;
+            *last_read = Some(std::time::Instant::now());
+            if rescan || retrying || first {
+                let covered = self.signal.handoff().resolved_before();
+                self.drain().await?;
+                self.signal.handoff().covered(covered);
+            } else {
+                // the safety-net poll leaves rows younger than a poll to their own transaction's
+                // handover (and to other replicas' relays)
+                let older_than = to_millis(self.clock.now()) - poll.as_millis() as i64;
+                self.drain_older_than(Some(older_than)).await?;
+            }
+        }
+        self.publish_handed_over(marks).await?;
+        if marks.due_in() == Some(Duration::ZERO) {
+            self.mark_sent(marks).await?;
+        }
+        Ok(())
+    }
+
+    /// Publishes what committed transactions handed over, in ticket order.
+    async fn publish_handed_over(&self, marks: &mut Marks) -> Result<(), RelayError> {
         loop {
-            let published = self.relay_batch().await?;
+            let ready = self.signal.handoff().take_ready();
+            if ready.is_empty() {
+                return Ok(());
+            }
+            let outgoing: Vec<Outgoing> = ready
+                .into_iter()
+                .map(|event| Outgoing {
+                    headers: headers_for(&event.event_id, &event.headers),
+                    event_id: event.event_id,
+                    subject: event.subject,
+                    payload: event.payload,
+                })
+                .collect();
+            let published = self.publish(&outgoing).await;
+            marks.add(
+                published
+                    .sent
+                    .iter()
+                    .map(|&index| outgoing[index].event_id.clone()),
+            );
+            if !published.refused.is_empty()
+                || !published.oversized.is_empty()
+                || published.outage.is_some()
+            {
+                // the table has them: reading it counts their attempts, parks what never fits
+                self.signal.handoff().rescan = true;
+            }
+            if let Some(error) = published.outage {
+                return Err(RelayError::Publish(error));
+            }
+        }
+    }
+
+    /// Marks the events published from memory sent, in statements of a few fixed sizes.
+    async fn mark_sent(&self, marks: &mut Marks) -> Result<(), DbErr> {
+        if marks.event_ids.is_empty() {
+            return Ok(());
+        }
+        let now_ms = to_millis(self.clock.now());
+        let mut unmarked = marks.event_ids.as_slice();
+        for size in crate::db::statement_sizes(unmarked.len()) {
+            let (chunk, rest) = unmarked.split_at(size);
+            entity::Entity::update_many()
+                .col_expr(entity::Column::SentAtMs, now_ms.into())
+                .filter(entity::Column::EventId.is_in(chunk.iter().map(String::as_str)))
+                .exec(&self.db)
+                .await?;
+            unmarked = rest;
+        }
+        marks.event_ids.clear();
+        marks.since = None;
+        Ok(())
+    }
+
+    /// Publishes batches from the table until it holds no unsent row.
+    pub async fn drain(&self) -> Result<(), RelayError> {
+        self.drain_older_than(None).await
+    }
+
+    async fn drain_older_than(&self, older_than: Option<i64>) -> Result<(), RelayError> {
+        loop {
+            let published = self.relay_batch(older_than).await?;
             if published < self.config.batch_size {
                 return Ok(());
             }
         }
     }
 
-    /// Publishes one batch; returns how many events were claimed.
+    /// Publishes one batch read from the table; returns how many events were claimed.
     ///
     /// A row that cannot be published while NATS is reachable (too large for the server, refused
     /// by it) gets an attempt counted; after `outbox.max_attempts` it is parked, so it never blocks
     /// the rows behind it. A row larger than the server's `max_payload` is parked at once. Failures
     /// while NATS is unreachable count against no row: they end the round and are retried.
-    async fn relay_batch(&self) -> Result<u64, RelayError> {
+    async fn relay_batch(&self, older_than: Option<i64>) -> Result<u64, RelayError> {
         let postgres = is_postgres(&self.db);
         // On PostgreSQL several replicas relay at once: each claims rows with SKIP LOCKED inside a
         // transaction held across the publish. SQLite has one writer and one replica, so no claim.
@@ -245,6 +676,9 @@ impl OutboxRelay {
             .filter(entity::Column::ParkedAtMs.is_null())
             .order_by_asc(entity::Column::Id)
             .limit(self.config.batch_size);
+        if let Some(older_than) = older_than {
+            query = query.filter(entity::Column::CreatedAtMs.lte(older_than));
+        }
         if postgres {
             query = query.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked);
         }
@@ -260,58 +694,22 @@ impl OutboxRelay {
             return Ok(0);
         }
 
-        let max_payload = self.jetstream.client().server_info().max_payload;
-        let mut pending = Vec::with_capacity(rows.len());
-        let mut failed: Vec<(&entity::Model, String)> = Vec::new();
-        let mut outage = None;
-        for row in &rows {
-            let mut headers = nats_headers(row);
-            // the relay's producer span continues the trace of the transaction that committed the
-            // event, and the consumers continue the relay's span
-            let span = publish_span(row, &headers);
-            if let Some(traceparent) = span.in_scope(crate::telemetry::current_traceparent) {
-                headers.insert("traceparent", traceparent.as_str());
-            }
-            let size = row.payload.len() + headers_size(&headers) + row.subject.len();
-            if max_payload > 0 && size > max_payload {
-                self.park(
-                    transaction.as_ref(),
-                    row,
-                    format!("event of {size} bytes exceeds the nats server's max_payload of {max_payload}"),
-                )
+        let outgoing: Vec<Outgoing> = rows
+            .iter()
+            .map(|row| Outgoing {
+                event_id: row.event_id.clone(),
+                subject: row.subject.clone(),
+                payload: row.payload.clone(),
+                headers: nats_headers(row),
+            })
+            .collect();
+        let published = self.publish(&outgoing).await;
+        for (index, reason) in published.oversized {
+            self.park(transaction.as_ref(), &rows[index], reason)
                 .await?;
-                continue;
-            }
-            match self
-                .jetstream
-                .publish_with_headers(row.subject.clone(), headers, row.payload.clone().into())
-                .instrument(span)
-                .await
-            {
-                Ok(ack) => pending.push((row, ack)),
-                Err(error) if self.connected() => failed.push((row, error.to_string())),
-                Err(error) => {
-                    outage = Some(error.to_string());
-                    break;
-                }
-            }
-        }
-        let mut sent_ids = Vec::with_capacity(pending.len());
-        for (row, ack) in pending {
-            match ack.await {
-                Ok(_) => {
-                    sent_ids.push(row.id);
-                    crate::metrics::metrics()
-                        .outbox_published
-                        .add(1, &crate::metrics::subject_attributes(&row.subject));
-                }
-                Err(error) if self.connected() => failed.push((row, error.to_string())),
-                Err(error) => {
-                    outage.get_or_insert_with(|| error.to_string());
-                }
-            }
         }
         // marked in statements of a few fixed sizes, so each stays prepared (`db::statement_sizes`)
+        let sent_ids: Vec<i64> = published.sent.iter().map(|&index| rows[index].id).collect();
         let now_ms = to_millis(self.clock.now());
         let mut unmarked = sent_ids.as_slice();
         for size in crate::db::statement_sizes(sent_ids.len()) {
@@ -325,8 +723,9 @@ impl OutboxRelay {
                 None => update.exec(&self.db).await?,
             };
         }
-        let failures = failed.len();
-        for (row, error) in failed {
+        let failures = published.refused.len();
+        for (index, error) in published.refused {
+            let row = &rows[index];
             let attempts = row.attempts.saturating_add(1);
             if attempts >= self.config.max_attempts as i32 {
                 self.park(transaction.as_ref(), row, error).await?;
@@ -346,12 +745,7 @@ impl OutboxRelay {
             transaction.commit().await?;
         }
         tracing::debug!(published = sent_ids.len(), "outbox batch relayed");
-        if outage.is_some() || failures > 0 {
-            crate::metrics::metrics()
-                .outbox_publish_failures
-                .add(1, &[]);
-        }
-        match (outage, failures) {
+        match (published.outage, failures) {
             (Some(error), _) => Err(RelayError::Publish(error)),
             (None, 0) => Ok(claimed),
             (None, failures) => Err(RelayError::Publish(format!(
@@ -359,6 +753,69 @@ impl OutboxRelay {
                 self.config.max_attempts
             ))),
         }
+    }
+
+    /// Publishes `events` with their acks in flight together and sorts out what became of each
+    /// (by index). Stops at the first failure while NATS is unreachable.
+    async fn publish(&self, events: &[Outgoing]) -> Published {
+        let max_payload = self.jetstream.client().server_info().max_payload;
+        let mut published = Published::default();
+        let mut pending = Vec::with_capacity(events.len());
+        for (index, event) in events.iter().enumerate() {
+            let mut headers = event.headers.clone();
+            // the relay's producer span continues the trace of the transaction that committed the
+            // event, and the consumers continue the relay's span
+            let span = publish_span(&event.subject, &event.event_id, &headers);
+            if let Some(traceparent) = span.in_scope(crate::telemetry::current_traceparent) {
+                headers.insert("traceparent", traceparent.as_str());
+            }
+            let size = event.payload.len() + headers_size(&headers) + event.subject.len();
+            if max_payload > 0 && size > max_payload {
+                published.oversized.push((
+                    index,
+                    format!("event of {size} bytes exceeds the nats server's max_payload of {max_payload}"),
+                ));
+                continue;
+            }
+            match self
+                .jetstream
+                .publish_with_headers(event.subject.clone(), headers, event.payload.clone().into())
+                .instrument(span)
+                .await
+            {
+                Ok(ack) => pending.push((index, ack)),
+                Err(error) if self.connected() => {
+                    published.refused.push((index, error.to_string()))
+                }
+                Err(error) => {
+                    published.outage = Some(error.to_string());
+                    break;
+                }
+            }
+        }
+        for (index, ack) in pending {
+            match ack.await {
+                Ok(_) => {
+                    published.sent.push(index);
+                    crate::metrics::metrics().outbox_published.add(
+                        1,
+                        &crate::metrics::subject_attributes(&events[index].subject),
+                    );
+                }
+                Err(error) if self.connected() => {
+                    published.refused.push((index, error.to_string()))
+                }
+                Err(error) => {
+                    published.outage.get_or_insert_with(|| error.to_string());
+                }
+            }
+        }
+        if published.outage.is_some() || !published.refused.is_empty() {
+            crate::metrics::metrics()
+                .outbox_publish_failures
+                .add(1, &[]);
+        }
+        published
     }
 
     fn connected(&self) -> bool {
@@ -516,18 +973,18 @@ impl HistoryRelay {
 }
 
 /// A producer span for publishing `row`, child of the trace its `traceparent` header names.
-fn publish_span(row: &entity::Model, headers: &async_nats::HeaderMap) -> tracing::Span {
+fn publish_span(subject: &str, event_id: &str, headers: &async_nats::HeaderMap) -> tracing::Span {
     let header = |name: &str| headers.get(name).map(|value| value.as_str().to_string());
     let case_id = header("ce-subject").unwrap_or_default();
-    let department = department_of_subject(&row.subject).unwrap_or_default();
+    let department = department_of_subject(subject).unwrap_or_default();
     let span = tracing::info_span!(
         "publish",
-        otel.name = format!("publish {}", kind_of_subject(&row.subject)),
+        otel.name = format!("publish {}", kind_of_subject(subject)),
         otel.kind = "producer",
         messaging.system = "nats",
         messaging.operation.type = "send",
-        messaging.destination.name = %row.subject,
-        messaging.message.id = %row.event_id,
+        messaging.destination.name = %subject,
+        messaging.message.id = %event_id,
         case_id = %case_id,
         department = %department,
     );
@@ -584,4 +1041,67 @@ pub fn headers_for(message_id: &str, headers: &[(String, String)]) -> async_nats
         map.insert(name.as_str(), value.as_str());
     }
     map
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(id: &str, bytes: usize) -> OutboxEvent {
+        OutboxEvent {
+            event_id: id.to_string(),
+            subject: String::new(),
+            payload: vec![0; bytes],
+            headers: Vec::new(),
+        }
+    }
+
+    fn ids(events: &[OutboxEvent]) -> Vec<&str> {
+        events.iter().map(|event| event.event_id.as_str()).collect()
+    }
+
+    #[test]
+    fn the_line_waits_for_open_places_and_reads_the_table_for_unknown_ones() {
+        let mut line = Handoff::default();
+        let first = line.take_ticket();
+        let second = line.take_ticket();
+        let third = line.take_ticket();
+        line.resolve(second, Some(vec![event("second", 1)]));
+        assert!(line.take_ready().is_empty(), "the first place is open");
+        assert_eq!(line.resolved_before(), first);
+
+        line.resolve(first, Some(vec![event("first", 1)]));
+        assert_eq!(ids(&line.take_ready()), ["first", "second"]);
+        assert!(!line.rescan);
+
+        let fourth = line.take_ticket();
+        line.resolve(third, None);
+        line.resolve(fourth, Some(vec![event("fourth", 1)]));
+        assert!(!line.rescan, "not before the unknown place is at the front");
+        assert!(
+            line.take_ready().is_empty(),
+            "an unknown place stops the line"
+        );
+        assert!(line.rescan, "and asks for the table");
+        assert_eq!(line.resolved_before(), fourth + 1);
+        line.covered(fourth + 1);
+        assert!(line.take_ready().is_empty(), "the reading published them");
+        assert_eq!(line.bytes, 0);
+    }
+
+    #[test]
+    fn events_beyond_the_memory_bound_are_left_to_the_table() {
+        let mut line = Handoff::default();
+        let kept = line.take_ticket();
+        let too_many = line.take_ticket();
+        line.resolve(kept, Some(vec![event("kept", HANDOFF_BYTES / 2)]));
+        line.resolve(
+            too_many,
+            Some(vec![event("too-many", HANDOFF_BYTES / 2 + 1)]),
+        );
+        assert_eq!(ids(&line.take_ready()), ["kept"]);
+        assert!(line.rescan, "the table has the events not kept");
+        assert_eq!(line.bytes, 0);
+        assert!(line.take_ready().is_empty());
+    }
 }
