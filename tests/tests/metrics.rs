@@ -210,6 +210,7 @@ async fn every_metric_a_dashboard_queries_is_served() {
         "whistle_inbox_rejected_total",
         "whistle_inbox_skipped_total",
         "whistle_outbox_publish_failures_total",
+        "whistle_outbox_table_reads_total",
         "whistle_outbox_parked_total",
         "whistle_consumer_redeliveries_total",
     ] {

@@ -13,6 +13,9 @@ pub struct Metrics {
     pub notices_delivered: Counter<u64>,
     pub outbox_published: Counter<u64>,
     pub outbox_publish_failures: Counter<u64>,
+    /// Readings of the outbox table by the relay, by `reason` (`start`, `told`, `retry`, `poll`):
+    /// events handed over in memory need none (docs/design-notes.md, "The outbox relay").
+    pub outbox_table_reads: Counter<u64>,
     pub events_applied: Counter<u64>,
     pub events_duplicate: Counter<u64>,
     pub events_rejected: Counter<u64>,
@@ -56,6 +59,7 @@ impl Metrics {
             &self.notices_delivered,
             &self.outbox_published,
             &self.outbox_publish_failures,
+            &self.outbox_table_reads,
             &self.outbox_parked,
             &self.events_applied,
             &self.events_duplicate,
@@ -111,6 +115,10 @@ pub fn metrics() -> &'static Metrics {
             outbox_publish_failures: meter
                 .u64_counter("whistle.outbox.publish_failures")
                 .with_description("outbox relay rounds that failed to publish")
+                .build(),
+            outbox_table_reads: meter
+                .u64_counter("whistle.outbox.table_reads")
+                .with_description("readings of the outbox table by the relay, by reason (start, told, retry, poll)")
                 .build(),
             events_applied: meter
                 .u64_counter("whistle.inbox.applied")

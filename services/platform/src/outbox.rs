@@ -567,6 +567,15 @@ impl OutboxRelay {
             // rows published from memory are marked first, so the reading does not publish them again
             self.mark_sent(marks).await?;
             *last_read = Some(std::time::Instant::now());
+            let reason = match (first, retrying, rescan) {
+                (true, _, _) => "start",
+                (_, true, _) => "retry",
+                (_, _, true) => "told",
+                _ => "poll",
+            };
+            crate::metrics::metrics()
+                .outbox_table_reads
+                .add(1, &[crate::metrics::attribute("reason", reason)]);
             if rescan || retrying || first {
                 let covered = self.signal.handoff().resolved_before();
                 self.drain().await?;
