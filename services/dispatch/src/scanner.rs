@@ -168,35 +168,37 @@ impl Scanner {
         }
         let interval = Duration::from_millis(self.config.interval_ms);
         loop {
-            let scanned = scan_once(
-                &self.db,
-                self.clock.as_ref(),
-                self.policy.as_ref(),
-                self.config.batch_size,
-            )
-            .await;
+            // both sweeps answer Ok only once their transaction committed: what they enqueued is
+            // handed to the relay then
+            let scanned = self
+                .outbox_signal
+                .committing(scan_once(
+                    &self.db,
+                    self.clock.as_ref(),
+                    self.policy.as_ref(),
+                    self.config.batch_size,
+                ))
+                .await;
             match scanned {
                 Ok(report) => {
-                    if report.fired() > 0 {
-                        self.outbox_signal.notify();
-                    }
                     if report.claimed as u64 >= self.config.batch_size && report.fired() > 0 {
                         continue;
                     }
                 }
                 Err(error) => tracing::warn!(%error, "deadline scan failed, retrying"),
             }
-            match crate::service::apply_stranded_news(
-                &self.db,
-                self.clock.now(),
-                self.policy.as_ref(),
-                self.config.batch_size,
-            )
-            .await
-            {
+            let stranded = self
+                .outbox_signal
+                .committing(crate::service::apply_stranded_news(
+                    &self.db,
+                    self.clock.now(),
+                    self.policy.as_ref(),
+                    self.config.batch_size,
+                ))
+                .await;
+            match stranded {
                 Ok((0, _)) => {}
                 Ok((_, flagged)) => {
-                    self.outbox_signal.notify();
                     for category in flagged {
                         metrics()
                             .cases_recurrent

@@ -349,9 +349,9 @@ impl EvaluationGrpc {
             },
         )
         .await?;
-        self.publish(&transaction, &event).await?;
+        let staged = self.publish(&transaction, &event).await?;
         transaction.commit().await?;
-        self.signal.notify();
+        staged.committed();
         tracing::info!(%assignment_id, rater = rater.as_str(), %rater_id, score, "cooperation rated");
         Ok(())
     }
@@ -415,9 +415,9 @@ impl EvaluationGrpc {
             },
         )
         .await?;
-        self.publish(&transaction, &event).await?;
+        let staged = self.publish(&transaction, &event).await?;
         transaction.commit().await?;
-        self.signal.notify();
+        staged.committed();
         tracing::info!(%case_id, %callback_id, result = result.as_str(), "satisfaction recorded");
         Ok(())
     }
@@ -764,16 +764,19 @@ impl EvaluationGrpc {
         domain::figures(&domain::CardSums::default(), &[], &[], &self.scoring)
     }
 
-    /// Puts an event in evaluation's outbox inside `transaction`.
+    /// Puts an event in evaluation's outbox inside `transaction`; hand it to the relay with
+    /// [`outbox::Staging::committed`] once the transaction has committed.
     async fn publish(
         &self,
         transaction: &DatabaseTransaction,
         event: &Event,
-    ) -> Result<(), EvaluationError> {
+    ) -> Result<outbox::Staging, EvaluationError> {
         let outbox_event = envelope::to_outbox(event)
             .map_err(|error| EvaluationError::Unexpected(error.to_string()))?;
-        outbox::enqueue(transaction, outbox_event, to_millis(self.clock.now())).await?;
-        Ok(())
+        Ok(self
+            .signal
+            .enqueue_staged(transaction, vec![outbox_event], to_millis(self.clock.now()))
+            .await?)
     }
 
     /// Every department's live figures for a period: the registry's departments and every
@@ -855,9 +858,9 @@ impl EvaluationGrpc {
         };
         let transaction = self.db.begin().await?;
         storage::apply_period_event(&transaction, closed.clone()).await?;
-        self.publish(&transaction, &event).await?;
+        let staged = self.publish(&transaction, &event).await?;
         transaction.commit().await?;
-        self.signal.notify();
+        staged.committed();
         tracing::info!(period = %label, %sha256, departments = cards.len(), closed_by, "period closed");
         self.frozen_period(&closed, period).await
     }
@@ -909,9 +912,9 @@ impl EvaluationGrpc {
             },
         )
         .await?;
-        self.publish(&transaction, &event).await?;
+        let staged = self.publish(&transaction, &event).await?;
         transaction.commit().await?;
-        self.signal.notify();
+        staged.committed();
         tracing::warn!(period = %label, reason = %request.reason, frozen_sha256 = %existing.sha256, "period reopened");
         Ok(())
     }
