@@ -31,18 +31,33 @@ use whistle_proto::types::{Attachment, Channel, Place, Region, Severity};
 /// dispatch's heap peak at ≈39 MiB at start, and its RSS stayed there (docs/benchmarks.md).
 pub const FULL_DEPARTMENTS: usize = 3;
 
-/// The largest event of each kind (`whistle.progressed`, ...) in bytes (payload, subject, headers
-/// with a `traceparent`), with the event itself.
-pub fn largest_events(
+/// The size in bytes (payload, subject, headers with a `traceparent`) of the largest event of each
+/// kind (`whistle.progressed`, ...): what the start-up check needs. It keeps no event, so the
+/// check's memory is one event at a time: keeping the largest of each kind (ten of them near
+/// 450 KB) set about a quarter of dispatch's resident memory at start (docs/benchmarks.md).
+pub fn largest_event_sizes(
     limits: &LimitsConfig,
-) -> Result<BTreeMap<String, (usize, Event)>, DispatchError> {
-    largest_events_filling(limits, FULL_DEPARTMENTS)
+) -> Result<BTreeMap<String, usize>, DispatchError> {
+    Ok(largest_events_filling(limits, FULL_DEPARTMENTS, false)?
+        .into_iter()
+        .map(|(kind, (bytes, _))| (kind, bytes))
+        .collect())
 }
 
-/// [`largest_events`] with the first `full_departments` departments filling their evidence.
+/// The largest event of each kind, in bytes as [`largest_event_sizes`], with the event itself.
+#[cfg(test)]
+fn largest_events(
+    limits: &LimitsConfig,
+) -> Result<BTreeMap<String, (usize, Event)>, DispatchError> {
+    largest_events_filling(limits, FULL_DEPARTMENTS, true)
+}
+
+/// The largest event of each kind with the first `full_departments` departments filling their
+/// evidence; with the event itself when `keep_events` (an empty one otherwise).
 fn largest_events_filling(
     limits: &LimitsConfig,
     full_departments: usize,
+    keep_events: bool,
 ) -> Result<BTreeMap<String, (usize, Event)>, DispatchError> {
     let clock = ManualClock::new(latest_instant());
     let mut largest: BTreeMap<String, (usize, Event)> = BTreeMap::new();
@@ -62,7 +77,7 @@ fn largest_events_filling(
                 .unwrap_or_default();
             let entry = largest.entry(kind).or_insert((0, Event::default()));
             if bytes > entry.0 {
-                *entry = (bytes, event);
+                *entry = (bytes, if keep_events { event } else { Event::default() });
             }
         }
         Ok(())
@@ -399,6 +414,14 @@ mod tests {
     fn every_event_of_the_largest_case_fits_with_room_to_spare() {
         let limits = LimitsConfig::default();
         let largest = largest_events(&limits).expect("the largest case plays through");
+        // the start-up check, which keeps no event, finds the same sizes
+        assert_eq!(
+            largest_event_sizes(&limits).expect("plays"),
+            largest
+                .iter()
+                .map(|(kind, (bytes, _))| (kind.clone(), *bytes))
+                .collect::<BTreeMap<_, _>>()
+        );
         for (kind, (bytes, _)) in &largest {
             println!(
                 "largest {kind}: {bytes} bytes ({}% of {})",
@@ -473,7 +496,7 @@ mod tests {
             ..LimitsConfig::default()
         };
         let lean = largest_events(&limits).expect("lean play");
-        let full = largest_events_filling(&limits, usize::MAX).expect("full play");
+        let full = largest_events_filling(&limits, usize::MAX, false).expect("full play");
         assert_eq!(
             lean.keys().collect::<Vec<_>>(),
             full.keys().collect::<Vec<_>>()

@@ -175,13 +175,13 @@ impl ServiceConfig for DispatchConfig {
         self.auth.validate()?;
         self.limits.validate()?;
         self.deadline_policy()?;
-        let largest = crate::bounds::largest_events(&self.limits).map_err(|error| {
+        let largest = crate::bounds::largest_event_sizes(&self.limits).map_err(|error| {
             ConfigError::Invalid(format!("the limits cannot be checked: {error}"))
         })?;
-        if let Some((kind, (bytes, _))) = largest
+        if let Some((kind, bytes)) = largest
             .iter()
-            .filter(|(_, (bytes, _))| *bytes > self.limits.max_event_bytes)
-            .max_by_key(|(_, (bytes, _))| *bytes)
+            .filter(|(_, bytes)| **bytes > self.limits.max_event_bytes)
+            .max_by_key(|(_, bytes)| **bytes)
         {
             return Err(ConfigError::Invalid(format!(
                 "the limits allow a {kind} event of {bytes} bytes, more than limits.max_event_bytes = {}; lower limits.evidence_per_assignment, limits.uri_chars or limits.text_chars",
