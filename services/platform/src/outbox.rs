@@ -1,6 +1,7 @@
 //! The transactional outbox: a state change and the events it causes commit in one transaction;
-//! the relay publishes committed events to JetStream (async publish, `Nats-Msg-Id` = event id),
-//! marks them sent, and is woken right after commit.
+//! the relay publishes committed events to JetStream (async publish, `Nats-Msg-Id` = event id) and
+//! marks them sent. A committed transaction hands its events to the relay in memory ([`Staging`]);
+//! the table is read at start, when told, after failures and as a periodic safety net.
 
 use crate::clock::{SharedClock, to_millis};
 use crate::config::OutboxConfig;
