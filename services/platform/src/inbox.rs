@@ -490,11 +490,17 @@ async fn apply_batch<H: EventHandler>(
     if inbound.is_empty() {
         return Ok(0);
     }
-    let mut applied =
-        apply_batch_staged(db, clock, consumer, handler, &inbound, Isolation::Batch).await;
+    let mut applied = staged(
+        handler.as_ref(),
+        apply_batch_isolated(db, clock, consumer, handler, &inbound, Isolation::Batch),
+    )
+    .await;
     if matches!(applied, Ok(false)) {
-        applied =
-            apply_batch_staged(db, clock, consumer, handler, &inbound, Isolation::PerEvent).await;
+        applied = staged(
+            handler.as_ref(),
+            apply_batch_isolated(db, clock, consumer, handler, &inbound, Isolation::PerEvent),
+        )
+        .await;
     }
     if let Err(error) = applied {
         // whatever failed (a deadlock, a lost connection), JetStream redelivers the batch soon
@@ -509,25 +515,18 @@ async fn apply_batch<H: EventHandler>(
     Ok(inbound.len())
 }
 
-/// [`apply_batch_isolated`] in a [`crate::outbox::Staging`] scope of the handler's outbox: the
-/// events the batch enqueues are handed to the relay once it has committed.
-async fn apply_batch_staged<H: EventHandler>(
-    db: &DatabaseConnection,
-    clock: &SharedClock,
-    consumer: &str,
-    handler: &Arc<H>,
-    batch: &[Inbound<'_>],
-    isolation: Isolation,
+/// Runs one attempt at a batch ([`apply_batch_isolated`]) in a [`crate::outbox::Staging`] scope of
+/// the handler's outbox: the events the batch enqueues are handed to the relay once it has
+/// committed (`Ok(true)`).
+async fn staged<H: EventHandler>(
+    handler: &H,
+    attempt: impl Future<Output = anyhow::Result<bool>>,
 ) -> anyhow::Result<bool> {
     let Some(signal) = handler.outbox() else {
-        return apply_batch_isolated(db, clock, consumer, handler, batch, isolation).await;
+        return attempt.await;
     };
     let staging = signal.staging();
-    let applied = staging
-        .scope(apply_batch_isolated(
-            db, clock, consumer, handler, batch, isolation,
-        ))
-        .await;
+    let applied = staging.scope(attempt).await;
     if matches!(applied, Ok(true)) {
         staging.committed();
     }

@@ -602,7 +602,7 @@ impl OutboxRelay {
             if ready.is_empty() {
                 return Ok(());
             }
-            let outgoing: Vec<Outgoing> = ready
+            let mut outgoing: Vec<Outgoing> = ready
                 .into_iter()
                 .map(|event| Outgoing {
                     headers: headers_for(&event.event_id, &event.headers),
@@ -611,7 +611,7 @@ impl OutboxRelay {
                     payload: event.payload,
                 })
                 .collect();
-            let published = self.publish(&outgoing).await;
+            let published = self.publish(&mut outgoing).await;
             marks.add(
                 published
                     .sent
@@ -704,7 +704,7 @@ impl OutboxRelay {
             return Ok(0);
         }
 
-        let outgoing: Vec<Outgoing> = rows
+        let mut outgoing: Vec<Outgoing> = rows
             .iter()
             .map(|row| Outgoing {
                 event_id: row.event_id.clone(),
@@ -713,7 +713,7 @@ impl OutboxRelay {
                 headers: nats_headers(row),
             })
             .collect();
-        let published = self.publish(&outgoing).await;
+        let published = self.publish(&mut outgoing).await;
         for (index, reason) in published.oversized {
             self.park(transaction.as_ref(), &rows[index], reason)
                 .await?;
@@ -766,13 +766,14 @@ impl OutboxRelay {
     }
 
     /// Publishes `events` with their acks in flight together and sorts out what became of each
-    /// (by index). Stops at the first failure while NATS is unreachable.
-    async fn publish(&self, events: &[Outgoing]) -> Published {
+    /// (by index). Stops at the first failure while NATS is unreachable. The payloads and headers
+    /// are moved out to the client (no copy); ids and subjects stay for the caller.
+    async fn publish(&self, events: &mut [Outgoing]) -> Published {
         let max_payload = self.jetstream.client().server_info().max_payload;
         let mut published = Published::default();
         let mut pending = Vec::with_capacity(events.len());
-        for (index, event) in events.iter().enumerate() {
-            let mut headers = event.headers.clone();
+        for (index, event) in events.iter_mut().enumerate() {
+            let mut headers = std::mem::take(&mut event.headers);
             // the relay's producer span continues the trace of the transaction that committed the
             // event, and the consumers continue the relay's span
             let span = publish_span(&event.subject, &event.event_id, &headers);
@@ -789,7 +790,11 @@ impl OutboxRelay {
             }
             match self
                 .jetstream
-                .publish_with_headers(event.subject.clone(), headers, event.payload.clone().into())
+                .publish_with_headers(
+                    event.subject.clone(),
+                    headers,
+                    std::mem::take(&mut event.payload).into(),
+                )
                 .instrument(span)
                 .await
             {
