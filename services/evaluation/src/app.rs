@@ -1,4 +1,4 @@
-//! Wiring: database, NATS, the two event consumers, the outbox relay and the gRPC server, run until
+//! Wiring: database, NATS, the event consumers (one loop over three streams), the outbox relay and the gRPC server, run until
 //! shutdown.
 
 use crate::config::EvaluationConfig;
@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use whistle_platform::clock::{SharedClock, to_millis};
 use whistle_platform::grpc::{GrpcListener, HealthProbe};
-use whistle_platform::inbox::{ConsumerSpec, run_consumer};
+use whistle_platform::inbox::{ConsumerSpec, run_consumers};
 use whistle_platform::outbox::{OutboxRelay, OutboxSignal};
 use whistle_platform::{db, grpc, nats};
 use whistle_proto::evaluation::evaluation_service_server::EvaluationServiceServer;
@@ -64,7 +64,9 @@ pub async fn run(
     );
     let relay_task = tokio::spawn(relay.run(shutdown.clone()));
 
-    let consumers = [
+    // the three streams into one handler: a batch applies the case and whistle events of the same
+    // cases (and evaluation's own) in one transaction, so they never lock each other's rows
+    let specs = [
         (nats::CASES_STREAM, CASES_CONSUMER, "case.v1.>"),
         (nats::WHISTLES_STREAM, WHISTLES_CONSUMER, "whistle.v1.>"),
         (
@@ -73,22 +75,21 @@ pub async fn run(
             "evaluation.v1.>",
         ),
     ]
-    .map(|(stream, durable, filter_subject)| {
-        tokio::spawn(run_consumer(
-            jetstream.clone(),
-            db.clone(),
-            clock.clone(),
-            ConsumerSpec {
-                stream: stream.to_string(),
-                durable: durable.to_string(),
-                filter_subject: filter_subject.to_string(),
-                max_batch: config.evaluation.consumer_max_batch,
-            },
-            // each consumer keeps its batch in progress in its own handler
-            Arc::new(EvaluationEvents::new(clock.clone())),
-            shutdown.clone(),
-        ))
+    .map(|(stream, durable, filter_subject)| ConsumerSpec {
+        stream: stream.to_string(),
+        durable: durable.to_string(),
+        filter_subject: filter_subject.to_string(),
+        max_batch: config.evaluation.consumer_max_batch,
     });
+    let consumers = tokio::spawn(run_consumers(
+        jetstream.clone(),
+        db.clone(),
+        clock.clone(),
+        specs.to_vec(),
+        config.evaluation.batch_window(),
+        Arc::new(EvaluationEvents::new(clock.clone())),
+        shutdown.clone(),
+    ));
 
     let reader = db::connect_reader(&config.database, &db).await?;
     let service = EvaluationGrpc {
@@ -129,9 +130,7 @@ pub async fn run(
     )
     .await;
     shutdown.cancel();
-    for consumer in consumers {
-        let _ = consumer.await;
-    }
+    let _ = consumers.await;
     let _ = closer.await;
     let _ = compactor.await;
     let _ = relay_task.await;

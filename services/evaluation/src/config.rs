@@ -44,8 +44,14 @@ pub struct CatalogueConfig {
 pub struct EvaluationSettings {
     /// Periods start at local midnight in this time zone (China: 8).
     pub utc_offset_hours: i32,
-    /// Events applied per database transaction by each consumer, at most.
+    /// Events applied per database transaction, at most.
     pub consumer_max_batch: usize,
+    /// After a batch's first event, how long the consumer waits for more before applying it
+    /// (0: at once). Evaluation is off the path a department's notice waits on, so its events can
+    /// wait a little to be applied in fewer, larger transactions; a scorecard counts a case up to
+    /// this much later. At most 1000.
+    #[serde(default = "default_consumer_batch_window_ms")]
+    pub consumer_batch_window_ms: u64,
     pub weights: WeightsConfig,
     /// A department with fewer assignments whistled in a period is "not rated" for it: no
     /// composite, listed last in rankings. At least 1.
@@ -59,6 +65,10 @@ pub struct EvaluationSettings {
     /// (its cards frozen and published); 0 closes periods only through `ClosePeriod`.
     #[serde(default = "default_close_after_days")]
     pub close_after_days: u32,
+}
+
+fn default_consumer_batch_window_ms() -> u64 {
+    20
 }
 
 fn default_close_after_days() -> u32 {
@@ -120,6 +130,7 @@ impl Default for EvaluationSettings {
         Self {
             utc_offset_hours: 8,
             consumer_max_batch: 256,
+            consumer_batch_window_ms: default_consumer_batch_window_ms(),
             weights: WeightsConfig::default(),
             minimum_assignments: default_minimum_assignments(),
             satisfaction_scope: default_satisfaction_scope(),
@@ -129,6 +140,11 @@ impl Default for EvaluationSettings {
 }
 
 impl EvaluationSettings {
+    /// How long a consumer batch waits for more events after its first.
+    pub fn batch_window(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.consumer_batch_window_ms)
+    }
+
     /// The scoring configuration, validated: the weights, the minimum sample and the satisfaction
     /// scope; names the setting that is wrong.
     pub fn scoring(&self) -> Result<Scoring, ConfigError> {
@@ -217,6 +233,11 @@ impl ServiceConfig for EvaluationConfig {
                 "evaluation.consumer_max_batch must be between 1 and 10000".into(),
             ));
         }
+        if self.evaluation.consumer_batch_window_ms > 1_000 {
+            return Err(ConfigError::Invalid(
+                "evaluation.consumer_batch_window_ms must be at most 1000".into(),
+            ));
+        }
         self.evaluation.scoring()?;
         Ok(())
     }
@@ -277,6 +298,16 @@ mod tests {
             rework: 0.0,
         };
         assert!(config.validate().is_err());
+
+        let mut config = EvaluationConfig::default();
+        config.evaluation.consumer_batch_window_ms = 5_000;
+        let error = config.validate().expect_err("window too long");
+        assert!(
+            error
+                .to_string()
+                .contains("evaluation.consumer_batch_window_ms"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -31,7 +31,7 @@ pub const EVALUATION_CONSUMER: &str = "evaluation-own";
 /// Applies case and whistle events to evaluation's tables. Case and whistle events change a
 /// batch's working copy of their cases ([`CaseBatch`]), written just before the commit; ratings,
 /// call-backs and period events (evaluation's own, rare) are written as they come, into tables the
-/// copy never holds. A consumer applies one batch at a time, so each consumer needs its own
+/// copy never holds. A consumer loop applies one batch at a time, so each loop needs its own
 /// handler.
 #[derive(Debug)]
 pub struct EvaluationEvents {
@@ -133,11 +133,13 @@ impl EventHandler for EvaluationEvents {
         )
     }
 
-    /// Every case (and period) of the batch is locked before anything is read: the three
-    /// consumers, and every replica's, merge events into the same rows, and two merges of one case
-    /// at once on PostgreSQL would each start from the row as it was, the later write dropping the
-    /// earlier event (seen as a resolution missing from a scorecard with two replicas). Then the
-    /// batch's cases are read, once.
+    /// Every case (and period) of the batch is locked before anything is read: every replica's
+    /// consumer loop merges events into the same rows, and two merges of one case at once on
+    /// PostgreSQL would each start from the row as it was, the later write dropping the earlier
+    /// event (seen as a resolution missing from a scorecard with two replicas). Within a replica
+    /// one loop reads the three streams (`app.rs`), so its case and whistle events about a case
+    /// share a batch instead of waiting on each other's locks. Then the batch's cases are read,
+    /// once.
     async fn before_batch(
         &self,
         transaction: &DatabaseTransaction,

@@ -72,17 +72,33 @@ pub async fn record_batch_once<C: ConnectionTrait>(
     event_ids: &[&str],
     now_ms: i64,
 ) -> Result<std::collections::HashSet<String>, DbErr> {
-    let mut fresh = std::collections::HashSet::with_capacity(event_ids.len());
+    let pairs: Vec<(&str, &str)> = event_ids.iter().map(|id| (consumer, *id)).collect();
+    Ok(record_pairs_once(connection, &pairs, now_ms)
+        .await?
+        .into_iter()
+        .map(|(_, event_id)| event_id)
+        .collect())
+}
+
+/// [`record_batch_once`] for events of several consumers at once (a batch of a
+/// [`run_consumers`] group): records each `(consumer, event_id)` and returns the pairs not
+/// recorded before.
+pub async fn record_pairs_once<C: ConnectionTrait>(
+    connection: &C,
+    pairs: &[(&str, &str)],
+    now_ms: i64,
+) -> Result<std::collections::HashSet<(String, String)>, DbErr> {
+    let mut fresh = std::collections::HashSet::with_capacity(pairs.len());
     // statements of a few fixed sizes, so each stays prepared (`db::statement_sizes`)
-    let mut rest = event_ids;
-    for size in crate::db::statement_sizes(event_ids.len()) {
+    let mut rest = pairs;
+    for size in crate::db::statement_sizes(pairs.len()) {
         let (chunk, after) = rest.split_at(size);
         rest = after;
         let mut sql = String::from(
             "INSERT INTO whistle_inbox (consumer, event_id, outcome, processed_at_ms) VALUES ",
         );
         let mut values: Vec<sea_orm::Value> = Vec::with_capacity(chunk.len() * 4);
-        for (index, event_id) in chunk.iter().enumerate() {
+        for (index, (consumer, event_id)) in chunk.iter().enumerate() {
             let base = index * 4;
             if index > 0 {
                 sql.push_str(", ");
@@ -94,16 +110,19 @@ pub async fn record_batch_once<C: ConnectionTrait>(
                 base + 3,
                 base + 4
             ));
-            values.push(consumer.into());
+            values.push((*consumer).into());
             values.push((*event_id).into());
             values.push("applied".into());
             values.push(now_ms.into());
         }
-        sql.push_str(" ON CONFLICT (consumer, event_id) DO NOTHING RETURNING event_id");
+        sql.push_str(" ON CONFLICT (consumer, event_id) DO NOTHING RETURNING consumer, event_id");
         let statement =
             sea_orm::Statement::from_sql_and_values(connection.get_database_backend(), sql, values);
         for row in connection.query_all_raw(statement).await? {
-            fresh.insert(row.try_get::<String>("", "event_id")?);
+            fresh.insert((
+                row.try_get::<String>("", "consumer")?,
+                row.try_get::<String>("", "event_id")?,
+            ));
         }
     }
     Ok(fresh)
@@ -236,14 +255,53 @@ pub async fn run_consumer<H: EventHandler>(
     handler: Arc<H>,
     shutdown: CancellationToken,
 ) {
+    run_consumers(
+        jetstream,
+        db,
+        clock,
+        vec![spec],
+        Duration::ZERO,
+        handler,
+        shutdown,
+    )
+    .await;
+}
+
+/// Consumes several durable consumers (on different streams) into one handler, one batch at a
+/// time: a batch holds what is ready on any of them, up to the largest `max_batch`, and their events
+/// are applied in one transaction (each recorded in the inbox under its own consumer). A service
+/// whose streams carry events about the same rows (evaluation's cases and whistles) so applies
+/// them together instead of two transactions locking the same rows against each other.
+///
+/// `batch_window`: after a batch's first message, wait this long for more before applying it
+/// (zero: apply what is ready at once). Fewer, larger transactions for a consumer off the latency
+/// path; every event waits up to the window longer.
+pub async fn run_consumers<H: EventHandler>(
+    jetstream: jetstream::Context,
+    db: DatabaseConnection,
+    clock: SharedClock,
+    specs: Vec<ConsumerSpec>,
+    batch_window: Duration,
+    handler: Arc<H>,
+    shutdown: CancellationToken,
+) {
+    let name = specs
+        .iter()
+        .map(|spec| spec.durable.as_str())
+        .collect::<Vec<_>>()
+        .join("+");
     let mut backoff = RestartBackoff::default();
     while !shutdown.is_cancelled() {
         let started = tokio::time::Instant::now();
+        let group = Group {
+            specs: &specs,
+            batch_window,
+        };
         let result = consume(
             &jetstream,
             &db,
             &clock,
-            &spec,
+            group,
             &handler,
             &shutdown,
             &mut backoff,
@@ -253,7 +311,7 @@ pub async fn run_consumer<H: EventHandler>(
             Ok(()) => return,
             Err(error) => {
                 let wait = backoff.interrupted(started.elapsed());
-                tracing::warn!(consumer = %spec.durable, %error, ?wait, "consumer interrupted, restarting");
+                tracing::warn!(consumer = %name, %error, ?wait, "consumer interrupted, restarting");
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = tokio::time::sleep(wait) => {}
@@ -263,85 +321,205 @@ pub async fn run_consumer<H: EventHandler>(
     }
 }
 
+/// The consumers a loop reads together, and how it gathers a batch.
+#[derive(Clone, Copy)]
+struct Group<'a> {
+    specs: &'a [ConsumerSpec],
+    batch_window: Duration,
+}
+
+impl Group<'_> {
+    fn max_batch(&self) -> usize {
+        self.specs
+            .iter()
+            .map(|spec| spec.max_batch)
+            .max()
+            .unwrap_or(1)
+            .max(1)
+    }
+}
+
+/// A message and the consumer (index into the group) it came from.
+type Delivery = (usize, Result<jetstream::Message, anyhow::Error>);
+
+/// Gathers the next batch: waits for one message, then takes what is ready (and, with a window,
+/// what arrives within it) up to `max_batch`. Returns the batch and whether the message stream
+/// ended; `None` when shutdown came first with nothing in hand.
+async fn next_batch(
+    messages: &mut (impl futures::Stream<Item = Delivery> + Unpin),
+    group: Group<'_>,
+    shutdown: &CancellationToken,
+) -> Option<(Vec<Delivery>, bool)> {
+    let first = tokio::select! {
+        _ = shutdown.cancelled() => return None,
+        first = messages.next() => first,
+    };
+    let Some(first) = first else {
+        return Some((Vec::new(), true));
+    };
+    let max_batch = group.max_batch();
+    let deadline = tokio::time::Instant::now() + group.batch_window;
+    let mut batch = vec![first];
+    while batch.len() < max_batch {
+        // what is ready now, without waiting
+        if let Some(next) = futures::FutureExt::now_or_never(messages.next()) {
+            match next {
+                Some(delivery) => batch.push(delivery),
+                None => return Some((batch, true)),
+            }
+            continue;
+        }
+        if group.batch_window.is_zero() {
+            break;
+        }
+        let next = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep_until(deadline) => break,
+            next = messages.next() => next,
+        };
+        match next {
+            Some(delivery) => batch.push(delivery),
+            None => return Some((batch, true)),
+        }
+    }
+    Some((batch, false))
+}
+
 async fn consume<H: EventHandler>(
     jetstream: &jetstream::Context,
     db: &DatabaseConnection,
     clock: &SharedClock,
-    spec: &ConsumerSpec,
+    group: Group<'_>,
     handler: &Arc<H>,
     shutdown: &CancellationToken,
     backoff: &mut RestartBackoff,
 ) -> anyhow::Result<()> {
-    let stream = jetstream.get_stream(&spec.stream).await?;
-    let consumer = stream
-        .get_or_create_consumer(
-            &spec.durable,
-            pull::Config {
-                durable_name: Some(spec.durable.clone()),
-                filter_subject: spec.filter_subject.clone(),
-                ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                ack_wait: Duration::from_secs(30),
-                max_ack_pending: 10_000,
-                ..Default::default()
-            },
-        )
-        .await?;
     let metrics = crate::metrics::metrics();
-    metrics.initialise_consumer(&spec.durable);
-    metrics.consumer_pending.record(
-        consumer.cached_info().num_pending,
-        &[crate::metrics::attribute("consumer", spec.durable.clone())],
-    );
-    let mut batches = consumer
-        .stream()
-        .max_messages_per_batch(spec.max_batch)
-        .heartbeat(Duration::from_secs(5))
-        .expires(Duration::from_secs(30))
-        .messages()
-        .await?
-        .ready_chunks(spec.max_batch);
+    let mut streams = Vec::with_capacity(group.specs.len());
+    for (index, spec) in group.specs.iter().enumerate() {
+        let stream = jetstream.get_stream(&spec.stream).await?;
+        let consumer = stream
+            .get_or_create_consumer(
+                &spec.durable,
+                pull::Config {
+                    durable_name: Some(spec.durable.clone()),
+                    filter_subject: spec.filter_subject.clone(),
+                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                    ack_wait: Duration::from_secs(30),
+                    max_ack_pending: 10_000,
+                    ..Default::default()
+                },
+            )
+            .await?;
+        metrics.initialise_consumer(&spec.durable);
+        metrics.consumer_pending.record(
+            consumer.cached_info().num_pending,
+            &[crate::metrics::attribute("consumer", spec.durable.clone())],
+        );
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(spec.max_batch)
+            .heartbeat(Duration::from_secs(5))
+            .expires(Duration::from_secs(30))
+            .messages()
+            .await?
+            .map(move |message| (index, message.map_err(|error| anyhow::anyhow!(error))))
+            .boxed();
+        streams.push(messages);
+    }
+    let mut messages = futures::stream::select_all(streams);
     loop {
-        let batch = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            batch = batches.next() => batch,
+        let Some((batch, ended)) = next_batch(&mut messages, group, shutdown).await else {
+            return Ok(());
         };
-        let Some(batch) = batch else {
+        let mut deliveries = Vec::with_capacity(batch.len());
+        for (index, message) in batch {
+            deliveries.push(Delivered {
+                consumer: group.specs[index].durable.as_str(),
+                message: message?,
+            });
+        }
+        if !deliveries.is_empty() {
+            apply_and_ack(db, clock, handler, &deliveries, backoff).await?;
+        }
+        if ended {
             anyhow::bail!("message stream ended");
-        };
-        let mut messages = Vec::with_capacity(batch.len());
-        for message in batch {
-            messages.push(message.map_err(|error| anyhow::anyhow!(error))?);
         }
-        record_delivery(&spec.durable, &messages);
-        let started = std::time::Instant::now();
-        let applied = apply_batch(db, clock, &spec.durable, handler, &messages).await?;
-        let attributes = [crate::metrics::attribute("consumer", spec.durable.clone())];
-        let skipped = messages.len() - applied;
-        if skipped > 0 {
-            metrics.events_skipped.add(skipped as u64, &attributes);
-        }
-        if applied > 0 {
-            metrics
-                .consumer_batch_duration
-                .record(started.elapsed().as_secs_f64(), &attributes);
-            metrics
-                .consumer_batch_size
-                .record(applied as u64, &attributes);
-            handler.after_commit();
-        }
-        if backoff.succeeded() {
-            tracing::info!(consumer = %spec.durable, "consumer recovered");
-        }
-        for message in &messages {
-            if let Err(error) = message.ack().await {
-                tracing::warn!(%error, "ack failed, the event will be redelivered and skipped");
-            }
+        if shutdown.is_cancelled() {
+            return Ok(());
         }
     }
 }
 
+/// A message of a batch and the durable consumer that delivered it.
+struct Delivered<'a> {
+    consumer: &'a str,
+    message: jetstream::Message,
+}
+
+/// Applies a gathered batch, records its metrics per consumer and acks its messages.
+async fn apply_and_ack<H: EventHandler>(
+    db: &DatabaseConnection,
+    clock: &SharedClock,
+    handler: &Arc<H>,
+    deliveries: &[Delivered<'_>],
+    backoff: &mut RestartBackoff,
+) -> anyhow::Result<()> {
+    let metrics = crate::metrics::metrics();
+    let mut consumers: Vec<&str> = deliveries
+        .iter()
+        .map(|delivered| delivered.consumer)
+        .collect();
+    consumers.sort_unstable();
+    consumers.dedup();
+    for consumer in &consumers {
+        let messages: Vec<&jetstream::Message> = deliveries
+            .iter()
+            .filter(|delivered| delivered.consumer == *consumer)
+            .map(|delivered| &delivered.message)
+            .collect();
+        record_delivery(consumer, &messages);
+    }
+    let started = std::time::Instant::now();
+    let applied = apply_batch(db, clock, handler, deliveries).await?;
+    let duration = started.elapsed().as_secs_f64();
+    for consumer in &consumers {
+        let attributes = [crate::metrics::attribute("consumer", consumer.to_string())];
+        let delivered = deliveries
+            .iter()
+            .filter(|delivered| delivered.consumer == *consumer)
+            .count();
+        let applied = applied.get(consumer).copied().unwrap_or(0);
+        let skipped = delivered - applied;
+        if skipped > 0 {
+            metrics.events_skipped.add(skipped as u64, &attributes);
+        }
+        if applied > 0 {
+            // the batch this consumer's events went into, however many consumers shared it
+            metrics
+                .consumer_batch_duration
+                .record(duration, &attributes);
+            metrics
+                .consumer_batch_size
+                .record(applied as u64, &attributes);
+        }
+    }
+    if applied.values().any(|applied| *applied > 0) {
+        handler.after_commit();
+    }
+    if backoff.succeeded() {
+        tracing::info!(consumers = ?consumers, "consumer recovered");
+    }
+    for delivered in deliveries {
+        if let Err(error) = delivered.message.ack().await {
+            tracing::warn!(%error, "ack failed, the event will be redelivered and skipped");
+        }
+    }
+    Ok(())
+}
+
 /// Records redeliveries and, from the batch's last message, how many messages still wait.
-fn record_delivery(consumer: &str, messages: &[jetstream::Message]) {
+fn record_delivery(consumer: &str, messages: &[&jetstream::Message]) {
     let metrics = crate::metrics::metrics();
     let attributes = [crate::metrics::attribute("consumer", consumer.to_string())];
     let mut redelivered = 0;
@@ -434,6 +612,8 @@ enum EventOutcome {
 
 /// A message of a batch, decoded once for every attempt at the batch.
 struct Inbound<'a> {
+    /// The durable consumer that delivered it (its inbox rows are kept under this name).
+    consumer: &'a str,
     subject: &'a str,
     traceparent: Option<&'a str>,
     /// `None` when the payload is not an event; it is recorded under `message_id` and dropped.
@@ -442,7 +622,7 @@ struct Inbound<'a> {
 }
 
 impl<'a> Inbound<'a> {
-    fn decode(consumer: &str, message: &'a jetstream::Message) -> Self {
+    fn decode(consumer: &'a str, message: &'a jetstream::Message) -> Self {
         let subject = message.subject.as_str();
         let headers = message.headers.as_ref();
         let event = match envelope::decode(&message.payload) {
@@ -453,6 +633,7 @@ impl<'a> Inbound<'a> {
             }
         };
         Self {
+            consumer,
             subject,
             traceparent: headers
                 .and_then(|headers| headers.get("traceparent"))
@@ -465,20 +646,20 @@ impl<'a> Inbound<'a> {
     }
 }
 
-/// Applies a batch in one transaction and returns how many of its messages went into it. The
-/// events the handler has no use for ([`EventHandler::applies`]) are left out; a batch of nothing
-/// else opens no transaction. The fast path runs every handler directly in the transaction;
-/// rejections are rare, so only a batch that meets one is redone with a savepoint per event.
-async fn apply_batch<H: EventHandler>(
+/// Applies a batch in one transaction and returns how many of each consumer's messages went into
+/// it. The events the handler has no use for ([`EventHandler::applies`]) are left out; a batch of
+/// nothing else opens no transaction. The fast path runs every handler directly in the
+/// transaction; rejections are rare, so only a batch that meets one is redone with a savepoint per
+/// event.
+async fn apply_batch<'a, H: EventHandler>(
     db: &DatabaseConnection,
     clock: &SharedClock,
-    consumer: &str,
     handler: &Arc<H>,
-    messages: &[jetstream::Message],
-) -> anyhow::Result<usize> {
-    let inbound: Vec<Inbound<'_>> = messages
+    deliveries: &'a [Delivered<'a>],
+) -> anyhow::Result<std::collections::HashMap<&'a str, usize>> {
+    let inbound: Vec<Inbound<'_>> = deliveries
         .iter()
-        .map(|message| Inbound::decode(consumer, message))
+        .map(|delivered| Inbound::decode(delivered.consumer, &delivered.message))
         // an undecodable message is recorded as rejected, so it counts as one to apply
         .filter(|inbound| {
             inbound
@@ -487,32 +668,37 @@ async fn apply_batch<H: EventHandler>(
                 .is_none_or(|event| handler.applies(inbound.subject, event))
         })
         .collect();
+    let mut applied = std::collections::HashMap::new();
     if inbound.is_empty() {
-        return Ok(0);
+        return Ok(applied);
     }
-    let mut applied = staged(
+    let mut outcome = staged(
         handler.as_ref(),
-        apply_batch_isolated(db, clock, consumer, handler, &inbound, Isolation::Batch),
+        apply_batch_isolated(db, clock, handler, &inbound, Isolation::Batch),
     )
     .await;
-    if matches!(applied, Ok(false)) {
-        applied = staged(
+    if matches!(outcome, Ok(false)) {
+        outcome = staged(
             handler.as_ref(),
-            apply_batch_isolated(db, clock, consumer, handler, &inbound, Isolation::PerEvent),
+            apply_batch_isolated(db, clock, handler, &inbound, Isolation::PerEvent),
         )
         .await;
     }
-    if let Err(error) = applied {
+    if let Err(error) = outcome {
         // whatever failed (a deadlock, a lost connection), JetStream redelivers the batch soon
         // rather than after the ack wait
-        for message in messages {
-            let _ = message
+        for delivered in deliveries {
+            let _ = delivered
+                .message
                 .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
                 .await;
         }
         return Err(error);
     }
-    Ok(inbound.len())
+    for inbound in &inbound {
+        *applied.entry(inbound.consumer).or_insert(0) += 1;
+    }
+    Ok(applied)
 }
 
 /// Runs one attempt at a batch ([`apply_batch_isolated`]) in a [`crate::outbox::Staging`] scope of
@@ -537,7 +723,6 @@ async fn staged<H: EventHandler>(
 async fn apply_batch_isolated<H: EventHandler>(
     db: &DatabaseConnection,
     clock: &SharedClock,
-    consumer: &str,
     handler: &Arc<H>,
     batch: &[Inbound<'_>],
     isolation: Isolation,
@@ -558,16 +743,24 @@ async fn apply_batch_isolated<H: EventHandler>(
     let mut claimed = match isolation {
         Isolation::Batch => {
             // an event provenance refuses is recorded below with its rejection, not claimed
-            let mut ids: Vec<&str> = events
+            let mut pairs: Vec<(&str, &str)> = batch
                 .iter()
-                .filter(|batch_event| {
-                    crate::provenance::check(batch_event.subject, batch_event.event).is_ok()
+                .filter_map(|inbound| {
+                    Some((inbound.consumer, inbound.subject, inbound.event.as_ref()?))
                 })
-                .map(|batch_event| batch_event.event.event_id.as_str())
+                .filter(|(_, subject, event)| crate::provenance::check(subject, event).is_ok())
+                .map(|(consumer, _, event)| (consumer, event.event_id.as_str()))
                 .collect();
-            ids.sort_unstable();
-            ids.dedup();
-            Some(record_batch_once(&transaction, consumer, &ids, to_millis(clock.now())).await?)
+            pairs.sort_unstable();
+            pairs.dedup();
+            let mut claimed: std::collections::HashMap<String, std::collections::HashSet<String>> =
+                std::collections::HashMap::new();
+            for (consumer, event_id) in
+                record_pairs_once(&transaction, &pairs, to_millis(clock.now())).await?
+            {
+                claimed.entry(consumer).or_default().insert(event_id);
+            }
+            Some(claimed)
         }
         Isolation::PerEvent => {
             // a rejected event's savepoint is rolled back with what it enqueued: copies kept in
@@ -577,6 +770,7 @@ async fn apply_batch_isolated<H: EventHandler>(
         }
     };
     for inbound in batch {
+        let consumer = inbound.consumer;
         let subject = inbound.subject;
         let Some(event) = inbound.event.as_ref() else {
             let id = inbound
@@ -623,9 +817,11 @@ async fn apply_batch_isolated<H: EventHandler>(
         crate::telemetry::set_parent_from_traceparent(&span, inbound.traceparent);
         // an event recorded by this batch's claim is applied once: a second copy of it in the same
         // batch finds it taken and is skipped as a duplicate
-        let fresh = claimed
-            .as_mut()
-            .map(|claimed| claimed.remove(event.event_id.as_str()));
+        let fresh = claimed.as_mut().map(|claimed| {
+            claimed
+                .get_mut(consumer)
+                .is_some_and(|ids| ids.remove(event.event_id.as_str()))
+        });
         let outcome = apply_event(
             &transaction,
             clock,
