@@ -44,6 +44,78 @@ pub fn largest_event_sizes(
         .collect())
 }
 
+/// The argument under which the dispatch binary plays the largest case for its parent: the limits
+/// table as JSON on stdin, the sizes ([`largest_event_sizes`]) as JSON on stdout.
+pub const SIZES_ARGUMENT: &str = "--largest-event-sizes";
+
+/// The executable the start-up check runs with [`SIZES_ARGUMENT`], once the binary asked for it.
+static CHILD_EXECUTABLE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+/// Has the start-up check ([`checked_event_sizes`]) play the largest case in a child process,
+/// `executable` run with [`SIZES_ARGUMENT`]: the case's heap (≈17 MiB at its peak under the default
+/// limits) is then the child's, not the service's, whose resident memory glibc keeps near its first
+/// peak for the life of the process (docs/benchmarks.md, fifteenth session). The dispatch binary
+/// asks for it; tests play in their own process.
+pub fn play_in_child_process(executable: std::path::PathBuf) {
+    let _ = CHILD_EXECUTABLE.set(executable);
+}
+
+/// [`largest_event_sizes`], played in a child process when the binary asked for it
+/// ([`play_in_child_process`]), in this one otherwise.
+pub fn checked_event_sizes(limits: &LimitsConfig) -> Result<BTreeMap<String, usize>, String> {
+    match CHILD_EXECUTABLE.get() {
+        None => largest_event_sizes(limits).map_err(|error| error.to_string()),
+        Some(executable) => sizes_from_child(executable, limits),
+    }
+}
+
+fn sizes_from_child(
+    executable: &std::path::Path,
+    limits: &LimitsConfig,
+) -> Result<BTreeMap<String, usize>, String> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let input = serde_json::to_vec(limits).map_err(|error| error.to_string())?;
+    let mut child = Command::new(executable)
+        .arg(SIZES_ARGUMENT)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|error| format!("cannot run {}: {error}", executable.display()))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(&input)
+            .map_err(|error| format!("cannot hand the limits to the check: {error}"))?;
+    }
+    let output = child
+        .wait_with_output()
+        .map_err(|error| format!("the check did not finish: {error}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "the check ({} {SIZES_ARGUMENT}) failed with {}: {}",
+            executable.display(),
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
+    }
+    serde_json::from_slice(&output.stdout)
+        .map_err(|error| format!("the check answered something unreadable: {error}"))
+}
+
+/// The child's side of [`checked_event_sizes`]: reads a limits table (JSON) from `input`, plays
+/// the largest case and writes the sizes (JSON) to `output`.
+pub fn answer_sizes(
+    input: impl std::io::Read,
+    mut output: impl std::io::Write,
+) -> Result<(), String> {
+    let limits: LimitsConfig =
+        serde_json::from_reader(input).map_err(|error| format!("unreadable limits: {error}"))?;
+    let sizes = largest_event_sizes(&limits).map_err(|error| error.to_string())?;
+    serde_json::to_writer(&mut output, &sizes).map_err(|error| error.to_string())?;
+    output.flush().map_err(|error| error.to_string())
+}
+
 /// The largest event of each kind, in bytes as [`largest_event_sizes`], with the event itself.
 #[cfg(test)]
 fn largest_events(

@@ -175,7 +175,7 @@ impl ServiceConfig for DispatchConfig {
         self.auth.validate()?;
         self.limits.validate()?;
         self.deadline_policy()?;
-        let largest = crate::bounds::largest_event_sizes(&self.limits).map_err(|error| {
+        let largest = crate::bounds::checked_event_sizes(&self.limits).map_err(|error| {
             ConfigError::Invalid(format!("the limits cannot be checked: {error}"))
         })?;
         if let Some((kind, bytes)) = largest
