@@ -424,6 +424,12 @@ async fn consume<H: EventHandler>(
             .messages()
             .await?
             .map(move |message| (index, message.map_err(|error| anyhow::anyhow!(error))))
+            // merged, an ended stream would drop out of the group unnoticed: it ends as an error,
+            // which restarts the group
+            .chain(futures::stream::once(futures::future::ready((
+                index,
+                Err(anyhow::anyhow!("message stream of {} ended", spec.durable)),
+            ))))
             .boxed();
         streams.push(messages);
     }
@@ -433,14 +439,26 @@ async fn consume<H: EventHandler>(
             return Ok(());
         };
         let mut deliveries = Vec::with_capacity(batch.len());
+        let mut failed = None;
         for (index, message) in batch {
-            deliveries.push(Delivered {
-                consumer: group.specs[index].durable.as_str(),
-                message: message?,
-            });
+            match message {
+                Ok(message) => deliveries.push(Delivered {
+                    consumer: group.specs[index].durable.as_str(),
+                    message,
+                }),
+                Err(error) => {
+                    failed = Some(error);
+                    break;
+                }
+            }
         }
+        // what was delivered before a failure is applied and acknowledged before the restart,
+        // instead of waiting out its ack_wait to be delivered again
         if !deliveries.is_empty() {
             apply_and_ack(db, clock, handler, &deliveries, backoff).await?;
+        }
+        if let Some(error) = failed {
+            return Err(error);
         }
         if ended {
             anyhow::bail!("message stream ended");

@@ -1,7 +1,8 @@
 //! Several durable consumers read into one handler (`inbox::run_consumers`): what is ready on any
 //! of them goes into one batch and one transaction, each event recorded in the inbox under the
 //! consumer that delivered it; a batch window gathers events that arrive apart; a shutdown during
-//! the window applies and acknowledges what is in hand. Real nats-server, real SQLite file.
+//! the window applies and acknowledges what is in hand; a durable deleted under the group is made
+//! again and nothing is lost. Real nats-server, real SQLite file.
 
 use async_nats::jetstream;
 use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, Statement};
@@ -332,4 +333,51 @@ async fn a_shutdown_during_the_window_applies_and_acknowledges_what_is_in_hand()
         .expect("consumer task");
     assert_eq!(handler.committed(), vec![vec![report.event_id.clone()]]);
     wait_acknowledged(&bed.jetstream, 1).await;
+}
+
+#[tokio::test]
+async fn a_consumer_deleted_under_the_group_is_made_again_and_nothing_is_lost() {
+    let bed = TestBed::new().await;
+    let db = database(&bed, "deleted").await;
+    let handler = Arc::new(Batches::default());
+    let shutdown = CancellationToken::new();
+    let consumer = spawn(&bed, &db, Duration::ZERO, &handler, &shutdown);
+    let before = reported("case-1");
+    bed.publish(&before).await;
+    wait_acknowledged(&bed.jetstream, 1).await;
+
+    // an operator (or a stream's recreation) removes one of the group's durables
+    bed.jetstream
+        .get_stream(nats::WHISTLES_STREAM)
+        .await
+        .expect("stream")
+        .delete_consumer(WHISTLES)
+        .await
+        .expect("deleted");
+    let after = [issued("case-2"), reported("case-3")];
+    for event in &after {
+        bed.publish(event).await;
+    }
+
+    // the group notices, starts again with both durables, and applies what came meanwhile
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    let mut wanted: Vec<String> = after.iter().map(|event| event.event_id.clone()).collect();
+    wanted.push(before.event_id.clone());
+    wanted.sort();
+    loop {
+        let mut applied = handler.committed().concat();
+        applied.sort();
+        if applied == wanted {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "applied {applied:?}, wanted {wanted:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    wait_acknowledged(&bed.jetstream, 3).await;
+    shutdown.cancel();
+    consumer.await.expect("consumer task");
+    assert_eq!(inbox_rows(&db).await.len(), 3);
 }
