@@ -12,7 +12,7 @@ mod stats;
 
 pub use load::{LoadResult, LoadShape, Roles};
 pub use preload::PreloadResult;
-pub use processes::{ProcessUsage, Storage};
+pub use processes::{CpuAccount, ProcessUsage, Storage};
 pub use raw::RawLimits;
 
 use processes::ProcessPlatform;
@@ -87,6 +87,8 @@ pub struct BenchReport {
     pub load: LoadResult,
     /// CPU seconds spent during the measured run, and peak RSS, per process.
     pub processes: BTreeMap<String, ProcessUsage>,
+    /// Where the machine's CPU went during the measured run, in cores.
+    pub cpu: CpuAccount,
     pub raw: RawLimits,
     /// Each raw figure divided by `cases_per_second`.
     pub ratios_raw_to_pipeline: BTreeMap<String, f64>,
@@ -220,6 +222,7 @@ async fn measure(
         );
     }
     let usage_before = platform.usage();
+    let cpu_before = processes::CpuSample::now();
     let shape = LoadShape {
         cases: options.cases,
         rate: options.rate,
@@ -227,6 +230,7 @@ async fn measure(
     };
     let measured = simulation.phase("measured", shape, options.stall).await;
     let usage_after = platform.usage();
+    let cpu_after = processes::CpuSample::now();
     simulation.stop();
     let measured = measured?;
 
@@ -314,6 +318,16 @@ async fn measure(
             },
         );
     }
+    let services_cpu: f64 = processes
+        .iter()
+        .filter(|(name, _)| name.as_str() != "nats-server")
+        .map(|(_, usage)| usage.cpu_seconds)
+        .sum();
+    let nats_cpu = processes
+        .get("nats-server")
+        .map(|usage| usage.cpu_seconds)
+        .unwrap_or(0.0);
+    let cpu = cpu_before.account(&cpu_after, services_cpu, nats_cpu);
     Ok(BenchReport {
         storage: match storage {
             Storage::Sqlite => "sqlite".into(),
@@ -342,6 +356,7 @@ async fn measure(
         report_to_notice_ms: measured.report_to_notice_ms,
         load: measured,
         processes,
+        cpu,
         raw,
         ratios_raw_to_pipeline: ratios,
         machine: BTreeMap::new(),
@@ -487,6 +502,18 @@ pub fn markdown(report: &BenchReport) -> String {
             usage.rss_file_mib
         ));
     }
+    let cpu = &report.cpu;
+    out.push_str(&format!(
+        "\nCPU over the measured run ({:.1} s), in cores: the machine {:.2} of {} busy — the services {:.2}, NATS {:.2}, PostgreSQL {:.2}, this bench's clients {:.2}, the rest {:.2}\n",
+        cpu.seconds,
+        cpu.machine_busy_cores,
+        cpu.cores,
+        cpu.services_cores,
+        cpu.nats_cores,
+        cpu.postgres_cores,
+        cpu.bench_cores,
+        cpu.other_cores
+    ));
     let raw = &report.raw;
     out.push_str(
         "\n| raw limit (same run) | per second | ratio to pipeline cases/s |\n|---|---|---|\n",

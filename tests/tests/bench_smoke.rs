@@ -120,6 +120,20 @@ fn bench_drives_every_case_to_its_scorecard_and_writes_the_json_report() {
             "{process}: the parts of the resident set: {report:#}"
         );
     }
+    // where the machine's CPU went: the services are part of what the machine spent
+    let cpu = &report["cpu"];
+    let busy = cpu["machine_busy_cores"].as_f64().expect("machine busy");
+    let services = cpu["services_cores"].as_f64().expect("services");
+    let nats = cpu["nats_cores"].as_f64().expect("nats");
+    assert!(cpu["seconds"].as_f64().expect("seconds") > 0.0, "{cpu:#}");
+    assert!(busy > 0.0, "the run used no CPU: {cpu:#}");
+    assert!(
+        services + nats <= busy + 0.25,
+        "more than the machine spent: {cpu:#}"
+    );
+    for part in ["postgres_cores", "bench_cores", "other_cores"] {
+        assert!(cpu[part].as_f64().expect(part) >= 0.0, "{part}: {cpu:#}");
+    }
     for raw in [
         "jetstream_publish_sync_per_second",
         "jetstream_publish_async_per_second",

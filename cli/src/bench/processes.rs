@@ -87,6 +87,11 @@ pub struct ProcessUsage {
 }
 
 fn clock_ticks_per_second() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(read_clock_ticks_per_second)
+}
+
+fn read_clock_ticks_per_second() -> f64 {
     Command::new("getconf")
         .arg("CLK_TCK")
         .output()
@@ -458,5 +463,114 @@ async fn wait_for_port(port: u16, name: &str, process: &mut Process) -> anyhow::
             );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Where the whole machine's CPU went over the measured run, in cores (CPU seconds ÷ seconds):
+/// the services and NATS (as in `processes`), PostgreSQL's own processes, this bench's clients
+/// (the simulated departments and street, in this process) and the rest. On a machine whose cores
+/// are all busy, the pipeline's rate is what the load's share leaves it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CpuAccount {
+    /// Wall-clock seconds between the two samples.
+    pub seconds: f64,
+    pub cores: usize,
+    /// All cores' non-idle time (`/proc/stat`: everything but idle and iowait).
+    pub machine_busy_cores: f64,
+    /// The four services together.
+    pub services_cores: f64,
+    pub nats_cores: f64,
+    /// Every process named `postgres` (backends, writer, WAL writer, checkpointer); 0 on SQLite.
+    pub postgres_cores: f64,
+    /// This `whistle bench` process: the load generator and the simulated clients.
+    pub bench_cores: f64,
+    /// Busy time none of the above accounts for: the kernel's own threads, other processes.
+    pub other_cores: f64,
+}
+
+/// CPU seconds so far: the machine's busy time, this process's, and each `postgres` process's.
+#[derive(Debug, Clone, Default)]
+pub struct CpuSample {
+    at: Option<Instant>,
+    machine_busy: f64,
+    bench: f64,
+    postgres: BTreeMap<u32, f64>,
+}
+
+impl CpuSample {
+    pub fn now() -> Self {
+        let ticks = clock_ticks_per_second();
+        // cpu  user nice system idle iowait irq softirq steal guest guest_nice
+        let machine_busy = std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|stat| {
+                let fields: Vec<f64> = stat
+                    .lines()
+                    .next()?
+                    .split_whitespace()
+                    .skip(1)
+                    .take(8)
+                    .filter_map(|field| field.parse().ok())
+                    .collect();
+                let total: f64 = fields.iter().sum();
+                let idle = fields.get(3)? + fields.get(4)?;
+                Some((total - idle) / ticks)
+            })
+            .unwrap_or(0.0);
+        let mut postgres = BTreeMap::new();
+        if let Ok(entries) = std::fs::read_dir("/proc") {
+            for entry in entries.flatten() {
+                let Some(pid) = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| n.parse::<u32>().ok())
+                else {
+                    continue;
+                };
+                let named_postgres = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|comm| comm.trim() == "postgres");
+                if named_postgres {
+                    postgres.insert(pid, usage(pid).cpu_seconds);
+                }
+            }
+        }
+        Self {
+            at: Some(Instant::now()),
+            machine_busy,
+            bench: usage(std::process::id()).cpu_seconds,
+            postgres,
+        }
+    }
+
+    /// The account from `self` (earlier) to `later`, given the services' and NATS's CPU seconds
+    /// over the same span.
+    pub fn account(&self, later: &CpuSample, services: f64, nats: f64) -> CpuAccount {
+        let seconds = match (self.at, later.at) {
+            (Some(start), Some(end)) => end.duration_since(start).as_secs_f64(),
+            _ => 0.0,
+        };
+        if seconds <= 0.0 {
+            return CpuAccount::default();
+        }
+        // a backend that started during the run counts from zero; one that ended is not seen
+        let postgres: f64 = later
+            .postgres
+            .iter()
+            .map(|(pid, cpu)| cpu - self.postgres.get(pid).copied().unwrap_or(0.0))
+            .sum();
+        let busy = later.machine_busy - self.machine_busy;
+        let bench = later.bench - self.bench;
+        CpuAccount {
+            seconds,
+            cores: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(0),
+            machine_busy_cores: busy / seconds,
+            services_cores: services / seconds,
+            nats_cores: nats / seconds,
+            postgres_cores: postgres / seconds,
+            bench_cores: bench / seconds,
+            other_cores: ((busy - services - nats - postgres - bench) / seconds).max(0.0),
+        }
     }
 }
