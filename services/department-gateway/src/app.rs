@@ -87,16 +87,19 @@ pub async fn run(
         signal.clone(),
         traces.clone(),
     ));
-    let consumer_task = tokio::spawn(inbox::run_consumer(
+    // a whistle's notice is written as soon as it is in; the echoes of departments' own actions
+    // may wait a little to share a transaction (`NoticeRecorder::may_wait`)
+    let consumer_task = tokio::spawn(inbox::run_consumers(
         jetstream.clone(),
         db.clone(),
         clock.clone(),
-        ConsumerSpec {
+        vec![ConsumerSpec {
             stream: nats::WHISTLES_STREAM.to_string(),
             durable: notices::CONSUMER.to_string(),
             filter_subject: notices::FILTER_SUBJECT.to_string(),
             max_batch: CONSUMER_BATCH,
-        },
+        }],
+        config.subscriptions.own_action_window(),
         recorder,
         shutdown.clone(),
     ));

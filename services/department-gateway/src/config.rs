@@ -45,6 +45,12 @@ pub struct SubscriptionsConfig {
     /// notices another replica committed (one query per gateway process, not per subscription).
     /// Its own commits wake them at once, without a query.
     pub poll_interval_ms: u64,
+    /// How long the notices of a department's own actions (`acknowledged`, `on_site`,
+    /// `progressed`, `resolved`: its system made the call and has the answer) may wait for more
+    /// events, to be written in one transaction with them. Every other notice — a whistle, an
+    /// overdue, the street's decisions — is written as soon as it is in. 0: nothing waits. At
+    /// most 1000.
+    pub own_action_window_ms: u64,
 }
 
 impl Default for SubscriptionsConfig {
@@ -52,6 +58,7 @@ impl Default for SubscriptionsConfig {
         Self {
             max_per_department: 8,
             poll_interval_ms: 1000,
+            own_action_window_ms: 20,
         }
     }
 }
@@ -70,7 +77,18 @@ impl SubscriptionsConfig {
                 self.poll_interval_ms
             )));
         }
+        if self.own_action_window_ms > 1_000 {
+            return Err(ConfigError::Invalid(format!(
+                "subscriptions.own_action_window_ms must be at most 1000, got {}",
+                self.own_action_window_ms
+            )));
+        }
         Ok(())
+    }
+
+    /// How long a batch of the department's own actions' notices waits for more.
+    pub fn own_action_window(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.own_action_window_ms)
     }
 }
 
@@ -246,11 +264,17 @@ mod tests {
 
     #[test]
     fn subscription_bounds_are_validated() {
-        for (max_per_department, poll_interval_ms) in [(0, 1000), (8, 0), (8, 3_600_000)] {
+        for (max_per_department, poll_interval_ms, own_action_window_ms) in [
+            (0, 1000, 20),
+            (8, 0, 20),
+            (8, 3_600_000, 20),
+            (8, 1000, 1001),
+        ] {
             let config = GatewayConfig {
                 subscriptions: SubscriptionsConfig {
                     max_per_department,
                     poll_interval_ms,
+                    own_action_window_ms,
                 },
                 ..GatewayConfig::default()
             };

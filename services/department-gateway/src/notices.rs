@@ -464,7 +464,19 @@ impl NoticeRecorder {
     }
 }
 
+/// The whistle events that echo a department's own action (its system made the call and has the
+/// answer): the only notices that may wait out the batch window.
+const OWN_ACTIONS: [&str; 4] = ["acknowledged", "on_site", "progressed", "resolved"];
+
 impl EventHandler for NoticeRecorder {
+    /// Only the echoes of departments' own actions ([`OWN_ACTIONS`], the subject's last token).
+    fn may_wait(&self, subject: &str) -> bool {
+        subject
+            .rsplit('.')
+            .next()
+            .is_some_and(|name| OWN_ACTIONS.contains(&name))
+    }
+
     /// Events addressed to a department (every whistle event, and the case events that carry
     /// assignments); an event without a payload is applied to be rejected.
     fn applies(&self, _subject: &str, event: &Event) -> bool {
@@ -650,6 +662,72 @@ mod tests {
 
     fn sequences(rows: &[notice::Model]) -> Vec<i64> {
         rows.iter().map(|row| row.sequence).collect()
+    }
+
+    #[test]
+    fn only_the_echoes_of_a_departments_own_actions_may_wait() {
+        use whistle_proto::events::{
+            AssignmentAcknowledged, AssignmentCheckedIn, AssignmentExtended, AssignmentOverdue,
+            AssignmentProgressed, AssignmentResolved, AssignmentReturnDecided, WhistleIssued,
+        };
+        let recorder = NoticeRecorder::new(
+            Arc::new(whistle_platform::SystemClock),
+            NoticeSignal::default(),
+            storage::TraceCache::default(),
+        );
+        let may_wait = |payload: Payload| {
+            let event = envelope::new_event(
+                &whistle_platform::SystemClock,
+                "whistle-dispatch",
+                "case-1",
+                2,
+                Some(whistle_platform::testing::demo_region()),
+                payload,
+            );
+            let subject = envelope::subject(&event).expect("subject");
+            (subject.clone(), recorder.may_wait(&subject))
+        };
+        let a = assignment("zw-sanitation");
+        for (subject, waits) in [
+            may_wait(Payload::AssignmentAcknowledged(AssignmentAcknowledged {
+                assignment: a.clone(),
+                ..Default::default()
+            })),
+            may_wait(Payload::AssignmentCheckedIn(AssignmentCheckedIn {
+                assignment: a.clone(),
+                ..Default::default()
+            })),
+            may_wait(Payload::AssignmentProgressed(AssignmentProgressed {
+                assignment: a.clone(),
+                ..Default::default()
+            })),
+            may_wait(Payload::AssignmentResolved(AssignmentResolved {
+                assignment: a.clone(),
+                ..Default::default()
+            })),
+        ] {
+            assert!(waits, "{subject}");
+        }
+        for (subject, waits) in [
+            may_wait(Payload::WhistleIssued(WhistleIssued {
+                assignment: a.clone(),
+                ..Default::default()
+            })),
+            may_wait(Payload::AssignmentOverdue(AssignmentOverdue {
+                assignment: a.clone(),
+                ..Default::default()
+            })),
+            may_wait(Payload::AssignmentExtended(AssignmentExtended {
+                assignment: a.clone(),
+                ..Default::default()
+            })),
+            may_wait(Payload::AssignmentReturnDecided(AssignmentReturnDecided {
+                assignment: a.clone(),
+                ..Default::default()
+            })),
+        ] {
+            assert!(!waits, "{subject} asks someone to act: written at once");
+        }
     }
 
     #[test]

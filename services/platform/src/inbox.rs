@@ -194,6 +194,15 @@ pub trait EventHandler: Send + Sync + 'static {
     /// Called after a batch committed (to wake waiting subscribers).
     fn after_commit(&self) {}
 
+    /// Whether a batch that holds an event on `subject` may wait out the consumer's batch window
+    /// ([`run_consumers`]) for more events. An event someone is waiting on (a department's first
+    /// notice of a whistle) answers false: its batch is applied as soon as what is ready is in.
+    /// Every event may wait, by default; without a window nothing waits either way.
+    fn may_wait(&self, subject: &str) -> bool {
+        let _ = subject;
+        true
+    }
+
     /// The outbox relay of the service, when the handler enqueues events: the events a batch
     /// enqueues are handed to it in memory once the batch commits ([`crate::outbox::Staging`]).
     fn outbox(&self) -> Option<&crate::outbox::OutboxSignal> {
@@ -342,12 +351,14 @@ impl Group<'_> {
 /// A message and the consumer (index into the group) it came from.
 type Delivery = (usize, Result<jetstream::Message, anyhow::Error>);
 
-/// Gathers the next batch: waits for one message, then takes what is ready (and, with a window,
-/// what arrives within it) up to `max_batch`. Returns the batch and whether the message stream
-/// ended; `None` when shutdown came first with nothing in hand.
+/// Gathers the next batch: waits for one message, then takes what is ready and, with a window,
+/// what arrives within it, up to `max_batch`. A batch that holds an event that may not wait
+/// (`may_wait` answers false for its subject) stops gathering at what is ready. Returns the batch
+/// and whether the message stream ended; `None` when shutdown came first with nothing in hand.
 async fn next_batch(
     messages: &mut (impl futures::Stream<Item = Delivery> + Unpin),
     group: Group<'_>,
+    may_wait: impl Fn(&str) -> bool,
     shutdown: &CancellationToken,
 ) -> Option<(Vec<Delivery>, bool)> {
     let first = tokio::select! {
@@ -359,28 +370,29 @@ async fn next_batch(
     };
     let max_batch = group.max_batch();
     let deadline = tokio::time::Instant::now() + group.batch_window;
+    let waits = |(_, message): &Delivery| {
+        message
+            .as_ref()
+            .map_or(true, |message| may_wait(message.subject.as_str()))
+    };
+    let mut may_gather = !group.batch_window.is_zero() && waits(&first);
     let mut batch = vec![first];
     while batch.len() < max_batch {
         // what is ready now, without waiting
-        if let Some(next) = futures::FutureExt::now_or_never(messages.next()) {
-            match next {
-                Some(delivery) => batch.push(delivery),
-                None => return Some((batch, true)),
-            }
-            continue;
-        }
-        if group.batch_window.is_zero() {
-            break;
-        }
-        let next = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep_until(deadline) => break,
-            next = messages.next() => next,
+        let next = match futures::FutureExt::now_or_never(messages.next()) {
+            Some(next) => next,
+            None if !may_gather => break,
+            None => tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep_until(deadline) => break,
+                next = messages.next() => next,
+            },
         };
-        match next {
-            Some(delivery) => batch.push(delivery),
-            None => return Some((batch, true)),
-        }
+        let Some(delivery) = next else {
+            return Some((batch, true));
+        };
+        may_gather &= waits(&delivery);
+        batch.push(delivery);
     }
     Some((batch, false))
 }
@@ -435,7 +447,14 @@ async fn consume<H: EventHandler>(
     }
     let mut messages = futures::stream::select_all(streams);
     loop {
-        let Some((batch, ended)) = next_batch(&mut messages, group, shutdown).await else {
+        let Some((batch, ended)) = next_batch(
+            &mut messages,
+            group,
+            |subject| handler.may_wait(subject),
+            shutdown,
+        )
+        .await
+        else {
             return Ok(());
         };
         let mut deliveries = Vec::with_capacity(batch.len());

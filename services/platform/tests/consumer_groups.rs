@@ -34,6 +34,8 @@ impl MigratorTrait for PlatformTablesOnly {
 struct Batches {
     open: Mutex<Vec<String>>,
     committed: Mutex<Vec<Vec<String>>>,
+    /// Whether whistles are urgent: a batch holding one does not wait out the window.
+    whistles_urgent: bool,
 }
 
 impl Batches {
@@ -43,6 +45,10 @@ impl Batches {
 }
 
 impl EventHandler for Batches {
+    fn may_wait(&self, subject: &str) -> bool {
+        !(self.whistles_urgent && subject.ends_with(".issued"))
+    }
+
     async fn before_batch(
         &self,
         _transaction: &DatabaseTransaction,
@@ -380,4 +386,54 @@ async fn a_consumer_deleted_under_the_group_is_made_again_and_nothing_is_lost() 
     shutdown.cancel();
     consumer.await.expect("consumer task");
     assert_eq!(inbox_rows(&db).await.len(), 3);
+}
+
+/// Waits until the handler has committed `count` events in all.
+async fn wait_committed(handler: &Batches, count: usize) -> Vec<Vec<String>> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let committed = handler.committed();
+        if committed.concat().len() >= count {
+            return committed;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "committed {committed:?}, waiting for {count}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_event_that_may_not_wait_closes_the_window() {
+    // a window far longer than the test may take: only the urgent event can close it
+    let bed = TestBed::new().await;
+    let db = database(&bed, "urgent").await;
+    let handler = Arc::new(Batches {
+        whistles_urgent: true,
+        ..Batches::default()
+    });
+    let shutdown = CancellationToken::new();
+    let consumer = spawn(&bed, &db, Duration::from_secs(600), &handler, &shutdown);
+
+    // a report may wait: it is held, then the whistle comes and the batch goes with both
+    let report = reported("case-1");
+    bed.publish(&report).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(handler.committed().is_empty(), "the report waits");
+    let whistle = issued("case-1");
+    bed.publish(&whistle).await;
+    let committed = wait_committed(&handler, 2).await;
+    assert_eq!(
+        committed,
+        vec![vec![report.event_id.clone(), whistle.event_id.clone()]]
+    );
+
+    // a whistle first is applied at once
+    let alone = issued("case-2");
+    bed.publish(&alone).await;
+    let committed = wait_committed(&handler, 3).await;
+    assert_eq!(committed.last(), Some(&vec![alone.event_id.clone()]));
+    shutdown.cancel();
+    consumer.await.expect("consumer task");
 }
