@@ -44,6 +44,25 @@ impl TestBed {
         )
     }
 
+    /// A fresh SQLite database file in the folder holding only the platform's own tables (outbox,
+    /// inbox), one connection: for tests of the outbox and the inbox without a service's schema.
+    pub async fn platform_database(&self, name: &str) -> sea_orm::DatabaseConnection {
+        struct PlatformTablesOnly;
+        impl sea_orm_migration::MigratorTrait for PlatformTablesOnly {
+            fn migrations() -> Vec<Box<dyn sea_orm_migration::MigrationTrait>> {
+                crate::db::migrations::with_platform(Vec::new())
+            }
+        }
+        let database =
+            crate::db::connect(&crate::config::DatabaseConfig::at(self.sqlite_url(name), 1))
+                .await
+                .expect("database");
+        crate::db::migrate::<PlatformTablesOnly>(&database)
+            .await
+            .expect("migrations");
+        database
+    }
+
     /// The demo catalogue of the repository (`deploy/demo/catalogue.json`).
     pub fn demo_catalogue() -> PathBuf {
         PathBuf::from(concat!(

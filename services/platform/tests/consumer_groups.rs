@@ -6,28 +6,18 @@
 
 use async_nats::jetstream;
 use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, Statement};
-use sea_orm_migration::{MigrationTrait, MigratorTrait};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-use whistle_platform::config::DatabaseConfig;
 use whistle_platform::envelope::{self, Event, Payload};
 use whistle_platform::inbox::{self, BatchEvent, ConsumerSpec, EventHandler, HandleError};
 use whistle_platform::testing::{TestBed, demo_region};
-use whistle_platform::{SystemClock, db, nats};
+use whistle_platform::{SystemClock, nats};
 use whistle_proto::events::{CaseReported, WhistleIssued};
 use whistle_proto::types::Assignment;
 
 const CASES: &str = "group-cases";
 const WHISTLES: &str = "group-whistles";
-
-struct PlatformTablesOnly;
-
-impl MigratorTrait for PlatformTablesOnly {
-    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        db::migrations::with_platform(Vec::new())
-    }
-}
 
 /// Remembers the events of each committed batch, in the order they were handled.
 #[derive(Default)]
@@ -121,16 +111,6 @@ fn specs() -> Vec<ConsumerSpec> {
     ]
 }
 
-async fn database(bed: &TestBed, name: &str) -> DatabaseConnection {
-    let database = db::connect(&DatabaseConfig::at(bed.sqlite_url(name), 1))
-        .await
-        .expect("database");
-    db::migrate::<PlatformTablesOnly>(&database)
-        .await
-        .expect("migrations");
-    database
-}
-
 /// `(consumer, event_id)` of every inbox row.
 async fn inbox_rows(db: &DatabaseConnection) -> Vec<(String, String)> {
     let rows = db
@@ -208,7 +188,7 @@ fn spawn(
 #[tokio::test]
 async fn two_streams_are_applied_in_one_transaction_each_event_under_its_consumer() {
     let bed = TestBed::new().await;
-    let database = database(&bed, "group").await;
+    let database = bed.platform_database("group").await;
     let report = reported("case-1");
     let whistle = issued("case-1");
     let seen_by_cases = reported("case-2");
@@ -276,7 +256,7 @@ async fn publish_apart(bed: &TestBed, prefix: &str) {
 async fn a_batch_window_gathers_events_that_arrive_apart() {
     // without a window, events 200 ms apart are applied as they come
     let bed = TestBed::new().await;
-    let db = database(&bed, "no-window").await;
+    let db = bed.platform_database("no-window").await;
     let handler = Arc::new(Batches::default());
     let shutdown = CancellationToken::new();
     let consumer = spawn(&bed, &db, Duration::ZERO, &handler, &shutdown);
@@ -290,7 +270,7 @@ async fn a_batch_window_gathers_events_that_arrive_apart() {
 
     // with a window longer than the whole run, one batch holds the three
     let bed = TestBed::new().await;
-    let db = database(&bed, "window").await;
+    let db = bed.platform_database("window").await;
     let handler = Arc::new(Batches::default());
     let shutdown = CancellationToken::new();
     let consumer = spawn(&bed, &db, Duration::from_secs(3), &handler, &shutdown);
@@ -306,7 +286,7 @@ async fn a_batch_window_gathers_events_that_arrive_apart() {
 #[tokio::test]
 async fn a_shutdown_during_the_window_applies_and_acknowledges_what_is_in_hand() {
     let bed = TestBed::new().await;
-    let db = database(&bed, "shutdown").await;
+    let db = bed.platform_database("shutdown").await;
     let handler = Arc::new(Batches::default());
     let shutdown = CancellationToken::new();
     let consumer = spawn(&bed, &db, Duration::from_secs(600), &handler, &shutdown);
@@ -344,7 +324,7 @@ async fn a_shutdown_during_the_window_applies_and_acknowledges_what_is_in_hand()
 #[tokio::test]
 async fn a_consumer_deleted_under_the_group_is_made_again_and_nothing_is_lost() {
     let bed = TestBed::new().await;
-    let db = database(&bed, "deleted").await;
+    let db = bed.platform_database("deleted").await;
     let handler = Arc::new(Batches::default());
     let shutdown = CancellationToken::new();
     let consumer = spawn(&bed, &db, Duration::ZERO, &handler, &shutdown);
@@ -408,7 +388,7 @@ async fn wait_committed(handler: &Batches, count: usize) -> Vec<Vec<String>> {
 async fn an_event_that_may_not_wait_closes_the_window() {
     // a window far longer than the test may take: only the urgent event can close it
     let bed = TestBed::new().await;
-    let db = database(&bed, "urgent").await;
+    let db = bed.platform_database("urgent").await;
     let handler = Arc::new(Batches {
         whistles_urgent: true,
         ..Batches::default()

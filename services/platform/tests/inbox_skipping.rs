@@ -4,25 +4,15 @@
 
 use async_nats::jetstream;
 use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, Statement};
-use sea_orm_migration::{MigrationTrait, MigratorTrait};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-use whistle_platform::config::DatabaseConfig;
 use whistle_platform::envelope::{self, Event, Payload};
 use whistle_platform::inbox::{self, ConsumerSpec, EventHandler, HandleError};
 use whistle_platform::testing::{TestBed, demo_region};
-use whistle_platform::{SystemClock, db, nats};
+use whistle_platform::{SystemClock, nats};
 use whistle_proto::events::{CaseAccepted, CaseReported};
-
-struct PlatformTablesOnly;
-
-impl MigratorTrait for PlatformTablesOnly {
-    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        db::migrations::with_platform(Vec::new())
-    }
-}
 
 /// Applies reported cases only, as dispatch's consumer does.
 #[derive(Default)]
@@ -117,12 +107,7 @@ async fn inbox_rows(db: &DatabaseConnection) -> Vec<String> {
 async fn events_the_handler_has_no_use_for_are_acknowledged_without_a_transaction() {
     let bed = TestBed::new().await;
     let jetstream = bed.jetstream.clone();
-    let database = db::connect(&DatabaseConfig::at(bed.sqlite_url("inbox"), 1))
-        .await
-        .expect("database");
-    db::migrate::<PlatformTablesOnly>(&database)
-        .await
-        .expect("migrations");
+    let database = bed.platform_database("inbox").await;
     let handler = Arc::new(ReportsOnly::default());
     let shutdown = CancellationToken::new();
     let consumer = tokio::spawn(inbox::run_consumer(

@@ -8,23 +8,14 @@
 
 use futures::StreamExt;
 use sea_orm::{DatabaseConnection, DbErr, TransactionTrait};
-use sea_orm_migration::{MigrationTrait, MigratorTrait};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use whistle_platform::config::{DatabaseConfig, OutboxConfig};
+use whistle_platform::SystemClock;
+use whistle_platform::config::OutboxConfig;
 use whistle_platform::outbox::{self, OutboxEvent, OutboxRelay, OutboxSignal};
 use whistle_platform::testing::TestBed;
-use whistle_platform::{SystemClock, db};
-
-struct PlatformTablesOnly;
-
-impl MigratorTrait for PlatformTablesOnly {
-    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        db::migrations::with_platform(Vec::new())
-    }
-}
 
 const SUBJECT: &str = "case.v1.420300.420303.chechenglu.reported";
 
@@ -35,16 +26,6 @@ fn event(id: &str) -> OutboxEvent {
         payload: id.as_bytes().to_vec(),
         headers: vec![("ce-id".to_string(), id.to_string())],
     }
-}
-
-async fn database(bed: &TestBed, name: &str) -> DatabaseConnection {
-    let database = db::connect(&DatabaseConfig::at(bed.sqlite_url(name), 1))
-        .await
-        .expect("database");
-    db::migrate::<PlatformTablesOnly>(&database)
-        .await
-        .expect("migrations");
-    database
 }
 
 /// A relay on `database` that reads its table only at start and when told to.
@@ -145,9 +126,9 @@ async fn committed_events_are_published_from_memory_and_then_marked_sent() {
     let mut subscriber = subscribe(&bed).await;
 
     // the relay reads a table the events never reach: they can only come from memory
-    let elsewhere = database(&bed, "elsewhere").await;
+    let elsewhere = bed.platform_database("elsewhere").await;
     let (relay, _) = Relay::start(&bed, &elsewhere, &mut subscriber).await;
-    let written = database(&bed, "written").await;
+    let written = bed.platform_database("written").await;
     commit(&relay.signal, &written, &["a-1", "a-2"]).await;
     assert_eq!(received(&mut subscriber, 2).await, ["a-1", "a-2"]);
     relay.stop().await;
@@ -178,9 +159,9 @@ async fn committed_events_are_published_from_memory_and_then_marked_sent() {
 async fn handed_over_events_wait_for_the_transactions_ahead_of_them() {
     let bed = TestBed::new().await;
     let mut subscriber = subscribe(&bed).await;
-    let elsewhere = database(&bed, "elsewhere").await;
+    let elsewhere = bed.platform_database("elsewhere").await;
     let (relay, _) = Relay::start(&bed, &elsewhere, &mut subscriber).await;
-    let written = database(&bed, "written").await;
+    let written = bed.platform_database("written").await;
 
     // the first transaction takes its place in line when it enqueues, and commits last
     let first = relay.signal.staging();
@@ -203,7 +184,7 @@ async fn handed_over_events_wait_for_the_transactions_ahead_of_them() {
 async fn a_rolled_back_transaction_publishes_nothing_and_holds_nothing_up() {
     let bed = TestBed::new().await;
     let mut subscriber = subscribe(&bed).await;
-    let database = database(&bed, "outbox").await;
+    let database = bed.platform_database("outbox").await;
     let (relay, _) = Relay::start(&bed, &database, &mut subscriber).await;
 
     let rolled_back = relay.signal.staging();
@@ -241,7 +222,7 @@ async fn a_rolled_back_transaction_publishes_nothing_and_holds_nothing_up() {
 async fn rows_written_outside_a_staging_go_out_when_the_relay_is_told() {
     let bed = TestBed::new().await;
     let mut subscriber = subscribe(&bed).await;
-    let database = database(&bed, "outbox").await;
+    let database = bed.platform_database("outbox").await;
     let (relay, _) = Relay::start(&bed, &database, &mut subscriber).await;
     commit(&relay.signal, &database, &["handed-over"]).await;
     assert_eq!(received(&mut subscriber, 1).await, ["handed-over"]);
@@ -284,9 +265,9 @@ async fn a_consumer_batch_hands_its_events_over_once_committed() {
 
     let bed = TestBed::new().await;
     let mut subscriber = subscribe(&bed).await;
-    let elsewhere = database(&bed, "elsewhere").await;
+    let elsewhere = bed.platform_database("elsewhere").await;
     let (relay, _) = Relay::start(&bed, &elsewhere, &mut subscriber).await;
-    let consumed = database(&bed, "consumer").await;
+    let consumed = bed.platform_database("consumer").await;
     let shutdown = CancellationToken::new();
     let consumer = tokio::spawn(inbox::run_consumer(
         bed.jetstream.clone(),
