@@ -222,19 +222,51 @@ where
     A: sea_orm::ActiveModelTrait,
     C: ConnectionTrait,
 {
-    use sea_orm::EntityTrait;
+    let mut written = 0;
+    for statement in insert_statements(connection.get_database_backend(), rows, on_conflict) {
+        written += connection.execute_raw(statement).await?.rows_affected();
+    }
+    Ok(written)
+}
+
+/// The statements [`insert_rows`] runs.
+pub fn insert_statements<A>(
+    backend: DbBackend,
+    rows: impl IntoIterator<Item = A>,
+    on_conflict: Option<sea_orm::sea_query::OnConflict>,
+) -> Vec<sea_orm::Statement>
+where
+    A: sea_orm::ActiveModelTrait,
+{
+    use sea_orm::{EntityTrait, QueryTrait};
     let rows: Vec<A> = rows.into_iter().collect();
     let sizes = statement_sizes(rows.len());
     let mut rows = rows.into_iter();
-    let mut written = 0;
+    let mut statements = Vec::new();
     for size in sizes {
         let mut insert = A::Entity::insert_many(rows.by_ref().take(size));
         if let Some(on_conflict) = &on_conflict {
             insert = insert.on_conflict(on_conflict.clone());
         }
-        written += insert.exec_without_returning(connection).await?;
+        statements.push(insert.build(backend));
     }
-    Ok(written)
+    statements
+}
+
+/// Appends the `number`th (from 1) bind parameter of a hand-written statement to `sql`: `$number`
+/// on PostgreSQL, `?` on SQLite, which numbers its `?`s in the order they appear (so the caller
+/// writes them in order). SQLite finds a `$number` by searching the statement's list of names from
+/// the start, and sqlx asks it the name of every parameter it binds: a statement of n numbered
+/// parameters cost O(n²) to bind (a multi-row `UPDATE` of 256 rows, 2,500 parameters), 1–4 % of
+/// the services' CPU under load in `perf` (docs/benchmarks.md, sixteenth session).
+pub fn push_placeholder(sql: &mut String, backend: sea_orm::DbBackend, number: usize) {
+    use std::fmt::Write;
+    match backend {
+        sea_orm::DbBackend::Sqlite => sql.push('?'),
+        _ => {
+            let _ = write!(sql, "${number}");
+        }
+    }
 }
 
 /// A row [`update_rows`] changes: its key, the version it must still have, and its new values, one
@@ -259,6 +291,38 @@ pub async fn update_rows<C: ConnectionTrait>(
     columns: &[&str],
     rows: Vec<VersionedRow>,
 ) -> Result<u64, DbErr> {
+    let statements = update_statements(
+        connection.get_database_backend(),
+        table,
+        key,
+        version,
+        columns,
+        rows,
+    )?;
+    let mut updated = 0;
+    for statement in statements {
+        updated += connection.execute_raw(statement).await?.rows_affected();
+    }
+    Ok(updated)
+}
+
+/// The statements [`update_rows`] runs; refused before any is made when a row's values do not
+/// match `columns`.
+pub fn update_statements(
+    backend: DbBackend,
+    table: &str,
+    key: &str,
+    version: &str,
+    columns: &[&str],
+    rows: Vec<VersionedRow>,
+) -> Result<Vec<sea_orm::Statement>, DbErr> {
+    if let Some(row) = rows.iter().find(|row| row.values.len() != columns.len()) {
+        return Err(DbErr::Custom(format!(
+            "update of {table}: {} values for {} columns",
+            row.values.len(),
+            columns.len()
+        )));
+    }
     let width = columns.len() + 2;
     // the columns of a VALUES list are named column1, column2, … in both databases
     let set = columns
@@ -267,19 +331,12 @@ pub async fn update_rows<C: ConnectionTrait>(
         .map(|(index, column)| format!("{column} = v.column{}", index + 3))
         .collect::<Vec<_>>()
         .join(", ");
-    let mut updated = 0;
+    let mut statements = Vec::new();
     let mut rows = rows.into_iter();
     for size in statement_sizes(rows.len()) {
         let mut sql = format!("UPDATE {table} AS t SET {set} FROM (VALUES ");
         let mut values: Vec<sea_orm::Value> = Vec::with_capacity(size * width);
         for (index, row) in rows.by_ref().take(size).enumerate() {
-            if row.values.len() != columns.len() {
-                return Err(DbErr::Custom(format!(
-                    "update of {table}: {} values for {} columns",
-                    row.values.len(),
-                    columns.len()
-                )));
-            }
             if index > 0 {
                 sql.push_str(", ");
             }
@@ -288,7 +345,7 @@ pub async fn update_rows<C: ConnectionTrait>(
                 if column > 0 {
                     sql.push_str(", ");
                 }
-                sql.push_str(&format!("${}", index * width + column + 1));
+                push_placeholder(&mut sql, backend, index * width + column + 1);
             }
             sql.push(')');
             values.push(row.key);
@@ -298,11 +355,93 @@ pub async fn update_rows<C: ConnectionTrait>(
         sql.push_str(&format!(
             ") AS v WHERE t.{key} = v.column1 AND t.{version} = v.column2"
         ));
-        let statement =
-            sea_orm::Statement::from_sql_and_values(connection.get_database_backend(), sql, values);
-        updated += connection.execute_raw(statement).await?.rows_affected();
+        statements.push(sea_orm::Statement::from_sql_and_values(
+            backend, sql, values,
+        ));
     }
-    Ok(updated)
+    Ok(statements)
+}
+
+/// Write statements of one transaction, sent together. On SQLite they go as one multi-statement
+/// text, each followed by `SELECT changes()`: one call to the connection's thread (sqlx runs each
+/// SQLite connection on a thread of its own) instead of one per statement, so a transaction holding
+/// the service's single connection waits for that thread, and then for its own task, to be
+/// scheduled once rather than a dozen times — under load, on two cores, those waits and not the
+/// statements were what held dispatch's connection (docs/benchmarks.md, sixteenth session). On
+/// PostgreSQL, whose extended protocol parses one statement at a time, they run one by one as
+/// before. Either way [`StatementBatch::run`] answers the rows each statement changed, in order.
+#[derive(Debug)]
+pub struct StatementBatch {
+    backend: DbBackend,
+    statements: Vec<sea_orm::Statement>,
+}
+
+impl StatementBatch {
+    pub fn new(backend: DbBackend) -> Self {
+        Self {
+            backend,
+            statements: Vec::new(),
+        }
+    }
+
+    pub fn backend(&self) -> DbBackend {
+        self.backend
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.statements.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.statements.len()
+    }
+
+    /// Adds statements; answers where their counts will be in [`StatementBatch::run`]'s answer.
+    pub fn extend(
+        &mut self,
+        statements: impl IntoIterator<Item = sea_orm::Statement>,
+    ) -> std::ops::Range<usize> {
+        let start = self.statements.len();
+        self.statements.extend(statements);
+        start..self.statements.len()
+    }
+
+    /// Runs the statements in their order in the caller's transaction; answers the rows each one
+    /// changed. A failing statement fails the batch, and the statements before it stay done in the
+    /// transaction (as when run one by one): the caller rolls back.
+    pub async fn run<C: ConnectionTrait>(self, connection: &C) -> Result<Vec<u64>, DbErr> {
+        if self.backend != DbBackend::Sqlite || self.statements.len() < 2 {
+            let mut counts = Vec::with_capacity(self.statements.len());
+            for statement in self.statements {
+                counts.push(connection.execute_raw(statement).await?.rows_affected());
+            }
+            return Ok(counts);
+        }
+        let expected = self.statements.len();
+        let mut sql = String::new();
+        let mut values = Vec::new();
+        for statement in self.statements {
+            sql.push_str(&statement.sql);
+            sql.push_str(";\nSELECT changes() AS whistle_changes;\n");
+            if let Some(bound) = statement.values {
+                values.extend(bound.0);
+            }
+        }
+        let statement = sea_orm::Statement::from_sql_and_values(self.backend, sql, values);
+        let rows = connection.query_all_raw(statement).await?;
+        if rows.len() != expected {
+            return Err(DbErr::Custom(format!(
+                "a batch of {expected} statements answered {} counts",
+                rows.len()
+            )));
+        }
+        rows.iter()
+            .map(|row| {
+                row.try_get::<i64>("", "whistle_changes")
+                    .map(|count| count as u64)
+            })
+            .collect()
+    }
 }
 
 /// `values` in lists of at most [`ROWS_PER_STATEMENT`], each padded to a power of two by repeating
@@ -468,7 +607,22 @@ pub mod migrations {
 
 #[cfg(test)]
 mod tests {
-    use super::{ROWS_PER_STATEMENT, in_lists, sqlite_path, statement_sizes};
+    use super::{ROWS_PER_STATEMENT, in_lists, push_placeholder, sqlite_path, statement_sizes};
+
+    /// SQLite gets anonymous `?`s (bound in order, no name lookup), PostgreSQL its `$n`.
+    #[test]
+    fn placeholders_are_the_databases_own() {
+        let write = |backend| {
+            let mut sql = String::new();
+            for number in 1..=3 {
+                push_placeholder(&mut sql, backend, number);
+                sql.push(' ');
+            }
+            sql
+        };
+        assert_eq!(write(sea_orm::DbBackend::Sqlite), "? ? ? ");
+        assert_eq!(write(sea_orm::DbBackend::Postgres), "$1 $2 $3 ");
+    }
 
     #[test]
     fn statements_are_powers_of_two_up_to_the_limit() {

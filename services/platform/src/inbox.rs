@@ -88,6 +88,7 @@ pub async fn record_pairs_once<C: ConnectionTrait>(
     pairs: &[(&str, &str)],
     now_ms: i64,
 ) -> Result<std::collections::HashSet<(String, String)>, DbErr> {
+    let backend = connection.get_database_backend();
     let mut fresh = std::collections::HashSet::with_capacity(pairs.len());
     // statements of a few fixed sizes, so each stays prepared (`db::statement_sizes`)
     let mut rest = pairs;
@@ -103,21 +104,18 @@ pub async fn record_pairs_once<C: ConnectionTrait>(
             if index > 0 {
                 sql.push_str(", ");
             }
-            sql.push_str(&format!(
-                "(${}, ${}, ${}, ${})",
-                base + 1,
-                base + 2,
-                base + 3,
-                base + 4
-            ));
+            for column in 1..=4 {
+                sql.push_str(if column == 1 { "(" } else { ", " });
+                crate::db::push_placeholder(&mut sql, backend, base + column);
+            }
+            sql.push(')');
             values.push((*consumer).into());
             values.push((*event_id).into());
             values.push("applied".into());
             values.push(now_ms.into());
         }
         sql.push_str(" ON CONFLICT (consumer, event_id) DO NOTHING RETURNING consumer, event_id");
-        let statement =
-            sea_orm::Statement::from_sql_and_values(connection.get_database_backend(), sql, values);
+        let statement = sea_orm::Statement::from_sql_and_values(backend, sql, values);
         for row in connection.query_all_raw(statement).await? {
             fresh.insert((
                 row.try_get::<String>("", "consumer")?,
