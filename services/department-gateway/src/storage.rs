@@ -8,7 +8,7 @@ use sea_orm::{
 };
 use sea_orm_migration::prelude::*;
 use std::collections::{BTreeSet, HashMap};
-use whistle_platform::db::insert_rows;
+use whistle_platform::db::{StatementBatch, insert_statements};
 
 pub mod department {
     use sea_orm::entity::prelude::*;
@@ -316,13 +316,13 @@ pub async fn lock_notice_counters<C: ConnectionTrait>(
 
 /// Writes back the last sequence of each department a batch numbered notices for (its counters
 /// were taken with [`lock_notice_counters`] in the same transaction, `locked` gives what they held
-/// then): one `UPDATE … FROM (VALUES …)` for the batch, which also checks that no counter moved
-/// since it was taken.
-pub async fn set_notice_counters<C: ConnectionTrait>(
-    connection: &C,
+/// then): one `UPDATE … FROM (VALUES …)` for the batch, added to `batch`, which also checks that no
+/// counter moved since it was taken — [`NoticeCounterUpdate::check`] on the batch's counts.
+pub fn set_notice_counters(
+    batch: &mut StatementBatch,
     locked: &std::collections::HashMap<String, i64>,
     last_sequences: &std::collections::BTreeMap<String, i64>,
-) -> Result<(), DbErr> {
+) -> Result<NoticeCounterUpdate, DbErr> {
     let mut rows = Vec::with_capacity(last_sequences.len());
     for (department_code, last_sequence) in last_sequences {
         let Some(expected) = locked.get(department_code) else {
@@ -337,31 +337,45 @@ pub async fn set_notice_counters<C: ConnectionTrait>(
         });
     }
     let count = rows.len() as u64;
-    let updated = whistle_platform::db::update_rows(
-        connection,
+    let statements = whistle_platform::db::update_statements(
+        batch.backend(),
         "gateway_notice_counters",
         "department_code",
         "last_sequence",
         &["last_sequence"],
         rows,
-    )
-    .await?;
-    if updated != count {
-        return Err(DbErr::Custom(format!(
-            "{} of {count} notice counters moved or vanished while taken",
-            count - updated
-        )));
-    }
-    Ok(())
+    )?;
+    Ok(NoticeCounterUpdate {
+        count,
+        statements: batch.extend(statements),
+    })
 }
 
-/// Inserts a batch's notices, a few hundred per statement.
-pub async fn insert_notices<C: ConnectionTrait>(
-    connection: &C,
-    notices: Vec<notice::ActiveModel>,
-) -> Result<(), DbErr> {
-    insert_rows(connection, notices, None).await?;
-    Ok(())
+/// The counters' update in a [`StatementBatch`] (see [`set_notice_counters`]).
+#[derive(Debug)]
+pub struct NoticeCounterUpdate {
+    count: u64,
+    statements: std::ops::Range<usize>,
+}
+
+impl NoticeCounterUpdate {
+    /// An error unless every counter was updated (none moved while taken).
+    pub fn check(self, counts: &[u64]) -> Result<(), DbErr> {
+        let updated: u64 = counts[self.statements].iter().sum();
+        if updated != self.count {
+            return Err(DbErr::Custom(format!(
+                "{} of {} notice counters moved or vanished while taken",
+                self.count - updated,
+                self.count
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Adds the inserts of a batch's notices, a few hundred per statement, to `batch`.
+pub fn insert_notices(batch: &mut StatementBatch, notices: Vec<notice::ActiveModel>) {
+    batch.extend(insert_statements(batch.backend(), notices, None));
 }
 
 /// Every department's last notice sequence, as committed.
@@ -392,13 +406,10 @@ pub async fn notices_after<C: ConnectionTrait>(
         .await
 }
 
-/// Stores each assignment unless a newer version of it is already stored: one conditional upsert
-/// per chunk (a row updates only when the stored version is not newer than the one written). The
+/// Adds to `batch` the storing of each assignment unless a newer version of it is already stored:
+/// one conditional upsert per chunk (a row updates only when the stored version is not newer than the one written). The
 /// models must name distinct assignments: PostgreSQL refuses to update one row twice in a statement.
-pub async fn upsert_assignments<C: ConnectionTrait>(
-    connection: &C,
-    models: Vec<assignment::Model>,
-) -> Result<(), DbErr> {
+pub fn upsert_assignments(batch: &mut StatementBatch, models: Vec<assignment::Model>) {
     let newer_wins = OnConflict::column(assignment::Column::AssignmentId)
         .update_columns([
             assignment::Column::DepartmentCode,
@@ -413,13 +424,11 @@ pub async fn upsert_assignments<C: ConnectionTrait>(
                 .lte(Expr::cust("excluded.version")),
         )
         .to_owned();
-    insert_rows(
-        connection,
+    batch.extend(insert_statements(
+        batch.backend(),
         models.into_iter().map(assignment::ActiveModel::from),
         Some(newer_wins),
-    )
-    .await?;
-    Ok(())
+    ));
 }
 
 /// Raises a department's delivery cursor to `sequence` (never lowers it).
