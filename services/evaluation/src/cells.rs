@@ -24,6 +24,7 @@ use crate::storage::assignment;
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, Order, Query};
 use sea_orm::{ConnectionTrait, DbErr, QueryResult, TransactionTrait};
 use std::collections::BTreeMap;
+use whistle_platform::db::StatementBatch;
 
 pub const TABLE: &str = "evaluation_card_cells";
 const HOUR_MS: i64 = 3_600_000;
@@ -113,21 +114,21 @@ impl Cell {
 /// Differences per (department, hour), as a consumer transaction collects them.
 pub type Deltas = BTreeMap<(String, i64), Cell>;
 
-/// Appends the non-zero deltas, one row each, in the caller's transaction.
-pub async fn record<C: ConnectionTrait>(connection: &C, deltas: &Deltas) -> Result<(), DbErr> {
-    insert(
-        connection,
+/// Adds the appending of the non-zero deltas, one row each, to the caller's `batch`.
+pub fn record(batch: &mut StatementBatch, deltas: &Deltas) {
+    batch.extend(insert_statement(
+        batch.backend(),
         deltas.iter().filter(|(_, cell)| !cell.is_zero()),
         false,
-    )
-    .await
+    ));
 }
 
-async fn insert<'a, C: ConnectionTrait>(
-    connection: &C,
+/// The insert of `cells`, if there are any.
+fn insert_statement<'a>(
+    backend: sea_orm::DbBackend,
     cells: impl Iterator<Item = (&'a (String, i64), &'a Cell)>,
     base: bool,
-) -> Result<(), DbErr> {
+) -> Option<sea_orm::Statement> {
     let mut columns = vec![
         Alias::new("department_code"),
         Alias::new("hour_ms"),
@@ -147,12 +148,7 @@ async fn insert<'a, C: ConnectionTrait>(
         statement.values_panic(values);
         any = true;
     }
-    if !any {
-        return Ok(());
-    }
-    let statement = connection.get_database_backend().build(&statement);
-    connection.execute_raw(statement).await?;
-    Ok(())
+    any.then(|| backend.build(&statement))
 }
 
 /// Every department's sums over the period's hours (only departments whistled in it; one
@@ -281,7 +277,11 @@ pub async fn compact(db: &sea_orm::DatabaseConnection) -> Result<u64, DbErr> {
                 bases.insert((department_code, hour_ms), sum);
             }
         }
-        insert(&transaction, bases.iter(), true).await?;
+        if let Some(statement) =
+            insert_statement(transaction.get_database_backend(), bases.iter(), true)
+        {
+            transaction.execute_raw(statement).await?;
+        }
         transaction.commit().await?;
         folded += groups.len() as u64;
     }

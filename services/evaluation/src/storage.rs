@@ -12,7 +12,7 @@ use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, Iterable, QueryFilter,
     QueryOrder, QuerySelect,
 };
-use whistle_platform::db::{in_lists, insert_rows};
+use whistle_platform::db::{StatementBatch, in_lists, insert_statements};
 
 pub use migration::Migrator;
 
@@ -472,13 +472,13 @@ pub async fn find_assignment<C: ConnectionTrait>(
 }
 
 /// Inserts or replaces assignments, each with its facts, derived outcome and tally.
-pub async fn upsert_assignments<C: ConnectionTrait>(
-    connection: &C,
+pub fn upsert_assignments(
+    batch: &mut StatementBatch,
     assignments: &[(AssignmentFacts, domain::Tally)],
     now_ms: i64,
-) -> Result<(), DbErr> {
-    insert_rows(
-        connection,
+) {
+    let statements = insert_statements(
+        batch.backend(),
         assignments
             .iter()
             .map(|(facts, tally)| row_from_facts(facts, tally, now_ms)),
@@ -490,9 +490,8 @@ pub async fn upsert_assignments<C: ConnectionTrait>(
                 )
                 .to_owned(),
         ),
-    )
-    .await?;
-    Ok(())
+    );
+    batch.extend(statements);
 }
 
 /// Notes that a case exists (any event named it); keeps what is already known about it.
@@ -517,10 +516,7 @@ pub async fn remember_case<C: ConnectionTrait>(
 }
 
 /// Notes that cases exist (with when each was first seen); keeps what is already known of them.
-pub async fn remember_cases<C: ConnectionTrait>(
-    connection: &C,
-    cases: &std::collections::BTreeMap<String, i64>,
-) -> Result<(), DbErr> {
+pub fn remember_cases(batch: &mut StatementBatch, cases: &std::collections::BTreeMap<String, i64>) {
     let rows = cases
         .iter()
         .map(|(case_id, first_seen_at_ms)| case::ActiveModel {
@@ -531,8 +527,7 @@ pub async fn remember_cases<C: ConnectionTrait>(
     let skip_known = OnConflict::column(case::Column::CaseId)
         .do_nothing()
         .to_owned();
-    insert_rows(connection, rows, Some(skip_known)).await?;
-    Ok(())
+    batch.extend(insert_statements(batch.backend(), rows, Some(skip_known)));
 }
 
 /// Whether any event named the case.
@@ -544,10 +539,7 @@ pub async fn case_known<C: ConnectionTrait>(connection: &C, case_id: &str) -> Re
 }
 
 /// Stores published facts; a redelivered event changes nothing.
-pub async fn insert_facts<C: ConnectionTrait>(
-    connection: &C,
-    facts: &[CaseFact],
-) -> Result<(), DbErr> {
+pub fn insert_facts(batch: &mut StatementBatch, facts: &[CaseFact]) {
     let rows = facts.iter().map(|fact| fact::ActiveModel {
         event_id: Set(fact.event_id.clone()),
         assignment_id: Set(fact.assignment_id.clone()),
@@ -559,8 +551,7 @@ pub async fn insert_facts<C: ConnectionTrait>(
     let skip_known = OnConflict::columns([fact::Column::EventId, fact::Column::AssignmentId])
         .do_nothing()
         .to_owned();
-    insert_rows(connection, rows, Some(skip_known)).await?;
-    Ok(())
+    batch.extend(insert_statements(batch.backend(), rows, Some(skip_known)));
 }
 
 /// Every fact published about the given cases.
@@ -819,22 +810,18 @@ pub async fn case_states<C: ConnectionTrait>(
 }
 
 /// Inserts or replaces case states.
-pub async fn upsert_case_states<C: ConnectionTrait>(
-    connection: &C,
-    states: Vec<case_state::Model>,
-) -> Result<(), DbErr> {
+pub fn upsert_case_states(batch: &mut StatementBatch, states: Vec<case_state::Model>) {
     use case_state::Column as S;
-    insert_rows(
-        connection,
+    let statements = insert_statements(
+        batch.backend(),
         states.into_iter().map(case_state::ActiveModel::from),
         Some(
             OnConflict::column(S::CaseId)
                 .update_columns([S::StreetCode, S::CommunityCode, S::Closed, S::StatusVersion])
                 .to_owned(),
         ),
-    )
-    .await?;
-    Ok(())
+    );
+    batch.extend(statements);
 }
 
 /// The regions of the given cases.
@@ -988,20 +975,15 @@ pub async fn apply_period_event<C: ConnectionTrait>(
 }
 
 /// Notes the events that carried assignments' milestones; redelivery changes nothing.
-pub async fn insert_milestones<C: ConnectionTrait>(
-    connection: &C,
-    milestones: Vec<milestone::Model>,
-) -> Result<(), DbErr> {
+pub fn insert_milestones(batch: &mut StatementBatch, milestones: Vec<milestone::Model>) {
     let skip_known = OnConflict::column(milestone::Column::EventId)
         .do_nothing()
         .to_owned();
-    insert_rows(
-        connection,
+    batch.extend(insert_statements(
+        batch.backend(),
         milestones.into_iter().map(milestone::ActiveModel::from),
         Some(skip_known),
-    )
-    .await?;
-    Ok(())
+    ));
 }
 
 /// The milestone events of the given assignments, each assignment's in the order they happened.
