@@ -8,13 +8,13 @@
 use crate::storage::{self, assignment, notice};
 use prost::Message;
 use sea_orm::{ActiveValue::Set, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr};
+use whistle_platform::db::StatementBatch;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use whistle_platform::clock::{SharedClock, to_millis};
-use whistle_platform::db::StatementBatch;
 use whistle_platform::envelope::{self, Event, Payload, assignment_of};
 use whistle_platform::inbox::{BatchEvent, EventHandler, HandleError};
 use whistle_proto::events::{CaseDeferred, CaseResumed};

@@ -14,7 +14,6 @@ use crate::domain::{
 use crate::storage::{self, case_state, milestone};
 use sea_orm::{ConnectionTrait, DbErr};
 use std::collections::{BTreeMap, HashMap};
-use whistle_platform::db::StatementBatch;
 
 /// What a batch has read and changed, per case.
 #[derive(Debug, Default)]
@@ -238,15 +237,11 @@ impl CaseBatch {
             }
             facts.extend(view.facts.into_iter().skip(view.stored_facts));
         }
-        // one call on SQLite (`StatementBatch`)
-        let mut batch = StatementBatch::new(connection.get_database_backend());
-        storage::remember_cases(&mut batch, &self.remembered);
-        storage::upsert_case_states(&mut batch, states);
-        storage::insert_facts(&mut batch, &facts);
-        storage::insert_milestones(&mut batch, self.milestones);
-        storage::upsert_assignments(&mut batch, &assignments, now_ms);
-        cells::record(&mut batch, &deltas);
-        batch.run(connection).await?;
-        Ok(())
+        storage::remember_cases(connection, &self.remembered).await?;
+        storage::upsert_case_states(connection, states).await?;
+        storage::insert_facts(connection, &facts).await?;
+        storage::insert_milestones(connection, self.milestones).await?;
+        storage::upsert_assignments(connection, &assignments, now_ms).await?;
+        cells::record(connection, &deltas).await
     }
 }

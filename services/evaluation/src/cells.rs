@@ -24,7 +24,6 @@ use crate::storage::assignment;
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, Order, Query};
 use sea_orm::{ConnectionTrait, DbErr, QueryResult, TransactionTrait};
 use std::collections::BTreeMap;
-use whistle_platform::db::StatementBatch;
 
 pub const TABLE: &str = "evaluation_card_cells";
 const HOUR_MS: i64 = 3_600_000;
@@ -114,21 +113,21 @@ impl Cell {
 /// Differences per (department, hour), as a consumer transaction collects them.
 pub type Deltas = BTreeMap<(String, i64), Cell>;
 
-/// Adds the appending of the non-zero deltas, one row each, to the caller's `batch`.
-pub fn record(batch: &mut StatementBatch, deltas: &Deltas) {
-    batch.extend(insert_statement(
-        batch.backend(),
+/// Appends the non-zero deltas, one row each, in the caller's transaction.
+pub async fn record<C: ConnectionTrait>(connection: &C, deltas: &Deltas) -> Result<(), DbErr> {
+    insert(
+        connection,
         deltas.iter().filter(|(_, cell)| !cell.is_zero()),
         false,
-    ));
+    )
+    .await
 }
 
-/// The insert of `cells`, if there are any.
-fn insert_statement<'a>(
-    backend: sea_orm::DbBackend,
+async fn insert<'a, C: ConnectionTrait>(
+    connection: &C,
     cells: impl Iterator<Item = (&'a (String, i64), &'a Cell)>,
     base: bool,
-) -> Option<sea_orm::Statement> {
+) -> Result<(), DbErr> {
     let mut columns = vec![
         Alias::new("department_code"),
         Alias::new("hour_ms"),
@@ -148,7 +147,12 @@ fn insert_statement<'a>(
         statement.values_panic(values);
         any = true;
     }
-    any.then(|| backend.build(&statement))
+    if !any {
+        return Ok(());
+    }
+    let statement = connection.get_database_backend().build(&statement);
+    connection.execute_raw(statement).await?;
+    Ok(())
 }
 
 /// Every department's sums over the period's hours (only departments whistled in it; one
@@ -277,11 +281,7 @@ pub async fn compact(db: &sea_orm::DatabaseConnection) -> Result<u64, DbErr> {
                 bases.insert((department_code, hour_ms), sum);
             }
         }
-        if let Some(statement) =
-            insert_statement(transaction.get_database_backend(), bases.iter(), true)
-        {
-            transaction.execute_raw(statement).await?;
-        }
+        insert(&transaction, bases.iter(), true).await?;
         transaction.commit().await?;
         folded += groups.len() as u64;
     }

@@ -12,7 +12,7 @@ use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, Iterable, QueryFilter,
     QueryOrder, QuerySelect,
 };
-use whistle_platform::db::{StatementBatch, in_lists, insert_statements};
+use whistle_platform::db::{in_lists, insert_rows};
 
 pub use migration::Migrator;
 
@@ -472,13 +472,13 @@ pub async fn find_assignment<C: ConnectionTrait>(
 }
 
 /// Inserts or replaces assignments, each with its facts, derived outcome and tally.
-pub fn upsert_assignments(
-    batch: &mut StatementBatch,
+pub async fn upsert_assignments<C: ConnectionTrait>(
+    connection: &C,
     assignments: &[(AssignmentFacts, domain::Tally)],
     now_ms: i64,
-) {
-    let statements = insert_statements(
-        batch.backend(),
+) -> Result<(), DbErr> {
+    insert_rows(
+        connection,
         assignments
             .iter()
             .map(|(facts, tally)| row_from_facts(facts, tally, now_ms)),
@@ -490,8 +490,9 @@ pub fn upsert_assignments(
                 )
                 .to_owned(),
         ),
-    );
-    batch.extend(statements);
+    )
+    .await?;
+    Ok(())
 }
 
 /// Notes that a case exists (any event named it); keeps what is already known about it.
@@ -516,7 +517,10 @@ pub async fn remember_case<C: ConnectionTrait>(
 }
 
 /// Notes that cases exist (with when each was first seen); keeps what is already known of them.
-pub fn remember_cases(batch: &mut StatementBatch, cases: &std::collections::BTreeMap<String, i64>) {
+pub async fn remember_cases<C: ConnectionTrait>(
+    connection: &C,
+    cases: &std::collections::BTreeMap<String, i64>,
+) -> Result<(), DbErr> {
     let rows = cases
         .iter()
         .map(|(case_id, first_seen_at_ms)| case::ActiveModel {
@@ -527,7 +531,8 @@ pub fn remember_cases(batch: &mut StatementBatch, cases: &std::collections::BTre
     let skip_known = OnConflict::column(case::Column::CaseId)
         .do_nothing()
         .to_owned();
-    batch.extend(insert_statements(batch.backend(), rows, Some(skip_known)));
+    insert_rows(connection, rows, Some(skip_known)).await?;
+    Ok(())
 }
 
 /// Whether any event named the case.
@@ -539,7 +544,10 @@ pub async fn case_known<C: ConnectionTrait>(connection: &C, case_id: &str) -> Re
 }
 
 /// Stores published facts; a redelivered event changes nothing.
-pub fn insert_facts(batch: &mut StatementBatch, facts: &[CaseFact]) {
+pub async fn insert_facts<C: ConnectionTrait>(
+    connection: &C,
+    facts: &[CaseFact],
+) -> Result<(), DbErr> {
     let rows = facts.iter().map(|fact| fact::ActiveModel {
         event_id: Set(fact.event_id.clone()),
         assignment_id: Set(fact.assignment_id.clone()),
@@ -551,7 +559,8 @@ pub fn insert_facts(batch: &mut StatementBatch, facts: &[CaseFact]) {
     let skip_known = OnConflict::columns([fact::Column::EventId, fact::Column::AssignmentId])
         .do_nothing()
         .to_owned();
-    batch.extend(insert_statements(batch.backend(), rows, Some(skip_known)));
+    insert_rows(connection, rows, Some(skip_known)).await?;
+    Ok(())
 }
 
 /// Every fact published about the given cases.
@@ -810,18 +819,22 @@ pub async fn case_states<C: ConnectionTrait>(
 }
 
 /// Inserts or replaces case states.
-pub fn upsert_case_states(batch: &mut StatementBatch, states: Vec<case_state::Model>) {
+pub async fn upsert_case_states<C: ConnectionTrait>(
+    connection: &C,
+    states: Vec<case_state::Model>,
+) -> Result<(), DbErr> {
     use case_state::Column as S;
-    let statements = insert_statements(
-        batch.backend(),
+    insert_rows(
+        connection,
         states.into_iter().map(case_state::ActiveModel::from),
         Some(
             OnConflict::column(S::CaseId)
                 .update_columns([S::StreetCode, S::CommunityCode, S::Closed, S::StatusVersion])
                 .to_owned(),
         ),
-    );
-    batch.extend(statements);
+    )
+    .await?;
+    Ok(())
 }
 
 /// The regions of the given cases.
@@ -975,15 +988,20 @@ pub async fn apply_period_event<C: ConnectionTrait>(
 }
 
 /// Notes the events that carried assignments' milestones; redelivery changes nothing.
-pub fn insert_milestones(batch: &mut StatementBatch, milestones: Vec<milestone::Model>) {
+pub async fn insert_milestones<C: ConnectionTrait>(
+    connection: &C,
+    milestones: Vec<milestone::Model>,
+) -> Result<(), DbErr> {
     let skip_known = OnConflict::column(milestone::Column::EventId)
         .do_nothing()
         .to_owned();
-    batch.extend(insert_statements(
-        batch.backend(),
+    insert_rows(
+        connection,
         milestones.into_iter().map(milestone::ActiveModel::from),
         Some(skip_known),
-    ));
+    )
+    .await?;
+    Ok(())
 }
 
 /// The milestone events of the given assignments, each assignment's in the order they happened.
