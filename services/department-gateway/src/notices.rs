@@ -7,8 +7,7 @@
 
 use crate::storage::{self, assignment, notice};
 use prost::Message;
-use sea_orm::{ActiveValue::Set, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr};
-use whistle_platform::db::StatementBatch;
+use sea_orm::{ActiveValue::Set, DatabaseConnection, DatabaseTransaction, DbErr};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -434,22 +433,16 @@ impl PendingRows {
     /// Notices in the order they were numbered; an assignment's row written by an earlier flush of
     /// the same batch is replaced only by a version not older (the upsert's condition).
     /// Returns the traces written (those of assignments not remembered before).
-    /// The writes go with those already in `batch`, in one call on SQLite (`StatementBatch`);
-    /// answers the counts of those.
     async fn write(
         self,
         transaction: &DatabaseTransaction,
-        mut batch: StatementBatch,
-    ) -> Result<(Vec<(String, String)>, Vec<u64>), DbErr> {
+    ) -> Result<Vec<(String, String)>, DbErr> {
+        storage::insert_notices(transaction, self.notices).await?;
         let traces = storage::remember_assignment_traces(transaction, &self.traces).await?;
-        let before = batch.len();
-        storage::insert_notices(&mut batch, self.notices);
         let mut assignments: Vec<assignment::Model> = self.assignments.into_values().collect();
         assignments.sort_by(|a, b| a.assignment_id.cmp(&b.assignment_id));
-        storage::upsert_assignments(&mut batch, assignments);
-        let mut counts = batch.run(transaction).await?;
-        counts.truncate(before);
-        Ok((traces, counts))
+        storage::upsert_assignments(transaction, assignments).await?;
+        Ok(traces)
     }
 }
 
@@ -567,8 +560,7 @@ impl EventHandler for NoticeRecorder {
             (pending.bytes > PENDING_BYTES).then(|| pending.take_rows())
         };
         if let Some(rows) = overflow {
-            let batch = StatementBatch::new(transaction.get_database_backend());
-            let (traces, _) = rows.write(transaction, batch).await?;
+            let traces = rows.write(transaction).await?;
             self.pending().traces_written.extend(traces);
         }
         Ok(())
@@ -587,10 +579,8 @@ impl EventHandler for NoticeRecorder {
         if raised.is_empty() {
             return Ok(());
         }
-        let mut batch = StatementBatch::new(transaction.get_database_backend());
-        let counters = storage::set_notice_counters(&mut batch, &locked, &raised)?;
-        let (traces, counts) = rows.write(transaction, batch).await?;
-        counters.check(&counts)?;
+        storage::set_notice_counters(transaction, &locked, &raised).await?;
+        let traces = rows.write(transaction).await?;
         self.pending().traces_written.extend(traces);
         Ok(())
     }

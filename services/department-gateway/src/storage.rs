@@ -8,7 +8,7 @@ use sea_orm::{
 };
 use sea_orm_migration::prelude::*;
 use std::collections::{BTreeSet, HashMap};
-use whistle_platform::db::{StatementBatch, insert_statements};
+use whistle_platform::db::insert_rows;
 
 pub mod department {
     use sea_orm::entity::prelude::*;
@@ -316,13 +316,13 @@ pub async fn lock_notice_counters<C: ConnectionTrait>(
 
 /// Writes back the last sequence of each department a batch numbered notices for (its counters
 /// were taken with [`lock_notice_counters`] in the same transaction, `locked` gives what they held
-/// then): one `UPDATE … FROM (VALUES …)` for the batch, added to `batch`, which also checks that no
-/// counter moved since it was taken — [`NoticeCounterUpdate::check`] on the batch's counts.
-pub fn set_notice_counters(
-    batch: &mut StatementBatch,
+/// then): one `UPDATE … FROM (VALUES …)` for the batch, which also checks that no counter moved
+/// since it was taken.
+pub async fn set_notice_counters<C: ConnectionTrait>(
+    connection: &C,
     locked: &std::collections::HashMap<String, i64>,
     last_sequences: &std::collections::BTreeMap<String, i64>,
-) -> Result<NoticeCounterUpdate, DbErr> {
+) -> Result<(), DbErr> {
     let mut rows = Vec::with_capacity(last_sequences.len());
     for (department_code, last_sequence) in last_sequences {
         let Some(expected) = locked.get(department_code) else {
@@ -337,45 +337,31 @@ pub fn set_notice_counters(
         });
     }
     let count = rows.len() as u64;
-    let statements = whistle_platform::db::update_statements(
-        batch.backend(),
+    let updated = whistle_platform::db::update_rows(
+        connection,
         "gateway_notice_counters",
         "department_code",
         "last_sequence",
         &["last_sequence"],
         rows,
-    )?;
-    Ok(NoticeCounterUpdate {
-        count,
-        statements: batch.extend(statements),
-    })
-}
-
-/// The counters' update in a [`StatementBatch`] (see [`set_notice_counters`]).
-#[derive(Debug)]
-pub struct NoticeCounterUpdate {
-    count: u64,
-    statements: std::ops::Range<usize>,
-}
-
-impl NoticeCounterUpdate {
-    /// An error unless every counter was updated (none moved while taken).
-    pub fn check(self, counts: &[u64]) -> Result<(), DbErr> {
-        let updated: u64 = counts[self.statements].iter().sum();
-        if updated != self.count {
-            return Err(DbErr::Custom(format!(
-                "{} of {} notice counters moved or vanished while taken",
-                self.count - updated,
-                self.count
-            )));
-        }
-        Ok(())
+    )
+    .await?;
+    if updated != count {
+        return Err(DbErr::Custom(format!(
+            "{} of {count} notice counters moved or vanished while taken",
+            count - updated
+        )));
     }
+    Ok(())
 }
 
-/// Adds the inserts of a batch's notices, a few hundred per statement, to `batch`.
-pub fn insert_notices(batch: &mut StatementBatch, notices: Vec<notice::ActiveModel>) {
-    batch.extend(insert_statements(batch.backend(), notices, None));
+/// Inserts a batch's notices, a few hundred per statement.
+pub async fn insert_notices<C: ConnectionTrait>(
+    connection: &C,
+    notices: Vec<notice::ActiveModel>,
+) -> Result<(), DbErr> {
+    insert_rows(connection, notices, None).await?;
+    Ok(())
 }
 
 /// Every department's last notice sequence, as committed.
@@ -406,10 +392,13 @@ pub async fn notices_after<C: ConnectionTrait>(
         .await
 }
 
-/// Adds to `batch` the storing of each assignment unless a newer version of it is already stored:
-/// one conditional upsert per chunk (a row updates only when the stored version is not newer than the one written). The
+/// Stores each assignment unless a newer version of it is already stored: one conditional upsert
+/// per chunk (a row updates only when the stored version is not newer than the one written). The
 /// models must name distinct assignments: PostgreSQL refuses to update one row twice in a statement.
-pub fn upsert_assignments(batch: &mut StatementBatch, models: Vec<assignment::Model>) {
+pub async fn upsert_assignments<C: ConnectionTrait>(
+    connection: &C,
+    models: Vec<assignment::Model>,
+) -> Result<(), DbErr> {
     let newer_wins = OnConflict::column(assignment::Column::AssignmentId)
         .update_columns([
             assignment::Column::DepartmentCode,
@@ -424,11 +413,13 @@ pub fn upsert_assignments(batch: &mut StatementBatch, models: Vec<assignment::Mo
                 .lte(Expr::cust("excluded.version")),
         )
         .to_owned();
-    batch.extend(insert_statements(
-        batch.backend(),
+    insert_rows(
+        connection,
         models.into_iter().map(assignment::ActiveModel::from),
         Some(newer_wins),
-    ));
+    )
+    .await?;
+    Ok(())
 }
 
 /// Raises a department's delivery cursor to `sequence` (never lowers it).
