@@ -23,7 +23,6 @@ use std::sync::Arc;
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio::task::JoinSet;
 use whistle_platform::clock::{SharedClock, to_millis};
-use whistle_platform::db::StatementBatch;
 use whistle_platform::outbox::OutboxSignal;
 
 /// One department's action on one of its assignments, under the department's own `action_id`.
@@ -115,27 +114,17 @@ pub async fn record_department_actions<C: ConnectionTrait>(
         OnConflict::columns([action::Column::DepartmentCode, action::Column::ActionId])
             .do_nothing()
             .to_owned();
-    // the claims go with the cases' writes, in one call on SQLite (`StatementBatch`)
-    let mut batch = StatementBatch::new(connection.get_database_backend());
-    batch.extend(whistle_platform::db::insert_statements(
-        batch.backend(),
-        claims,
-        Some(skip_taken),
-    ));
+    let claimed = whistle_platform::db::insert_rows(connection, claims, Some(skip_taken)).await?;
+    if claimed != expected {
+        // another batch took one of these ids after they were read: run this batch again
+        return Err(DispatchError::Conflict("an action id".into()));
+    }
     let changed = records
         .into_iter()
         .zip(changed)
         .filter_map(|(record, changed)| changed.then_some(record))
         .collect();
-    let claimed: u64 = storage::save_all_with(connection, batch, changed, now)
-        .await?
-        .iter()
-        .sum();
-    if claimed != expected {
-        // another batch took one of these ids after they were read: run this batch again (the
-        // caller rolls back what this one wrote)
-        return Err(DispatchError::Conflict("an action id".into()));
-    }
+    storage::save_all(connection, changed, now).await?;
     Ok(outcomes)
 }
 

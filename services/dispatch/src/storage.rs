@@ -10,14 +10,15 @@ use prost::Message;
 use sea_orm::sea_query::{LockBehavior, LockType};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityName, EntityTrait, IdenStatic,
-    IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, QueryTrait,
+    IntoActiveModel, QueryFilter, QueryOrder, QuerySelect,
 };
 use sea_orm_migration::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use whistle_platform::clock::{from_millis, to_millis};
+use whistle_platform::db::VersionedRow;
+use whistle_platform::db::insert_rows;
 use whistle_platform::db::migrations::create_column_indexes;
-use whistle_platform::db::{StatementBatch, VersionedRow, insert_statements};
 use whistle_platform::outbox;
 use whistle_proto::events::CaseReported;
 use whistle_proto::types::Region;
@@ -1137,62 +1138,27 @@ fn assignment_updates() -> [&'static str; 10] {
 }
 
 /// Updates version-checked rows of `table`; a row changed meanwhile fails the save as a conflict.
-/// Adds the version-checked updates of `rows` to `batch`; [`check_updated`] reads their counts.
-fn update_checked(
-    batch: &mut StatementBatch,
-    table: &'static str,
+async fn update_checked<C: ConnectionTrait>(
+    connection: &C,
+    table: &str,
     key: &str,
     columns: &[&str],
     rows: Vec<VersionedRow>,
-) -> Result<Option<CheckedUpdate>, DispatchError> {
+) -> Result<(), DispatchError> {
     if rows.is_empty() {
-        return Ok(None);
+        return Ok(());
     }
     let count = rows.len();
     let only = (count == 1).then(|| match &rows[0].key {
         sea_orm::Value::String(Some(key)) => key.clone(),
         key => format!("{key:?}"),
     });
-    let statements = whistle_platform::db::update_statements(
-        batch.backend(),
-        table,
-        key,
-        "version",
-        columns,
-        rows,
-    )?;
-    Ok(Some(CheckedUpdate {
-        table,
-        count,
-        only,
-        statements: batch.extend(statements),
-    }))
-}
-
-/// Version-checked updates in a [`StatementBatch`]: how many rows they must change.
-struct CheckedUpdate {
-    table: &'static str,
-    count: usize,
-    /// The key, when there is one row.
-    only: Option<String>,
-    statements: std::ops::Range<usize>,
-}
-
-/// A conflict when fewer rows changed than `update` names: one of them moved on meanwhile.
-fn check_updated(update: Option<CheckedUpdate>, counts: &[u64]) -> Result<(), DispatchError> {
-    let Some(update) = update else {
-        return Ok(());
-    };
-    let updated: u64 = counts[update.statements].iter().sum();
-    if updated as usize != update.count {
-        return Err(DispatchError::Conflict(match update.only {
-            Some(key) => format!("{} {key}", update.table),
-            None => format!(
-                "{} of {} rows of {}",
-                update.count - updated as usize,
-                update.count,
-                update.table
-            ),
+    let updated =
+        whistle_platform::db::update_rows(connection, table, key, "version", columns, rows).await?;
+    if updated as usize != count {
+        return Err(DispatchError::Conflict(match only {
+            Some(key) => format!("{table} {key}"),
+            None => format!("{} of {count} rows of {table}", count - updated as usize),
         }));
     }
     Ok(())
@@ -1228,44 +1194,34 @@ pub async fn save_all<C: ConnectionTrait>(
     records: Vec<CaseRecord>,
     now: DateTime<Utc>,
 ) -> Result<(), DispatchError> {
-    let batch = StatementBatch::new(connection.get_database_backend());
-    save_all_with(connection, batch, records, now).await?;
-    Ok(())
-}
-
-/// [`save_all`], with the statements already in `batch` run first, in the same call (one round
-/// trip on SQLite, [`StatementBatch`]); answers the rows each of those changed, in their order.
-pub async fn save_all_with<C: ConnectionTrait>(
-    connection: &C,
-    mut batch: StatementBatch,
-    records: Vec<CaseRecord>,
-    now: DateTime<Utc>,
-) -> Result<Vec<u64>, DispatchError> {
-    let backend = batch.backend();
-    let before = batch.len();
     let now_ms = to_millis(now);
     let mut writes = Writes::default();
     for record in records {
         save_rows(record, now_ms, &mut writes)?;
     }
-    let cases = update_checked(
-        &mut batch,
+    update_checked(
+        connection,
         case::Entity.table_name(),
         case::Column::CaseId.as_str(),
         &case_updates(),
         writes.case_updates,
-    )?;
-    let assignments = update_checked(
-        &mut batch,
+    )
+    .await?;
+    update_checked(
+        connection,
         assignment::Entity.table_name(),
         assignment::Column::AssignmentId.as_str(),
         &assignment_updates(),
         writes.assignment_updates,
-    )?;
-    for case_ids in whistle_platform::db::in_lists(&writes.rewritten) {
-        batch.extend([clock::Entity::delete_many()
-            .filter(clock::Column::CaseId.is_in(case_ids))
-            .build(backend)]);
+    )
+    .await?;
+    if !writes.rewritten.is_empty() {
+        for case_ids in whistle_platform::db::in_lists(&writes.rewritten) {
+            clock::Entity::delete_many()
+                .filter(clock::Column::CaseId.is_in(case_ids))
+                .exec(connection)
+                .await?;
+        }
     }
     for gone in writes.gone.chunks(64) {
         let mut any = Condition::any();
@@ -1276,24 +1232,25 @@ pub async fn save_all_with<C: ConnectionTrait>(
                     .add(clock::Column::Clock.is_in(clocks.iter().copied())),
             );
         }
-        batch.extend([clock::Entity::delete_many().filter(any).build(backend)]);
+        clock::Entity::delete_many()
+            .filter(any)
+            .exec(connection)
+            .await?;
     }
-    batch.extend(insert_statements(backend, writes.new_cases, None));
-    batch.extend(insert_statements(backend, writes.new_assignments, None));
-    batch.extend(insert_statements(backend, writes.clocks, None));
-    batch.extend(insert_statements(backend, writes.notes, None));
+    insert_rows(connection, writes.new_cases, None).await?;
+    insert_rows(connection, writes.new_assignments, None).await?;
+    insert_rows(connection, writes.clocks, None).await?;
+    insert_rows(connection, writes.notes, None).await?;
     let outbox_events = writes
         .events
         .into_iter()
         .map(|(event, trace)| whistle_platform::envelope::to_outbox_in_trace(&event, trace))
         .collect::<Result<Vec<_>, _>>()
         .map_err(DispatchError::unexpected)?;
-    outbox::enqueue_into(&mut batch, outbox_events, now_ms);
-    let mut counts = batch.run(connection).await?;
-    check_updated(cases, &counts)?;
-    check_updated(assignments, &counts)?;
-    counts.truncate(before);
-    Ok(counts)
+    if !outbox_events.is_empty() {
+        outbox::enqueue_many(connection, outbox_events, now_ms).await?;
+    }
+    Ok(())
 }
 
 /// Gathers what saving one case writes into `writes`: its row and changed assignments

@@ -222,35 +222,19 @@ where
     A: sea_orm::ActiveModelTrait,
     C: ConnectionTrait,
 {
-    let mut written = 0;
-    for statement in insert_statements(connection.get_database_backend(), rows, on_conflict) {
-        written += connection.execute_raw(statement).await?.rows_affected();
-    }
-    Ok(written)
-}
-
-/// The statements [`insert_rows`] runs.
-pub fn insert_statements<A>(
-    backend: DbBackend,
-    rows: impl IntoIterator<Item = A>,
-    on_conflict: Option<sea_orm::sea_query::OnConflict>,
-) -> Vec<sea_orm::Statement>
-where
-    A: sea_orm::ActiveModelTrait,
-{
-    use sea_orm::{EntityTrait, QueryTrait};
+    use sea_orm::EntityTrait;
     let rows: Vec<A> = rows.into_iter().collect();
     let sizes = statement_sizes(rows.len());
     let mut rows = rows.into_iter();
-    let mut statements = Vec::new();
+    let mut written = 0;
     for size in sizes {
         let mut insert = A::Entity::insert_many(rows.by_ref().take(size));
         if let Some(on_conflict) = &on_conflict {
             insert = insert.on_conflict(on_conflict.clone());
         }
-        statements.push(insert.build(backend));
+        written += insert.exec_without_returning(connection).await?;
     }
-    statements
+    Ok(written)
 }
 
 /// Appends the `number`th (from 1) bind parameter of a hand-written statement to `sql`: `$number`
@@ -291,38 +275,6 @@ pub async fn update_rows<C: ConnectionTrait>(
     columns: &[&str],
     rows: Vec<VersionedRow>,
 ) -> Result<u64, DbErr> {
-    let statements = update_statements(
-        connection.get_database_backend(),
-        table,
-        key,
-        version,
-        columns,
-        rows,
-    )?;
-    let mut updated = 0;
-    for statement in statements {
-        updated += connection.execute_raw(statement).await?.rows_affected();
-    }
-    Ok(updated)
-}
-
-/// The statements [`update_rows`] runs; refused before any is made when a row's values do not
-/// match `columns`.
-pub fn update_statements(
-    backend: DbBackend,
-    table: &str,
-    key: &str,
-    version: &str,
-    columns: &[&str],
-    rows: Vec<VersionedRow>,
-) -> Result<Vec<sea_orm::Statement>, DbErr> {
-    if let Some(row) = rows.iter().find(|row| row.values.len() != columns.len()) {
-        return Err(DbErr::Custom(format!(
-            "update of {table}: {} values for {} columns",
-            row.values.len(),
-            columns.len()
-        )));
-    }
     let width = columns.len() + 2;
     // the columns of a VALUES list are named column1, column2, … in both databases
     let set = columns
@@ -331,12 +283,20 @@ pub fn update_statements(
         .map(|(index, column)| format!("{column} = v.column{}", index + 3))
         .collect::<Vec<_>>()
         .join(", ");
-    let mut statements = Vec::new();
+    let backend = connection.get_database_backend();
+    let mut updated = 0;
     let mut rows = rows.into_iter();
     for size in statement_sizes(rows.len()) {
         let mut sql = format!("UPDATE {table} AS t SET {set} FROM (VALUES ");
         let mut values: Vec<sea_orm::Value> = Vec::with_capacity(size * width);
         for (index, row) in rows.by_ref().take(size).enumerate() {
+            if row.values.len() != columns.len() {
+                return Err(DbErr::Custom(format!(
+                    "update of {table}: {} values for {} columns",
+                    row.values.len(),
+                    columns.len()
+                )));
+            }
             if index > 0 {
                 sql.push_str(", ");
             }
@@ -355,93 +315,10 @@ pub fn update_statements(
         sql.push_str(&format!(
             ") AS v WHERE t.{key} = v.column1 AND t.{version} = v.column2"
         ));
-        statements.push(sea_orm::Statement::from_sql_and_values(
-            backend, sql, values,
-        ));
+        let statement = sea_orm::Statement::from_sql_and_values(backend, sql, values);
+        updated += connection.execute_raw(statement).await?.rows_affected();
     }
-    Ok(statements)
-}
-
-/// Write statements of one transaction, sent together. On SQLite they go as one multi-statement
-/// text, each followed by `SELECT changes()`: one call to the connection's thread (sqlx runs each
-/// SQLite connection on a thread of its own) instead of one per statement, so a transaction holding
-/// the service's single connection waits for that thread, and then for its own task, to be
-/// scheduled once rather than a dozen times — under load, on two cores, those waits and not the
-/// statements were what held dispatch's connection (docs/benchmarks.md, sixteenth session). On
-/// PostgreSQL, whose extended protocol parses one statement at a time, they run one by one as
-/// before. Either way [`StatementBatch::run`] answers the rows each statement changed, in order.
-#[derive(Debug)]
-pub struct StatementBatch {
-    backend: DbBackend,
-    statements: Vec<sea_orm::Statement>,
-}
-
-impl StatementBatch {
-    pub fn new(backend: DbBackend) -> Self {
-        Self {
-            backend,
-            statements: Vec::new(),
-        }
-    }
-
-    pub fn backend(&self) -> DbBackend {
-        self.backend
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.statements.is_empty()
-    }
-
-    pub fn len(&self) -> usize {
-        self.statements.len()
-    }
-
-    /// Adds statements; answers where their counts will be in [`StatementBatch::run`]'s answer.
-    pub fn extend(
-        &mut self,
-        statements: impl IntoIterator<Item = sea_orm::Statement>,
-    ) -> std::ops::Range<usize> {
-        let start = self.statements.len();
-        self.statements.extend(statements);
-        start..self.statements.len()
-    }
-
-    /// Runs the statements in their order in the caller's transaction; answers the rows each one
-    /// changed. A failing statement fails the batch, and the statements before it stay done in the
-    /// transaction (as when run one by one): the caller rolls back.
-    pub async fn run<C: ConnectionTrait>(self, connection: &C) -> Result<Vec<u64>, DbErr> {
-        if self.backend != DbBackend::Sqlite || self.statements.len() < 2 {
-            let mut counts = Vec::with_capacity(self.statements.len());
-            for statement in self.statements {
-                counts.push(connection.execute_raw(statement).await?.rows_affected());
-            }
-            return Ok(counts);
-        }
-        let expected = self.statements.len();
-        let mut sql = String::new();
-        let mut values = Vec::new();
-        for statement in self.statements {
-            sql.push_str(&statement.sql);
-            sql.push_str(";\nSELECT changes() AS whistle_changes;\n");
-            if let Some(bound) = statement.values {
-                values.extend(bound.0);
-            }
-        }
-        let statement = sea_orm::Statement::from_sql_and_values(self.backend, sql, values);
-        let rows = connection.query_all_raw(statement).await?;
-        if rows.len() != expected {
-            return Err(DbErr::Custom(format!(
-                "a batch of {expected} statements answered {} counts",
-                rows.len()
-            )));
-        }
-        rows.iter()
-            .map(|row| {
-                row.try_get::<i64>("", "whistle_changes")
-                    .map(|count| count as u64)
-            })
-            .collect()
-    }
+    Ok(updated)
 }
 
 /// `values` in lists of at most [`ROWS_PER_STATEMENT`], each padded to a power of two by repeating

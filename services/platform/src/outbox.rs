@@ -107,23 +107,6 @@ pub async fn enqueue_many<C: ConnectionTrait>(
     Ok(())
 }
 
-/// [`enqueue_many`] as statements added to `batch`, which the caller runs in its transaction
-/// (inside a [`Staging`] scope the events are kept for the relay now, as [`enqueue_many`] keeps
-/// them: the batch must run, or the transaction be dropped).
-pub fn enqueue_into(
-    batch: &mut crate::db::StatementBatch,
-    events: impl IntoIterator<Item = OutboxEvent>,
-    now_ms: i64,
-) {
-    let events: Vec<OutboxEvent> = events.into_iter().collect();
-    if events.is_empty() {
-        return;
-    }
-    stage(&events);
-    let rows = events.into_iter().map(|event| row_of(event, now_ms));
-    batch.extend(crate::db::insert_statements(batch.backend(), rows, None));
-}
-
 fn row_of(event: OutboxEvent, now_ms: i64) -> entity::ActiveModel {
     let headers: serde_json::Map<String, serde_json::Value> = event
         .headers
