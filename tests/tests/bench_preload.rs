@@ -22,6 +22,7 @@ async fn connect(url: &str) -> sea_orm::DatabaseConnection {
         max_connections: 2,
         acquire_timeout_ms: 30_000,
         read_connections: 1,
+        statement_cache: whistle_platform::config::DEFAULT_STATEMENT_CACHE,
     })
     .await
     .expect("connect")

@@ -150,6 +150,7 @@ async fn connect(url: &str) -> anyhow::Result<DatabaseConnection> {
         max_connections: 4,
         acquire_timeout_ms: 30_000,
         read_connections: 1,
+        statement_cache: whistle_platform::config::DEFAULT_STATEMENT_CACHE,
     })
     .await?)
 }

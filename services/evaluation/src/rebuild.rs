@@ -50,6 +50,7 @@ pub async fn rebuild(
         max_connections: 4,
         acquire_timeout_ms: 30_000,
         read_connections: 1,
+        statement_cache: whistle_platform::config::DEFAULT_STATEMENT_CACHE,
     })
     .await?;
     db::migrate::<Migrator>(&database).await?;

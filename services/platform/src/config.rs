@@ -200,6 +200,9 @@ mod defaults {
     pub fn read_connections() -> u32 {
         4
     }
+    pub fn statement_cache() -> usize {
+        super::DEFAULT_STATEMENT_CACHE
+    }
     pub fn acquire_timeout_ms() -> u64 {
         5000
     }
@@ -282,6 +285,11 @@ pub struct DatabaseConfig {
     /// (reads share the writer's connection). PostgreSQL reads share the pool.
     #[serde(default = "defaults::read_connections")]
     pub read_connections: u32,
+    /// Prepared statements kept per connection (sqlx's cache, least recently used out; 0 keeps
+    /// none). Each multi-row statement size is its own statement, so a busy service runs a few
+    /// hundred; fewer kept means less memory and more parsing (docs/operations.md).
+    #[serde(default = "defaults::statement_cache")]
+    pub statement_cache: usize,
 }
 
 impl DatabaseConfig {
@@ -303,6 +311,12 @@ impl DatabaseConfig {
                 "database.acquire_timeout_ms must be at least 1".into(),
             ));
         }
+        if self.statement_cache > MAX_STATEMENT_CACHE {
+            return Err(ConfigError::Invalid(format!(
+                "database.statement_cache must be at most {MAX_STATEMENT_CACHE}, got {}",
+                self.statement_cache
+            )));
+        }
         if let Some(path) = crate::db::sqlite_path(&self.url) {
             check_writable_folder("database.url", std::path::Path::new(&path))?;
         }
@@ -316,9 +330,19 @@ impl DatabaseConfig {
             max_connections,
             acquire_timeout_ms: defaults::acquire_timeout_ms(),
             read_connections: defaults::read_connections(),
+            statement_cache: defaults::statement_cache(),
         }
     }
 }
+
+/// Prepared statements a connection keeps unless `database.statement_cache` says otherwise (sqlx's
+/// own default is 100: a service's multi-row statements come in one shape per row count, so
+/// dispatch alone runs about 200 distinct statements under load, and with 100 kept most batches
+/// prepared their statements again).
+pub const DEFAULT_STATEMENT_CACHE: usize = 1024;
+
+/// The most prepared statements a connection may keep (`database.statement_cache`).
+pub const MAX_STATEMENT_CACHE: usize = 16_384;
 
 /// Refuses a file path whose folder cannot be created or written, naming the setting.
 pub fn check_writable_folder(setting: &str, file: &Path) -> Result<(), ConfigError> {
@@ -601,6 +625,27 @@ mod tests {
         let error = load::<Sample>("config-test-unknown", &defaults, Some(&file))
             .expect_err("typo must fail");
         assert!(error.to_string().contains("lisen"), "{error}");
+    }
+
+    #[test]
+    fn the_statement_cache_has_a_ceiling() {
+        let with = |statement_cache| DatabaseConfig {
+            statement_cache,
+            ..DatabaseConfig::at("postgres://db/x", 4)
+        };
+        assert_eq!(
+            DatabaseConfig::at("postgres://db/x", 4).statement_cache,
+            DEFAULT_STATEMENT_CACHE
+        );
+        assert!(with(0).validate().is_ok());
+        assert!(with(MAX_STATEMENT_CACHE).validate().is_ok());
+        let error = with(MAX_STATEMENT_CACHE + 1)
+            .validate()
+            .expect_err("above the ceiling");
+        assert!(
+            error.to_string().contains("database.statement_cache"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -6,15 +6,11 @@ use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbB
 use sea_orm_migration::MigratorTrait;
 use std::time::Duration;
 
-/// Prepared statements kept per connection (sqlx's default is 100). A service's multi-row
-/// statements come in one shape per row count, so dispatch alone runs about 200 distinct
-/// statements under load: with 100 kept, most batches prepared their statements again.
-const STATEMENT_CACHE: usize = 1024;
-
 /// Opens the pool. For SQLite the file and its folder are created when missing, the journal is WAL
 /// with `synchronous=NORMAL`, and the pool holds one connection: SQLite has a single writer, and one
 /// connection turns lock contention into queueing instead of `SQLITE_BUSY` errors.
 pub async fn connect(config: &DatabaseConfig) -> Result<DatabaseConnection, DbErr> {
+    let statement_cache = config.statement_cache;
     let mut options = ConnectOptions::new(config.url.clone());
     options
         .sqlx_logging(false)
@@ -41,20 +37,22 @@ pub async fn connect(config: &DatabaseConfig) -> Result<DatabaseConnection, DbEr
             // minutes, and its prepared statements with it)
             .max_lifetime(None)
             .idle_timeout(None)
-            .map_sqlx_sqlite_opts(|sqlite| {
+            .map_sqlx_sqlite_opts(move |sqlite| {
                 sqlite
                     .create_if_missing(true)
                     .journal_mode(SqliteJournalMode::Wal)
                     .synchronous(SqliteSynchronous::Normal)
                     .busy_timeout(Duration::from_secs(5))
                     .foreign_keys(true)
-                    .statement_cache_capacity(STATEMENT_CACHE)
+                    .statement_cache_capacity(statement_cache)
             });
     } else {
         options
             .max_connections(config.max_connections)
             .acquire_timeout(Duration::from_millis(config.acquire_timeout_ms))
-            .map_sqlx_postgres_opts(|postgres| postgres.statement_cache_capacity(STATEMENT_CACHE));
+            .map_sqlx_postgres_opts(move |postgres| {
+                postgres.statement_cache_capacity(statement_cache)
+            });
         preflight_postgres(&config.url).await?;
     }
     Database::connect(options).await.map_err(|error| {
