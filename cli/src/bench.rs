@@ -47,6 +47,8 @@ pub struct BenchOptions {
     pub observer_token: Option<String>,
     /// Give up when no case progressed for this long.
     pub stall: Duration,
+    /// Niceness of intake, the gateway and evaluation (dispatch stays at 0); 0: equal priority.
+    pub others_nice: u8,
 }
 
 impl Default for BenchOptions {
@@ -63,6 +65,7 @@ impl Default for BenchOptions {
             community_token: None,
             observer_token: None,
             stall: Duration::from_secs(60),
+            others_nice: 0,
         }
     }
 }
@@ -77,6 +80,8 @@ pub struct BenchReport {
     pub rate: Option<f64>,
     pub in_flight: Option<usize>,
     pub preload: usize,
+    /// Niceness intake, the gateway and evaluation ran at (dispatch at 0); 0: equal priority.
+    pub others_nice: u8,
     /// How long storing the `preload` cases took (before the services started).
     pub preload_seconds: f64,
     /// Per service, rows in its main tables after the preload.
@@ -107,8 +112,15 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
         None => Storage::Sqlite,
     };
     let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let mut platform =
-        ProcessPlatform::start(&folder, &bin_dir, &storage, &run, options.preload).await?;
+    let mut platform = ProcessPlatform::start(
+        &folder,
+        &bin_dir,
+        &storage,
+        &run,
+        options.preload,
+        options.others_nice,
+    )
+    .await?;
     let result = measure(&platform, &options, &storage, &run).await;
     let usage_end = platform.usage();
     platform.stop().await;
@@ -127,6 +139,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
         entry.rss_mib = usage.rss_mib;
         entry.rss_anon_mib = usage.rss_anon_mib;
         entry.rss_file_mib = usage.rss_file_mib;
+        entry.nice = usage.nice;
     }
     report.machine.insert(
         "cores".into(),
@@ -342,6 +355,7 @@ async fn measure(
         rate: options.rate,
         in_flight: options.rate.is_none().then_some(options.in_flight),
         preload: options.preload,
+        others_nice: options.others_nice,
         preload_seconds: platform
             .preload
             .as_ref()
@@ -391,12 +405,20 @@ pub fn markdown(report: &BenchReport) -> String {
     let mut out = String::new();
     let load = &report.load;
     out.push_str(&format!(
-        "## whistle bench: {} ({}), {} cases{}\n\n",
+        "## whistle bench: {} ({}), {} cases{}{}\n\n",
         report.storage,
         report.mode,
         report.cases,
         if report.preload > 0 {
             format!(", {} preloaded", report.preload)
+        } else {
+            String::new()
+        },
+        if report.others_nice > 0 {
+            format!(
+                ", intake, gateway and evaluation at niceness {}",
+                report.others_nice
+            )
         } else {
             String::new()
         }

@@ -346,6 +346,10 @@ struct BenchArgs {
     /// Give up when no case progressed for this many seconds.
     #[arg(long, default_value_t = 60)]
     stall_secs: u64,
+    /// Start intake, the gateway and evaluation at this niceness (1–19; dispatch stays at 0), the
+    /// CPU weighting docs/operations.md recommends where services share cores. 0: equal priority.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=19))]
+    others_nice: u8,
 }
 
 /// `whistle bench`'s own command line, parsed apart from the others: its `--json` names the report
@@ -375,6 +379,7 @@ async fn run_bench(arguments: BenchArgs, json: Option<PathBuf>) -> anyhow::Resul
         community_token,
         observer_token,
         stall_secs,
+        others_nice,
     } = arguments;
     if cases == 0 || in_flight == 0 {
         anyhow::bail!("--cases and --in-flight must be at least 1");
@@ -396,6 +401,7 @@ async fn run_bench(arguments: BenchArgs, json: Option<PathBuf>) -> anyhow::Resul
         community_token,
         observer_token,
         stall: std::time::Duration::from_secs(stall_secs.max(1)),
+        others_nice,
     })
     .await?;
     Ok(())

@@ -30,6 +30,9 @@ fn bench_drives_every_case_to_its_scorecard_and_writes_the_json_report() {
             "3",
             "--stall-secs",
             "60",
+            // the other services below dispatch's priority, as docs/operations.md recommends
+            "--others-nice",
+            "5",
         ])
         .arg("--json")
         .arg(&json)
@@ -55,6 +58,7 @@ fn bench_drives_every_case_to_its_scorecard_and_writes_the_json_report() {
         "every case counted on the scorecard: {report:#}"
     );
     assert_eq!(report["storage"], "sqlite");
+    assert_eq!(report["others_nice"], 5);
     assert!(
         report["cases_per_second"]
             .as_f64()
@@ -105,6 +109,12 @@ fn bench_drives_every_case_to_its_scorecard_and_writes_the_json_report() {
             usage["peak_rss_mib"].as_f64().expect("peak rss") > 0.0,
             "{process}: {report:#}"
         );
+        // `--others-nice 5`: every service but dispatch ran below its priority
+        let nice = match process {
+            "dispatch" | "nats-server" => 0,
+            _ => 5,
+        };
+        assert_eq!(usage["nice"], nice, "{process}: {report:#}");
         assert!(usage["cpu_seconds"].is_number(), "{process}: {report:#}");
         // every service commits to its SQLite file during the run
         let written = usage["storage_write_mib"].as_f64().expect("storage writes");
@@ -187,6 +197,11 @@ fn bench_with_preloaded_cases_reports_the_preload_and_completes_every_case() {
         serde_json::from_str(&std::fs::read_to_string(&json).expect("json written"))
             .expect("json report");
     assert_eq!(report["preload"], 500);
+    // equal priority unless asked
+    assert_eq!(report["others_nice"], 0);
+    for process in ["intake", "dispatch", "department-gateway", "evaluation"] {
+        assert_eq!(report["processes"][process]["nice"], 0, "{report:#}");
+    }
     assert!(
         report["preload_seconds"].as_f64().expect("preload_seconds") > 0.0,
         "{report:#}"

@@ -84,6 +84,8 @@ pub struct ProcessUsage {
     /// dirtied the pages). For a SQLite service, its write-ahead log and the checkpoints that copy
     /// it into the database; near 0 on PostgreSQL, whose own processes write.
     pub storage_write_mib: f64,
+    /// The process's niceness (0 unless `--others-nice` lowered it).
+    pub nice: i64,
 }
 
 fn clock_ticks_per_second() -> f64 {
@@ -105,17 +107,22 @@ fn read_clock_ticks_per_second() -> f64 {
 /// What `/proc` says about `pid` now (zeros where it cannot be read, e.g. not Linux).
 pub fn usage(pid: u32) -> ProcessUsage {
     let ticks = clock_ticks_per_second();
-    let cpu_seconds = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            // the command name may hold spaces: fields are counted after its closing parenthesis
-            let rest = stat.rsplit_once(") ")?.1;
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            let utime: f64 = fields.get(11)?.parse().ok()?;
-            let stime: f64 = fields.get(12)?.parse().ok()?;
-            Some((utime + stime) / ticks)
-        })
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // the command name may hold spaces: fields are counted after its closing parenthesis
+    let fields: Vec<&str> = stat
+        .rsplit_once(") ")
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let field = |index: usize| {
+        fields
+            .get(index)
+            .and_then(|value| value.parse::<f64>().ok())
+    };
+    let cpu_seconds = field(11)
+        .zip(field(12))
+        .map(|(utime, stime)| (utime + stime) / ticks)
         .unwrap_or(0.0);
+    let nice = field(16).map_or(0, |nice| nice as i64);
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let kib = |key: &str| {
         status
@@ -140,6 +147,7 @@ pub fn usage(pid: u32) -> ProcessUsage {
         rss_mib: kib("VmRSS:") / 1024.0,
         rss_anon_mib: kib("RssAnon:") / 1024.0,
         rss_file_mib: kib("RssFile:") / 1024.0,
+        nice,
     }
 }
 
@@ -233,6 +241,7 @@ impl ProcessPlatform {
         storage: &Storage,
         run: &str,
         preload: usize,
+        others_nice: u8,
     ) -> anyhow::Result<ProcessPlatform> {
         std::fs::create_dir_all(folder)?;
         // NATS users and bearer tokens exactly as `whistle up` makes them
@@ -371,7 +380,17 @@ impl ProcessPlatform {
             }
             let log = folder.join(format!("{service}.log"));
             let log_file = std::fs::File::create(&log)?;
-            let child = Command::new(bin_dir.join(format!("whistle-{service}")))
+            let binary = bin_dir.join(format!("whistle-{service}"));
+            // every other service at a lower priority than dispatch, when asked (docs/operations.md,
+            // "CPU"): through nice(1), so each of their threads inherits it
+            let mut command = if others_nice > 0 && service != "dispatch" {
+                let mut nice = Command::new("nice");
+                nice.arg("-n").arg(others_nice.to_string()).arg(&binary);
+                nice
+            } else {
+                Command::new(&binary)
+            };
+            let child = command
                 .envs(&env)
                 .stdin(Stdio::null())
                 .stdout(log_file.try_clone()?)
