@@ -118,6 +118,7 @@ pub fn usage(pid: u32) -> ProcessUsage {
             .get(index)
             .and_then(|value| value.parse::<f64>().ok())
     };
+    // utime, stime and nice are the stat's fields 14, 15 and 19 (proc(5)), the name being field 2
     let cpu_seconds = field(11)
         .zip(field(12))
         .map(|(utime, stime)| (utime + stime) / ticks)

@@ -241,13 +241,13 @@ where
 /// the start, and sqlx asks it the name of every parameter it binds: a statement of n numbered
 /// parameters cost O(n²) to bind (a multi-row `UPDATE` of 256 rows, 2,500 parameters), 1–4 % of
 /// the services' CPU under load in `perf` (docs/benchmarks.md, sixteenth session).
-pub fn push_placeholder(sql: &mut String, backend: sea_orm::DbBackend, number: usize) {
+pub fn push_placeholder(sql: &mut String, backend: DbBackend, number: usize) {
     use std::fmt::Write;
     match backend {
-        sea_orm::DbBackend::Sqlite => sql.push('?'),
-        _ => {
+        DbBackend::Postgres => {
             let _ = write!(sql, "${number}");
         }
+        _ => sql.push('?'),
     }
 }
 
