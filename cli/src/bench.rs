@@ -526,10 +526,12 @@ pub fn markdown(report: &BenchReport) -> String {
     }
     let cpu = &report.cpu;
     out.push_str(&format!(
-        "\nCPU over the measured run ({:.1} s), in cores: the machine {:.2} of {} busy — the services {:.2}, NATS {:.2}, PostgreSQL {:.2}, this bench's clients {:.2}, the rest {:.2}\n",
+        "\nCPU over the measured run ({:.1} s), in cores: the machine {:.2} of {} busy ({:.2} in the kernel; {:.2} more idle waiting for the disk) — the services {:.2}, NATS {:.2}, PostgreSQL {:.2}, this bench's clients {:.2}, the rest {:.2}\n",
         cpu.seconds,
         cpu.machine_busy_cores,
         cpu.cores,
+        cpu.machine_kernel_cores,
+        cpu.machine_iowait_cores,
         cpu.services_cores,
         cpu.nats_cores,
         cpu.postgres_cores,

@@ -18,11 +18,9 @@ const CASES: usize = 500;
 
 async fn connect(url: &str) -> sea_orm::DatabaseConnection {
     whistle_platform::db::connect(&DatabaseConfig {
-        url: url.to_string(),
-        max_connections: 2,
         acquire_timeout_ms: 30_000,
         read_connections: 1,
-        statement_cache: whistle_platform::config::DEFAULT_STATEMENT_CACHE,
+        ..DatabaseConfig::at(url, 2)
     })
     .await
     .expect("connect")

@@ -144,6 +144,17 @@ fn bench_drives_every_case_to_its_scorecard_and_writes_the_json_report() {
     for part in ["postgres_cores", "bench_cores", "other_cores"] {
         assert!(cpu[part].as_f64().expect(part) >= 0.0, "{part}: {cpu:#}");
     }
+    // the kernel's share is part of the busy time (the services' commits make system calls), the
+    // disk waits are not
+    let kernel = cpu["machine_kernel_cores"].as_f64().expect("kernel");
+    assert!(
+        kernel > 0.0 && kernel <= busy + 0.01,
+        "the kernel's part of the busy time: {cpu:#}"
+    );
+    assert!(
+        cpu["machine_iowait_cores"].as_f64().expect("iowait") >= 0.0,
+        "{cpu:#}"
+    );
     for raw in [
         "jetstream_publish_sync_per_second",
         "jetstream_publish_async_per_second",

@@ -146,11 +146,9 @@ fn case(index: usize, count: usize, slots: &[Slot], end_ms: i64) -> PreloadCase 
 
 async fn connect(url: &str) -> anyhow::Result<DatabaseConnection> {
     Ok(whistle_platform::db::connect(&DatabaseConfig {
-        url: url.to_string(),
-        max_connections: 4,
         acquire_timeout_ms: 30_000,
         read_connections: 1,
-        statement_cache: whistle_platform::config::DEFAULT_STATEMENT_CACHE,
+        ..DatabaseConfig::at(url, 4)
     })
     .await?)
 }

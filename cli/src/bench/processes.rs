@@ -497,6 +497,12 @@ pub struct CpuAccount {
     pub cores: usize,
     /// All cores' non-idle time (`/proc/stat`: everything but idle and iowait).
     pub machine_busy_cores: f64,
+    /// Of that, the kernel's part (system, irq, softirq): system calls, the file system, the
+    /// network stack, switching threads.
+    pub machine_kernel_cores: f64,
+    /// Idle time while the CPU had I/O outstanding (iowait): commits and checkpoints waiting for
+    /// the disk. Not part of the busy time.
+    pub machine_iowait_cores: f64,
     /// The four services together.
     pub services_cores: f64,
     pub nats_cores: f64,
@@ -513,6 +519,8 @@ pub struct CpuAccount {
 pub struct CpuSample {
     at: Option<Instant>,
     machine_busy: f64,
+    machine_kernel: f64,
+    machine_iowait: f64,
     bench: f64,
     postgres: BTreeMap<u32, f64>,
 }
@@ -521,7 +529,7 @@ impl CpuSample {
     pub fn now() -> Self {
         let ticks = clock_ticks_per_second();
         // cpu  user nice system idle iowait irq softirq steal guest guest_nice
-        let machine_busy = std::fs::read_to_string("/proc/stat")
+        let (machine_busy, machine_kernel, machine_iowait) = std::fs::read_to_string("/proc/stat")
             .ok()
             .and_then(|stat| {
                 let fields: Vec<f64> = stat
@@ -533,10 +541,12 @@ impl CpuSample {
                     .filter_map(|field| field.parse().ok())
                     .collect();
                 let total: f64 = fields.iter().sum();
-                let idle = fields.get(3)? + fields.get(4)?;
-                Some((total - idle) / ticks)
+                let iowait = *fields.get(4)?;
+                let idle = fields.get(3)? + iowait;
+                let kernel = fields.get(2)? + fields.get(5)? + fields.get(6)?;
+                Some(((total - idle) / ticks, kernel / ticks, iowait / ticks))
             })
-            .unwrap_or(0.0);
+            .unwrap_or_default();
         let mut postgres = BTreeMap::new();
         if let Ok(entries) = std::fs::read_dir("/proc") {
             for entry in entries.flatten() {
@@ -557,6 +567,8 @@ impl CpuSample {
         Self {
             at: Some(Instant::now()),
             machine_busy,
+            machine_kernel,
+            machine_iowait,
             bench: usage(std::process::id()).cpu_seconds,
             postgres,
         }
@@ -586,6 +598,8 @@ impl CpuSample {
                 .map(|n| n.get())
                 .unwrap_or(0),
             machine_busy_cores: busy / seconds,
+            machine_kernel_cores: (later.machine_kernel - self.machine_kernel) / seconds,
+            machine_iowait_cores: (later.machine_iowait - self.machine_iowait) / seconds,
             services_cores: services / seconds,
             nats_cores: nats / seconds,
             postgres_cores: postgres / seconds,

@@ -46,11 +46,9 @@ pub async fn rebuild(
     let client = nats::connect(&nats_config, "whistle-evaluation-rebuild").await?;
     let jetstream = jetstream::new(client);
     let database = db::connect(&DatabaseConfig {
-        url: database_url.to_string(),
-        max_connections: 4,
         acquire_timeout_ms: 30_000,
         read_connections: 1,
-        statement_cache: whistle_platform::config::DEFAULT_STATEMENT_CACHE,
+        ..DatabaseConfig::at(database_url, 4)
     })
     .await?;
     db::migrate::<Migrator>(&database).await?;
