@@ -235,6 +235,25 @@ fn table() -> Vec<Row> {
                 .encode_to_vec()
             },
         },
+        Row {
+            path: "/whistle.dispatch.v1.DispatchService/RecordDepartmentActions",
+            allowed: &[Role::Service],
+            scope: Open,
+            request: |_| {
+                dispatch_pb::RecordDepartmentActionsRequest {
+                    actions: vec![dispatch_pb::ForwardedDepartmentAction {
+                        action: Some(dispatch_pb::RecordDepartmentActionRequest {
+                            action_id: "matrix".into(),
+                            assignment_id: "no-such-assignment".into(),
+                            department_code: "zw-sanitation".into(),
+                            action: None,
+                        }),
+                        traceparent: String::new(),
+                    }],
+                }
+                .encode_to_vec()
+            },
+        },
         // intake
         Row {
             path: "/whistle.intake.v1.IntakeService/SubmitReport",
@@ -835,6 +854,20 @@ async fn every_rpc_every_role_in_and_out_of_region() {
     cells += 1;
     assert_eq!(
         result.expect_err("impostor refused").code(),
+        tonic::Code::PermissionDenied
+    );
+    let result = call(
+        &channels[&platform.dispatch.url()],
+        "/whistle.dispatch.v1.DispatchService/RecordDepartmentActions",
+        dispatch_pb::RecordDepartmentActionsRequest { actions: vec![] }.encode_to_vec(),
+        Some(&impostor),
+    )
+    .await;
+    cells += 1;
+    assert_eq!(
+        result
+            .expect_err("impostor refused the batched call")
+            .code(),
         tonic::Code::PermissionDenied
     );
     // an actor field that names someone else is refused

@@ -224,11 +224,14 @@ async fn one_case_is_one_trace_across_the_four_services() {
                 && has("whistle-department-gateway", &consumed("issued"))
                 && has("whistle-department-gateway", &|span| {
                     span.attributes.get("rpc.method").map(String::as_str)
-                        == Some("RecordDepartmentAction")
+                        == Some("RecordDepartmentActions")
                 })
                 && has("whistle-dispatch", &|span| {
                     span.attributes.get("rpc.method").map(String::as_str)
-                        == Some("RecordDepartmentAction")
+                        == Some("RecordDepartmentActions")
+                })
+                && has("whistle-dispatch", &|span| {
+                    span.name == "forwarded_department_action"
                 })
                 && has("whistle-evaluation", &|span| {
                     span.attributes
@@ -335,21 +338,37 @@ async fn one_case_is_one_trace_across_the_four_services() {
         dispatch_consumes.parent_span_id, published_reported.span_id,
         "dispatch's consumer continues intake's publish"
     );
+    // the gateway forwards actions in batches: the call belongs to the trace of its first action
+    // (here the only one), and dispatch applies each action in a span of that action's own trace
     let dispatch_server = trace
         .iter()
         .find(|span| {
             span.service == "whistle-dispatch"
                 && span.attributes.get("rpc.method").map(String::as_str)
-                    == Some("RecordDepartmentAction")
+                    == Some("RecordDepartmentActions")
         })
-        .expect("dispatch serves RecordDepartmentAction in the trace");
+        .expect("dispatch serves RecordDepartmentActions in the trace");
     let gateway_client = by_id
         .get(&dispatch_server.parent_span_id)
         .expect("parent of dispatch's server span");
     assert_eq!(gateway_client.service, "whistle-department-gateway");
-    let department_action = by_id
+    let forwarding = by_id
         .get(&gateway_client.parent_span_id)
         .expect("parent of the gateway's client span");
+    assert_eq!(forwarding.name, "forward_department_actions");
+    let department_action = by_id
+        .get(&forwarding.parent_span_id)
+        .expect("parent of the gateway's forwarding span");
+    let forwarded = trace
+        .iter()
+        .find(|span| {
+            span.service == "whistle-dispatch" && span.name == "forwarded_department_action"
+        })
+        .expect("dispatch applies the action in the trace");
+    assert_eq!(
+        forwarded.parent_span_id, department_action.span_id,
+        "dispatch's work on the action continues the department's action, not the batch"
+    );
     assert_eq!(
         department_action
             .attributes

@@ -1,28 +1,59 @@
-//! Forwarding department actions to dispatch's `RecordDepartmentAction`, with the department taken
-//! from the caller's credentials and the caller's trace continued.
+//! Forwarding department actions to dispatch, with the department taken from the caller's
+//! credentials and the caller's trace continued. Actions asked at the same moment travel together:
+//! a queue hands whatever is waiting (up to [`MAX_BATCH`]) to one `RecordDepartmentActions` call,
+//! with up to [`CALLS_IN_FLIGHT`] calls at once, so under load one call carries many actions and
+//! with nothing else waiting an action goes alone, at once. Each action gets the answer
+//! `RecordDepartmentAction` would have given it. A dispatch that does not know the batched call
+//! yet (an older version during a rolling upgrade) answers UNIMPLEMENTED: the gateway then
+//! forwards one call per action for a minute before it tries again.
 
 use crate::actions::CheckedAction;
 use crate::config::DispatchConfig;
 use crate::error::GatewayError;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
-use whistle_proto::dispatch::RecordDepartmentActionRequest;
+use tracing::Instrument;
 use whistle_proto::dispatch::dispatch_service_client::DispatchServiceClient;
+use whistle_proto::dispatch::{
+    ForwardedDepartmentAction, RecordDepartmentActionRequest, RecordDepartmentActionsRequest,
+    RecordedDepartmentAction, recorded_department_action::Outcome,
+};
 use whistle_proto::types::Assignment;
+
+/// The most actions one call to dispatch carries (dispatch accepts up to 256; its writer takes 64
+/// at a time by default).
+pub const MAX_BATCH: usize = 64;
+/// Calls to dispatch at once; what arrives meanwhile waits for the next call.
+pub const CALLS_IN_FLIGHT: usize = 4;
+/// How long the gateway forwards one call per action after dispatch answered UNIMPLEMENTED to the
+/// batched call.
+const ONE_BY_ONE_FOR: Duration = Duration::from_secs(60);
 
 /// A client of dispatch that connects on first use and reconnects by itself, so the gateway starts
 /// (and serves subscriptions) while dispatch is down.
 #[derive(Debug, Clone)]
 pub struct DispatchForwarder {
-    client: DispatchServiceClient<whistle_platform::auth::WithBearer<TracedChannel>>,
+    queue: mpsc::Sender<Queued>,
 }
+
+type Client = DispatchServiceClient<whistle_platform::auth::WithBearer<TracedChannel>>;
 
 /// A channel whose calls get a client span and carry its `traceparent`.
 type TracedChannel = tonic_tracing_opentelemetry::middleware::client::OtelGrpcService<Channel>;
 
+/// An action waiting for its call, and where its answer goes.
+struct Queued {
+    request: RecordDepartmentActionRequest,
+    traceparent: Option<String>,
+    answer: oneshot::Sender<Result<Assignment, tonic::Status>>,
+}
+
 impl DispatchForwarder {
     /// `service_token` is the gateway's own credential, sent on every call (none with auth off).
+    /// Starts the task that sends the queued actions: call from within the runtime.
     pub fn new(config: &DispatchConfig, service_token: Option<String>) -> anyhow::Result<Self> {
         let bearer = match service_token {
             Some(token) => whistle_platform::auth::BearerLayer::new(token),
@@ -35,14 +66,15 @@ impl DispatchForwarder {
         if let Some(tls) = config.tls()? {
             endpoint = endpoint.tls_config(tls)?;
         }
-        Ok(Self {
-            client: DispatchServiceClient::new(
-                tower::ServiceBuilder::new()
-                    .layer(bearer)
-                    .layer(whistle_platform::grpc::client_trace_layer())
-                    .service(endpoint.connect_lazy()),
-            ),
-        })
+        let client = DispatchServiceClient::new(
+            tower::ServiceBuilder::new()
+                .layer(bearer)
+                .layer(whistle_platform::grpc::client_trace_layer())
+                .service(endpoint.connect_lazy()),
+        );
+        let (queue, waiting) = mpsc::channel(MAX_BATCH * CALLS_IN_FLIGHT * 4);
+        tokio::spawn(send_batches(client, waiting));
+        Ok(Self { queue })
     }
 
     /// Records `action` for `department_code`. Dispatch's refusals come back as they are;
@@ -57,17 +89,145 @@ impl DispatchForwarder {
             Some(request_id) => crate::domain::action_id(department_code, request_id),
             None => uuid::Uuid::now_v7().to_string(),
         };
-        let request = tonic::Request::new(RecordDepartmentActionRequest {
+        let request = RecordDepartmentActionRequest {
             action_id,
             assignment_id: action.assignment_id,
             department_code: department_code.to_string(),
             action: Some(action.action),
-        });
-        let mut client = self.client.clone();
-        match client.record_department_action(request).await {
-            Ok(response) => Ok(response.into_inner()),
-            Err(status) => Err(classify(status)),
+        };
+        let (answer, answered) = oneshot::channel();
+        let queued = Queued {
+            request,
+            traceparent: whistle_platform::telemetry::current_traceparent(),
+            answer,
+        };
+        let stopped = || GatewayError::DispatchUnreachable("the forwarding task stopped".into());
+        self.queue.send(queued).await.map_err(|_| stopped())?;
+        answered.await.map_err(|_| stopped())?.map_err(classify)
+    }
+}
+
+/// Takes every action waiting once a call may start, and sends them together.
+async fn send_batches(client: Client, mut waiting: mpsc::Receiver<Queued>) {
+    let calls = Arc::new(Semaphore::new(CALLS_IN_FLIGHT));
+    let one_by_one_until: Arc<Mutex<Option<Instant>>> = Arc::default();
+    while let Some(first) = waiting.recv().await {
+        let Ok(call) = calls.clone().acquire_owned().await else {
+            return;
+        };
+        // what arrived while every call was out goes in this one
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match waiting.try_recv() {
+                Ok(queued) => batch.push(queued),
+                Err(_) => break,
+            }
         }
+        let client = client.clone();
+        let one_by_one_until = one_by_one_until.clone();
+        tokio::spawn(async move {
+            send(client, batch, &one_by_one_until).await;
+            drop(call);
+        });
+    }
+}
+
+/// One `RecordDepartmentActions` call for `batch`, or one call per action while dispatch does not
+/// know it.
+async fn send(mut client: Client, batch: Vec<Queued>, one_by_one_until: &Mutex<Option<Instant>>) {
+    let one_by_one = one_by_one_until
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .is_some_and(|until| Instant::now() < until);
+    if !one_by_one {
+        let request = RecordDepartmentActionsRequest {
+            actions: batch
+                .iter()
+                .map(|queued| ForwardedDepartmentAction {
+                    action: Some(queued.request.clone()),
+                    traceparent: queued.traceparent.clone().unwrap_or_default(),
+                })
+                .collect(),
+        };
+        // the call's own span belongs to the first action's trace; each action's work at dispatch
+        // continues its own
+        let span = tracing::info_span!("forward_department_actions", actions = batch.len());
+        whistle_platform::telemetry::set_parent_from_traceparent(
+            &span,
+            batch[0].traceparent.as_deref(),
+        );
+        match client
+            .record_department_actions(request)
+            .instrument(span)
+            .await
+        {
+            Ok(response) => {
+                let results = response.into_inner().results;
+                if results.len() != batch.len() {
+                    let status = tonic::Status::internal(format!(
+                        "dispatch answered {} results to {} actions",
+                        results.len(),
+                        batch.len()
+                    ));
+                    for queued in batch {
+                        let _ = queued.answer.send(Err(status.clone()));
+                    }
+                    return;
+                }
+                for (queued, result) in batch.into_iter().zip(results) {
+                    let _ = queued.answer.send(answer_of(result));
+                }
+                return;
+            }
+            Err(status) if status.code() == Code::Unimplemented => {
+                tracing::warn!(
+                    "dispatch does not know RecordDepartmentActions (an older version?): forwarding one call per action for {} s",
+                    ONE_BY_ONE_FOR.as_secs()
+                );
+                *one_by_one_until
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                    Some(Instant::now() + ONE_BY_ONE_FOR);
+            }
+            Err(status) => {
+                for queued in batch {
+                    let _ = queued.answer.send(Err(status.clone()));
+                }
+                return;
+            }
+        }
+    }
+    futures::future::join_all(batch.into_iter().map(|queued| {
+        let mut client = client.clone();
+        let span = tracing::info_span!("forward_department_action");
+        whistle_platform::telemetry::set_parent_from_traceparent(
+            &span,
+            queued.traceparent.as_deref(),
+        );
+        async move {
+            let result = client
+                .record_department_action(tonic::Request::new(queued.request))
+                .await
+                .map(tonic::Response::into_inner);
+            let _ = queued.answer.send(result);
+        }
+        .instrument(span)
+    }))
+    .await;
+}
+
+/// What `RecordDepartmentAction` would have answered, from one result of the batched call.
+fn answer_of(result: RecordedDepartmentAction) -> Result<Assignment, tonic::Status> {
+    match result.outcome {
+        Some(Outcome::Assignment(assignment)) => Ok(assignment),
+        Some(Outcome::Refusal(refusal)) => Err(tonic::Status::with_details(
+            Code::from_i32(refusal.code),
+            refusal.message,
+            refusal.details.into(),
+        )),
+        None => Err(tonic::Status::internal(
+            "dispatch answered an action without an outcome",
+        )),
     }
 }
 

@@ -26,6 +26,9 @@ use whistle_proto::dispatch as pb;
 use whistle_proto::dispatch::dispatch_service_server::DispatchService;
 use whistle_proto::types as types_pb;
 
+/// The most actions one `RecordDepartmentActions` call may carry.
+pub const MAX_FORWARDED_ACTIONS: usize = 256;
+
 /// The gRPC face of dispatch.
 #[derive(Debug, Clone)]
 pub struct DispatchGrpc {
@@ -586,5 +589,57 @@ impl DispatchService for DispatchGrpc {
         Ok(Response::new(
             self.department_action(request.into_inner()).await?,
         ))
+    }
+
+    async fn record_department_actions(
+        &self,
+        request: Request<pb::RecordDepartmentActionsRequest>,
+    ) -> Result<Response<pb::RecordDepartmentActionsResponse>, Status> {
+        use tracing::Instrument;
+        policy::require_gateway(&Caller::of(&request)?)?;
+        let actions = request.into_inner().actions;
+        if actions.len() > MAX_FORWARDED_ACTIONS {
+            return Err(DispatchError::invalid(
+                "actions",
+                format!(
+                    "at most {MAX_FORWARDED_ACTIONS} actions per call, got {}",
+                    actions.len()
+                ),
+            )
+            .into());
+        }
+        // each action is queued for the action writer at once, so they share its batches; each
+        // continues the trace of the call that asked for it
+        let results = futures::future::join_all(actions.into_iter().map(|forwarded| {
+            let span = tracing::info_span!("forwarded_department_action");
+            whistle_platform::telemetry::set_parent_from_traceparent(
+                &span,
+                Some(forwarded.traceparent.as_str()).filter(|parent| !parent.is_empty()),
+            );
+            let action = forwarded.action.unwrap_or_default();
+            async move {
+                let outcome = match self.department_action(action).await {
+                    Ok(assignment) => {
+                        pb::recorded_department_action::Outcome::Assignment(assignment)
+                    }
+                    Err(error) => {
+                        let status = Status::from(error);
+                        pb::recorded_department_action::Outcome::Refusal(pb::ActionRefusal {
+                            code: status.code() as i32,
+                            message: status.message().to_string(),
+                            details: status.details().to_vec(),
+                        })
+                    }
+                };
+                pb::RecordedDepartmentAction {
+                    outcome: Some(outcome),
+                }
+            }
+            .instrument(span)
+        }))
+        .await;
+        Ok(Response::new(pb::RecordDepartmentActionsResponse {
+            results,
+        }))
     }
 }

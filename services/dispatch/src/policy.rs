@@ -28,7 +28,7 @@ pub fn access(method: &str) -> Option<Access> {
         "VerifyCase" => VERIFIERS,
         "PutRoute" => ADMIN,
         "ListRoutes" => ROUTE_READERS,
-        "RecordDepartmentAction" => SERVICES,
+        "RecordDepartmentAction" | "RecordDepartmentActions" => SERVICES,
         _ => return None,
     };
     Some(Access::Roles(roles))
@@ -40,7 +40,7 @@ pub fn require_gateway(caller: &Caller) -> Result<(), tonic::Status> {
         return Ok(());
     }
     Err(tonic::Status::permission_denied(format!(
-        "RecordDepartmentAction needs the service identity {GATEWAY_SUBJECT}; the credential is {}",
+        "department actions need the service identity {GATEWAY_SUBJECT}; the credential is {}",
         caller.subject
     )))
 }

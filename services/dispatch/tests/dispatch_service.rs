@@ -640,6 +640,116 @@ fn progress(note: &str, evidence: Vec<whistle_proto::types::Attachment>) -> Acti
     })
 }
 
+/// `RecordDepartmentActions` answers each action as `RecordDepartmentAction` would have, in order:
+/// one action's refusal (with its field details) is its own result, the others are recorded, and
+/// a repeated id within the call answers the assignment as it is.
+#[tokio::test]
+async fn forwarded_actions_are_answered_each_in_order() {
+    use tonic_types::StatusExt;
+    use whistle_proto::dispatch::recorded_department_action::Outcome;
+    use whistle_proto::dispatch::{ForwardedDepartmentAction, RecordDepartmentActionsRequest};
+    let mut h = start().await;
+    let case_id = report(&h.bed, "E-01-03", "420303003001001").await;
+    let case = wait_for_status(&mut h.client, &case_id, CaseStatus::Whistled).await;
+    let [lead, co] = [0, 1].map(|i| case.assignments[i].assignment_id.clone());
+    let forwarded = |request: RecordDepartmentActionRequest| ForwardedDepartmentAction {
+        action: Some(request),
+        traceparent: String::new(),
+    };
+    let actions = vec![
+        forwarded(action("b-1", &lead, "zw-sanitation", acknowledge("王"))),
+        // another department's assignment
+        forwarded(action("b-2", &co, "zw-sanitation", acknowledge("王"))),
+        forwarded(action(
+            "b-3",
+            &co,
+            "zw-enforcement",
+            progress("x", evidence(11)),
+        )),
+        forwarded(action("b-4", &co, "zw-enforcement", acknowledge("李"))),
+        // the first one again
+        forwarded(action("b-1", &lead, "zw-sanitation", acknowledge("王"))),
+    ];
+    let results = h
+        .client
+        .record_department_actions(RecordDepartmentActionsRequest { actions })
+        .await
+        .expect("the call")
+        .into_inner()
+        .results;
+    assert_eq!(results.len(), 5, "{results:?}");
+    let outcome = |index: usize| results[index].outcome.clone().expect("an outcome");
+    let recorded = |index: usize| match outcome(index) {
+        Outcome::Assignment(assignment) => assignment,
+        other => panic!("action {index} refused: {other:?}"),
+    };
+    let refused = |index: usize| match outcome(index) {
+        Outcome::Refusal(refusal) => tonic::Status::with_details(
+            Code::from_i32(refusal.code),
+            refusal.message,
+            refusal.details.into(),
+        ),
+        other => panic!("action {index} recorded: {other:?}"),
+    };
+    let first = recorded(0);
+    assert_eq!(first.assignment_id, lead);
+    assert_eq!(first.status, AssignmentStatus::Acknowledged as i32);
+    assert_eq!(
+        refused(1).code(),
+        Code::PermissionDenied,
+        "{:?}",
+        refused(1)
+    );
+    let too_many = refused(2);
+    assert_eq!(too_many.code(), Code::InvalidArgument);
+    assert!(
+        too_many
+            .message()
+            .starts_with("progress.evidence: at most 10"),
+        "{too_many:?}"
+    );
+    let violations = too_many
+        .get_details_bad_request()
+        .expect("field details travel with the refusal")
+        .field_violations;
+    assert_eq!(violations[0].field, "progress.evidence", "{violations:?}");
+    assert_eq!(recorded(3).status, AssignmentStatus::Acknowledged as i32);
+    assert_eq!(
+        recorded(4).version,
+        first.version,
+        "a repeat changes nothing"
+    );
+
+    // the same refusals as one call per action
+    let unary = h
+        .client
+        .record_department_action(action("u-2", &co, "zw-sanitation", acknowledge("王")))
+        .await
+        .expect_err("another department's assignment");
+    assert_eq!(unary.code(), refused(1).code());
+    assert_eq!(unary.message(), refused(1).message());
+
+    // a call is bounded
+    let over = h
+        .client
+        .record_department_actions(RecordDepartmentActionsRequest {
+            actions: (0..=whistle_dispatch::grpc::MAX_FORWARDED_ACTIONS)
+                .map(|index| {
+                    forwarded(action(
+                        &format!("o-{index}"),
+                        &lead,
+                        "zw-sanitation",
+                        acknowledge("王"),
+                    ))
+                })
+                .collect(),
+        })
+        .await
+        .expect_err("257 actions");
+    assert_eq!(over.code(), Code::InvalidArgument);
+    assert!(over.message().starts_with("actions:"), "{over:?}");
+}
+
 /// `action_id`s belong to their department: another department may use the same one, and a reuse
 /// is explained with the department's own data only. Evidence is bounded per action and per
 /// assignment; fields and timestamps are held to the limits; a string that is not UTF-8 is
