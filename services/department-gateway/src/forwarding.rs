@@ -267,6 +267,153 @@ fn is_transport_failure(status: &tonic::Status) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use whistle_proto::dispatch as pb;
+    use whistle_proto::dispatch::dispatch_service_server::{
+        DispatchService, DispatchServiceServer,
+    };
+
+    /// A dispatch of the version before `RecordDepartmentActions` (a real gRPC server, on a free
+    /// port): it answers the batched call UNIMPLEMENTED, as a server without the method does, and
+    /// records single actions. It counts both.
+    #[derive(Debug, Clone, Default)]
+    struct OlderDispatch {
+        batched: Arc<AtomicUsize>,
+        single: Arc<AtomicUsize>,
+    }
+
+    /// The methods the test does not serve, written out as `tonic::async_trait` expands an
+    /// `async fn` (it does not look inside macro calls).
+    macro_rules! not_served {
+        ($($method:ident: $request:ident => $response:path),* $(,)?) => {
+            $(
+                fn $method<'life0, 'async_trait>(
+                    &'life0 self,
+                    _: tonic::Request<pb::$request>,
+                ) -> std::pin::Pin<
+                    Box<
+                        dyn std::future::Future<
+                                Output = Result<tonic::Response<$response>, tonic::Status>,
+                            > + Send
+                            + 'async_trait,
+                    >,
+                >
+                where
+                    'life0: 'async_trait,
+                    Self: 'async_trait,
+                {
+                    Box::pin(async { Err(tonic::Status::unimplemented("not in this test")) })
+                }
+            )*
+        };
+    }
+
+    #[tonic::async_trait]
+    impl DispatchService for OlderDispatch {
+        not_served!(
+            get_case: GetCaseRequest => pb::Case,
+            list_cases: ListCasesRequest => pb::ListCasesResponse,
+            accept_case: AcceptCaseRequest => pb::Case,
+            reject_case: RejectCaseRequest => pb::Case,
+            whistle_case: WhistleCaseRequest => pb::Case,
+            resolve_locally: ResolveLocallyRequest => pb::Case,
+            verify_case: VerifyCaseRequest => pb::Case,
+            decide_extension: DecideExtensionRequest => pb::Case,
+            decide_return: DecideReturnRequest => pb::Case,
+            defer_case: DeferCaseRequest => pb::Case,
+            resume_case: ResumeCaseRequest => pb::Case,
+            put_route: PutRouteRequest => pb::Route,
+            list_routes: ListRoutesRequest => pb::ListRoutesResponse,
+        );
+
+        async fn record_department_action(
+            &self,
+            request: tonic::Request<pb::RecordDepartmentActionRequest>,
+        ) -> Result<tonic::Response<Assignment>, tonic::Status> {
+            self.single.fetch_add(1, Ordering::SeqCst);
+            let request = request.into_inner();
+            Ok(tonic::Response::new(Assignment {
+                assignment_id: request.assignment_id,
+                department_code: request.department_code,
+                ..Default::default()
+            }))
+        }
+
+        async fn record_department_actions(
+            &self,
+            _: tonic::Request<pb::RecordDepartmentActionsRequest>,
+        ) -> Result<tonic::Response<pb::RecordDepartmentActionsResponse>, tonic::Status> {
+            self.batched.fetch_add(1, Ordering::SeqCst);
+            Err(tonic::Status::unimplemented(
+                "Operation is not implemented or not supported",
+            ))
+        }
+    }
+
+    fn acknowledge(assignment_id: &str) -> CheckedAction {
+        CheckedAction {
+            assignment_id: assignment_id.into(),
+            request_id: Some(format!("request-{assignment_id}")),
+            action: pb::record_department_action_request::Action::Acknowledge(
+                pb::AcknowledgeAction {
+                    responsible_person: "王".into(),
+                    ..Default::default()
+                },
+            ),
+        }
+    }
+
+    /// During a rolling upgrade the gateway may meet a dispatch without the batched call: every
+    /// action is still answered, one call each, and the gateway stops asking for the batched call
+    /// for a while instead of failing each batch first.
+    #[tokio::test]
+    async fn an_older_dispatch_gets_one_call_per_action() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("free port");
+        let address = listener.local_addr().expect("address");
+        let older = OlderDispatch::default();
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(DispatchServiceServer::new(older.clone()))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let forwarder = DispatchForwarder::new(
+            &DispatchConfig {
+                url: format!("http://{address}"),
+                request_timeout_ms: 5_000,
+                service_token_file: None,
+                ca_file: None,
+                cert_file: None,
+                key_file: None,
+            },
+            None,
+        )
+        .expect("forwarder");
+        let answers = futures::future::join_all(
+            ["a-1", "a-2", "a-3"].map(|id| forwarder.forward("zw-sanitation", acknowledge(id))),
+        )
+        .await;
+        for (answer, id) in answers.into_iter().zip(["a-1", "a-2", "a-3"]) {
+            let assignment = answer.expect("answered by the single call");
+            assert_eq!(assignment.assignment_id, id);
+            assert_eq!(assignment.department_code, "zw-sanitation");
+        }
+        assert_eq!(older.single.load(Ordering::SeqCst), 3);
+        let tried = older.batched.load(Ordering::SeqCst);
+        assert!((1..=3).contains(&tried), "batched calls tried: {tried}");
+        forwarder
+            .forward("zw-sanitation", acknowledge("a-4"))
+            .await
+            .expect("answered");
+        assert_eq!(older.single.load(Ordering::SeqCst), 4);
+        assert_eq!(
+            older.batched.load(Ordering::SeqCst),
+            tried,
+            "not asked again within the minute"
+        );
+        server.abort();
+    }
 
     #[test]
     fn decisions_pass_through_and_transport_failures_are_unreachable() {
