@@ -43,5 +43,26 @@ pub mod whistle {
 pub use whistle::{dispatch::v1 as dispatch, evaluation::v1 as evaluation, events::v1 as events};
 pub use whistle::{gateway::v1 as gateway, intake::v1 as intake, types::v1 as types};
 
+impl dispatch::ActionRefusal {
+    /// The refusal of one action of `RecordDepartmentActions`, from the status
+    /// `RecordDepartmentAction` would have failed with (its details kept as sent).
+    pub fn from_status(status: &tonic::Status) -> Self {
+        Self {
+            code: status.code() as i32,
+            message: status.message().to_string(),
+            details: status.details().to_vec(),
+        }
+    }
+
+    /// The status `RecordDepartmentAction` would have failed with.
+    pub fn into_status(self) -> tonic::Status {
+        tonic::Status::with_details(
+            tonic::Code::from_i32(self.code),
+            self.message,
+            self.details.into(),
+        )
+    }
+}
+
 /// Encoded `FileDescriptorSet` of every Whistle proto, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("whistle_descriptor");

@@ -220,11 +220,7 @@ async fn send(mut client: Client, batch: Vec<Queued>, one_by_one_until: &Mutex<O
 fn answer_of(result: RecordedDepartmentAction) -> Result<Assignment, tonic::Status> {
     match result.outcome {
         Some(Outcome::Assignment(assignment)) => Ok(assignment),
-        Some(Outcome::Refusal(refusal)) => Err(tonic::Status::with_details(
-            Code::from_i32(refusal.code),
-            refusal.message,
-            refusal.details.into(),
-        )),
+        Some(Outcome::Refusal(refusal)) => Err(refusal.into_status()),
         None => Err(tonic::Status::internal(
             "dispatch answered an action without an outcome",
         )),

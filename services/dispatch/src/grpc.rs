@@ -622,14 +622,9 @@ impl DispatchService for DispatchGrpc {
                     Ok(assignment) => {
                         pb::recorded_department_action::Outcome::Assignment(assignment)
                     }
-                    Err(error) => {
-                        let status = Status::from(error);
-                        pb::recorded_department_action::Outcome::Refusal(pb::ActionRefusal {
-                            code: status.code() as i32,
-                            message: status.message().to_string(),
-                            details: status.details().to_vec(),
-                        })
-                    }
+                    Err(error) => pb::recorded_department_action::Outcome::Refusal(
+                        pb::ActionRefusal::from_status(&Status::from(error)),
+                    ),
                 };
                 pb::RecordedDepartmentAction {
                     outcome: Some(outcome),

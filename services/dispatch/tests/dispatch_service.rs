@@ -684,11 +684,7 @@ async fn forwarded_actions_are_answered_each_in_order() {
         other => panic!("action {index} refused: {other:?}"),
     };
     let refused = |index: usize| match outcome(index) {
-        Outcome::Refusal(refusal) => tonic::Status::with_details(
-            Code::from_i32(refusal.code),
-            refusal.message,
-            refusal.details.into(),
-        ),
+        Outcome::Refusal(refusal) => refusal.into_status(),
         other => panic!("action {index} recorded: {other:?}"),
     };
     let first = recorded(0);
