@@ -8,7 +8,11 @@ use std::time::Duration;
 
 /// Opens the pool. For SQLite the file and its folder are created when missing, the journal is WAL
 /// with `synchronous=NORMAL`, and the pool holds one connection: SQLite has a single writer, and one
-/// connection turns lock contention into queueing instead of `SQLITE_BUSY` errors.
+/// connection turns lock contention into queueing instead of `SQLITE_BUSY` errors. Its temporary
+/// storage is memory (`temp_store=MEMORY`): a multi-row statement inside a transaction keeps the
+/// pages it changes in a statement journal, and SQLite writes any journal past 64 KiB to a temporary
+/// file — a page and a syscall for every page a batch's `UPDATE` touches (docs/benchmarks.md,
+/// eighteenth session).
 pub async fn connect(config: &DatabaseConfig) -> Result<DatabaseConnection, DbErr> {
     let statement_cache = config.statement_cache;
     let mut options = ConnectOptions::new(config.url.clone());
@@ -44,6 +48,7 @@ pub async fn connect(config: &DatabaseConfig) -> Result<DatabaseConnection, DbEr
                     .synchronous(SqliteSynchronous::Normal)
                     .busy_timeout(Duration::from_secs(5))
                     .foreign_keys(true)
+                    .pragma("temp_store", "MEMORY")
                     .statement_cache_capacity(statement_cache)
             });
     } else {
