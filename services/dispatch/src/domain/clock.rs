@@ -103,15 +103,17 @@ pub struct DeadlineClock {
     pub escalate_at: DateTime<Utc>,
     pub state: ClockState,
     /// When the overdue step fired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub overdue_at: Option<DateTime<Utc>>,
     /// When the escalation step fired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub escalated_at: Option<DateTime<Utc>>,
     /// The department asked for more time on this clock (at most once per clock).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub extension_requested: bool,
     /// The clock counts working time (a limit of a day or more under a working-hour calendar), so
     /// a deferral keeps the working time it had left.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub counts_working_time: bool,
 }
 

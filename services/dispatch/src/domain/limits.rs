@@ -20,11 +20,11 @@ pub struct Limits {
     pub acknowledge_within: Duration,
     pub on_site_within: Duration,
     pub resolve_within: Duration,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acknowledge_escalate_after: Option<Duration>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_site_escalate_after: Option<Duration>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resolve_escalate_after: Option<Duration>,
 }
 

@@ -747,6 +747,33 @@ fn an_assignment_stored_before_clocks_decodes_and_gets_its_clocks() {
 }
 
 #[test]
+fn the_stored_form_leaves_out_empty_fields_and_decodes_to_the_same_assignment() {
+    let mut assignment = fresh(true);
+    let stored = serde_json::to_string(&assignment).expect("encode");
+    for empty in ["null", "[]", "\"\"", "false", "\"rejected_returns\""] {
+        assert!(!stored.contains(empty), "{empty} in {stored}");
+    }
+    let decoded: Assignment = serde_json::from_str(&stored).expect("decode");
+    assert_eq!(decoded, assignment);
+    // a field at a value that is not its empty one is stored and comes back
+    assignment.rejected_returns = 2;
+    assignment.contact_phone = "138".into();
+    assignment.evidence.push(evidence());
+    assignment.clocks[0].extension_requested = true;
+    let stored = serde_json::to_string(&assignment).expect("encode");
+    let decoded: Assignment = serde_json::from_str(&stored).expect("decode");
+    assert_eq!(decoded, assignment);
+    // the long form, every field written out, still decodes: rows stored before
+    let mut long = serde_json::to_value(&assignment).expect("value");
+    let object = long.as_object_mut().expect("an object");
+    object.insert("returned_at".into(), serde_json::Value::Null);
+    object.insert("flags".into(), serde_json::json!([]));
+    object.insert("resolution".into(), serde_json::json!(""));
+    let decoded: Assignment = serde_json::from_value(long).expect("decode the long form");
+    assert_eq!(decoded, assignment);
+}
+
+#[test]
 fn geodesic_distance_is_sane() {
     // one degree of latitude near Shiyan is about 110.9 km
     let distance = distance_meters(32.0, 110.8, 33.0, 110.8);
