@@ -39,20 +39,33 @@ pub struct Addressee {
 
 /// The departments an event is addressed to, each once, in the order notices are written.
 pub fn addressees(payload: &Payload) -> Vec<Addressee> {
-    let mut addressees: Vec<Addressee> = Vec::new();
-    let mut add = |department_code: &str, assignment_id: &str, assignment: Option<&Assignment>| {
-        if department_code.is_empty()
-            || addressees
-                .iter()
-                .any(|known| known.department_code == department_code)
-        {
-            return;
-        }
-        addressees.push(Addressee {
+    addressed(payload)
+        .into_iter()
+        .map(|(department_code, assignment_id, assignment)| Addressee {
             department_code: department_code.to_string(),
             assignment_id: assignment_id.to_string(),
             assignment: assignment.cloned(),
-        });
+        })
+        .collect()
+}
+
+/// [`addressees`], borrowed from the event: `(department code, assignment id, assignment)`. What
+/// only asks whether, or which departments, an event addresses uses this and copies nothing.
+fn addressed(payload: &Payload) -> Vec<(&str, &str, Option<&Assignment>)> {
+    type Borrowed<'a> = (&'a str, &'a str, Option<&'a Assignment>);
+    fn push<'a>(addressed: &mut Vec<Borrowed<'a>>, addressee: Borrowed<'a>) {
+        let department_code = addressee.0;
+        if !department_code.is_empty()
+            && !addressed
+                .iter()
+                .any(|(known, _, _)| *known == department_code)
+        {
+            addressed.push(addressee);
+        }
+    }
+    let mut addressed: Vec<Borrowed<'_>> = Vec::new();
+    let mut add = |department_code, assignment_id, assignment| {
+        push(&mut addressed, (department_code, assignment_id, assignment))
     };
     match payload {
         Payload::CaseEscalated(escalated) => {
@@ -80,7 +93,7 @@ pub fn addressees(payload: &Payload) -> Vec<Addressee> {
         }
         _ => {}
     }
-    addressees
+    addressed
 }
 
 /// The last committed sequence of each department's notice log, as far as this process knows:
@@ -483,7 +496,7 @@ impl EventHandler for NoticeRecorder {
         event
             .payload
             .as_ref()
-            .is_none_or(|payload| !addressees(payload).is_empty())
+            .is_none_or(|payload| !addressed(payload).is_empty())
     }
 
     /// Takes the notice counters of every department the batch addresses, in code order, before
@@ -495,14 +508,11 @@ impl EventHandler for NoticeRecorder {
         events: &[BatchEvent<'_>],
     ) -> Result<(), DbErr> {
         *self.pending() = PendingNotices::default();
-        let addressed: Vec<Addressee> = events
+        let departments: BTreeSet<&str> = events
             .iter()
             .filter_map(|batch_event| batch_event.event.payload.as_ref())
-            .flat_map(addressees)
-            .collect();
-        let departments: BTreeSet<&str> = addressed
-            .iter()
-            .map(|addressee| addressee.department_code.as_str())
+            .flat_map(addressed)
+            .map(|(department_code, _, _)| department_code)
             .filter(|code| whistle_proto::rules::check_department_code(code).is_ok())
             .collect();
         let last_sequence = storage::lock_notice_counters(transaction, &departments).await?;
