@@ -52,8 +52,40 @@ pub fn addressees(payload: &Payload) -> Vec<Addressee> {
 /// [`addressees`], borrowed from the event: `(department code, assignment id, assignment)`. What
 /// only asks whether, or which departments, an event addresses uses this and copies nothing.
 fn addressed(payload: &Payload) -> Vec<(&str, &str, Option<&Assignment>)> {
-    type Borrowed<'a> = (&'a str, &'a str, Option<&'a Assignment>);
-    fn push<'a>(addressed: &mut Vec<Borrowed<'a>>, addressee: Borrowed<'a>) {
+    let named: Vec<(&str, &str, Option<&Assignment>)> = match payload {
+        Payload::CaseEscalated(escalated) => vec![
+            (&escalated.supervisor_code, &escalated.assignment_id, None),
+            (
+                &escalated.department_code,
+                &escalated.assignment_id,
+                escalated.assignment.as_ref(),
+            ),
+        ],
+        Payload::CaseDeferred(CaseDeferred { assignments, .. })
+        | Payload::CaseResumed(CaseResumed { assignments, .. }) => assignments
+            .iter()
+            .map(|clocks| {
+                (
+                    clocks.department_code.as_str(),
+                    clocks.assignment_id.as_str(),
+                    None,
+                )
+            })
+            .collect(),
+        payload if envelope::kind(payload).family == "whistle" => assignment_of(payload)
+            .map(|assignment| {
+                (
+                    assignment.department_code.as_str(),
+                    assignment.assignment_id.as_str(),
+                    Some(assignment),
+                )
+            })
+            .into_iter()
+            .collect(),
+        _ => Vec::new(),
+    };
+    let mut addressed = Vec::with_capacity(named.len());
+    for addressee in named {
         let department_code = addressee.0;
         if !department_code.is_empty()
             && !addressed
@@ -62,36 +94,6 @@ fn addressed(payload: &Payload) -> Vec<(&str, &str, Option<&Assignment>)> {
         {
             addressed.push(addressee);
         }
-    }
-    let mut addressed: Vec<Borrowed<'_>> = Vec::new();
-    let mut add = |department_code, assignment_id, assignment| {
-        push(&mut addressed, (department_code, assignment_id, assignment))
-    };
-    match payload {
-        Payload::CaseEscalated(escalated) => {
-            add(&escalated.supervisor_code, &escalated.assignment_id, None);
-            add(
-                &escalated.department_code,
-                &escalated.assignment_id,
-                escalated.assignment.as_ref(),
-            );
-        }
-        Payload::CaseDeferred(CaseDeferred { assignments, .. })
-        | Payload::CaseResumed(CaseResumed { assignments, .. }) => {
-            for clocks in assignments {
-                add(&clocks.department_code, &clocks.assignment_id, None);
-            }
-        }
-        payload if envelope::kind(payload).family == "whistle" => {
-            if let Some(assignment) = assignment_of(payload) {
-                add(
-                    &assignment.department_code,
-                    &assignment.assignment_id,
-                    Some(assignment),
-                );
-            }
-        }
-        _ => {}
     }
     addressed
 }
