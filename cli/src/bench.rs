@@ -152,6 +152,13 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
         "load_average_at_start".into(),
         load_before.trim().to_string(),
     );
+    // consumers take several filter subjects from 2.10 on (docs/design-notes.md)
+    if let Some(version) = whistle_platform::local_nats::LocalNatsServer::find_binary()
+        .ok()
+        .and_then(|binary| whistle_platform::local_nats::LocalNatsServer::version_of(&binary))
+    {
+        report.machine.insert("nats_server".into(), version);
+    }
     print!("{}", markdown(&report));
     if let Some(path) = &options.json {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)
@@ -432,13 +439,17 @@ pub fn markdown(report: &BenchReport) -> String {
         ));
     }
     out.push_str(&format!(
-        "machine: {} cores, load average at start {}\n\n",
+        "machine: {} cores, load average at start {}, nats-server {}\n\n",
         report.machine.get("cores").cloned().unwrap_or_default(),
         report
             .machine
             .get("load_average_at_start")
             .cloned()
-            .unwrap_or_default()
+            .unwrap_or_default(),
+        report
+            .machine
+            .get("nats_server")
+            .map_or("(version unknown)", String::as_str)
     ));
     out.push_str(&format!(
         "**{:.1} cases/s through the whole lifecycle**: {} of {} cases counted on the scorecard in {:.1} s\n\n",

@@ -97,6 +97,7 @@ pub async fn run(
             stream: nats::WHISTLES_STREAM.to_string(),
             durable: notices::CONSUMER.to_string(),
             filter_subject: notices::FILTER_SUBJECT.to_string(),
+            applied_subjects: Vec::new(),
             max_batch: CONSUMER_BATCH,
         }],
         config.subscriptions.own_action_window(),
@@ -112,6 +113,10 @@ pub async fn run(
             stream: nats::CASES_STREAM.to_string(),
             durable: notices::CASES_CONSUMER.to_string(),
             filter_subject: notices::CASES_FILTER_SUBJECT.to_string(),
+            applied_subjects: notices::CASES_ADDRESSING
+                .iter()
+                .map(|name| whistle_platform::provenance::kind_subjects("case", name))
+                .collect(),
             max_batch: CONSUMER_BATCH,
         },
         cases_recorder,

@@ -27,6 +27,9 @@ pub const FILTER_SUBJECT: &str = "whistle.v1.>";
 pub const CASES_CONSUMER: &str = "department-gateway-cases";
 /// Every case event; those addressed to no department (most) are skipped.
 pub const CASES_FILTER_SUBJECT: &str = "case.v1.>";
+/// The case events that address departments ([`addressed`]), by name: where NATS takes several
+/// filter subjects (2.10 and later) the cases consumer is given only these.
+pub const CASES_ADDRESSING: [&str; 3] = ["escalated", "deferred", "resumed"];
 
 /// One department a notice of an event goes to.
 #[derive(Debug, Clone, PartialEq)]
@@ -51,7 +54,13 @@ pub fn addressees(payload: &Payload) -> Vec<Addressee> {
 
 /// [`addressees`], borrowed from the event: `(department code, assignment id, assignment)`. What
 /// only asks whether, or which departments, an event addresses uses this and copies nothing.
+/// A case event addresses no one unless it is named in [`CASES_ADDRESSING`].
 fn addressed(payload: &Payload) -> Vec<(&str, &str, Option<&Assignment>)> {
+    let kind = envelope::kind(payload);
+    if kind.family == "case" && !CASES_ADDRESSING.contains(&kind.name) {
+        // the cases consumer is not given it where NATS takes several filter subjects
+        return Vec::new();
+    }
     let named: Vec<(&str, &str, Option<&Assignment>)> = match payload {
         Payload::CaseEscalated(escalated) => vec![
             (&escalated.supervisor_code, &escalated.assignment_id, None),
@@ -632,6 +641,46 @@ mod tests {
             department_code: department_code.into(),
             ..Default::default()
         })
+    }
+
+    /// Every case event named in [`CASES_ADDRESSING`] addresses its departments, so the cases
+    /// consumer narrowed to them (NATS 2.10 and later) is given what it applies.
+    #[test]
+    fn the_case_events_named_as_addressing_address_their_departments() {
+        use whistle_proto::events::AssignmentClock;
+        use whistle_proto::events::{CaseDeferred, CaseEscalated, CaseResumed};
+        let clocks = || {
+            vec![AssignmentClock {
+                assignment_id: "a-1".into(),
+                department_code: "zw-sanitation".into(),
+                ..Default::default()
+            }]
+        };
+        let payloads = [
+            Payload::CaseEscalated(CaseEscalated {
+                assignment_id: "a-1".into(),
+                department_code: "zw-sanitation".into(),
+                supervisor_code: "zw-supervision".into(),
+                ..Default::default()
+            }),
+            Payload::CaseDeferred(CaseDeferred {
+                assignments: clocks(),
+                ..Default::default()
+            }),
+            Payload::CaseResumed(CaseResumed {
+                assignments: clocks(),
+                ..Default::default()
+            }),
+        ];
+        let mut names: Vec<&str> = payloads
+            .iter()
+            .inspect(|payload| assert!(!addressed(payload).is_empty(), "{payload:?}"))
+            .map(|payload| envelope::kind(payload).name)
+            .collect();
+        names.sort_unstable();
+        let mut named = CASES_ADDRESSING.to_vec();
+        named.sort_unstable();
+        assert_eq!(names, named);
     }
 
     #[test]

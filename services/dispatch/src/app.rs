@@ -77,6 +77,7 @@ pub async fn run(
             stream: nats::CASES_STREAM.to_string(),
             durable: crate::consumer::CONSUMER.to_string(),
             filter_subject: crate::consumer::FILTER_SUBJECT.to_string(),
+            applied_subjects: crate::consumer::applied_subjects(),
             max_batch: config.dispatch.consumer_batch,
         },
         Arc::new(ReportedCases::new(

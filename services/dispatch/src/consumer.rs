@@ -22,6 +22,18 @@ use whistle_proto::events::CaseReported;
 pub const CONSUMER: &str = "dispatch-cases";
 /// Every case event; those dispatch does not apply are skipped.
 pub const FILTER_SUBJECT: &str = "case.v1.>";
+
+/// The events dispatch applies: every one intake publishes (`case.reported` and its news). Where
+/// NATS takes several filter subjects (2.10 and later) the consumer is given only these, not
+/// dispatch's own case events.
+pub fn applied_subjects() -> Vec<String> {
+    whistle_platform::provenance::publish_subjects(whistle_platform::provenance::Producer::Intake)
+}
+/// Whether dispatch applies an event of this payload: a reported case and intake's news about one.
+fn applied(payload: &Payload) -> bool {
+    matches!(payload, Payload::CaseReported(_)) || service::is_report_news(payload)
+}
+
 /// The consumer this one replaced, removed at start.
 pub const LEGACY_CONSUMER: &str = "dispatch";
 
@@ -115,9 +127,7 @@ impl EventHandler for ReportedCases {
     /// Reported cases and intake's news about them; dispatch's own events on the stream are not
     /// read.
     fn applies(&self, _subject: &str, event: &Event) -> bool {
-        event.payload.as_ref().is_some_and(|payload| {
-            matches!(payload, Payload::CaseReported(_)) || service::is_report_news(payload)
-        })
+        event.payload.as_ref().is_some_and(applied)
     }
 
     async fn handle(
@@ -306,5 +316,24 @@ fn handle_error(error: crate::error::DispatchError) -> HandleError {
             HandleError::Transient(sea_orm::DbErr::Custom(format!("conflict on {what}")))
         }
         error => HandleError::Rejected(error.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use whistle_platform::envelope;
+    use whistle_platform::provenance::kind_subjects;
+
+    /// Narrowed to [`applied_subjects`] (NATS 2.10 and later), the consumer is given every event
+    /// it applies, and only those.
+    #[test]
+    fn the_applied_subjects_are_exactly_the_events_it_applies() {
+        let subjects = applied_subjects();
+        for payload in whistle_platform::testing::every_payload() {
+            let kind = envelope::kind(&payload);
+            let named = subjects.contains(&kind_subjects(kind.family, kind.name));
+            assert_eq!(applied(&payload), named, "{}", kind.label());
+        }
     }
 }

@@ -243,7 +243,8 @@ impl Preloader {
                 .await?;
         }
         let published = self.relay.relay(&transaction, now_ms).await?;
-        // dispatch's consumer on `case.v1.>` sees its own case events too (and skips them)
+        // on NATS 2.9 dispatch's consumer on `case.v1.>` is given its own case events too (and
+        // skips them); recorded as applied, a replay of the history skips them either way
         let own: Vec<&str> = published
             .iter()
             .filter(|(subject, _)| subject.starts_with("case.v1."))

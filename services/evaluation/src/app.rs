@@ -79,6 +79,7 @@ pub async fn run(
         stream: stream.to_string(),
         durable: durable.to_string(),
         filter_subject: filter_subject.to_string(),
+        applied_subjects: Vec::new(),
         max_batch: config.evaluation.consumer_max_batch,
     });
     let consumers = tokio::spawn(run_consumers(

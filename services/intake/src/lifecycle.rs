@@ -7,15 +7,23 @@ use sea_orm::{ColumnTrait, DatabaseTransaction, EntityTrait, QueryFilter, sea_qu
 use whistle_platform::clock::{from_proto_timestamp, to_millis};
 use whistle_platform::envelope::{Event, Payload};
 use whistle_platform::inbox::{ConsumerSpec, EventHandler, HandleError};
+use whistle_platform::provenance::kind_subjects;
 use whistle_proto::intake::CaseState;
+
+/// The case events intake applies ([`change_of`]), by name.
+const APPLIED: [&str; 5] = ["accepted", "rejected", "closed", "reopened", "escalated"];
 
 /// The durable consumer every intake replica shares.
 pub fn consumer_spec() -> ConsumerSpec {
     ConsumerSpec {
         stream: whistle_platform::nats::CASES_STREAM.to_string(),
         durable: "intake-cases".to_string(),
-        // one filter (NATS 2.9); intake's own case.reported / case.merged are skipped below
         filter_subject: "case.v1.>".to_string(),
+        // on NATS 2.9 (one filter subject) intake is given its own events too, and skips them
+        applied_subjects: APPLIED
+            .iter()
+            .map(|name| kind_subjects("case", name))
+            .collect(),
         max_batch: 128,
     }
 }
@@ -107,6 +115,18 @@ impl EventHandler for CaseLifecycle {
 mod tests {
     use super::*;
     use whistle_proto::events::{CaseClosed, CaseRejected, CaseReopened, CaseReported};
+
+    /// Narrowed to its applied subjects (NATS 2.10 and later), the consumer is given every event
+    /// intake applies, and only those.
+    #[test]
+    fn the_applied_subjects_are_exactly_the_events_it_applies() {
+        let subjects = consumer_spec().applied_subjects;
+        for payload in whistle_platform::testing::every_payload() {
+            let kind = whistle_platform::envelope::kind(&payload);
+            let named = subjects.contains(&kind_subjects(kind.family, kind.name));
+            assert_eq!(change_of(&payload).is_some(), named, "{}", kind.label());
+        }
+    }
 
     #[test]
     fn closing_rejecting_and_reopening() {

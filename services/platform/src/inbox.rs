@@ -3,7 +3,8 @@
 
 use crate::clock::{SharedClock, to_millis};
 use crate::envelope::{self, Event};
-use async_nats::jetstream::{self, AckKind, consumer::pull};
+use async_nats::jetstream::consumer::{FromConsumer, pull};
+use async_nats::jetstream::{self, AckKind};
 use futures::StreamExt;
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
@@ -214,9 +215,135 @@ pub struct ConsumerSpec {
     pub stream: String,
     /// Durable name, shared by every replica of the service (they split the work).
     pub durable: String,
+    /// Every subject the consumer may be given (one subject: the only form NATS 2.9 takes).
     pub filter_subject: String,
+    /// The subjects of the events the handler applies, each within `filter_subject`; empty for
+    /// all of them. Where the server takes several filter subjects per consumer (NATS 2.10 and
+    /// later) the consumer is narrowed to these, and the events the handler would skip are never
+    /// delivered to it; on an older server it is given everything under `filter_subject` and the
+    /// handler skips the rest ([`EventHandler::applies`]). So every event the handler applies
+    /// must be on one of them.
+    pub applied_subjects: Vec<String>,
     /// Events applied per transaction, at most.
     pub max_batch: usize,
+}
+
+impl ConsumerSpec {
+    /// The consumer's filter on a server of `version`: the applied subjects where it takes several
+    /// (2.10 and later), otherwise `filter_subject`.
+    fn filter_on(&self, version: &str) -> Filter {
+        if self.applied_subjects.is_empty() || !takes_several_filters(version) {
+            Filter::One(self.filter_subject.clone())
+        } else {
+            let mut subjects = self.applied_subjects.clone();
+            subjects.sort();
+            subjects.dedup();
+            Filter::Several(subjects)
+        }
+    }
+}
+
+/// What a durable consumer is given: everything under one subject, or several subjects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Filter {
+    One(String),
+    Several(Vec<String>),
+}
+
+impl Filter {
+    fn of(config: &jetstream::consumer::Config) -> Self {
+        if config.filter_subjects.is_empty() {
+            Filter::One(config.filter_subject.clone())
+        } else {
+            let mut subjects = config.filter_subjects.clone();
+            subjects.sort();
+            Filter::Several(subjects)
+        }
+    }
+
+    fn apply_to(&self, config: &mut pull::Config) {
+        match self {
+            Filter::One(subject) => {
+                config.filter_subject = subject.clone();
+                config.filter_subjects = Vec::new();
+            }
+            Filter::Several(subjects) => {
+                config.filter_subject = String::new();
+                config.filter_subjects = subjects.clone();
+            }
+        }
+    }
+}
+
+/// Whether a nats-server of `version` (`2.10.7`, `v2.11.0-beta.1`) takes several filter subjects
+/// per consumer, which came in 2.10.
+pub fn takes_several_filters(version: &str) -> bool {
+    let mut numbers = version
+        .trim_start_matches('v')
+        .split(['.', '-'])
+        .map(|part| part.parse::<u64>().unwrap_or(0));
+    let major = numbers.next().unwrap_or(0);
+    let minor = numbers.next().unwrap_or(0);
+    (major, minor) >= (2, 10)
+}
+
+/// The durable pull consumer of `spec`, created if it is missing, its filter brought to what
+/// [`ConsumerSpec::filter_on`] says for this server. Every replica of a service shares the consumer,
+/// and whichever starts first creates or narrows it; a replica of an older version that finds it
+/// narrowed reads it as it is (it skips nothing it would have applied). Where the server refuses
+/// the change (a cluster whose JetStream leader is older than the server this client is connected
+/// to), the consumer is read as it is: on the wider filter the handler skips what it does not apply.
+async fn durable_consumer(
+    jetstream: &jetstream::Context,
+    spec: &ConsumerSpec,
+) -> anyhow::Result<jetstream::consumer::PullConsumer> {
+    let stream = jetstream.get_stream(&spec.stream).await?;
+    let version = jetstream.client().server_info().version;
+    let filter = spec.filter_on(&version);
+    let config = |filter: &Filter| {
+        let mut config = pull::Config {
+            durable_name: Some(spec.durable.clone()),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(30),
+            max_ack_pending: 10_000,
+            ..Default::default()
+        };
+        filter.apply_to(&mut config);
+        config
+    };
+    let mut consumer = match stream
+        .get_or_create_consumer(&spec.durable, config(&filter))
+        .await
+    {
+        Ok(consumer) => consumer,
+        Err(error) if matches!(filter, Filter::Several(_)) => {
+            // e.g. NATS permissions generated before consumers took several subjects
+            tracing::warn!(consumer = %spec.durable, %error, "cannot create the consumer with several filter subjects: created on the whole of {} instead", spec.filter_subject);
+            let whole = Filter::One(spec.filter_subject.clone());
+            stream
+                .get_or_create_consumer(&spec.durable, config(&whole))
+                .await?
+        }
+        Err(error) => return Err(error.into()),
+    };
+    let found = Filter::of(&consumer.cached_info().config);
+    if found != filter && takes_several_filters(&version) {
+        // kept by an earlier version, or before the server took several filter subjects
+        let mut changed =
+            pull::Config::try_from_consumer_config(consumer.cached_info().config.clone())
+                .map_err(|error| anyhow::anyhow!(error))?;
+        filter.apply_to(&mut changed);
+        match stream.update_consumer(changed).await {
+            Ok(updated) => {
+                tracing::info!(consumer = %spec.durable, from = ?found, to = ?filter, "consumer's filter changed");
+                consumer = updated;
+            }
+            Err(error) => {
+                tracing::warn!(consumer = %spec.durable, %error, filter = ?found, "consumer's filter left as it is");
+            }
+        }
+    }
+    Ok(consumer)
 }
 
 /// The longest wait between restarts of an interrupted consumer.
@@ -407,20 +534,7 @@ async fn consume<H: EventHandler>(
     let metrics = crate::metrics::metrics();
     let mut streams = Vec::with_capacity(group.specs.len());
     for (index, spec) in group.specs.iter().enumerate() {
-        let stream = jetstream.get_stream(&spec.stream).await?;
-        let consumer = stream
-            .get_or_create_consumer(
-                &spec.durable,
-                pull::Config {
-                    durable_name: Some(spec.durable.clone()),
-                    filter_subject: spec.filter_subject.clone(),
-                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                    ack_wait: Duration::from_secs(30),
-                    max_ack_pending: 10_000,
-                    ..Default::default()
-                },
-            )
-            .await?;
+        let consumer = durable_consumer(jetstream, spec).await?;
         metrics.initialise_consumer(&spec.durable);
         metrics.consumer_pending.record(
             consumer.cached_info().num_pending,
@@ -970,6 +1084,34 @@ fn record_applied(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn several_filter_subjects_from_nats_2_10() {
+        for version in ["2.10.0", "v2.10.7", "2.11.0-beta.1", "2.15.1", "3.0.0"] {
+            assert!(takes_several_filters(version), "{version}");
+        }
+        for version in ["2.9.10", "v2.9.25", "2.2.0", "1.4.1", "", "garbage"] {
+            assert!(!takes_several_filters(version), "{version}");
+        }
+    }
+
+    #[test]
+    fn a_consumer_is_narrowed_only_where_it_names_subjects_and_the_server_takes_them() {
+        let spec = |applied: &[&str]| ConsumerSpec {
+            stream: "S".into(),
+            durable: "d".into(),
+            filter_subject: "case.v1.>".into(),
+            applied_subjects: applied.iter().map(|subject| subject.to_string()).collect(),
+            max_batch: 1,
+        };
+        let whole = Filter::One("case.v1.>".into());
+        assert_eq!(spec(&[]).filter_on("2.15.1"), whole);
+        assert_eq!(spec(&["case.v1.*.*.*.b"]).filter_on("2.9.10"), whole);
+        assert_eq!(
+            spec(&["case.v1.*.*.*.b", "case.v1.*.*.*.a", "case.v1.*.*.*.b"]).filter_on("2.10.0"),
+            Filter::Several(vec!["case.v1.*.*.*.a".into(), "case.v1.*.*.*.b".into()])
+        );
+    }
 
     #[test]
     fn restart_delays_double_up_to_the_cap() {

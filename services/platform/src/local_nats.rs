@@ -72,11 +72,21 @@ impl LocalNatsServer {
 
     /// Like [`LocalNatsServer::start`], with more `nats-server` arguments (e.g. `--user`, `--pass`).
     pub fn start_with_args(store_dir: &Path, extra_args: &[&str]) -> Result<Self, LocalNatsError> {
+        Self::start_binary(&Self::find_binary()?, store_dir, extra_args)
+    }
+
+    /// Like [`LocalNatsServer::start_with_args`], with the `nats-server` at `binary` (a test that
+    /// needs a given version).
+    pub fn start_binary(
+        binary: &Path,
+        store_dir: &Path,
+        extra_args: &[&str],
+    ) -> Result<Self, LocalNatsError> {
         // another process may take the port between our probe and the server's bind: try a few
         let mut attempts = 0;
         loop {
             attempts += 1;
-            match Self::spawn_new(store_dir, free_port()?, extra_args) {
+            match Self::spawn_new(binary, store_dir, free_port()?, extra_args) {
                 Err(LocalNatsError::NotReady { .. }) if attempts < 5 => continue,
                 result => return result,
             }
@@ -91,6 +101,15 @@ impl LocalNatsServer {
         store_dir: &Path,
         registry: &crate::nats_accounts::Registry,
     ) -> Result<Self, LocalNatsError> {
+        Self::start_binary_with_accounts(&Self::find_binary()?, store_dir, registry)
+    }
+
+    /// Like [`LocalNatsServer::start_with_accounts`], with the `nats-server` at `binary`.
+    pub fn start_binary_with_accounts(
+        binary: &Path,
+        store_dir: &Path,
+        registry: &crate::nats_accounts::Registry,
+    ) -> Result<Self, LocalNatsError> {
         let auth_dir = store_dir.join("auth");
         std::fs::create_dir_all(&auth_dir).map_err(|error| LocalNatsError::StoreDir {
             dir: auth_dir.display().to_string(),
@@ -99,7 +118,7 @@ impl LocalNatsServer {
         let config = crate::nats_accounts::write_local(&auth_dir, registry)
             .map_err(|error| LocalNatsError::Accounts(format!("{error:#}")))?;
         let config = config.display().to_string();
-        let mut server = Self::start_with_args(store_dir, &["-c", &config])?;
+        let mut server = Self::start_binary(binary, store_dir, &["-c", &config])?;
         server.auth_dir = Some(auth_dir);
         Ok(server)
     }
@@ -113,11 +132,25 @@ impl LocalNatsServer {
 
     /// Starts a server on a given port (used to restart one on the port its clients know).
     pub fn start_on_port(store_dir: &Path, port: u16) -> Result<Self, LocalNatsError> {
-        Self::spawn_new(store_dir, port, &[])
+        Self::spawn_new(&Self::find_binary()?, store_dir, port, &[])
     }
 
-    fn spawn_new(store_dir: &Path, port: u16, extra_args: &[&str]) -> Result<Self, LocalNatsError> {
-        let binary = Self::find_binary()?;
+    /// The version `binary` says it is (`nats-server --version`: `nats-server: v2.9.10`), without
+    /// the leading `v`.
+    pub fn version_of(binary: &Path) -> Option<String> {
+        let output = Command::new(binary).arg("--version").output().ok()?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        let version = text.split_whitespace().last()?.trim_start_matches('v');
+        (output.status.success() && !version.is_empty()).then(|| version.to_string())
+    }
+
+    fn spawn_new(
+        binary: &Path,
+        store_dir: &Path,
+        port: u16,
+        extra_args: &[&str],
+    ) -> Result<Self, LocalNatsError> {
+        let binary = binary.to_path_buf();
         std::fs::create_dir_all(store_dir).map_err(|error| LocalNatsError::StoreDir {
             dir: store_dir.display().to_string(),
             error,

@@ -186,6 +186,10 @@ fn service_user(name: &str, producer: Option<Producer>, consumers: &[ConsumerOf]
     }
     for (stream, consumer, filter) in consumers {
         publish.extend(consumer_subjects(stream, consumer, filter));
+        // the same consumer given several subjects within `filter` (NATS 2.10 and later: the
+        // subject names no filter then); the stream holds nothing outside `filter`, so this
+        // reaches no further than the line above
+        publish.push(format!("$JS.API.CONSUMER.CREATE.{stream}.{consumer}"));
     }
     if name == "dispatch" {
         // dispatch removes the consumer of case.reported only that older versions kept

@@ -92,12 +92,18 @@ pub fn publish_subjects(producer: Producer) -> Vec<String> {
     PRODUCERS
         .iter()
         .filter(|(_, _, owner)| *owner == producer)
-        .map(|(family, name, _)| match *family {
-            "case" => format!("case.v1.*.*.*.{name}"),
-            "whistle" => format!("whistle.v1.*.*.*.*.{name}"),
-            _ => format!("{family}.v1.{name}"),
-        })
+        .map(|(family, name, _)| kind_subjects(family, name))
         .collect()
+}
+
+/// The NATS subjects of one kind of event, as a filter: `case.v1.*.*.*.reported`,
+/// `whistle.v1.*.*.*.*.issued`, `evaluation.v1.period_closed`.
+pub fn kind_subjects(family: &str, name: &str) -> String {
+    match family {
+        "case" => format!("case.v1.*.*.*.{name}"),
+        "whistle" => format!("whistle.v1.*.*.*.*.{name}"),
+        _ => format!("{family}.v1.{name}"),
+    }
 }
 
 /// Why an event is not trusted.
@@ -172,87 +178,9 @@ pub async fn refuse<C: ConnectionTrait>(
 mod tests {
     use super::*;
     use crate::clock::SystemClock;
+    use crate::testing::every_payload;
     use whistle_proto::events::event::Payload;
     use whistle_proto::types::Region;
-
-    /// One payload of every kind; a new kind that is not in [`PRODUCERS`] fails here.
-    fn every_payload() -> Vec<Payload> {
-        let payloads = vec![
-            Payload::CaseReported(Default::default()),
-            Payload::CaseMerged(Default::default()),
-            Payload::CaseAccepted(Default::default()),
-            Payload::CaseRejected(Default::default()),
-            Payload::CaseVerified(Default::default()),
-            Payload::CaseClosed(Default::default()),
-            Payload::CaseReopened(Default::default()),
-            Payload::CaseEscalated(Default::default()),
-            Payload::CaseEvidenceAttached(Default::default()),
-            Payload::CaseRecurrent(Default::default()),
-            Payload::ReportSplit(Default::default()),
-            Payload::WhistleIssued(Default::default()),
-            Payload::AssignmentAcknowledged(Default::default()),
-            Payload::AssignmentCheckedIn(Default::default()),
-            Payload::AssignmentProgressed(Default::default()),
-            Payload::AssignmentResolved(Default::default()),
-            Payload::AssignmentReturned(Default::default()),
-            Payload::AssignmentOverdue(Default::default()),
-            Payload::AssignmentExtended(Default::default()),
-            Payload::EvaluationPeriodClosed(Default::default()),
-            Payload::CaseResolvedLocally(Default::default()),
-            Payload::CaseDeferred(Default::default()),
-            Payload::CaseResumed(Default::default()),
-            Payload::AssignmentExtensionRequested(Default::default()),
-            Payload::AssignmentExtensionRefused(Default::default()),
-            Payload::AssignmentReturnDecided(Default::default()),
-            Payload::AssignmentReportMerged(Default::default()),
-            Payload::AssignmentEvidenceAttached(Default::default()),
-            Payload::AssignmentRecurrent(Default::default()),
-            Payload::EvaluationPeriodReopened(Default::default()),
-            Payload::EvaluationCooperationRated(Default::default()),
-            Payload::EvaluationSatisfactionRecorded(Default::default()),
-        ];
-        payloads.iter().for_each(listed);
-        payloads
-    }
-
-    /// No wildcard: a new kind of payload does not compile until it is listed above (and so in
-    /// [`PRODUCERS`]).
-    fn listed(payload: &Payload) {
-        match payload {
-            Payload::CaseReported(_) => {}
-            Payload::CaseMerged(_) => {}
-            Payload::CaseAccepted(_) => {}
-            Payload::CaseRejected(_) => {}
-            Payload::CaseVerified(_) => {}
-            Payload::CaseClosed(_) => {}
-            Payload::CaseReopened(_) => {}
-            Payload::CaseEscalated(_) => {}
-            Payload::CaseEvidenceAttached(_) => {}
-            Payload::CaseRecurrent(_) => {}
-            Payload::ReportSplit(_) => {}
-            Payload::WhistleIssued(_) => {}
-            Payload::AssignmentAcknowledged(_) => {}
-            Payload::AssignmentCheckedIn(_) => {}
-            Payload::AssignmentProgressed(_) => {}
-            Payload::AssignmentResolved(_) => {}
-            Payload::AssignmentReturned(_) => {}
-            Payload::AssignmentOverdue(_) => {}
-            Payload::AssignmentExtended(_) => {}
-            Payload::EvaluationPeriodClosed(_) => {}
-            Payload::CaseResolvedLocally(_) => {}
-            Payload::CaseDeferred(_) => {}
-            Payload::CaseResumed(_) => {}
-            Payload::AssignmentExtensionRequested(_) => {}
-            Payload::AssignmentExtensionRefused(_) => {}
-            Payload::AssignmentReturnDecided(_) => {}
-            Payload::AssignmentReportMerged(_) => {}
-            Payload::AssignmentEvidenceAttached(_) => {}
-            Payload::AssignmentRecurrent(_) => {}
-            Payload::EvaluationPeriodReopened(_) => {}
-            Payload::EvaluationCooperationRated(_) => {}
-            Payload::EvaluationSatisfactionRecorded(_) => {}
-        }
-    }
 
     #[test]
     fn every_kind_has_exactly_one_producer() {

@@ -22,8 +22,14 @@ pub struct TestBed {
 
 impl TestBed {
     pub async fn new() -> Self {
+        Self::on(&LocalNatsServer::find_binary().expect("nats-server")).await
+    }
+
+    /// A test bed whose nats-server is the one at `binary`.
+    pub async fn on(binary: &std::path::Path) -> Self {
         let dir = tempfile::tempdir().expect("temporary folder");
-        let nats = LocalNatsServer::start(&dir.path().join("nats")).expect("nats-server");
+        let nats = LocalNatsServer::start_binary(binary, &dir.path().join("nats"), &[])
+            .expect("nats-server");
         let client = async_nats::connect(nats.url()).await.expect("nats client");
         let jetstream = jetstream::new(client);
         crate::nats::ensure_streams(&jetstream, &crate::config::NatsConfig::default())
@@ -719,4 +725,116 @@ pub fn run_decoder_property<F>(
         accepted > 0,
         "{name}: no input passed validation in {cases} cases"
     );
+}
+
+/// A nats-server that takes several filter subjects per consumer (2.10 or later), for the tests of
+/// that path: `WHISTLE_TEST_NATS_2_10_BIN`, else the one `.ci/run` installs from PyPI
+/// (`target/ci-tools/venv/bin/nats-server`), else the one the other tests use if it is new enough.
+/// `None` when there is none (Debian 12's own is 2.9): the caller says so and tests nothing.
+/// `.ci/run` sets the variable, so there the tests cannot pass by finding none.
+///
+/// # Panics
+/// When `WHISTLE_TEST_NATS_2_10_BIN` names no nats-server of 2.10 or later.
+pub fn nats_server_taking_several_filters() -> Option<PathBuf> {
+    if let Some(binary) = std::env::var_os("WHISTLE_TEST_NATS_2_10_BIN").map(PathBuf::from) {
+        let version = LocalNatsServer::version_of(&binary);
+        assert!(
+            version
+                .as_deref()
+                .is_some_and(crate::inbox::takes_several_filters),
+            "WHISTLE_TEST_NATS_2_10_BIN={} is not a nats-server of 2.10 or later ({version:?})",
+            binary.display()
+        );
+        return Some(binary);
+    }
+    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    [workspace.join("target/ci-tools/venv/bin/nats-server")]
+        .into_iter()
+        .chain(LocalNatsServer::find_binary().ok())
+        .filter(|binary| binary.is_file())
+        .find(|binary| {
+            LocalNatsServer::version_of(binary)
+                .is_some_and(|version| crate::inbox::takes_several_filters(&version))
+        })
+}
+
+/// One payload of every kind, at its default value; a new kind of payload does not compile until
+/// it is listed here (and `provenance`'s test then asks for its producer).
+pub fn every_payload() -> Vec<whistle_proto::events::event::Payload> {
+    use whistle_proto::events::event::Payload;
+    let payloads = vec![
+        Payload::CaseReported(Default::default()),
+        Payload::CaseMerged(Default::default()),
+        Payload::CaseAccepted(Default::default()),
+        Payload::CaseRejected(Default::default()),
+        Payload::CaseVerified(Default::default()),
+        Payload::CaseClosed(Default::default()),
+        Payload::CaseReopened(Default::default()),
+        Payload::CaseEscalated(Default::default()),
+        Payload::CaseEvidenceAttached(Default::default()),
+        Payload::CaseRecurrent(Default::default()),
+        Payload::ReportSplit(Default::default()),
+        Payload::WhistleIssued(Default::default()),
+        Payload::AssignmentAcknowledged(Default::default()),
+        Payload::AssignmentCheckedIn(Default::default()),
+        Payload::AssignmentProgressed(Default::default()),
+        Payload::AssignmentResolved(Default::default()),
+        Payload::AssignmentReturned(Default::default()),
+        Payload::AssignmentOverdue(Default::default()),
+        Payload::AssignmentExtended(Default::default()),
+        Payload::EvaluationPeriodClosed(Default::default()),
+        Payload::CaseResolvedLocally(Default::default()),
+        Payload::CaseDeferred(Default::default()),
+        Payload::CaseResumed(Default::default()),
+        Payload::AssignmentExtensionRequested(Default::default()),
+        Payload::AssignmentExtensionRefused(Default::default()),
+        Payload::AssignmentReturnDecided(Default::default()),
+        Payload::AssignmentReportMerged(Default::default()),
+        Payload::AssignmentEvidenceAttached(Default::default()),
+        Payload::AssignmentRecurrent(Default::default()),
+        Payload::EvaluationPeriodReopened(Default::default()),
+        Payload::EvaluationCooperationRated(Default::default()),
+        Payload::EvaluationSatisfactionRecorded(Default::default()),
+    ];
+    payloads.iter().for_each(listed);
+    payloads
+}
+
+/// No wildcard: a new kind of payload does not compile until it is listed above.
+fn listed(payload: &whistle_proto::events::event::Payload) {
+    use whistle_proto::events::event::Payload;
+    match payload {
+        Payload::CaseReported(_) => {}
+        Payload::CaseMerged(_) => {}
+        Payload::CaseAccepted(_) => {}
+        Payload::CaseRejected(_) => {}
+        Payload::CaseVerified(_) => {}
+        Payload::CaseClosed(_) => {}
+        Payload::CaseReopened(_) => {}
+        Payload::CaseEscalated(_) => {}
+        Payload::CaseEvidenceAttached(_) => {}
+        Payload::CaseRecurrent(_) => {}
+        Payload::ReportSplit(_) => {}
+        Payload::WhistleIssued(_) => {}
+        Payload::AssignmentAcknowledged(_) => {}
+        Payload::AssignmentCheckedIn(_) => {}
+        Payload::AssignmentProgressed(_) => {}
+        Payload::AssignmentResolved(_) => {}
+        Payload::AssignmentReturned(_) => {}
+        Payload::AssignmentOverdue(_) => {}
+        Payload::AssignmentExtended(_) => {}
+        Payload::EvaluationPeriodClosed(_) => {}
+        Payload::CaseResolvedLocally(_) => {}
+        Payload::CaseDeferred(_) => {}
+        Payload::CaseResumed(_) => {}
+        Payload::AssignmentExtensionRequested(_) => {}
+        Payload::AssignmentExtensionRefused(_) => {}
+        Payload::AssignmentReturnDecided(_) => {}
+        Payload::AssignmentReportMerged(_) => {}
+        Payload::AssignmentEvidenceAttached(_) => {}
+        Payload::AssignmentRecurrent(_) => {}
+        Payload::EvaluationPeriodReopened(_) => {}
+        Payload::EvaluationCooperationRated(_) => {}
+        Payload::EvaluationSatisfactionRecorded(_) => {}
+    }
 }

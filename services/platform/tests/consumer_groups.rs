@@ -100,12 +100,14 @@ fn specs() -> Vec<ConsumerSpec> {
             stream: nats::CASES_STREAM.to_string(),
             durable: CASES.to_string(),
             filter_subject: "case.v1.>".to_string(),
+            applied_subjects: Vec::new(),
             max_batch: 64,
         },
         ConsumerSpec {
             stream: nats::WHISTLES_STREAM.to_string(),
             durable: WHISTLES.to_string(),
             filter_subject: "whistle.v1.>".to_string(),
+            applied_subjects: Vec::new(),
             max_batch: 64,
         },
     ]

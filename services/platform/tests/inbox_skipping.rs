@@ -118,6 +118,7 @@ async fn events_the_handler_has_no_use_for_are_acknowledged_without_a_transactio
             stream: nats::CASES_STREAM.to_string(),
             durable: "reports-only".to_string(),
             filter_subject: "case.v1.>".to_string(),
+            applied_subjects: Vec::new(),
             max_batch: 16,
         },
         handler.clone(),

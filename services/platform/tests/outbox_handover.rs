@@ -277,6 +277,7 @@ async fn a_consumer_batch_hands_its_events_over_once_committed() {
             stream: whistle_platform::nats::CASES_STREAM.to_string(),
             durable: "forwarder".to_string(),
             filter_subject: "case.v1.*.*.*.accepted".to_string(),
+            applied_subjects: Vec::new(),
             max_batch: 16,
         },
         Arc::new(Forwarder(relay.signal.clone())),
