@@ -107,6 +107,19 @@ async fn messages_in(jetstream: &jetstream::Context, stream: &str) -> u64 {
         .messages
 }
 
+/// How many inbox rows the gateway has for `event_id`, now.
+async fn inbox_row_count(db: &sea_orm::DatabaseConnection, event_id: &str) -> i64 {
+    db.query_one_raw(Statement::from_string(
+        db.get_database_backend(),
+        format!("SELECT COUNT(*) AS n FROM whistle_inbox WHERE event_id = '{event_id}'"),
+    ))
+    .await
+    .expect("count")
+    .expect("a row")
+    .try_get::<i64>("", "n")
+    .expect("n")
+}
+
 /// The inbox outcome the gateway recorded for `event_id`, waiting up to 30 s for one.
 async fn inbox_outcome(db: &sea_orm::DatabaseConnection, event_id: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -247,8 +260,12 @@ async fn users_are_held_to_their_subjects_and_kinds() {
     );
 
     // intake may publish case.*.reported; an escalation (dispatch's kind) smuggled onto that
-    // subject with intake's credentials is refused by the gateway's consumer, not applied
+    // subject with intake's credentials is never applied by the gateway: on NATS 2.9 its cases
+    // consumer is given it and refuses it; from 2.10 that consumer is given escalations on their
+    // own subject only (docs/design-notes.md, "A consumer is given what it applies"), so it never
+    // sees it
     let (intake, _) = login(nats, "intake").await;
+    let narrowed = whistle_platform::inbox::takes_several_filters(&intake.server_info().version);
     let intake_js = jetstream::new(intake);
     let smuggled = escalation("whistle-intake");
     let smuggled_outbox = envelope::to_outbox(&smuggled).expect("envelope");
@@ -270,18 +287,29 @@ async fn users_are_held_to_their_subjects_and_kinds() {
     let db = sea_orm::Database::connect(platform.gateway.database_url())
         .await
         .expect("gateway database");
-    let outcome = inbox_outcome(&db, &smuggled.event_id).await;
-    assert!(
-        outcome.starts_with("rejected: source"),
-        "smuggled escalation: {outcome}"
-    );
-    assert_eq!(inbox_outcome(&db, &genuine.event_id).await, "applied");
-    let log = platform.gateway.log_text();
-    assert!(
-        log.contains("event refused: not from the service that publishes its kind"),
-        "{}",
-        platform.gateway.log_tail()
-    );
+    if narrowed {
+        // the genuine one came later in the stream: once it is applied, the smuggled one would
+        // have been recorded before it, had it been delivered
+        assert_eq!(inbox_outcome(&db, &genuine.event_id).await, "applied");
+        assert_eq!(
+            inbox_row_count(&db, &smuggled.event_id).await,
+            0,
+            "the smuggled escalation reached the gateway's cases consumer"
+        );
+    } else {
+        let outcome = inbox_outcome(&db, &smuggled.event_id).await;
+        assert!(
+            outcome.starts_with("rejected: source"),
+            "smuggled escalation: {outcome}"
+        );
+        assert_eq!(inbox_outcome(&db, &genuine.event_id).await, "applied");
+        let log = platform.gateway.log_text();
+        assert!(
+            log.contains("event refused: not from the service that publishes its kind"),
+            "{}",
+            platform.gateway.log_tail()
+        );
+    }
     let gateway_errors = platform.gateway.log_text();
     assert!(
         !gateway_errors.contains("Permissions Violation"),
