@@ -95,6 +95,10 @@ pub struct BenchReport {
     /// Where the machine's CPU went during the measured run, in cores.
     pub cpu: CpuAccount,
     pub raw: RawLimits,
+    /// Messages NATS delivered to each durable consumer of the platform's streams during the
+    /// measured run, per case counted (redeliveries included). From NATS 2.10 a consumer is given
+    /// only what its service applies (docs/design-notes.md).
+    pub nats_deliveries_per_case: BTreeMap<String, f64>,
     /// Each raw figure divided by `cases_per_second`.
     pub ratios_raw_to_pipeline: BTreeMap<String, f64>,
     pub machine: BTreeMap<String, String>,
@@ -241,6 +245,8 @@ async fn measure(
             warm_up.errors
         );
     }
+    let nats = platform.connect_nats().await?;
+    let deliveries_before = consumer_deliveries(&nats).await?;
     let usage_before = platform.usage();
     let cpu_before = processes::CpuSample::now();
     let shape = LoadShape {
@@ -251,8 +257,19 @@ async fn measure(
     let measured = simulation.phase("measured", shape, options.stall).await;
     let usage_after = platform.usage();
     let cpu_after = processes::CpuSample::now();
+    let deliveries_after = consumer_deliveries(&nats).await?;
     simulation.stop();
     let measured = measured?;
+    let nats_deliveries_per_case = deliveries_after
+        .iter()
+        .map(|(consumer, after)| {
+            let delivered = after - deliveries_before.get(consumer).copied().unwrap_or(0);
+            (
+                consumer.clone(),
+                delivered as f64 / measured.completed.max(1) as f64,
+            )
+        })
+        .collect();
 
     let mut raw = RawLimits::default();
     let sizes = if options.cases < 100 {
@@ -379,6 +396,7 @@ async fn measure(
         processes,
         cpu,
         raw,
+        nats_deliveries_per_case,
         ratios_raw_to_pipeline: ratios,
         machine: BTreeMap::new(),
     })
@@ -549,6 +567,19 @@ pub fn markdown(report: &BenchReport) -> String {
         cpu.bench_cores,
         cpu.other_cores
     ));
+    if !report.nats_deliveries_per_case.is_empty() {
+        let each: Vec<String> = report
+            .nats_deliveries_per_case
+            .iter()
+            .map(|(consumer, per_case)| format!("{consumer} {per_case:.1}"))
+            .collect();
+        out.push_str(&format!(
+            "
+NATS deliveries per case: {:.1} ({})\n",
+            report.nats_deliveries_per_case.values().sum::<f64>(),
+            each.join(", ")
+        ));
+    }
     let raw = &report.raw;
     out.push_str(
         "\n| raw limit (same run) | per second | ratio to pipeline cases/s |\n|---|---|---|\n",
@@ -607,4 +638,23 @@ pub fn markdown(report: &BenchReport) -> String {
         out.push('\n');
     }
     out
+}
+
+/// Messages delivered so far to each durable consumer of the platform's three streams
+/// (`delivered.consumer_sequence`: every delivery, redeliveries included).
+async fn consumer_deliveries(client: &async_nats::Client) -> anyhow::Result<BTreeMap<String, u64>> {
+    use futures::TryStreamExt;
+    let jetstream = async_nats::jetstream::new(client.clone());
+    let mut deliveries = BTreeMap::new();
+    for stream in [
+        whistle_platform::nats::CASES_STREAM,
+        whistle_platform::nats::WHISTLES_STREAM,
+        whistle_platform::nats::EVALUATION_STREAM,
+    ] {
+        let mut consumers = jetstream.get_stream(stream).await?.consumers();
+        while let Some(info) = consumers.try_next().await? {
+            deliveries.insert(info.name.clone(), info.delivered.consumer_sequence);
+        }
+    }
+    Ok(deliveries)
 }
