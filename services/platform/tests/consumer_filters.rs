@@ -1,7 +1,8 @@
 //! Where nats-server takes several filter subjects per consumer (2.10 and later), a consumer is
 //! given only the events its handler applies: a consumer an earlier version left on the whole
-//! stream is narrowed at start, the events it would have skipped are never delivered, and a
-//! service's NATS user may do that. Real nats-server (2.10 or later: see
+//! stream is narrowed at start, the events it would have skipped are never delivered, a service's
+//! NATS user may do that, and with permissions from before it the consumer reads the whole stream
+//! as on 2.9. Real nats-server (2.10 or later: see
 //! `nats_server_taking_several_filters`), real SQLite file.
 
 use async_nats::jetstream::{self, consumer::pull};
@@ -102,21 +103,22 @@ fn events() -> Vec<Event> {
     ]
 }
 
-/// Waits until the consumer has nothing pending or unacknowledged, and returns its info.
+/// Waits until the consumer exists and has nothing pending or unacknowledged, and returns its
+/// info.
 async fn settled(jetstream: &jetstream::Context, durable: &str) -> jetstream::consumer::Info {
-    let mut consumer = jetstream
+    let stream = jetstream
         .get_stream(nats::CASES_STREAM)
         .await
-        .expect("stream")
-        .get_consumer::<pull::Config>(durable)
-        .await
-        .expect("consumer");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        .expect("stream");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let info = consumer.info().await.expect("consumer info").clone();
-        if info.num_pending == 0 && info.num_ack_pending == 0 && info.delivered.stream_sequence > 0
+        let info = stream.consumer_info(durable).await;
+        if let Ok(info) = &info
+            && info.num_pending == 0
+            && info.num_ack_pending == 0
+            && info.delivered.stream_sequence > 0
         {
-            return info;
+            return info.clone();
         }
         assert!(
             tokio::time::Instant::now() < deadline,
@@ -298,4 +300,125 @@ async fn a_services_nats_user_may_narrow_its_consumer() {
     }
     shutdown.cancel();
     consumer.await.expect("consumer task");
+}
+
+/// NATS permissions generated before consumers took several subjects (no create subject without
+/// a filter): the service still consumes everything it applies. A consumer it creates is created
+/// on the whole stream, and one it finds there is left so; its handler skips the rest, as on 2.9.
+#[tokio::test]
+async fn with_permissions_from_before_the_consumer_reads_the_whole_stream() {
+    let Some(binary) = server() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let consumers = ["created-old", "found-old"];
+    let mut allowed = vec!["case.v1.>".to_string()];
+    for stream in [
+        nats::CASES_STREAM,
+        nats::WHISTLES_STREAM,
+        nats::EVALUATION_STREAM,
+    ] {
+        allowed.push(format!("$JS.API.STREAM.INFO.{stream}"));
+        allowed.push(format!("$JS.API.STREAM.CREATE.{stream}"));
+    }
+    for name in consumers {
+        let stream = nats::CASES_STREAM;
+        allowed.extend([
+            format!("$JS.API.CONSUMER.INFO.{stream}.{name}"),
+            format!("$JS.API.CONSUMER.CREATE.{stream}.{name}.case.v1.>"),
+            format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{name}"),
+            format!("$JS.ACK.{stream}.{name}.>"),
+            format!("$JS.ACK.*.*.{stream}.{name}.>"),
+        ]);
+    }
+    let quoted: Vec<String> = allowed
+        .iter()
+        .map(|subject| format!("{subject:?}"))
+        .collect();
+    let config = dir.path().join("old-permissions.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "accounts {{ W {{ jetstream: enabled, users: [ {{ user: svc, password: pw, \
+             permissions: {{ publish: {{ allow: [{}] }}, subscribe: {{ allow: [\"_INBOX.>\"] }} }} }} ] }} }}\n",
+            quoted.join(", ")
+        ),
+    )
+    .expect("config");
+    let server = LocalNatsServer::start_binary(
+        &binary,
+        &dir.path().join("nats"),
+        &["-c", &config.display().to_string()],
+    )
+    .expect("nats-server");
+    let client = async_nats::ConnectOptions::with_user_and_password("svc".into(), "pw".into())
+        .connect(server.url())
+        .await
+        .expect("connect");
+    let jetstream = jetstream::new(client);
+    nats::ensure_streams(&jetstream, &whistle_platform::config::NatsConfig::default())
+        .await
+        .expect("streams");
+    // one consumer an earlier version left on the whole stream
+    jetstream
+        .get_stream(nats::CASES_STREAM)
+        .await
+        .expect("stream")
+        .get_or_create_consumer(
+            "found-old",
+            pull::Config {
+                durable_name: Some("found-old".into()),
+                filter_subject: "case.v1.>".into(),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("consumer");
+    for event in events() {
+        let outbox = envelope::to_outbox(&event).expect("envelope");
+        jetstream
+            .publish_with_headers(
+                outbox.subject.clone(),
+                whistle_platform::outbox::headers_for(&event.event_id, &outbox.headers),
+                outbox.payload.into(),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("stored");
+    }
+
+    let bed = TestBed::on(&binary).await;
+    let shutdown = CancellationToken::new();
+    let mut tasks = Vec::new();
+    let mut handlers = Vec::new();
+    for name in consumers {
+        let handler = Arc::new(IntakesEvents::default());
+        handlers.push(handler.clone());
+        tasks.push(tokio::spawn(inbox::run_consumer(
+            jetstream.clone(),
+            bed.platform_database(name).await,
+            Arc::new(SystemClock),
+            spec(name),
+            handler,
+            shutdown.clone(),
+        )));
+    }
+    for (name, handler) in consumers.iter().zip(&handlers) {
+        let info = settled(&jetstream, name).await;
+        assert_eq!(info.config.filter_subject, "case.v1.>", "{name}: {info:?}");
+        assert!(info.config.filter_subjects.is_empty(), "{name}");
+        assert_eq!(
+            info.delivered.consumer_sequence, 5,
+            "{name}: the whole stream"
+        );
+        assert_eq!(
+            handler.handled.lock().expect("handled").len(),
+            2,
+            "{name}: applied intake's two"
+        );
+    }
+    shutdown.cancel();
+    for task in tasks {
+        task.await.expect("consumer task");
+    }
 }
