@@ -128,6 +128,25 @@ async fn settled(jetstream: &jetstream::Context, durable: &str) -> jetstream::co
     }
 }
 
+/// Creates `durable` on the whole cases stream, as an earlier version (or NATS 2.9) left it.
+async fn on_the_whole_stream(jetstream: &jetstream::Context, durable: &str) {
+    jetstream
+        .get_stream(nats::CASES_STREAM)
+        .await
+        .expect("stream")
+        .get_or_create_consumer(
+            durable,
+            pull::Config {
+                durable_name: Some(durable.into()),
+                filter_subject: "case.v1.>".into(),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("the consumer on the whole stream");
+}
+
 fn server() -> Option<std::path::PathBuf> {
     let binary = nats_server_taking_several_filters();
     if binary.is_none() {
@@ -145,21 +164,7 @@ async fn a_consumer_left_on_the_whole_stream_is_narrowed_to_what_its_handler_app
     let bed = TestBed::on(&binary).await;
     let jetstream = bed.jetstream.clone();
     // as an earlier version left it: the whole stream, with a backlog
-    jetstream
-        .get_stream(nats::CASES_STREAM)
-        .await
-        .expect("stream")
-        .get_or_create_consumer(
-            "dispatch-cases",
-            pull::Config {
-                durable_name: Some("dispatch-cases".into()),
-                filter_subject: "case.v1.>".into(),
-                ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("consumer");
+    on_the_whole_stream(&jetstream, "dispatch-cases").await;
     for event in events() {
         bed.publish(&event).await;
     }
@@ -248,21 +253,7 @@ async fn a_services_nats_user_may_narrow_its_consumer() {
     nats::ensure_streams(&jetstream, &config)
         .await
         .expect("streams");
-    jetstream
-        .get_stream(nats::CASES_STREAM)
-        .await
-        .expect("stream")
-        .get_or_create_consumer(
-            "dispatch-cases",
-            pull::Config {
-                durable_name: Some("dispatch-cases".into()),
-                filter_subject: "case.v1.>".into(),
-                ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("the consumer on the whole stream");
+    on_the_whole_stream(&jetstream, "dispatch-cases").await;
 
     let handler = Arc::new(IntakesEvents::default());
     let shutdown = CancellationToken::new();
@@ -358,21 +349,7 @@ async fn with_permissions_from_before_the_consumer_reads_the_whole_stream() {
         .await
         .expect("streams");
     // one consumer an earlier version left on the whole stream
-    jetstream
-        .get_stream(nats::CASES_STREAM)
-        .await
-        .expect("stream")
-        .get_or_create_consumer(
-            "found-old",
-            pull::Config {
-                durable_name: Some("found-old".into()),
-                filter_subject: "case.v1.>".into(),
-                ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("consumer");
+    on_the_whole_stream(&jetstream, "found-old").await;
     for event in events() {
         let outbox = envelope::to_outbox(&event).expect("envelope");
         jetstream
